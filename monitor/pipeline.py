@@ -1,0 +1,189 @@
+"""Everything after the response: a bounded queue and one background worker.
+
+The request path only enqueues (``submit_*``); the worker drains whatever has
+queued, concatenates it, and hands one vectorised batch to every sink. Sinks are
+where statistics live (histograms now, drift detectors and calibration windows
+later): adding one never touches the request path.
+
+Backpressure: the queue holds at most ``max_queued_rows`` prediction rows. A batch
+that does not fit is *sampled out* and its rows are counted
+(``sampled_out_rows``): the only permitted loss, never silent. Label batches are
+small and are never shed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PredictionBatch:
+    """Rows the sidecar scored (``source="classify"``) or was shown (``"observe"``)."""
+
+    embeddings: np.ndarray  # (n, d) float32 as received
+    norms: np.ndarray  # (n,) row norms
+    scores: np.ndarray  # (n,) P(unsafe)
+    source: str
+    embedder_version: str
+    received_at: float  # time.time()
+
+    @property
+    def rows(self) -> int:
+        return int(self.scores.shape[0])
+
+
+@dataclass(frozen=True)
+class LabelBatch:
+    """Delayed ground truth joined to the recorded scores."""
+
+    scores: np.ndarray  # (k,) P(unsafe) recorded at prediction time
+    labels: np.ndarray  # (k,) int8
+    received_at: float
+
+
+class Sink(Protocol):
+    def on_predictions(self, batch: PredictionBatch) -> None: ...
+
+    def on_labels(self, batch: LabelBatch) -> None: ...
+
+
+def concat_predictions(batches: list[PredictionBatch]) -> list[PredictionBatch]:
+    """Merge consecutive batches of the same source and embedder version into one."""
+    out: list[PredictionBatch] = []
+    group: list[PredictionBatch] = []
+
+    def flush() -> None:
+        if len(group) == 1:
+            out.append(group[0])
+        elif group:
+            g0 = group[0]
+            out.append(
+                PredictionBatch(
+                    embeddings=np.concatenate([b.embeddings for b in group]),
+                    norms=np.concatenate([b.norms for b in group]),
+                    scores=np.concatenate([b.scores for b in group]),
+                    source=g0.source,
+                    embedder_version=g0.embedder_version,
+                    received_at=group[-1].received_at,
+                )
+            )
+        group.clear()
+
+    for b in batches:
+        if group and (b.source, b.embedder_version) != (group[0].source, group[0].embedder_version):
+            flush()
+        group.append(b)
+    flush()
+    return out
+
+
+class Pipeline:
+    def __init__(self, sinks: list[Sink], *, max_queued_rows: int = 32768) -> None:
+        self.sinks = list(sinks)
+        self.max_queued_rows = max_queued_rows
+        self._queue: deque[PredictionBatch | LabelBatch] = deque()
+        self._cond = threading.Condition()
+        self._queued_rows = 0
+        self._busy = False
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.processed_rows = 0
+        self.sampled_out_rows = 0
+        self.sink_errors = 0
+
+    # -- request path -------------------------------------------------------------
+    def submit_predictions(self, batch: PredictionBatch) -> bool:
+        """Enqueue without blocking; False (and counted) when the batch was sampled out."""
+        with self._cond:
+            if self._queued_rows + batch.rows > self.max_queued_rows:
+                self.sampled_out_rows += batch.rows
+                return False
+            self._queue.append(batch)
+            self._queued_rows += batch.rows
+            self._cond.notify()
+        return True
+
+    def submit_labels(self, batch: LabelBatch) -> None:
+        with self._cond:
+            self._queue.append(batch)
+            self._cond.notify()
+
+    # -- worker -------------------------------------------------------------------
+    @property
+    def queued_batches(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="silentwatch-pipeline", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stop:
+                    self._cond.wait()
+                if not self._queue and self._stop:
+                    return
+                items = list(self._queue)
+                self._queue.clear()
+                self._queued_rows = 0
+                self._busy = True
+            try:
+                self._process(items)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _process(self, items: list[PredictionBatch | LabelBatch]) -> None:
+        # Keep order between predictions and labels: process runs of each kind.
+        run: list[PredictionBatch] = []
+        for item in [*items, None]:
+            if isinstance(item, PredictionBatch):
+                run.append(item)
+                continue
+            for batch in concat_predictions(run):
+                self._dispatch("on_predictions", batch)
+                self.processed_rows += batch.rows
+            run = []
+            if isinstance(item, LabelBatch):
+                self._dispatch("on_labels", item)
+
+    def _dispatch(self, method: str, batch: PredictionBatch | LabelBatch) -> None:
+        for sink in self.sinks:
+            try:
+                getattr(sink, method)(batch)
+            except Exception:
+                # A broken sink must not stop the others or the worker; it is counted.
+                self.sink_errors += 1
+                log.exception("sink %s failed in %s", type(sink).__name__, method)
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Block until everything submitted so far has been processed."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._queue or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Process what is queued, then stop the worker."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None

@@ -1,0 +1,168 @@
+"""Recorded predictions awaiting their delayed labels: bounded in size and age.
+
+An insertion-ordered map from request id to ``(p_unsafe, recorded_at)``. The
+oldest entries leave first, when the store is full (``capacity``) or when they are
+older than ``ttl_seconds``; every eviction is counted. Ids that left recently are
+remembered in a second bounded map ("tombstones") so a late label can be told
+apart as *expired* or *already labelled* instead of *unknown*.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from itertools import repeat
+
+import numpy as np
+
+_EXPIRED = 1
+_LABELLED = 2
+
+
+@dataclass
+class JoinResult:
+    """Outcome of joining one batch of labels."""
+
+    scores: np.ndarray  # (k,) P(unsafe) of the joined predictions
+    labels: np.ndarray  # (k,) int8 ground truth, aligned with scores
+    unknown: int = 0
+    expired: int = 0
+    already_labelled: int = 0
+    unmatched_ids: list[str] = field(default_factory=list)
+
+    @property
+    def joined(self) -> int:
+        return int(self.scores.shape[0])
+
+
+@dataclass
+class StoreCounters:
+    recorded: int = 0
+    evicted_capacity: int = 0
+    evicted_ttl: int = 0
+    labels_received: int = 0
+    labels_joined: int = 0
+    labels_unknown: int = 0
+    labels_expired: int = 0
+    labels_already_labelled: int = 0
+
+
+class DuplicateRequestIds(Exception):
+    def __init__(self, ids: list[str]) -> None:
+        super().__init__(f"request ids already recorded: {ids[:3]}")
+        self.ids = ids
+
+
+class PredictionStore:
+    """Bounded, thread-safe store for the label join.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> s = PredictionStore(capacity=2, ttl_seconds=60)
+    >>> s.record(["a", "b", "c"], np.array([0.1, 0.7, 0.9], dtype=np.float32))
+    >>> r = s.join(["c", "a", "zz"], np.array([1, 0, 1]))
+    >>> (r.joined, r.expired, r.unknown, s.counters.evicted_capacity)
+    (1, 1, 1, 1)
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        ttl_seconds: float,
+        *,
+        tombstone_capacity: int | None = None,
+        max_unmatched_reported: int = 20,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self.ttl_seconds = float(ttl_seconds)
+        self.tombstone_capacity = capacity if tombstone_capacity is None else tombstone_capacity
+        self.max_unmatched_reported = max_unmatched_reported
+        self._clock = clock
+        self._pending: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._gone: OrderedDict[str, int] = OrderedDict()
+        self._lock = threading.Lock()
+        self.counters = StoreCounters()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def _bury(self, rid: str, why: int) -> None:
+        gone = self._gone
+        gone[rid] = why
+        if len(gone) > self.tombstone_capacity:
+            gone.popitem(last=False)
+
+    def _evict(self, now: float) -> None:
+        pending = self._pending
+        excess = len(pending) - self.capacity
+        for _ in range(max(excess, 0)):
+            rid, _ = pending.popitem(last=False)
+            self._bury(rid, _EXPIRED)
+        self.counters.evicted_capacity += max(excess, 0)
+        cutoff = now - self.ttl_seconds
+        n_ttl = 0
+        while pending:
+            rid, (_, t) = next(iter(pending.items()))
+            if t >= cutoff:
+                break
+            del pending[rid]
+            self._bury(rid, _EXPIRED)
+            n_ttl += 1
+        self.counters.evicted_ttl += n_ttl
+
+    def record(self, ids: Sequence[str], scores: np.ndarray) -> None:
+        """Record one prediction per id; refuse the whole batch if any id is pending."""
+        with self._lock:
+            dup = self._pending.keys() & set(ids)
+            if dup:
+                raise DuplicateRequestIds(sorted(dup))
+            now = self._clock()
+            self._pending.update(zip(ids, zip(scores.tolist(), repeat(now))))
+            self.counters.recorded += len(ids)
+            self._evict(now)
+
+    def expire(self) -> None:
+        """Apply the TTL now (also done on every record)."""
+        with self._lock:
+            self._evict(self._clock())
+
+    def join(self, ids: Sequence[str], labels: np.ndarray) -> JoinResult:
+        """Pop the predictions these labels belong to; count the ones that match nothing."""
+        labels = np.asarray(labels).astype(np.int8).reshape(-1)
+        scores = np.empty(len(ids), dtype=np.float32)
+        keep = np.zeros(len(ids), dtype=bool)
+        res = JoinResult(scores=scores, labels=labels)
+        with self._lock:
+            self._evict(self._clock())
+            pending, gone = self._pending, self._gone
+            for i, rid in enumerate(ids):
+                hit = pending.pop(rid, None)
+                if hit is not None:
+                    scores[i] = hit[0]
+                    keep[i] = True
+                    self._bury(rid, _LABELLED)
+                    continue
+                why = gone.get(rid)
+                if why == _EXPIRED:
+                    res.expired += 1
+                elif why == _LABELLED:
+                    res.already_labelled += 1
+                else:
+                    res.unknown += 1
+                if len(res.unmatched_ids) < self.max_unmatched_reported:
+                    res.unmatched_ids.append(rid)
+            c = self.counters
+            c.labels_received += len(ids)
+            c.labels_joined += int(keep.sum())
+            c.labels_unknown += res.unknown
+            c.labels_expired += res.expired
+            c.labels_already_labelled += res.already_labelled
+        res.scores, res.labels = scores[keep], labels[keep]
+        return res

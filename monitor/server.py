@@ -1,0 +1,158 @@
+"""The sidecar process: gRPC (Monitor + health + reflection) and an HTTP /metrics port."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass, field
+from types import FrameType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client.exposition import start_http_server
+
+from silentwatch.v1 import monitor_pb2 as pb
+from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
+
+from .bundle import LoadedBundle, load_bundle
+from .config import ServeSettings
+from .metrics import RequestMetrics, StateCollector, TrafficSink
+from .pipeline import Pipeline, Sink
+from .predictions import PredictionStore
+from .service import MonitorService
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Monitor"].full_name
+
+
+@dataclass
+class Sidecar:
+    """One running sidecar; ``start()`` binds both ports and returns.
+
+    Examples
+    --------
+    >>> # sidecar = Sidecar(settings).start(); ...; sidecar.stop()
+    """
+
+    settings: ServeSettings
+    bundle: LoadedBundle | None = None
+    extra_sinks: list[Sink] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.bundle is None:
+            self.bundle = load_bundle(self.settings.bundle)
+        s = self.settings
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.request_metrics = RequestMetrics(self.registry)
+        self.traffic = TrafficSink(self.bundle.manifest.thresholds.flag)
+        self.registry.register(self.traffic.scores)
+        self.registry.register(self.traffic.confidence)
+        self.store = PredictionStore(s.store_capacity, s.store_ttl_seconds)
+        self.pipeline = Pipeline([self.traffic, *self.extra_sinks], max_queued_rows=s.max_queued_rows)
+        self.service = MonitorService(
+            self.bundle, s, self.store, self.pipeline, self.request_metrics, self.traffic
+        )
+        m = self.bundle.manifest
+        self.registry.register(
+            StateCollector(
+                self.service.state,
+                {
+                    "classifier_version": m.classifier_version,
+                    "embedder_name": m.embedder.name,
+                    "embedder_version": m.embedder.version,
+                    "embedding_dim": str(m.embedding_dim),
+                    "bundle_sha256": self.bundle.sha256[:16],
+                },
+            )
+        )
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.grpc_port = 0
+        self.metrics_port = 0
+        self._server: grpc.Server | None = None
+        self._httpd = None
+        self._stopped = threading.Event()
+
+    @property
+    def grpc_target(self) -> str:
+        host = self.settings.host
+        host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        return f"{host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.settings.metrics_host}:{self.metrics_port}/metrics"
+
+    def start(self) -> Sidecar:
+        s = self.settings
+        self.pipeline.start()
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="silentwatch-rpc"),
+            options=[
+                ("grpc.max_receive_message_length", s.max_message_bytes),
+                ("grpc.max_send_message_length", s.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        pb_grpc.add_MonitorServicer_to_server(self.service, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        self.grpc_port = self._server.add_insecure_port(f"{s.host}:{s.port}")
+        if self.grpc_port == 0:
+            raise OSError(f"could not bind gRPC to {s.host}:{s.port}")
+        self._httpd, _ = start_http_server(s.metrics_port, addr=s.metrics_host, registry=self.registry)
+        self.metrics_port = self._httpd.server_port
+        self._server.start()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "serving classifier %s (d=%d) on grpc %s, metrics %s",
+            self.bundle.manifest.classifier_version,
+            self.bundle.dim,
+            self.grpc_target,
+            self.metrics_url,
+        )
+        return self
+
+    def stop(self, grace: float | None = None, drain: float | None = None) -> None:
+        """Graceful stop: NOT_SERVING, optional drain, in-flight calls finish, statistics flush."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        s = self.settings
+        self.health.enter_graceful_shutdown()
+        drain = s.drain_seconds if drain is None else drain
+        if drain > 0:
+            time.sleep(drain)
+        if self._server is not None:
+            self._server.stop(s.grace_seconds if grace is None else grace).wait()
+        self.pipeline.stop()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        log.info("sidecar stopped")
+
+    def wait_for_signal(self) -> None:
+        """Block until SIGTERM or SIGINT, then stop gracefully."""
+        got = threading.Event()
+
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            got.set()
+
+        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            while not got.wait(0.5):
+                pass
+        finally:
+            for sig, h in old.items():
+                signal.signal(sig, h)
+        self.stop()

@@ -1,0 +1,291 @@
+"""The ``silentwatch.v1.Monitor`` servicer: the request path.
+
+Per call: validate, decode with one ``numpy.frombuffer``, one matrix-vector
+product, record ids for the label join, enqueue for the pipeline, reply. All
+statistics happen in the pipeline worker (:mod:`.pipeline`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+
+from silentwatch.v1 import monitor_pb2 as pb
+from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
+
+from .bundle import LoadedBundle
+from .config import ServeSettings
+from .errors import RequestError, invalid, precondition
+from .metrics import RequestMetrics, TrafficSink
+from .pipeline import LabelBatch, Pipeline, PredictionBatch
+from .predictions import DuplicateRequestIds, PredictionStore
+from .scoring import confidence
+from .wire import check_request_ids, checked_norms, decode_embedding, decode_matrix
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+
+def rpc(name: str) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Time the call, count it by status code, and turn refusals into gRPC statuses."""
+
+    def deco(fn: Callable[..., R]) -> Callable[..., R]:
+        @functools.wraps(fn)
+        def wrapper(self: MonitorService, request: Any, context: grpc.ServicerContext) -> R:
+            t0 = time.perf_counter()
+            code = grpc.StatusCode.OK
+            rows = 0
+            try:
+                result, rows = fn(self, request, context)
+                return result
+            except RequestError as exc:
+                code = exc.code
+                context.abort(exc.code, exc.message)
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("%s failed", name)
+                context.abort(code, f"{name} failed inside the sidecar; see its logs")
+            finally:
+                self.metrics.observe(name, code, time.perf_counter() - t0, rows)
+
+        return wrapper  # type: ignore[return-value]
+
+    return deco
+
+
+class MonitorService(pb_grpc.MonitorServicer):
+    def __init__(
+        self,
+        bundle: LoadedBundle,
+        settings: ServeSettings,
+        store: PredictionStore,
+        pipeline: Pipeline,
+        metrics: RequestMetrics,
+        traffic: TrafficSink,
+    ) -> None:
+        self.bundle = bundle
+        self.settings = settings
+        self.store = store
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.traffic = traffic
+        self.started_at = time.time()
+        self.version_mismatches = 0
+        m = bundle.manifest
+        self._dim = m.embedding_dim
+        self._scorer = bundle.scorer
+        self._normalize = m.embedder.normalized
+        self._threshold = m.thresholds.flag
+        self._classifier_version = m.classifier_version
+        self._recording = settings.recording
+
+    # -- shared checks --------------------------------------------------------------
+    def _check_identity(self, embedder_version: str, classifier_version: str = "") -> None:
+        if classifier_version and classifier_version != self._classifier_version:
+            raise precondition(
+                f"request expects classifier {classifier_version!r} but this sidecar serves "
+                f"{self._classifier_version!r}; deploy the matching bundle or drop "
+                "classifier_version from the request"
+            )
+        spec = self.bundle.manifest.embedder
+        if not embedder_version:
+            if self.settings.require_embedder_version:
+                raise invalid(
+                    f"embedder_version is required; send the version of {spec.name} that "
+                    f"produced the embedding (this bundle is validated for {spec.version!r})"
+                )
+            return
+        if spec.accepts(embedder_version):
+            return
+        self.version_mismatches += 1
+        self.metrics.version_mismatch.inc()
+        if self.settings.embedder_version_policy == "reject":
+            accepted = [spec.version, *spec.accepted_versions]
+            raise precondition(
+                f"embedder_version {embedder_version!r} is not one this bundle was validated for "
+                f"({accepted}); a classifier can collapse silently on another embedder version: "
+                "run `silentwatch gate` for it, or roll the embedder back"
+            )
+
+    def _record(self, ids: list[str], scores: np.ndarray) -> None:
+        if not ids or not self._recording:
+            return
+        try:
+            self.store.record(ids, scores)
+        except DuplicateRequestIds as exc:
+            raise RequestError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"request id {exc.ids[0]!r} is already recorded and awaiting a label"
+                + (f" (and {len(exc.ids) - 1} more)" if len(exc.ids) > 1 else "")
+                + "; request ids must be unique, nothing in this request was recorded",
+            ) from None
+
+    def _enqueue(self, x: np.ndarray, norms: np.ndarray, p: np.ndarray, source: str, ev: str) -> None:
+        if not self._recording:
+            return
+        self.pipeline.submit_predictions(
+            PredictionBatch(x, norms, p, source, ev, time.time())
+        )
+
+    # -- RPCs -------------------------------------------------------------------------
+    @rpc("Classify")
+    def Classify(self, request: pb.ClassifyRequest, context: grpc.ServicerContext):
+        self._check_identity(request.embedder_version, request.classifier_version)
+        x = decode_embedding(request.embedding, self._dim)
+        rid = request.request_id
+        if rid:
+            check_request_ids([rid], 1, self.settings.max_request_id_length)
+        norms = checked_norms(x, need_nonzero=self._normalize)
+        p = self._scorer.predict_proba(x, norms)
+        self._record([rid] if rid else [], p)
+        self._enqueue(x, norms, p, "classify", request.embedder_version)
+        p0 = float(p[0])
+        return (
+            pb.ClassifyResponse(
+                request_id=rid,
+                p_unsafe=p0,
+                flagged=p0 >= self._threshold,
+                confidence=max(p0, 1.0 - p0),
+                classifier_version=self._classifier_version,
+            ),
+            1,
+        )
+
+    @rpc("ClassifyBatch")
+    def ClassifyBatch(self, request: pb.ClassifyBatchRequest, context: grpc.ServicerContext):
+        self._check_identity(request.embedder_version, request.classifier_version)
+        x = decode_matrix(request.embeddings, self._dim, self.settings.max_batch_rows)
+        ids = list(request.request_ids)
+        check_request_ids(ids, x.shape[0], self.settings.max_request_id_length)
+        norms = checked_norms(x, need_nonzero=self._normalize)
+        p = self._scorer.predict_proba(x, norms)
+        self._record(ids, p)
+        self._enqueue(x, norms, p, "classify", request.embedder_version)
+        resp = pb.ClassifyBatchResponse(classifier_version=self._classifier_version)
+        resp.p_unsafe.extend(p.tolist())
+        resp.flagged.extend((p >= self._threshold).tolist())
+        resp.confidence.extend(confidence(p).tolist())
+        return resp, x.shape[0]
+
+    @rpc("Observe")
+    def Observe(self, request: pb.ObserveRequest, context: grpc.ServicerContext):
+        self._check_identity(request.embedder_version)
+        x = decode_matrix(request.embeddings, self._dim, self.settings.max_batch_rows)
+        n = x.shape[0]
+        ids = list(request.request_ids)
+        check_request_ids(ids, n, self.settings.max_request_id_length)
+        norms = checked_norms(x, need_nonzero=self._normalize)
+        if len(request.p_unsafe):
+            if len(request.p_unsafe) != n:
+                raise invalid(f"{len(request.p_unsafe)} p_unsafe values for {n} rows; send one per row, or none")
+            p = np.asarray(request.p_unsafe, dtype=np.float32)
+            if not (np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()):
+                raise invalid("p_unsafe values must be probabilities in [0, 1]")
+        else:
+            p = self._scorer.predict_proba(x, norms)
+        self._record(ids, p)
+        self._enqueue(x, norms, p, "observe", request.embedder_version)
+        return pb.ObserveResponse(accepted=n), n
+
+    @rpc("SubmitLabels")
+    def SubmitLabels(self, request: pb.SubmitLabelsRequest, context: grpc.ServicerContext):
+        labels = request.labels
+        if len(labels) > self.settings.max_batch_rows:
+            raise invalid(
+                f"{len(labels)} labels in one request, more than the limit of "
+                f"{self.settings.max_batch_rows}; split them"
+            )
+        ids = [lab.request_id for lab in labels]
+        y = np.fromiter((lab.unsafe for lab in labels), dtype=np.int8, count=len(labels))
+        res = self.store.join(ids, y)
+        if res.joined:
+            self.pipeline.submit_labels(LabelBatch(res.scores, res.labels, time.time()))
+        return (
+            pb.SubmitLabelsResponse(
+                received=len(ids),
+                joined=res.joined,
+                unknown=res.unknown,
+                expired=res.expired,
+                already_labelled=res.already_labelled,
+                unmatched_request_ids=res.unmatched_ids,
+            ),
+            0,
+        )
+
+    @rpc("GetStatus")
+    def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext):
+        return self.status(), 0
+
+    # -- status ----------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Plain-dict snapshot shared by GetStatus and the Prometheus collector."""
+        self.store.expire()
+        c = self.store.counters
+        t = self.traffic
+        return {
+            "uptime_seconds": time.time() - self.started_at,
+            "traffic": {
+                "predictions": dict(t.predictions),
+                "flagged": dict(t.flagged),
+                "version_mismatches": self.version_mismatches,
+            },
+            "labels": {
+                "received": c.labels_received,
+                "joined": c.labels_joined,
+                "unknown": c.labels_unknown,
+                "expired": c.labels_expired,
+                "already_labelled": c.labels_already_labelled,
+            },
+            "store": {
+                "entries": len(self.store),
+                "capacity": self.store.capacity,
+                "ttl_seconds": self.store.ttl_seconds,
+                "evicted_capacity": c.evicted_capacity,
+                "evicted_ttl": c.evicted_ttl,
+            },
+            "pipeline": {
+                "queued": self.pipeline.queued_batches,
+                "processed_rows": self.pipeline.processed_rows,
+                "sampled_out_rows": self.pipeline.sampled_out_rows,
+                "sink_errors": self.pipeline.sink_errors,
+            },
+        }
+
+    def status(self) -> pb.GetStatusResponse:
+        s = self.state()
+        m = self.bundle.manifest
+        e = m.embedder
+        t, lab, st, pl = s["traffic"], s["labels"], s["store"], s["pipeline"]
+        return pb.GetStatusResponse(
+            classifier_version=m.classifier_version,
+            embedder=pb.EmbedderIdentity(
+                name=e.name,
+                version=e.version,
+                weights_sha256=e.weights_sha256 or "",
+                pooling=e.pooling,
+                accepted_versions=list(e.accepted_versions),
+            ),
+            embedding_dim=m.embedding_dim,
+            flag_threshold=m.thresholds.flag,
+            uptime_seconds=s["uptime_seconds"],
+            traffic=pb.TrafficStatus(
+                predictions=t["predictions"]["classify"],
+                observed=t["predictions"]["observe"],
+                flagged=sum(t["flagged"].values()),
+                embedder_version_mismatches=t["version_mismatches"],
+            ),
+            labels=pb.LabelStatus(**lab),
+            store=pb.PredictionStoreStatus(**st),
+            pipeline=pb.PipelineStatus(
+                queued=pl["queued"],
+                processed_rows=pl["processed_rows"],
+                sampled_out_rows=pl["sampled_out_rows"],
+            ),
+            bundle_sha256=self.bundle.sha256,
+        )

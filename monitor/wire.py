@@ -1,0 +1,129 @@
+"""Decode and validate embeddings from the wire: one ``numpy.frombuffer`` per message."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+
+from silentwatch.v1 import monitor_pb2 as pb
+
+from .errors import RequestError, invalid
+from .scoring import row_norms
+
+_F32LE = np.dtype("<f4")
+
+
+def _hint(dim: int) -> str:
+    return f"send {dim} float32 values per embedding as packed little-endian bytes (f32le)"
+
+
+def decode_embedding(msg: pb.Embedding, dim: int) -> np.ndarray:
+    """One embedding as a (1, dim) float32 matrix."""
+    kind = msg.WhichOneof("data")
+    if kind == "f32le":
+        raw = msg.f32le
+        if len(raw) == 0:
+            raise invalid(f"embedding is empty; {_hint(dim)}")
+        if len(raw) != dim * 4:
+            got = f"{len(raw) // 4} values" if len(raw) % 4 == 0 else f"{len(raw)} bytes"
+            raise invalid(
+                f"embedding has {got} but this bundle expects dimension {dim} "
+                f"({dim * 4} bytes); check that the embedder matches the bundle"
+            )
+        return np.frombuffer(raw, dtype=_F32LE).reshape(1, dim)
+    if kind == "values":
+        n = len(msg.values.values)
+        if n == 0:
+            raise invalid(f"embedding is empty; {_hint(dim)}")
+        if n != dim:
+            raise invalid(
+                f"embedding has {n} values but this bundle expects dimension {dim}; "
+                "check that the embedder matches the bundle"
+            )
+        return np.asarray(msg.values.values, dtype=np.float32).reshape(1, dim)
+    raise invalid(f"embedding is missing; {_hint(dim)}")
+
+
+def decode_matrix(msg: pb.EmbeddingMatrix, dim: int, max_rows: int) -> np.ndarray:
+    """A batch as an (n, dim) float32 matrix (a read-only view on the request bytes)."""
+    if msg.dim != dim:
+        raise invalid(
+            f"embeddings.dim is {msg.dim} but this bundle expects dimension {dim}; "
+            "check that the embedder matches the bundle"
+        )
+    n = msg.rows
+    if n == 0:
+        raise invalid("embeddings.rows is 0; a batch needs at least one embedding")
+    if n > max_rows:
+        raise invalid(
+            f"batch has {n} rows, more than the limit of {max_rows}; split it into smaller "
+            "batches (or raise max_batch_rows)"
+        )
+    kind = msg.WhichOneof("data")
+    if kind == "f32le":
+        raw = msg.f32le
+        if len(raw) != n * dim * 4:
+            raise invalid(
+                f"embeddings.f32le has {len(raw)} bytes but rows={n} x dim={dim} needs "
+                f"{n * dim * 4}; pack rows contiguously as little-endian float32"
+            )
+        return np.frombuffer(raw, dtype=_F32LE).reshape(n, dim)
+    if kind == "values":
+        vals = msg.values.values
+        if len(vals) != n * dim:
+            raise invalid(
+                f"embeddings.values has {len(vals)} floats but rows={n} x dim={dim} needs {n * dim}"
+            )
+        return np.asarray(vals, dtype=np.float32).reshape(n, dim)
+    raise invalid(f"embeddings carry no data; {_hint(dim)}")
+
+
+def checked_norms(x: np.ndarray, *, need_nonzero: bool) -> np.ndarray:
+    """Row norms, refusing NaN/Inf (and zero rows when the bundle normalises).
+
+    A non-finite value makes its row's norm non-finite, so one vectorised pass
+    finds them; the slow per-row look happens only on the error path.
+    """
+    norms = row_norms(x)
+    if not np.isfinite(norms).all():
+        bad_rows = np.flatnonzero(~np.isfinite(norms))
+        really_bad = [int(r) for r in bad_rows if not np.isfinite(x[r]).all()]
+        if really_bad:
+            raise invalid(
+                f"embedding rows {really_bad[:5]}{' ...' if len(really_bad) > 5 else ''} contain "
+                "NaN or Inf; fix the embedder output before sending"
+            )
+        raise invalid(
+            f"embedding rows {bad_rows[:5].tolist()} overflow float32 when squared; "
+            "send unit-normalised embeddings"
+        )
+    if need_nonzero and not norms.all():
+        zero = np.flatnonzero(norms == 0)
+        raise invalid(
+            f"embedding rows {zero[:5].tolist()} are all zeros and cannot be put on the unit "
+            "sphere; check the embedder output"
+        )
+    return norms
+
+
+def check_request_ids(ids: list[str], rows: int, max_len: int) -> None:
+    """Ids are optional, but when given: one per row, non-empty, bounded, unique."""
+    if not ids:
+        return
+    if len(ids) != rows:
+        raise invalid(f"{len(ids)} request_ids for {rows} rows; send one id per row, or none")
+    if "" in ids:
+        raise invalid(f"request_ids[{ids.index('')}] is empty; send a non-empty id or no ids")
+    longest = max(map(len, ids))
+    if longest > max_len:
+        raise invalid(
+            f"a request id is {longest} characters, more than the limit of {max_len}; use shorter "
+            "ids (or raise max_request_id_length)"
+        )
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        dup = next(i for i in ids if i in seen or seen.add(i))
+        raise RequestError(
+            grpc.StatusCode.ALREADY_EXISTS,
+            f"request id {dup!r} appears twice in this batch; request ids must be unique",
+        )

@@ -1,0 +1,1 @@
+"""The pre-release gate suite (torch, transformers). Imports monitor, never the reverse."""

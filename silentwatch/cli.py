@@ -1,0 +1,301 @@
+"""The one command-line entry point: ``silentwatch <subcommand>``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+
+EXIT_ERROR = 2
+
+
+class UserError(Exception):
+    """Something the user can fix; printed without a traceback, exit code 2."""
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    from silentwatch.monitor.config import ServeSettings
+
+    p = sub.add_parser(
+        "serve",
+        help="serve a classifier bundle over gRPC with Prometheus metrics",
+        description="Every option is also an environment variable SILENTWATCH_<OPTION> and a "
+        "key of the YAML --config file. Precedence: flags, environment, file, defaults.",
+    )
+    p.add_argument("--config", type=Path, help="YAML file with any of the keys below")
+    for name, field in ServeSettings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        p.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=field.description)
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from silentwatch.monitor.bundle import BundleError
+    from silentwatch.monitor.config import ConfigError, ServeSettings, load_settings
+    from silentwatch.monitor.server import Sidecar
+
+    flags = {k: getattr(args, k) for k in ServeSettings.model_fields}
+    try:
+        settings = load_settings(args.config, **flags)
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        sidecar = Sidecar(settings).start()
+    except BundleError as exc:
+        raise UserError(f"cannot serve: {exc}") from None
+    except OSError as exc:
+        raise UserError(f"cannot bind: {exc}") from None
+    # Machine-readable line for supervisors and tests that start us on port 0.
+    print(
+        json.dumps({"event": "serving", "grpc": sidecar.grpc_target, "metrics": sidecar.metrics_url}),
+        flush=True,
+    )
+    sidecar.wait_for_signal()
+    return 0
+
+
+def _add_bundle(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bundle", help="build or inspect classifier bundles")
+    bsub = p.add_subparsers(dest="bundle_cmd", required=True)
+
+    t = bsub.add_parser(
+        "train",
+        help="train a bundle from embeddings + labels, or from labelled texts and an embedder",
+        description="Paper A's classifier: StandardScaler + LogisticRegression(C=1, "
+        "class_weight='balanced', max_iter=2000) on unit-normalised embeddings.",
+    )
+    src = t.add_argument_group("input (one of)")
+    src.add_argument("--embeddings", type=Path, help=".npy (n, d) matrix; needs --labels")
+    src.add_argument("--labels", type=Path, help=".npy (n,) 0/1 labels, 1 = unsafe")
+    src.add_argument(
+        "--data",
+        type=Path,
+        help=".npz with arrays 'embeddings' and 'labels', or a CSV/TSV/JSONL/parquet of texts "
+        "(needs the offline extra to embed them)",
+    )
+    txt = t.add_argument_group("text input")
+    txt.add_argument("--text-column", default="text")
+    txt.add_argument("--label-column", default="label")
+    txt.add_argument("--label-threshold", type=float, default=0.5,
+                     help="fractional labels (Civil Comments' toxicity) count as unsafe at >= this")  # fmt: skip
+    txt.add_argument("--positive-label", help="string label value meaning unsafe, e.g. 'toxic'")
+    txt.add_argument("--embedder", default="minilm",
+                     help="'minilm' (packaged all-MiniLM-L6-v2), a local model path or hub id")  # fmt: skip
+    txt.add_argument("--limit", type=int, help="use only the first N rows")
+    ident = t.add_argument_group("identity")
+    ident.add_argument("--embedder-name", help="name of the model that made --embeddings")
+    ident.add_argument("--embedder-version", help="version string callers will send")
+    ident.add_argument("--pooling", choices=["mean", "last_token", "cls", "unknown"], default=None)
+    ident.add_argument("--classifier-version", help="default: lr-<hash of the weights>")
+    ident.add_argument("--no-normalize", action="store_true",
+                       help="do not put embeddings on the unit sphere (paper A does)")  # fmt: skip
+    fit = t.add_argument_group("fit")
+    fit.add_argument("--flag-threshold", type=float, default=0.5)
+    fit.add_argument("--holdout-fraction", type=float, default=0.2)
+    fit.add_argument("--reference-size", type=int, default=2000)
+    fit.add_argument("--seed", type=int, default=42)
+    t.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    t.add_argument("--force", action="store_true", help="replace --out if it exists")
+    t.set_defaults(func=_cmd_bundle_train)
+
+    i = bsub.add_parser("inspect", help="print a bundle for a person (verifies it first)")
+    i.add_argument("bundle", type=Path)
+    i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    i.set_defaults(func=_cmd_bundle_inspect)
+
+
+def _load_xy(args: argparse.Namespace):
+    import numpy as np
+
+    if args.embeddings is not None:
+        if args.labels is None:
+            raise UserError("--embeddings needs --labels")
+        return np.load(args.embeddings, allow_pickle=False), np.load(args.labels, allow_pickle=False), None
+    if args.data is None:
+        raise UserError("give --embeddings and --labels, or --data")
+    if args.data.suffix == ".npz":
+        with np.load(args.data, allow_pickle=False) as z:
+            missing = {"embeddings", "labels"} - set(z.files)
+            if missing:
+                raise UserError(f"{args.data} lacks arrays {sorted(missing)} (it has {z.files})")
+            return z["embeddings"], z["labels"], None
+    from silentwatch.monitor.datasets import load_labelled_texts
+
+    table = load_labelled_texts(
+        args.data,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        label_threshold=args.label_threshold,
+        positive_label=args.positive_label,
+        limit=args.limit,
+    )
+    try:
+        from silentwatch.offline.embedding import load_embedder
+    except ImportError as exc:
+        raise UserError(
+            f"embedding texts needs the offline extra ({exc}); pip install 'silentwatch[offline]', "
+            "or pass precomputed --embeddings"
+        ) from None
+    emb = load_embedder(args.embedder)
+    print(f"embedding {len(table.texts):,} texts with {emb.name} ({emb.pooling} pooling) ...")
+    return emb.embed(table.texts), table.labels, emb
+
+
+def _cmd_bundle_train(args: argparse.Namespace) -> int:
+    from silentwatch.monitor.bundle import BundleError, EmbedderSpec, Thresholds, train_bundle
+
+    try:
+        x, y, emb = _load_xy(args)
+        if emb is not None:
+            spec = emb.spec(args.embedder_version)
+        else:
+            if not args.embedder_name or not args.embedder_version:
+                raise UserError(
+                    "precomputed embeddings need --embedder-name and --embedder-version "
+                    "(the version callers will send; the sidecar refuses others)"
+                )
+            spec = EmbedderSpec(
+                name=args.embedder_name,
+                version=args.embedder_version,
+                pooling=args.pooling or "unknown",
+                normalized=not args.no_normalize,
+            )
+        res = train_bundle(
+            x,
+            y,
+            args.out,
+            embedder=spec,
+            classifier_version=args.classifier_version,
+            thresholds=Thresholds(flag=args.flag_threshold),
+            holdout_fraction=args.holdout_fraction,
+            reference_size=args.reference_size,
+            seed=args.seed,
+            overwrite=args.force,
+        )
+    except (BundleError, ValueError, OSError) as exc:
+        raise UserError(str(exc)) from None
+    metrics = ", ".join(f"{k} {v:.3f}" for k, v in res.holdout_metrics.items())
+    print(f"wrote bundle {res.classifier_version} to {res.path} (held-out: {metrics})")
+    return 0
+
+
+def _cmd_bundle_inspect(args: argparse.Namespace) -> int:
+    from silentwatch.monitor.bundle import BundleError, load_bundle
+
+    try:
+        b = load_bundle(args.bundle)
+    except BundleError as exc:
+        raise UserError(str(exc)) from None
+    m = b.manifest
+    if args.json:
+        print(m.model_dump_json(indent=2))
+        return 0
+    e = m.embedder
+    ref = b.reference
+    lines = [
+        f"bundle            {b.path}  (verified; manifest sha256 {b.sha256[:16]})",
+        f"classifier        {m.classifier_version}  created {m.created_at:%Y-%m-%d %H:%M:%S %Z}",
+        f"embedder          {e.name}  version {e.version}  pooling {e.pooling}"
+        f"  {'unit-normalised' if e.normalized else 'raw'}",
+        f"  weights sha256  {e.weights_sha256 or '(not recorded)'}",
+        f"  also accepts    {', '.join(e.accepted_versions) or '(no other versions)'}",
+        f"dimension         {m.embedding_dim}",
+        f"thresholds        flag at P(unsafe) >= {m.thresholds.flag}; "
+        f"high confidence > {m.thresholds.high_confidence}",
+        f"training          {m.training.n_train:,} rows, {m.training.n_holdout:,} held out, "
+        f"{m.training.positive_rate:.1%} unsafe, seed {m.training.seed}",
+        f"  estimator       {m.training.estimator}",
+    ]
+    for k, v in m.training.holdout_metrics.items():
+        lines.append(f"  held-out {k:<8} {v:.4f}")
+    lines.append(
+        f"reference         {ref.embeddings.shape[0]:,} embeddings, mean score "
+        f"{float(ref.scores.mean()):.3f}" + (f", extra arrays {sorted(ref.extra)}" if ref.extra else "")
+    )
+    for name, digest in m.files.items():
+        lines.append(f"file              {name}  sha256 {digest}")
+    print("\n".join(lines))
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="build a bundle, start the sidecar, replay traffic with an embedding update halfway",
+    )
+    p.add_argument("--out", type=Path, help="working directory (default: a temp dir)")
+    p.add_argument("--data", type=Path,
+                   help="a labelled CSV/JSONL/parquet: use real all-MiniLM-L6-v2 embeddings of it")  # fmt: skip
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--label-threshold", type=float, default=0.5)
+    p.add_argument("--requests", type=int, default=8000, help="embeddings to replay in all")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--label-fraction", type=float, default=0.3,
+                   help="share of requests that get a delayed human label")  # fmt: skip
+    p.add_argument("--drift", type=float, default=0.02,
+                   help="paper A Gaussian drift s (per-dimension convention) after the update")  # fmt: skip
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--keep-serving", action="store_true",
+                   help="leave the sidecar up afterwards (ports 50051 / 9464 unless given)")  # fmt: skip
+    p.add_argument("--port", type=int)
+    p.add_argument("--metrics-port", type=int)
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from silentwatch.demo.run import run_demo
+
+    default_port = (50051, 9464) if args.keep_serving else (0, 0)
+    try:
+        run_demo(
+            out_dir=args.out,
+            data=args.data,
+            requests=args.requests,
+            batch_size=args.batch_size,
+            label_fraction=args.label_fraction,
+            drift=args.drift,
+            seed=args.seed,
+            port=default_port[0] if args.port is None else args.port,
+            metrics_port=default_port[1] if args.metrics_port is None else args.metrics_port,
+            keep_serving=args.keep_serving,
+            **(
+                {"text_column": args.text_column, "label_column": args.label_column,
+                 "label_threshold": args.label_threshold} if args.data else {}
+            ),  # fmt: skip
+        )
+    except KeyboardInterrupt:
+        print("\ninterrupted; sidecar stopped", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as exc:
+        raise UserError(str(exc)) from None
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="silentwatch",
+        description="Keep embedding-based safety classifiers honest.",
+    )
+    p.add_argument("--version", action="version", version=f"silentwatch {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_serve(sub)
+    _add_bundle(sub)
+    _add_demo(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"silentwatch: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
