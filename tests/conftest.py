@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from silentwatch.demo.world import SyntheticWorld
+from silentwatch.monitor.bundle import EmbedderSpec, load_bundle, train_bundle
+from silentwatch.monitor.config import load_settings
+from silentwatch.monitor.server import Sidecar
+from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
+
+DIM = 32
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def world() -> SyntheticWorld:
+    return SyntheticWorld(dim=DIM, delta=0.02, seed=3)
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory, world: SyntheticWorld) -> Path:
+    x, y = world.sample(800)
+    out = tmp_path_factory.mktemp("bundle") / "b"
+    train_bundle(
+        x, y, out,
+        embedder=EmbedderSpec(name="test/embedder", version="v1", accepted_versions=("v1-int8",)),
+        classifier_version="clf-test",
+        reference_size=200,
+    )  # fmt: skip
+    return out
+
+
+@pytest.fixture
+def sidecar_factory(bundle_dir: Path):
+    started: list[Sidecar] = []
+
+    def make(**overrides) -> Sidecar:
+        settings = load_settings(bundle=bundle_dir, port=0, metrics_port=0, **overrides)
+        sc = Sidecar(settings, bundle=load_bundle(bundle_dir)).start()
+        started.append(sc)
+        return sc
+
+    yield make
+    for sc in started:
+        sc.stop(grace=0.5)
+
+
+@pytest.fixture
+def sidecar(sidecar_factory) -> Sidecar:
+    return sidecar_factory()
+
+
+@pytest.fixture
+def stub(sidecar: Sidecar):
+    with grpc.insecure_channel(sidecar.grpc_target) as ch:
+        yield pb_grpc.MonitorStub(ch)
+
+
+def unit_rows(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)

@@ -1,0 +1,41 @@
+"""`silentwatch demo` end to end, in a short mode."""
+
+from __future__ import annotations
+
+import numpy as np
+from rich.console import Console
+
+from silentwatch.cli import main
+from silentwatch.demo.run import run_demo
+from silentwatch.demo.world import SyntheticWorld, gaussian_drift
+
+
+def test_demo_shows_the_silent_failure(tmp_path):
+    console = Console(record=True, width=120)
+    res = run_demo(out_dir=tmp_path, requests=1200, console=console)
+    clean, updated = res.phases
+    assert clean.rows == updated.rows == 600
+    assert clean.true_auc > 0.78  # near paper A's 0.85 baseline
+    assert updated.true_auc < 0.62  # collapsed towards chance
+    # ... while confidence does not fall: the failure is silent.
+    assert updated.mean_confidence >= clean.mean_confidence - 0.05
+    assert clean.labels_joined > 100 and updated.labels_joined > 100
+    text = console.export_text()
+    assert "Silent failure" in text and "clean" in text and "updated" in text
+    assert (tmp_path / "bundle" / "manifest.json").is_file()
+
+
+def test_demo_cli_exit_code(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--requests", "400", "--seed", "1"]) == 0
+
+
+def test_world_drift_keeps_vectors_on_the_sphere():
+    w = SyntheticWorld(dim=64)
+    x, y = w.sample(500)
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+    assert 0.3 < y.mean() < 0.7
+    xd = gaussian_drift(x, 0.02, np.random.default_rng(0))
+    np.testing.assert_allclose(np.linalg.norm(xd, axis=1), 1.0, atol=1e-5)
+    angle = np.degrees(np.arccos(np.clip((x * xd).sum(1), -1, 1))).mean()
+    # Per-dimension s in d dims moves a unit vector by about atan(s * sqrt(d)).
+    assert abs(angle - np.degrees(np.arctan(0.02 * 8))) < 1.5
