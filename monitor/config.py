@@ -37,7 +37,9 @@ class ServeSettings(BaseSettings):
     max_batch_rows: int = Field(8192, ge=1, description="most rows in one ClassifyBatch/Observe")
     max_request_id_length: int = Field(128, ge=1, le=4096)
     store_capacity: int = Field(250_000, ge=1, description="predictions kept for the label join")
-    store_ttl_seconds: float = Field(7 * 86400.0, gt=0, description="how long they wait for a label")
+    store_ttl_seconds: float = Field(
+        7 * 86400.0, gt=0, description="how long they wait for a label"
+    )
     max_queued_rows: int = Field(
         32768, ge=1, description="rows the statistics worker may lag behind before sampling out"
     )

@@ -47,7 +47,9 @@ def _rows(path: Path) -> Iterator[dict]:
             ) from None
         yield from pq.read_table(path).to_pylist()
     else:
-        raise ValueError(f"{path}: unsupported format; use .csv, .tsv, .jsonl or .parquet (optionally .gz)")
+        raise ValueError(
+            f"{path}: unsupported format; use .csv, .tsv, .jsonl or .parquet (optionally .gz)"
+        )
 
 
 def _to_label(value: object, threshold: float, positive: str | None) -> int:

@@ -35,8 +35,21 @@ PREFIX = "silentwatch"
 # 0.05-wide buckets on [0, 1]: fixed so that replicas' histograms add up.
 UNIT_BUCKETS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 21))
 DURATION_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-)  # fmt: skip
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
 RPCS = ("Classify", "ClassifyBatch", "Observe", "SubmitLabels", "GetStatus")
 SOURCES = ("classify", "observe")
 
@@ -224,7 +237,9 @@ class StateCollector(Collector):
         yield fam
         st = s["store"]
         yield gauge("prediction_store_entries", "Predictions awaiting a label.", st["entries"])
-        yield gauge("prediction_store_capacity", "Most predictions the store keeps.", st["capacity"])
+        yield gauge(
+            "prediction_store_capacity", "Most predictions the store keeps.", st["capacity"]
+        )
         fam = CounterMetricFamily(
             f"{PREFIX}_prediction_store_evictions",
             "Predictions evicted before a label arrived, by reason.",
@@ -234,7 +249,9 @@ class StateCollector(Collector):
         fam.add_metric(["ttl"], st["evicted_ttl"])
         yield fam
         pl = s["pipeline"]
-        yield gauge("pipeline_queued_batches", "Batches waiting for the background worker.", pl["queued"])
+        yield gauge(
+            "pipeline_queued_batches", "Batches waiting for the background worker.", pl["queued"]
+        )
         yield counter(
             "pipeline_processed_rows", "Rows folded into the statistics.", pl["processed_rows"]
         )
@@ -243,5 +260,9 @@ class StateCollector(Collector):
             "Rows shed because the worker fell behind (counted, never silent).",
             pl["sampled_out_rows"],
         )
-        yield counter("pipeline_sink_errors", "Exceptions raised by statistics sinks.", pl["sink_errors"])
-        yield gauge("uptime_seconds", "Seconds since the sidecar started serving.", s["uptime_seconds"])
+        yield counter(
+            "pipeline_sink_errors", "Exceptions raised by statistics sinks.", pl["sink_errors"]
+        )
+        yield gauge(
+            "uptime_seconds", "Seconds since the sidecar started serving.", s["uptime_seconds"]
+        )

@@ -124,7 +124,9 @@ class Pipeline:
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="silentwatch-pipeline", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, name="silentwatch-pipeline", daemon=True
+            )
             self._thread.start()
 
     def _run(self) -> None:

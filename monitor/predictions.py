@@ -124,7 +124,7 @@ class PredictionStore:
             if dup:
                 raise DuplicateRequestIds(sorted(dup))
             now = self._clock()
-            self._pending.update(zip(ids, zip(scores.tolist(), repeat(now))))
+            self._pending.update(zip(ids, zip(scores.tolist(), repeat(now)), strict=True))
             self.counters.recorded += len(ids)
             self._evict(now)
 

@@ -25,7 +25,8 @@ class LinearScorer:
     >>> s = LinearScorer.from_standardized(
     ...     mean=np.zeros(2), scale=np.ones(2), coef=np.array([2.0, 0.0]), intercept=0.0,
     ...     normalize=False)
-    >>> s.predict_proba(np.array([[0.0, 1.0], [1.0, 0.0]], dtype=np.float32)).round(3).tolist()
+    >>> p = s.predict_proba(np.array([[0.0, 1.0], [1.0, 0.0]], dtype=np.float32))
+    >>> [round(float(v), 3) for v in p]
     [0.5, 0.881]
     """
 

@@ -55,7 +55,9 @@ class Sidecar:
         self.registry.register(self.traffic.scores)
         self.registry.register(self.traffic.confidence)
         self.store = PredictionStore(s.store_capacity, s.store_ttl_seconds)
-        self.pipeline = Pipeline([self.traffic, *self.extra_sinks], max_queued_rows=s.max_queued_rows)
+        self.pipeline = Pipeline(
+            [self.traffic, *self.extra_sinks], max_queued_rows=s.max_queued_rows
+        )
         self.service = MonitorService(
             self.bundle, s, self.store, self.pipeline, self.request_metrics, self.traffic
         )
@@ -108,7 +110,9 @@ class Sidecar:
         self.grpc_port = self._server.add_insecure_port(f"{s.host}:{s.port}")
         if self.grpc_port == 0:
             raise OSError(f"could not bind gRPC to {s.host}:{s.port}")
-        self._httpd, _ = start_http_server(s.metrics_port, addr=s.metrics_host, registry=self.registry)
+        self._httpd, _ = start_http_server(
+            s.metrics_port, addr=s.metrics_host, registry=self.registry
+        )
         self.metrics_port = self._httpd.server_port
         self._server.start()
         for name in ("", SERVICE_NAME):

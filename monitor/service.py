@@ -126,12 +126,12 @@ class MonitorService(pb_grpc.MonitorServicer):
                 + "; request ids must be unique, nothing in this request was recorded",
             ) from None
 
-    def _enqueue(self, x: np.ndarray, norms: np.ndarray, p: np.ndarray, source: str, ev: str) -> None:
+    def _enqueue(
+        self, x: np.ndarray, norms: np.ndarray, p: np.ndarray, source: str, ev: str
+    ) -> None:
         if not self._recording:
             return
-        self.pipeline.submit_predictions(
-            PredictionBatch(x, norms, p, source, ev, time.time())
-        )
+        self.pipeline.submit_predictions(PredictionBatch(x, norms, p, source, ev, time.time()))
 
     # -- RPCs -------------------------------------------------------------------------
     @rpc("Classify")
@@ -183,7 +183,10 @@ class MonitorService(pb_grpc.MonitorServicer):
         norms = checked_norms(x, need_nonzero=self._normalize)
         if len(request.p_unsafe):
             if len(request.p_unsafe) != n:
-                raise invalid(f"{len(request.p_unsafe)} p_unsafe values for {n} rows; send one per row, or none")
+                raise invalid(
+                    f"{len(request.p_unsafe)} p_unsafe values for {n} rows; "
+                    "send one per row, or none"
+                )
             p = np.asarray(request.p_unsafe, dtype=np.float32)
             if not (np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()):
                 raise invalid("p_unsafe values must be probabilities in [0, 1]")

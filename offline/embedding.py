@@ -14,9 +14,8 @@ from typing import Literal
 
 import numpy as np
 import torch
-from transformers import AutoConfig, AutoModel, AutoTokenizer
-
 from silentwatch.monitor.bundle import EmbedderSpec
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 Pooling = Literal["mean", "last_token"]
 MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -47,9 +46,12 @@ class TransformerEmbedder:
     def __post_init__(self) -> None:
         cfg = AutoConfig.from_pretrained(self.model_path)
         if self.pooling is None:
-            self.pooling = "last_token" if getattr(cfg, "is_decoder", False) or cfg.model_type in (
-                "llama", "qwen2", "gpt2", "mistral", "gemma", "phi3"
-            ) else "mean"  # fmt: skip
+            self.pooling = (
+                "last_token"
+                if getattr(cfg, "is_decoder", False)
+                or cfg.model_type in ("llama", "qwen2", "gpt2", "mistral", "gemma", "phi3")
+                else "mean"
+            )
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -107,7 +109,7 @@ def minilm_path() -> str:
 
 
 def load_embedder(model: str | None = None, **kwargs) -> TransformerEmbedder:
-    """``None`` or ``"minilm"`` is the packaged all-MiniLM-L6-v2; anything else a local path or hub id."""
+    """``None`` / ``"minilm"``: the packaged all-MiniLM-L6-v2; else a local path or hub id."""
     if model in (None, "minilm", MINILM_NAME):
         return TransformerEmbedder(minilm_path(), name=MINILM_NAME, pooling="mean", **kwargs)
     return TransformerEmbedder(model, **kwargs)

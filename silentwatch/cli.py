@@ -54,7 +54,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise UserError(f"cannot bind: {exc}") from None
     # Machine-readable line for supervisors and tests that start us on port 0.
     print(
-        json.dumps({"event": "serving", "grpc": sidecar.grpc_target, "metrics": sidecar.metrics_url}),
+        json.dumps(
+            {"event": "serving", "grpc": sidecar.grpc_target, "metrics": sidecar.metrics_url}
+        ),
         flush=True,
     )
     sidecar.wait_for_signal()
@@ -83,19 +85,29 @@ def _add_bundle(sub: argparse._SubParsersAction) -> None:
     txt = t.add_argument_group("text input")
     txt.add_argument("--text-column", default="text")
     txt.add_argument("--label-column", default="label")
-    txt.add_argument("--label-threshold", type=float, default=0.5,
-                     help="fractional labels (Civil Comments' toxicity) count as unsafe at >= this")  # fmt: skip
+    txt.add_argument(
+        "--label-threshold",
+        type=float,
+        default=0.5,
+        help="fractional labels (Civil Comments' toxicity) count as unsafe at >= this",
+    )
     txt.add_argument("--positive-label", help="string label value meaning unsafe, e.g. 'toxic'")
-    txt.add_argument("--embedder", default="minilm",
-                     help="'minilm' (packaged all-MiniLM-L6-v2), a local model path or hub id")  # fmt: skip
+    txt.add_argument(
+        "--embedder",
+        default="minilm",
+        help="'minilm' (packaged all-MiniLM-L6-v2), a local model path or hub id",
+    )
     txt.add_argument("--limit", type=int, help="use only the first N rows")
     ident = t.add_argument_group("identity")
     ident.add_argument("--embedder-name", help="name of the model that made --embeddings")
     ident.add_argument("--embedder-version", help="version string callers will send")
     ident.add_argument("--pooling", choices=["mean", "last_token", "cls", "unknown"], default=None)
     ident.add_argument("--classifier-version", help="default: lr-<hash of the weights>")
-    ident.add_argument("--no-normalize", action="store_true",
-                       help="do not put embeddings on the unit sphere (paper A does)")  # fmt: skip
+    ident.add_argument(
+        "--no-normalize",
+        action="store_true",
+        help="do not put embeddings on the unit sphere (paper A does)",
+    )
     fit = t.add_argument_group("fit")
     fit.add_argument("--flag-threshold", type=float, default=0.5)
     fit.add_argument("--holdout-fraction", type=float, default=0.2)
@@ -117,7 +129,11 @@ def _load_xy(args: argparse.Namespace):
     if args.embeddings is not None:
         if args.labels is None:
             raise UserError("--embeddings needs --labels")
-        return np.load(args.embeddings, allow_pickle=False), np.load(args.labels, allow_pickle=False), None
+        return (
+            np.load(args.embeddings, allow_pickle=False),
+            np.load(args.labels, allow_pickle=False),
+            None,
+        )
     if args.data is None:
         raise UserError("give --embeddings and --labels, or --data")
     if args.data.suffix == ".npz":
@@ -217,7 +233,8 @@ def _cmd_bundle_inspect(args: argparse.Namespace) -> int:
         lines.append(f"  held-out {k:<8} {v:.4f}")
     lines.append(
         f"reference         {ref.embeddings.shape[0]:,} embeddings, mean score "
-        f"{float(ref.scores.mean()):.3f}" + (f", extra arrays {sorted(ref.extra)}" if ref.extra else "")
+        f"{float(ref.scores.mean()):.3f}"
+        + (f", extra arrays {sorted(ref.extra)}" if ref.extra else "")
     )
     for name, digest in m.files.items():
         lines.append(f"file              {name}  sha256 {digest}")
@@ -231,20 +248,34 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         help="build a bundle, start the sidecar, replay traffic with an embedding update halfway",
     )
     p.add_argument("--out", type=Path, help="working directory (default: a temp dir)")
-    p.add_argument("--data", type=Path,
-                   help="a labelled CSV/JSONL/parquet: use real all-MiniLM-L6-v2 embeddings of it")  # fmt: skip
+    p.add_argument(
+        "--data",
+        type=Path,
+        help="a labelled CSV/JSONL/parquet: use real all-MiniLM-L6-v2 embeddings of it",
+    )
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
     p.add_argument("--label-threshold", type=float, default=0.5)
     p.add_argument("--requests", type=int, default=8000, help="embeddings to replay in all")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--label-fraction", type=float, default=0.3,
-                   help="share of requests that get a delayed human label")  # fmt: skip
-    p.add_argument("--drift", type=float, default=0.02,
-                   help="paper A Gaussian drift s (per-dimension convention) after the update")  # fmt: skip
+    p.add_argument(
+        "--label-fraction",
+        type=float,
+        default=0.3,
+        help="share of requests that get a delayed human label",
+    )
+    p.add_argument(
+        "--drift",
+        type=float,
+        default=0.02,
+        help="paper A Gaussian drift s (per-dimension convention) after the update",
+    )
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--keep-serving", action="store_true",
-                   help="leave the sidecar up afterwards (ports 50051 / 9464 unless given)")  # fmt: skip
+    p.add_argument(
+        "--keep-serving",
+        action="store_true",
+        help="leave the sidecar up afterwards (ports 50051 / 9464 unless given)",
+    )
     p.add_argument("--port", type=int)
     p.add_argument("--metrics-port", type=int)
     p.set_defaults(func=_cmd_demo)
@@ -267,9 +298,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             metrics_port=default_port[1] if args.metrics_port is None else args.metrics_port,
             keep_serving=args.keep_serving,
             **(
-                {"text_column": args.text_column, "label_column": args.label_column,
-                 "label_threshold": args.label_threshold} if args.data else {}
-            ),  # fmt: skip
+                {
+                    "text_column": args.text_column,
+                    "label_column": args.label_column,
+                    "label_threshold": args.label_threshold,
+                }
+                if args.data
+                else {}
+            ),
         )
     except KeyboardInterrupt:
         print("\ninterrupted; sidecar stopped", file=sys.stderr)

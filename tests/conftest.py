@@ -5,11 +5,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-
-from silentwatch.demo.world import SyntheticWorld
 from silentwatch.monitor.bundle import EmbedderSpec, load_bundle, train_bundle
 from silentwatch.monitor.config import load_settings
 from silentwatch.monitor.server import Sidecar
+
+from silentwatch.demo.world import SyntheticWorld
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 
 DIM = 32
@@ -26,11 +26,13 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory, world: SyntheticWorld) 
     x, y = world.sample(800)
     out = tmp_path_factory.mktemp("bundle") / "b"
     train_bundle(
-        x, y, out,
+        x,
+        y,
+        out,
         embedder=EmbedderSpec(name="test/embedder", version="v1", accepted_versions=("v1-int8",)),
         classifier_version="clf-test",
         reference_size=200,
-    )  # fmt: skip
+    )
     return out
 
 

@@ -23,7 +23,9 @@ def refused(call, request) -> grpc.RpcError:
 
 
 def still_serves(stub) -> None:
-    resp = stub.Classify(pb.ClassifyRequest(embedding=pb.Embedding(f32le=unit_rows(1, seed=42).tobytes())))
+    resp = stub.Classify(
+        pb.ClassifyRequest(embedding=pb.Embedding(f32le=unit_rows(1, seed=42).tobytes()))
+    )
     assert 0.0 <= resp.p_unsafe <= 1.0
 
 
@@ -37,13 +39,21 @@ def one(arr: np.ndarray, **kw) -> pb.ClassifyRequest:
         (one(unit_rows(1, dim=DIM + 1)[0]), INVALID, f"expects dimension {DIM}"),
         (pb.ClassifyRequest(embedding=pb.Embedding(f32le=b"")), INVALID, "empty"),
         (pb.ClassifyRequest(), INVALID, "missing"),
-        (pb.ClassifyRequest(embedding=pb.Embedding(f32le=b"\x00" * (DIM * 4 - 2))), INVALID, "bytes"),
+        (
+            pb.ClassifyRequest(embedding=pb.Embedding(f32le=b"\x00" * (DIM * 4 - 2))),
+            INVALID,
+            "bytes",
+        ),
         (one(np.r_[np.nan, np.ones(DIM - 1)]), INVALID, "NaN or Inf"),
         (one(np.r_[np.inf, np.ones(DIM - 1)]), INVALID, "NaN or Inf"),
         (one(np.zeros(DIM)), INVALID, "all zeros"),
         (one(np.full(DIM, 1e30)), INVALID, "overflow"),
         (one(unit_rows(1)[0], embedder_version="v2"), grpc.StatusCode.FAILED_PRECONDITION, "gate"),
-        (one(unit_rows(1)[0], classifier_version="other"), grpc.StatusCode.FAILED_PRECONDITION, "clf-test"),
+        (
+            one(unit_rows(1)[0], classifier_version="other"),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "clf-test",
+        ),
         (one(unit_rows(1)[0], request_id="x" * 129), INVALID, "limit of 128"),
         (
             pb.ClassifyRequest(embedding=pb.Embedding(values=pb.FloatValues(values=[0.1] * 3))),
@@ -60,15 +70,28 @@ def test_classify_refusals(stub, request_, code, needle):
 
 
 def test_accepted_embedder_versions_pass(stub):
-    assert stub.Classify(one(unit_rows(1)[0], embedder_version="v1-int8")).classifier_version == "clf-test"
+    assert (
+        stub.Classify(one(unit_rows(1)[0], embedder_version="v1-int8")).classifier_version
+        == "clf-test"
+    )
 
 
 def test_batch_refusals(stub):
     x = unit_rows(4)
     cases = [
-        (pb.ClassifyBatchRequest(embeddings=pb.EmbeddingMatrix(rows=4, dim=DIM + 1, f32le=x.tobytes())), "dim is"),
+        (
+            pb.ClassifyBatchRequest(
+                embeddings=pb.EmbeddingMatrix(rows=4, dim=DIM + 1, f32le=x.tobytes())
+            ),
+            "dim is",
+        ),
         (pb.ClassifyBatchRequest(embeddings=pb.EmbeddingMatrix(rows=0, dim=DIM)), "rows is 0"),
-        (pb.ClassifyBatchRequest(embeddings=pb.EmbeddingMatrix(rows=5, dim=DIM, f32le=x.tobytes())), "needs"),
+        (
+            pb.ClassifyBatchRequest(
+                embeddings=pb.EmbeddingMatrix(rows=5, dim=DIM, f32le=x.tobytes())
+            ),
+            "needs",
+        ),
         (pb.ClassifyBatchRequest(embeddings=pb.EmbeddingMatrix(rows=4, dim=DIM)), "no data"),
         (batch_request(x, ["a", "b"]), "one id per row"),
         (batch_request(x, ["a", "", "c", "d"]), "empty"),
@@ -117,7 +140,11 @@ def test_duplicate_request_ids(sidecar, stub):
 def test_observe_refusals(stub):
     x = unit_rows(2)
     m = pb.EmbeddingMatrix(rows=2, dim=DIM, f32le=x.tobytes())
-    for p, needle in (([0.5], "one per row"), ([0.5, 1.5], "[0, 1]"), ([0.5, float("nan")], "[0, 1]")):
+    for p, needle in (
+        ([0.5], "one per row"),
+        ([0.5, 1.5], "[0, 1]"),
+        ([0.5, float("nan")], "[0, 1]"),
+    ):
         err = refused(stub.Observe, pb.ObserveRequest(embeddings=m, p_unsafe=p))
         assert err.code() == INVALID and needle in err.details()
     assert stub.Observe(pb.ObserveRequest(embeddings=m)).accepted == 2
@@ -129,7 +156,9 @@ def test_refusals_are_counted_by_status_code(sidecar, stub):
     refused(stub.Classify, one(unit_rows(1)[0], embedder_version="v9"))
     m = scrape(sidecar.metrics_url)
     assert m.get_value("silentwatch_requests_total", rpc="Classify", code="INVALID_ARGUMENT") == 3
-    assert m.get_value("silentwatch_requests_total", rpc="Classify", code="FAILED_PRECONDITION") == 1
+    assert (
+        m.get_value("silentwatch_requests_total", rpc="Classify", code="FAILED_PRECONDITION") == 1
+    )
     assert m.get_value("silentwatch_embedder_version_mismatch_requests_total") == 1
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from silentwatch.monitor.config import ConfigError, load_settings
+
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 
@@ -44,7 +44,7 @@ def wait_serving(proc: subprocess.Popen) -> dict:
 
 def test_missing_bundle_fails_fast_with_a_clear_message(tmp_path):
     proc = serve("--bundle", str(tmp_path / "nope"))
-    out, err = proc.communicate(timeout=30)
+    _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2
     assert "does not exist" in err and "silentwatch bundle train" in err
     assert "Traceback" not in err
@@ -136,10 +136,16 @@ def test_settings_precedence_flags_env_yaml(bundle_dir, tmp_path, monkeypatch):
 def test_generated_stubs_match_the_proto(tmp_path):
     from grpc_tools import protoc
 
-    rc = protoc.main([
-        "protoc", f"-I{ROOT / 'proto'}", f"--python_out={tmp_path}", f"--pyi_out={tmp_path}",
-        f"--grpc_python_out={tmp_path}", str(ROOT / "proto/silentwatch/v1/monitor.proto"),
-    ])  # fmt: skip
+    rc = protoc.main(
+        [
+            "protoc",
+            f"-I{ROOT / 'proto'}",
+            f"--python_out={tmp_path}",
+            f"--pyi_out={tmp_path}",
+            f"--grpc_python_out={tmp_path}",
+            str(ROOT / "proto/silentwatch/v1/monitor.proto"),
+        ]
+    )
     assert rc == 0
     for name in ("monitor_pb2.py", "monitor_pb2.pyi", "monitor_pb2_grpc.py"):
         fresh = (tmp_path / "silentwatch/v1" / name).read_text()

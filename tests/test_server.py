@@ -20,7 +20,9 @@ from .conftest import DIM, unit_rows
 def batch_request(x: np.ndarray, ids: list[str] | None = None, **kw) -> pb.ClassifyBatchRequest:
     return pb.ClassifyBatchRequest(
         request_ids=ids or [],
-        embeddings=pb.EmbeddingMatrix(rows=x.shape[0], dim=x.shape[1], f32le=x.astype("<f4").tobytes()),
+        embeddings=pb.EmbeddingMatrix(
+            rows=x.shape[0], dim=x.shape[1], f32le=x.astype("<f4").tobytes()
+        ),
         **kw,
     )
 
@@ -28,7 +30,9 @@ def batch_request(x: np.ndarray, ids: list[str] | None = None, **kw) -> pb.Class
 def test_classify_matches_the_bundle_scorer(sidecar, stub):
     x = unit_rows(1)
     resp = stub.Classify(
-        pb.ClassifyRequest(request_id="r1", embedding=pb.Embedding(f32le=x.tobytes()), embedder_version="v1")
+        pb.ClassifyRequest(
+            request_id="r1", embedding=pb.Embedding(f32le=x.tobytes()), embedder_version="v1"
+        )
     )
     expected = float(sidecar.bundle.scorer.predict_proba(x)[0])
     assert resp.p_unsafe == pytest.approx(expected, abs=1e-6)
@@ -43,11 +47,15 @@ def test_repeated_float_form_gives_the_same_score(stub):
     packed = stub.ClassifyBatch(batch_request(x))
     floats = stub.ClassifyBatch(
         pb.ClassifyBatchRequest(
-            embeddings=pb.EmbeddingMatrix(rows=3, dim=DIM, values=pb.FloatValues(values=x.ravel().tolist()))
+            embeddings=pb.EmbeddingMatrix(
+                rows=3, dim=DIM, values=pb.FloatValues(values=x.ravel().tolist())
+            )
         )
     )
     np.testing.assert_allclose(packed.p_unsafe, floats.p_unsafe, atol=1e-7)
-    one = stub.Classify(pb.ClassifyRequest(embedding=pb.Embedding(values=pb.FloatValues(values=x[0].tolist()))))
+    one = stub.Classify(
+        pb.ClassifyRequest(embedding=pb.Embedding(values=pb.FloatValues(values=x[0].tolist())))
+    )
     assert one.p_unsafe == pytest.approx(packed.p_unsafe[0], abs=1e-7)
 
 
@@ -61,29 +69,45 @@ def test_scale_of_the_embedding_does_not_matter_when_the_bundle_normalises(stub)
 def test_metrics_count_exactly_what_was_sent(sidecar, stub):
     n_unary, batches, rows = 7, 3, 50
     for i in range(n_unary):
-        stub.Classify(pb.ClassifyRequest(request_id=f"u{i}", embedding=pb.Embedding(f32le=unit_rows(1, seed=i).tobytes())))
+        stub.Classify(
+            pb.ClassifyRequest(
+                request_id=f"u{i}", embedding=pb.Embedding(f32le=unit_rows(1, seed=i).tobytes())
+            )
+        )
     scores = []
     for b in range(batches):
         x = unit_rows(rows, seed=100 + b)
-        scores += list(stub.ClassifyBatch(batch_request(x, [f"b{b}-{i}" for i in range(rows)])).p_unsafe)
-    stub.Observe(pb.ObserveRequest(
-        embeddings=pb.EmbeddingMatrix(rows=2, dim=DIM, f32le=unit_rows(2).tobytes()), p_unsafe=[0.05, 0.97]
-    ))  # fmt: skip
+        scores += list(
+            stub.ClassifyBatch(batch_request(x, [f"b{b}-{i}" for i in range(rows)])).p_unsafe
+        )
+    stub.Observe(
+        pb.ObserveRequest(
+            embeddings=pb.EmbeddingMatrix(rows=2, dim=DIM, f32le=unit_rows(2).tobytes()),
+            p_unsafe=[0.05, 0.97],
+        )
+    )
     assert sidecar.pipeline.wait_idle(5)
     m = scrape(sidecar.metrics_url)
     total = n_unary + batches * rows
     assert m.get_value("silentwatch_requests_total", rpc="Classify", code="OK") == n_unary
     assert m.get_value("silentwatch_requests_total", rpc="ClassifyBatch", code="OK") == batches
-    assert m.get_value("silentwatch_embeddings_received_total", rpc="ClassifyBatch") == batches * rows
+    assert (
+        m.get_value("silentwatch_embeddings_received_total", rpc="ClassifyBatch") == batches * rows
+    )
     assert m.get_value("silentwatch_request_duration_seconds_count", rpc="ClassifyBatch") == batches
     assert m.get_value("silentwatch_prediction_score_count", source="classify") == total
     assert m.get_value("silentwatch_prediction_confidence_count", source="classify") == total
     assert m.get_value("silentwatch_predictions_total", source="classify") == total
     assert m.get_value("silentwatch_prediction_score_count", source="observe") == 2
-    assert m.get_value("silentwatch_prediction_score_sum", source="observe") == pytest.approx(1.02, abs=1e-5)
+    assert m.get_value("silentwatch_prediction_score_sum", source="observe") == pytest.approx(
+        1.02, abs=1e-5
+    )
     # Buckets are cumulative and agree with the scores the client saw.
     buckets = m.buckets("silentwatch_prediction_score", source="classify")
-    assert [le for le, _ in buckets][:3] == [0.05, 0.1, 0.15] and buckets[-1] == (float("inf"), total)
+    assert [le for le, _ in buckets][:3] == [0.05, 0.1, 0.15] and buckets[-1] == (
+        float("inf"),
+        total,
+    )
     le_half = dict(buckets)[0.5]
     batch_scores = np.asarray(scores)
     assert le_half >= np.count_nonzero(batch_scores <= 0.5)
@@ -97,14 +121,20 @@ def test_metrics_count_exactly_what_was_sent(sidecar, stub):
 def test_labels_join_by_request_id(sidecar, stub):
     x = unit_rows(5, seed=11)
     p = stub.ClassifyBatch(batch_request(x, [f"id{i}" for i in range(5)])).p_unsafe
-    resp = stub.SubmitLabels(pb.SubmitLabelsRequest(labels=[
-        pb.Label(request_id="id0", unsafe=True),
-        pb.Label(request_id="id3", unsafe=False),
-        pb.Label(request_id="nope", unsafe=True),
-    ]))  # fmt: skip
+    resp = stub.SubmitLabels(
+        pb.SubmitLabelsRequest(
+            labels=[
+                pb.Label(request_id="id0", unsafe=True),
+                pb.Label(request_id="id3", unsafe=False),
+                pb.Label(request_id="nope", unsafe=True),
+            ]
+        )
+    )
     assert (resp.received, resp.joined, resp.unknown) == (3, 2, 1)
     assert list(resp.unmatched_request_ids) == ["nope"]
-    again = stub.SubmitLabels(pb.SubmitLabelsRequest(labels=[pb.Label(request_id="id0", unsafe=True)]))
+    again = stub.SubmitLabels(
+        pb.SubmitLabelsRequest(labels=[pb.Label(request_id="id0", unsafe=True)])
+    )
     assert (again.joined, again.already_labelled) == (0, 1)
     assert sidecar.pipeline.wait_idle(5)
     m = scrape(sidecar.metrics_url)
@@ -121,9 +151,14 @@ def test_store_capacity_evicts_and_late_labels_count_as_expired(sidecar_factory)
     with grpc.insecure_channel(sc.grpc_target) as ch:
         stub = pb_grpc.MonitorStub(ch)
         stub.ClassifyBatch(batch_request(unit_rows(25), [f"e{i}" for i in range(25)]))
-        resp = stub.SubmitLabels(pb.SubmitLabelsRequest(labels=[
-            pb.Label(request_id="e14", unsafe=True), pb.Label(request_id="e24", unsafe=False)
-        ]))  # fmt: skip
+        resp = stub.SubmitLabels(
+            pb.SubmitLabelsRequest(
+                labels=[
+                    pb.Label(request_id="e14", unsafe=True),
+                    pb.Label(request_id="e24", unsafe=False),
+                ]
+            )
+        )
         assert (resp.joined, resp.expired) == (1, 1)
         status = stub.GetStatus(pb.GetStatusRequest())
     assert status.store.evicted_capacity == 15

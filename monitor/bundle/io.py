@@ -156,7 +156,9 @@ def load_bundle(directory: str | os.PathLike[str]) -> LoadedBundle:
     try:
         manifest_bytes = manifest_path.read_bytes()
     except FileNotFoundError:
-        raise BundleError(f"{path} has no {MANIFEST_FILE}; it is not a silentwatch bundle") from None
+        raise BundleError(
+            f"{path} has no {MANIFEST_FILE}; it is not a silentwatch bundle"
+        ) from None
     try:
         raw = json.loads(manifest_bytes)
     except json.JSONDecodeError as exc:
@@ -193,9 +195,7 @@ def load_bundle(directory: str | os.PathLike[str]) -> LoadedBundle:
     _require(ref, REFERENCE_REQUIRED, REFERENCE_FILE)
     emb, scores = ref.pop("embeddings"), ref.pop("scores")
     if emb.ndim != 2 or emb.shape[1] != dim or emb.shape[0] < 1:
-        raise BundleError(
-            f"{REFERENCE_FILE}:embeddings has shape {emb.shape}, expected (n, {dim})"
-        )
+        raise BundleError(f"{REFERENCE_FILE}:embeddings has shape {emb.shape}, expected (n, {dim})")
     if scores.shape != (emb.shape[0],):
         raise BundleError(
             f"{REFERENCE_FILE}:scores has shape {scores.shape}, expected ({emb.shape[0]},)"
@@ -204,7 +204,9 @@ def load_bundle(directory: str | os.PathLike[str]) -> LoadedBundle:
         raise BundleError(f"{REFERENCE_FILE} contains NaN or Inf; rebuild the bundle")
     labels = ref.pop("labels", None)
     if labels is not None and labels.shape != scores.shape:
-        raise BundleError(f"{REFERENCE_FILE}:labels has shape {labels.shape}, expected {scores.shape}")
+        raise BundleError(
+            f"{REFERENCE_FILE}:labels has shape {labels.shape}, expected {scores.shape}"
+        )
     reference = Reference(
         embeddings=np.ascontiguousarray(emb, dtype=np.float32),
         scores=np.asarray(scores, dtype=np.float32),

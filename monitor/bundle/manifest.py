@@ -50,7 +50,9 @@ class TrainingSummary(_Strict):
     n_train: int = Field(ge=2)
     n_holdout: int = Field(ge=0)
     positive_rate: float = Field(ge=0.0, le=1.0)
-    estimator: str = "StandardScaler + LogisticRegression(C=1, class_weight='balanced', max_iter=2000)"
+    estimator: str = (
+        "StandardScaler + LogisticRegression(C=1, class_weight='balanced', max_iter=2000)"
+    )
     seed: int = 42
     holdout_metrics: dict[str, float] = Field(default_factory=dict)
 

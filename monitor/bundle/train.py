@@ -39,7 +39,7 @@ def _validate(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"{x.shape[0]} embeddings but {y.shape[0]} labels")
     values = set(np.unique(y).tolist())
-    if not values <= {0, 1, False, True}:
+    if not values <= {0, 1}:
         raise ValueError(f"labels must be 0/1 (1 = unsafe), found values {sorted(values)[:10]}")
     y = y.astype(np.int8)
     counts = np.bincount(y, minlength=2)
@@ -50,7 +50,9 @@ def _validate(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         )
     bad = ~np.isfinite(x).all(axis=1)
     if bad.any():
-        raise ValueError(f"{int(bad.sum())} embeddings contain NaN/Inf (first row {int(np.argmax(bad))})")
+        raise ValueError(
+            f"{int(bad.sum())} embeddings contain NaN/Inf (first row {int(np.argmax(bad))})"
+        )
     return x, y
 
 

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import tempfile
-import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,8 +69,10 @@ def _phase_from_scrapes(
     conf_a = dict(a.buckets("silentwatch_prediction_confidence", source="classify"))
     le_08 = conf_b.get(0.8, 0.0) - conf_a.get(0.8, 0.0)
     lat_a = dict(a.buckets("silentwatch_request_duration_seconds", rpc="ClassifyBatch"))
-    lat = [(le, c - lat_a.get(le, 0.0)) for le, c in b.buckets(
-        "silentwatch_request_duration_seconds", rpc="ClassifyBatch")]  # fmt: skip
+    lat = [
+        (le, c - lat_a.get(le, 0.0))
+        for le, c in b.buckets("silentwatch_request_duration_seconds", rpc="ClassifyBatch")
+    ]
     return PhaseResult(
         name=name,
         rows=int(n),
@@ -87,11 +88,19 @@ def _phase_from_scrapes(
 
 
 def _table(phases: list[PhaseResult]) -> Table:
-    t = Table(title="What the sidecar's /metrics showed, per phase", box=box.SIMPLE_HEAD,
-              pad_edge=False)  # fmt: skip
+    t = Table(
+        title="What the sidecar's /metrics showed, per phase", box=box.SIMPLE_HEAD, pad_edge=False
+    )
     t.add_column("phase", no_wrap=True)
-    for head in ("rows", "mean\np", "mean\nconf", "conf\n>0.8", "flag-\nged", "labels\njoined",
-                 "p99\nms"):  # fmt: skip
+    for head in (
+        "rows",
+        "mean\np",
+        "mean\nconf",
+        "conf\n>0.8",
+        "flag-\nged",
+        "labels\njoined",
+        "p99\nms",
+    ):
         t.add_column(head, justify="right", no_wrap=True)
     t.add_column("true\nAUC*", justify="right", style="bold", no_wrap=True)
     t.add_column("true\nacc*", justify="right", style="bold", no_wrap=True)
@@ -204,10 +213,22 @@ def run_demo(
                 ):
                     progress.update(task, description=f"replaying: {name}")
                     before = scrape(sidecar.metrics_url)
-                    p = _replay(stub, x, y, name, version, batch_size, label_fraction,
-                                label_delay_batches, rng, lambda k: progress.advance(task, k))  # fmt: skip
+                    p = _replay(
+                        stub,
+                        x,
+                        y,
+                        name,
+                        version,
+                        batch_size,
+                        label_fraction,
+                        label_delay_batches,
+                        rng,
+                        lambda k: progress.advance(task, k),
+                    )
                     sidecar.pipeline.wait_idle()
-                    phases.append(_phase_from_scrapes(name, before, scrape(sidecar.metrics_url), p, y))
+                    phases.append(
+                        _phase_from_scrapes(name, before, scrape(sidecar.metrics_url), p, y)
+                    )
         console.print(
             f"\n'updated' = the embedding model changed under the classifier: paper A's Gaussian "
             f"drift, s = {drift:g} per dimension, mean angle to the original vectors "
@@ -226,7 +247,9 @@ def run_demo(
     return DemoResult(bundle_dir, phases, sidecar.grpc_target, sidecar.metrics_url)
 
 
-def _replay(stub, x, y, phase, version, batch_size, label_fraction, delay, rng, advance) -> np.ndarray:
+def _replay(
+    stub, x, y, phase, version, batch_size, label_fraction, delay, rng, advance
+) -> np.ndarray:
     scores = np.empty(len(x), dtype=np.float32)
     pending: deque[list[pb.Label]] = deque()
     tag = phase[:1]

@@ -40,7 +40,7 @@ class SyntheticWorld:
         q, _ = np.linalg.qr(rng.standard_normal((self.dim, self.dim)))
         self.basis = q  # columns: principal directions
         k = np.arange(1, self.dim + 1, dtype=np.float64)
-        var = k ** -self.decay
+        var = k**-self.decay
         self.stds = np.sqrt(var / var.sum()) * self.spread
         self.mean = q[:, 0]  # the common direction everything leans towards
         low = q[:, self.dim // 2 :]
