@@ -119,8 +119,12 @@ class PredictionStore:
 
     def record(self, ids: Sequence[str], scores: np.ndarray) -> None:
         """Record one prediction per id; refuse the whole batch if any id is pending."""
+        unique = set(ids)
+        if len(unique) != len(ids):
+            seen: set[str] = set()
+            raise DuplicateRequestIds([i for i in ids if i in seen or seen.add(i)][:1])
         with self._lock:
-            dup = self._pending.keys() & set(ids)
+            dup = self._pending.keys() & unique
             if dup:
                 raise DuplicateRequestIds(sorted(dup))
             now = self._clock()

@@ -92,14 +92,15 @@ def write_bundle(
         for name, data in payload.items():
             (tmp / name).write_bytes(data)
         (tmp / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
+        # The loader is the single source of truth for validity: prove the bundle loads
+        # before it replaces anything, so a bad write never clobbers a good bundle.
+        load_bundle(tmp)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    # The loader is the single source of truth for validity: prove the bundle loads.
-    load_bundle(target)
     return target
 
 
@@ -131,9 +132,13 @@ def _require(arrays: dict[str, np.ndarray], keys: tuple[str, ...], fname: str) -
         raise BundleError(f"{fname} lacks arrays {missing}; rebuild the bundle")
 
 
+def _check_numeric(arr: np.ndarray, name: str, fname: str, kinds: str = "fiu") -> None:
+    if arr.dtype.kind not in kinds:
+        raise BundleError(f"{fname}:{name} has dtype {arr.dtype}, expected a numeric array")
+
+
 def _check_vector(arr: np.ndarray, name: str, dim: int, fname: str) -> np.ndarray:
-    if arr.dtype.kind not in "fiu":
-        raise BundleError(f"{fname}:{name} has dtype {arr.dtype}, expected a float array")
+    _check_numeric(arr, name, fname)
     arr = np.asarray(arr, dtype=np.float64).reshape(-1) if arr.ndim <= 1 else arr
     if arr.ndim != 1 or arr.shape[0] != dim:
         raise BundleError(
@@ -182,6 +187,7 @@ def load_bundle(directory: str | os.PathLike[str]) -> LoadedBundle:
     mean = _check_vector(clf["scaler_mean"], "scaler_mean", dim, CLASSIFIER_FILE)
     scale = _check_vector(clf["scaler_scale"], "scaler_scale", dim, CLASSIFIER_FILE)
     coef = _check_vector(clf["coef"], "coef", dim, CLASSIFIER_FILE)
+    _check_numeric(clf["intercept"], "intercept", CLASSIFIER_FILE)
     intercept = np.asarray(clf["intercept"], dtype=np.float64).reshape(-1)
     if intercept.shape != (1,) or not np.isfinite(intercept).all():
         raise BundleError(f"{CLASSIFIER_FILE}:intercept must be one finite number")
@@ -194,6 +200,11 @@ def load_bundle(directory: str | os.PathLike[str]) -> LoadedBundle:
     ref = _read_npz(path / REFERENCE_FILE, manifest.files[REFERENCE_FILE])
     _require(ref, REFERENCE_REQUIRED, REFERENCE_FILE)
     emb, scores = ref.pop("embeddings"), ref.pop("scores")
+    labels = ref.pop("labels", None)
+    _check_numeric(emb, "embeddings", REFERENCE_FILE)
+    _check_numeric(scores, "scores", REFERENCE_FILE)
+    if labels is not None:
+        _check_numeric(labels, "labels", REFERENCE_FILE, kinds="fiub")
     if emb.ndim != 2 or emb.shape[1] != dim or emb.shape[0] < 1:
         raise BundleError(f"{REFERENCE_FILE}:embeddings has shape {emb.shape}, expected (n, {dim})")
     if scores.shape != (emb.shape[0],):
@@ -202,11 +213,13 @@ def load_bundle(directory: str | os.PathLike[str]) -> LoadedBundle:
         )
     if not (np.isfinite(emb).all() and np.isfinite(scores).all()):
         raise BundleError(f"{REFERENCE_FILE} contains NaN or Inf; rebuild the bundle")
-    labels = ref.pop("labels", None)
-    if labels is not None and labels.shape != scores.shape:
-        raise BundleError(
-            f"{REFERENCE_FILE}:labels has shape {labels.shape}, expected {scores.shape}"
-        )
+    if labels is not None:
+        if labels.shape != scores.shape:
+            raise BundleError(
+                f"{REFERENCE_FILE}:labels has shape {labels.shape}, expected {scores.shape}"
+            )
+        if not np.isin(labels, (0, 1)).all():
+            raise BundleError(f"{REFERENCE_FILE}:labels must be 0 or 1")
     reference = Reference(
         embeddings=np.ascontiguousarray(emb, dtype=np.float32),
         scores=np.asarray(scores, dtype=np.float32),
