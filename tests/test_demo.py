@@ -39,3 +39,34 @@ def test_world_drift_keeps_vectors_on_the_sphere():
     angle = np.degrees(np.arccos(np.clip((x * xd).sum(1), -1, 1))).mean()
     # Per-dimension s in d dims moves a unit vector by about atan(s * sqrt(d)).
     assert abs(angle - np.degrees(np.arctan(0.02 * 8))) < 1.5
+
+
+def test_keep_serving_stays_up_for_prometheus_and_stops_on_ctrl_c(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from silentwatch.scrape import scrape
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "silentwatch", "demo", "--out", str(tmp_path), "--requests", "300",
+         "--keep-serving", "--port", "0", "--metrics-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        url = None
+        deadline = time.monotonic() + 120
+        for line in proc.stdout:
+            if "metrics http" in line:
+                url = line.split("metrics ")[-1].strip()
+            if "keeping the sidecar up" in line or time.monotonic() > deadline:
+                break
+        assert url, "the demo never reported its metrics URL"
+        m = scrape(url)  # still up after the replay
+        assert m.get_value("silentwatch_prediction_score_count", source="classify") == 300
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
