@@ -1,8 +1,10 @@
 """Recorded predictions awaiting their delayed labels: bounded in size and age.
 
-An insertion-ordered map from request id to ``(p_unsafe, recorded_at)``. The
-oldest entries leave first, when the store is full (``capacity``) or when they are
-older than ``ttl_seconds``; every eviction is counted. Ids that left recently are
+An insertion-ordered map from request id to a sequence number; the score and the
+time of each prediction sit in numpy ring buffers indexed by ``seq % capacity``, so
+recording a batch allocates no per-row tuple. A prediction leaves when ``capacity``
+newer ones have been recorded (so the store never holds more than ``capacity``) or
+when it is older than ``ttl_seconds``; every eviction is counted. Ids that left recently are
 remembered in a second bounded map ("tombstones") so a late label can be told
 apart as *expired* or *already labelled* instead of *unknown*.
 """
@@ -14,7 +16,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
 
 import numpy as np
 
@@ -85,7 +86,10 @@ class PredictionStore:
         self.tombstone_capacity = capacity if tombstone_capacity is None else tombstone_capacity
         self.max_unmatched_reported = max_unmatched_reported
         self._clock = clock
-        self._pending: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._pending: OrderedDict[str, int] = OrderedDict()
+        self._scores = np.zeros(capacity, dtype=np.float32)
+        self._times = np.zeros(capacity, dtype=np.float64)
+        self._seq = 0  # sequence number of the next prediction
         self._gone: OrderedDict[str, int] = OrderedDict()
         self._lock = threading.Lock()
         self.counters = StoreCounters()
@@ -100,21 +104,21 @@ class PredictionStore:
             gone.popitem(last=False)
 
     def _evict(self, now: float) -> None:
-        pending = self._pending
-        excess = len(pending) - self.capacity
-        for _ in range(max(excess, 0)):
-            rid, _ = pending.popitem(last=False)
-            self._bury(rid, _EXPIRED)
-        self.counters.evicted_capacity += max(excess, 0)
+        pending, times, cap = self._pending, self._times, self.capacity
+        oldest_allowed = self._seq - cap  # its ring slot is about to be reused
         cutoff = now - self.ttl_seconds
-        n_ttl = 0
+        n_cap = n_ttl = 0
         while pending:
-            rid, (_, t) = next(iter(pending.items()))
-            if t >= cutoff:
+            rid, seq = next(iter(pending.items()))
+            if seq < oldest_allowed:
+                n_cap += 1
+            elif times[seq % cap] < cutoff:
+                n_ttl += 1
+            else:
                 break
             del pending[rid]
             self._bury(rid, _EXPIRED)
-            n_ttl += 1
+        self.counters.evicted_capacity += n_cap
         self.counters.evicted_ttl += n_ttl
 
     def record(self, ids: Sequence[str], scores: np.ndarray) -> None:
@@ -127,10 +131,23 @@ class PredictionStore:
             dup = self._pending.keys() & unique
             if dup:
                 raise DuplicateRequestIds(sorted(dup))
-            now = self._clock()
-            self._pending.update(zip(ids, zip(scores.tolist(), repeat(now)), strict=True))
-            self.counters.recorded += len(ids)
+            now, n, cap = self._clock(), len(ids), self.capacity
+            if n > cap:  # only the newest `capacity` can be kept; the rest leave at once
+                self._seq += n - cap
+                self.counters.evicted_capacity += n - cap
+                self.counters.recorded += n - cap
+                for rid in ids[: n - cap]:
+                    self._bury(rid, _EXPIRED)
+                ids, scores, n = ids[n - cap :], scores[n - cap :], cap
+            start = self._seq
+            self._seq += n
+            # Evict first: the slots we are about to write may belong to old entries.
             self._evict(now)
+            slots = np.arange(start, start + n) % cap
+            self._scores[slots] = scores
+            self._times[slots] = now
+            self._pending.update(zip(ids, range(start, start + n), strict=True))
+            self.counters.recorded += n
 
     def expire(self) -> None:
         """Apply the TTL now (also done on every record)."""
@@ -147,9 +164,9 @@ class PredictionStore:
             self._evict(self._clock())
             pending, gone = self._pending, self._gone
             for i, rid in enumerate(ids):
-                hit = pending.pop(rid, None)
-                if hit is not None:
-                    scores[i] = hit[0]
+                seq = pending.pop(rid, None)
+                if seq is not None:
+                    scores[i] = self._scores[seq % self.capacity]
                     keep[i] = True
                     self._bury(rid, _LABELLED)
                     continue

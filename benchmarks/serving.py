@@ -1,0 +1,179 @@
+"""Serving benchmark: Classify latency and ClassifyBatch throughput over real gRPC on loopback.
+
+The sidecar runs as its own process pinned to CPU 0 (``taskset``); this client runs on
+CPU 1. For d in (384, 1024) and recording on/off it reports unary p50/p99, batch
+throughput, and throughput per server CPU-second (the fair "one core" figure, read from
+/proc/<pid>/stat). Bounded in count and time; loopback only.
+
+    python benchmarks/serving.py            # ~2 minutes
+    python benchmarks/serving.py --quick    # ~30 s smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+from silentwatch.monitor.bundle import EmbedderSpec, train_bundle
+
+from silentwatch.v1 import monitor_pb2 as pb
+from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def unit(n: int, d: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def start_server(bundle: Path, recording: bool) -> tuple[subprocess.Popen, str]:
+    pin = ["taskset", "-c", "0"] if shutil.which("taskset") and os.cpu_count() > 1 else []
+    proc = subprocess.Popen(
+        [*pin, sys.executable, "-m", "silentwatch", "serve", "--bundle", str(bundle),
+         "--port", "0", "--metrics-port", "0", "--recording", str(recording).lower(),
+         "--max-message-bytes", str(64 << 20), "--max-batch-rows", "16384",
+         "--store-capacity", "200000", "--log-level", "WARNING"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    return proc, json.loads(proc.stdout.readline())["grpc"]
+
+
+def bench_unary(stub, d: int, n: int) -> dict:
+    x = unit(n + 200, d, 1)
+    reqs = [
+        pb.ClassifyRequest(request_id=f"u{i}", embedding=pb.Embedding(f32le=x[i].tobytes()))
+        for i in range(n + 200)
+    ]
+    for r in reqs[:200]:
+        stub.Classify(r)
+    lat = np.empty(n)
+    for i, r in enumerate(reqs[200:]):
+        t0 = time.perf_counter()
+        stub.Classify(r)
+        lat[i] = time.perf_counter() - t0
+    return {"p50_ms": 1e3 * np.median(lat), "p99_ms": 1e3 * np.quantile(lat, 0.99)}
+
+
+def bench_batch(stub, pid: int, d: int, rows: int, seconds: float, threads: int) -> dict:
+    x = unit(rows, d, 2).astype("<f4").tobytes()
+    counter = iter(range(10**9))
+    lock = threading.Lock()
+    lat: list[float] = []
+    stop = time.monotonic() + seconds
+
+    def worker() -> None:
+        while time.monotonic() < stop:
+            with lock:
+                k = next(counter)
+            req = pb.ClassifyBatchRequest(
+                request_ids=[f"b{k}-{i}" for i in range(rows)],
+                embeddings=pb.EmbeddingMatrix(rows=rows, dim=d, f32le=x),
+            )
+            t0 = time.perf_counter()
+            stub.ClassifyBatch(req)
+            with lock:
+                lat.append(time.perf_counter() - t0)
+
+    stop = time.monotonic() + min(1.0, seconds / 5)
+    worker()  # warm-up, one thread
+    lat.clear()
+    stop = time.monotonic() + seconds
+    cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+    ts = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
+    n = len(lat) * rows
+    return {
+        "emb_per_s": n / wall,
+        "emb_per_cpu_s": n / max(cpu, 1e-9),
+        "server_cpu_util": cpu / wall,
+        "batch_p50_ms": 1e3 * float(np.median(lat)),
+        "batch_p99_ms": 1e3 * float(np.quantile(lat, 0.99)),
+    }
+
+
+def machine() -> str:
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+         if ln.startswith("model name")), platform.processor()
+    )  # fmt: skip
+    return (
+        f"{model}, {os.cpu_count()} cores; Python {platform.python_version()}, "
+        f"grpcio {grpc.__version__}, numpy {np.__version__}"
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--dims", type=int, nargs="+", default=[384, 1024])
+    ap.add_argument("--rows", type=int, default=1024, help="rows per ClassifyBatch")
+    ap.add_argument("--threads", type=int, default=2, help="concurrent batch clients")
+    ap.add_argument("--seconds", type=float, default=8.0, help="per throughput run")
+    ap.add_argument("--unary", type=int, default=3000, help="timed Classify calls")
+    a = ap.parse_args()
+    if a.quick:
+        a.seconds, a.unary = 2.0, 500
+    if os.cpu_count() and os.cpu_count() > 1:
+        os.sched_setaffinity(0, {1})
+    print(f"machine: {machine()}\n")
+    print("| d | recording | Classify p50 ms | Classify p99 ms | ClassifyBatch emb/s | "
+          "emb per server CPU-s | server CPU use | batch p50 ms | batch p99 ms |")  # fmt: skip
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    tput: dict[tuple[int, bool], float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for d in a.dims:
+            x = unit(3000, d, 0)
+            y = (x[:, 0] + 0.1 * np.random.default_rng(0).standard_normal(3000) > 0).astype(int)
+            bundle = Path(tmp) / f"b{d}"
+            train_bundle(x, y, bundle, embedder=EmbedderSpec(name="bench", version="v1"))
+            for recording in (True, False):
+                proc, target = start_server(bundle, recording)
+                try:
+                    with grpc.insecure_channel(
+                        target, options=[("grpc.max_send_message_length", 64 << 20)]
+                    ) as ch:
+                        stub = pb_grpc.MonitorStub(ch)
+                        u = bench_unary(stub, d, a.unary)
+                        b = bench_batch(stub, proc.pid, d, a.rows, a.seconds, a.threads)
+                finally:
+                    proc.send_signal(signal.SIGTERM)
+                    rc = proc.wait(30)
+                tput[(d, recording)] = b["emb_per_cpu_s"]
+                print(
+                    f"| {d} | {'on' if recording else 'off'} | {u['p50_ms']:.3f} | "
+                    f"{u['p99_ms']:.3f} | {b['emb_per_s']:,.0f} | {b['emb_per_cpu_s']:,.0f} | "
+                    f"{b['server_cpu_util']:.0%} | {b['batch_p50_ms']:.2f} | "
+                    f"{b['batch_p99_ms']:.2f} |" + ("" if rc == 0 else f" (exit {rc})"),
+                    flush=True,
+                )
+    print()
+    for d in a.dims:
+        cost = 1 - tput[(d, True)] / tput[(d, False)]
+        print(f"recording cost at d={d}: {cost:.1%} of throughput per server CPU-second")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
