@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import numpy as np
 
@@ -103,23 +104,33 @@ class PredictionStore:
         if len(gone) > self.tombstone_capacity:
             gone.popitem(last=False)
 
+    def _bury_many(self, rids: list[str]) -> None:
+        gone = self._gone
+        gone.update(zip(rids, repeat(_EXPIRED)))
+        for _ in range(len(gone) - self.tombstone_capacity):
+            gone.popitem(last=False)
+
     def _evict(self, now: float) -> None:
         pending, times, cap = self._pending, self._times, self.capacity
         oldest_allowed = self._seq - cap  # its ring slot is about to be reused
         cutoff = now - self.ttl_seconds
-        n_cap = n_ttl = 0
+        evicted: list[str] = []
+        n_cap = 0
+        popitem = pending.popitem
         while pending:
-            rid, seq = next(iter(pending.items()))
+            # popitem is one C call; the first entry that must stay is put back in front.
+            rid, seq = popitem(last=False)
             if seq < oldest_allowed:
                 n_cap += 1
-            elif times[seq % cap] < cutoff:
-                n_ttl += 1
-            else:
+            elif times[seq % cap] >= cutoff:
+                pending[rid] = seq
+                pending.move_to_end(rid, last=False)
                 break
-            del pending[rid]
-            self._bury(rid, _EXPIRED)
+            evicted.append(rid)
+        if evicted:
+            self._bury_many(evicted)
         self.counters.evicted_capacity += n_cap
-        self.counters.evicted_ttl += n_ttl
+        self.counters.evicted_ttl += len(evicted) - n_cap
 
     def record(self, ids: Sequence[str], scores: np.ndarray) -> None:
         """Record one prediction per id; refuse the whole batch if any id is pending."""
@@ -136,8 +147,7 @@ class PredictionStore:
                 self._seq += n - cap
                 self.counters.evicted_capacity += n - cap
                 self.counters.recorded += n - cap
-                for rid in ids[: n - cap]:
-                    self._bury(rid, _EXPIRED)
+                self._bury_many(list(ids[: n - cap]))
                 ids, scores, n = ids[n - cap :], scores[n - cap :], cap
             start = self._seq
             self._seq += n
