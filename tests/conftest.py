@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import grpc
@@ -13,7 +14,13 @@ from silentwatch.demo.world import SyntheticWorld
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 
 DIM = 32
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The team's shared datasets sit beside the checkout (CI clones main with shared/ beside it);
+# SILENTWATCH_SHARED_DATA points elsewhere.
+SHARED_DATA = Path(
+    os.environ.get(
+        "SILENTWATCH_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"
+    )
+)
 
 
 @pytest.fixture(scope="session")

@@ -30,10 +30,11 @@ from sklearn.preprocessing import StandardScaler
 from silentwatch.cli import main
 from silentwatch.demo.world import SyntheticWorld
 
+from .conftest import SHARED_DATA
+
 DIM = 32
 N = 400
 SEED = 7
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CIVIL = SHARED_DATA / "civil_comments" / "cody140_civil_comments_4900.csv"
 
 
