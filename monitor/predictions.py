@@ -53,9 +53,13 @@ class StoreCounters:
 
 
 class DuplicateRequestIds(Exception):
-    def __init__(self, ids: list[str]) -> None:
-        super().__init__(f"request ids already recorded: {ids[:3]}")
+    """Ids already pending (``within_batch=False``) or repeated in the batch itself."""
+
+    def __init__(self, ids: list[str], *, within_batch: bool = False) -> None:
+        where = "repeated within the batch" if within_batch else "already recorded"
+        super().__init__(f"request ids {where}: {ids[:3]}")
         self.ids = ids
+        self.within_batch = within_batch
 
 
 class PredictionStore:
@@ -137,7 +141,8 @@ class PredictionStore:
         unique = set(ids)
         if len(unique) != len(ids):
             seen: set[str] = set()
-            raise DuplicateRequestIds([i for i in ids if i in seen or seen.add(i)][:1])
+            dup = next(i for i in ids if i in seen or seen.add(i))
+            raise DuplicateRequestIds([dup], within_batch=True)
         with self._lock:
             dup = self._pending.keys() & unique
             if dup:

@@ -119,6 +119,12 @@ class MonitorService(pb_grpc.MonitorServicer):
         try:
             self.store.record(ids, scores)
         except DuplicateRequestIds as exc:
+            if exc.within_batch:
+                raise RequestError(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"request id {exc.ids[0]!r} appears twice in this batch; request ids must be "
+                    "unique, nothing in this request was recorded",
+                ) from None
             raise RequestError(
                 grpc.StatusCode.ALREADY_EXISTS,
                 f"request id {exc.ids[0]!r} is already recorded and awaiting a label"

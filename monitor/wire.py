@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import grpc
 import numpy as np
 
 from silentwatch.v1 import monitor_pb2 as pb
 
-from .errors import RequestError, invalid
+from .errors import invalid
 from .scoring import row_norms
 
 _F32LE = np.dtype("<f4")
@@ -107,7 +106,10 @@ def checked_norms(x: np.ndarray, *, need_nonzero: bool) -> np.ndarray:
 
 
 def check_request_ids(ids: list[str], rows: int, max_len: int) -> None:
-    """Ids are optional, but when given: one per row, non-empty, bounded, unique."""
+    """Ids are optional, but when given: one per row, non-empty, bounded.
+
+    Uniqueness is the prediction store's to enforce (it must hold across requests too).
+    """
     if not ids:
         return
     if len(ids) != rows:
@@ -119,11 +121,4 @@ def check_request_ids(ids: list[str], rows: int, max_len: int) -> None:
         raise invalid(
             f"a request id is {longest} characters, more than the limit of {max_len}; use shorter "
             "ids (or raise max_request_id_length)"
-        )
-    if len(set(ids)) != len(ids):
-        seen: set[str] = set()
-        dup = next(i for i in ids if i in seen or seen.add(i))
-        raise RequestError(
-            grpc.StatusCode.ALREADY_EXISTS,
-            f"request id {dup!r} appears twice in this batch; request ids must be unique",
         )
