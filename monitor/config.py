@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -60,7 +61,57 @@ class ServeSettings(BaseSettings):
         description="record predictions for the label join and statistics; turn off only to "
         "measure the bare scoring path",
     )
+    # -- detection engine (docs/detection.md) --------------------------------------------
+    detection: bool = Field(
+        True, description="run the drift detectors and calibration windows (off: traffic only)"
+    )
+    window_mode: Literal["count", "time"] = Field(
+        "count", description="cut traffic into windows by row count or by time"
+    )
+    window_size: int | None = Field(
+        None, ge=16, description="rows per count window (default: the bundle's calibrated size)"
+    )
+    window_stride: int | None = Field(
+        None, ge=1, description="rows between evaluations; default = window_size (tumbling)"
+    )
+    window_seconds: float = Field(60.0, gt=0, description="time-window length")
+    window_stride_seconds: float | None = Field(
+        None, gt=0, description="seconds between time-window evaluations (default: tumbling)"
+    )
+    max_window_rows: int = Field(
+        2048, ge=16, description="most rows a time window keeps (the newest)"
+    )
+    detectors: Annotated[list[str] | None, NoDecode] = Field(
+        None, description="window detectors to run (default: all); see docs/detection.md"
+    )
+    change_detectors: Annotated[list[str], NoDecode] = Field(
+        ["adwin:score", "adwin:reconstruction_error", "page_hinkley:reconstruction_error"],
+        description="river change detectors as kind:stream (kswin:score is available, slow)",
+    )
+    domain_every: int = Field(4, ge=1, description="run the domain classifier every k-th window")
+    max_window_evaluations_per_second: float = Field(
+        50.0, ge=0, description="skip (and count) window evaluations beyond this rate; 0: no limit"
+    )
+    confidence_band: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="drift alarm while mean confidence has not fallen by more than this "
+        "fraction of the reference -> silent_failure_suspected (paper A: it fell only ~14%)",
+    )
+    label_window: int = Field(1000, ge=10, description="labelled samples in the rolling window")
+    mismatch_hold_seconds: float = Field(
+        300.0, gt=0, description="how long the embedder-version mismatch gauge stays up"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("detectors", "change_detectors", mode="before")
+    @classmethod
+    def _comma_list(cls, v: Any) -> Any:
+        # Flags and environment variables give "a,b"; YAML gives a list.
+        if isinstance(v, str):
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
 
     @classmethod
     def settings_customise_sources(

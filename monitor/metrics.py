@@ -266,3 +266,162 @@ class StateCollector(Collector):
         yield gauge(
             "uptime_seconds", "Seconds since the sidecar started serving.", s["uptime_seconds"]
         )
+        ident = s["identity"]
+        yield gauge(
+            "embedder_version_mismatch",
+            "1 while traffic carried an embedder version the bundle was not validated for "
+            "(within mismatch_hold_seconds).",
+            float(ident["embedder_version_mismatch"]),
+        )
+        if s["detection"] is not None:
+            yield from detection_families(s["detection"])
+
+
+def detection_families(d: dict) -> Iterable[Metric]:
+    """Drift, confidence, change-point and labelled-calibration metrics (docs/detection.md)."""
+
+    def labelled_gauge(name: str, doc: str, label: str, values: dict[str, float]):
+        fam = GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=[label])
+        for k, v in values.items():
+            fam.add_metric([k], float(v))
+        return fam
+
+    readings = {k: r for k, (r, _) in d["detectors"].items()}
+    nan = float("nan")
+    yield labelled_gauge(
+        "drift_statistic",
+        "Latest window statistic of each drift detector.",
+        "detector",
+        {k: (r.statistic if r else nan) for k, r in readings.items()},
+    )
+    yield labelled_gauge(
+        "drift_threshold",
+        "Alarm threshold of each detector, calibrated on held-out clean windows to "
+        "silentwatch_drift_false_alarm_rate.",
+        "detector",
+        {k: (r.threshold if r else nan) for k, r in readings.items()},
+    )
+    yield labelled_gauge(
+        "drift_alarm",
+        "1 when the detector's latest window exceeded its threshold.",
+        "detector",
+        {k: float(r.alarm) if r else 0.0 for k, r in readings.items()},
+    )
+    fam = CounterMetricFamily(
+        f"{PREFIX}_drift_alarms", "Windows that raised each detector's alarm.", labels=["detector"]
+    )
+    for k, (_, total) in d["detectors"].items():
+        fam.add_metric([k], total)
+    yield fam
+    yield GaugeMetricFamily(
+        f"{PREFIX}_drift_false_alarm_rate",
+        "Per-window false-alarm rate the thresholds were calibrated to.",
+        value=d["false_alarm_rate"],
+    )
+    yield CounterMetricFamily(
+        f"{PREFIX}_drift_windows_evaluated", "Windows the detectors ran on.",
+        value=d["windows_evaluated"],
+    )
+    yield CounterMetricFamily(
+        f"{PREFIX}_drift_windows_skipped",
+        "Windows skipped over max_window_evaluations_per_second.",
+        value=d["windows_skipped"],
+    )
+    yield GaugeMetricFamily(
+        f"{PREFIX}_embedding_centroid_angle_degrees",
+        "Angle between the latest window's mean embedding and the reference mean.",
+        value=d["centroid_angle_degrees"],
+    )
+    c = d["confidence"]
+    win = c["window"] or {}
+    ref = c["reference"]
+    for key, name, doc in (
+        ("mean_confidence", "confidence_mean", "Mean top-label confidence max(p, 1-p)."),
+        (
+            "high_confidence_share",
+            "high_confidence_share",
+            "Share of predictions with max(p, 1-p) above the bundle's high_confidence.",
+        ),
+        ("positive_rate", "predicted_positive_rate", "Share of predictions flagged."),
+    ):
+        yield labelled_gauge(
+            name,
+            doc + " sample=window: latest window; sample=reference: held-out clean data.",
+            "sample",
+            {"window": win.get(key, nan), "reference": ref[key]},
+        )
+    yield GaugeMetricFamily(
+        f"{PREFIX}_confidence_mean_change",
+        "Window mean confidence minus the reference's.",
+        value=c["mean_confidence_change"],
+    )
+    yield GaugeMetricFamily(
+        f"{PREFIX}_confidence_mean_relative_change",
+        "(window - reference) / reference mean confidence.",
+        value=c["mean_confidence_relative_change"],
+    )
+    fam = CounterMetricFamily(
+        f"{PREFIX}_change_points",
+        "Change points found by river detectors on per-sample streams.",
+        labels=["detector", "stream"],
+    )
+    for key, (count, _, _) in d["change_points"].items():
+        fam.add_metric(key.split(":"), count)
+    yield fam
+    yield GaugeMetricFamily(
+        f"{PREFIX}_drift_alarm_any",
+        "1 when any drift detector alarms on its latest window.",
+        value=float(d["drift_alarm"]),
+    )
+    yield GaugeMetricFamily(
+        f"{PREFIX}_silent_failure_suspected",
+        "1 when a drift alarm is up while mean confidence has not fallen by more than the "
+        "configured band: paper A's silent-failure signature.",
+        value=float(d["silent_failure_suspected"]),
+    )
+    yield CounterMetricFamily(
+        f"{PREFIX}_silent_failure_suspected_windows",
+        "Windows that raised silentwatch_silent_failure_suspected.",
+        value=d["silent_failure_suspected_windows"],
+    )
+    lab = d["labelled"]
+    for key, name, doc in LABELLED_METRICS:
+        yield labelled_gauge(
+            f"labelled_{name}",
+            doc + " window=rolling: the last label_window labelled predictions; "
+            "window=cumulative: since start.",
+            "window",
+            {w: lab[w].get(key, nan) for w in ("rolling", "cumulative")},
+        )
+
+
+LABELLED_METRICS = (
+    ("n", "samples", "Labelled predictions in the window."),
+    ("roc_auc", "roc_auc", "ROC-AUC on labelled predictions."),
+    ("accuracy", "accuracy", "Accuracy on labelled predictions."),
+    ("balanced_accuracy", "balanced_accuracy", "Balanced accuracy (mean of TPR and TNR)."),
+    ("ece", "ece", "Top-label expected calibration error, 5 bins (paper A)."),
+    (
+        "ece_positive_class",
+        "ece_positive_class",
+        "Expected calibration error of P(unsafe) against the unsafe indicator, 5 bins.",
+    ),
+    ("brier", "brier_score", "Brier score, mean (p - y)^2."),
+    ("log_loss", "log_loss", "Log loss (cross-entropy)."),
+    (
+        "silent_failure_ratio",
+        "silent_failure_ratio",
+        "Errors with confidence > 0.8 / all errors (paper A).",
+    ),
+    (
+        "high_confidence_error_ratio",
+        "high_confidence_error_ratio",
+        "Errors among predictions with confidence > 0.8.",
+    ),
+    ("mean_confidence", "mean_confidence", "Mean top-label confidence of labelled predictions."),
+    (
+        "confidence_minus_accuracy",
+        "confidence_minus_accuracy",
+        "Mean confidence minus accuracy (positive: overconfident).",
+    ),
+)

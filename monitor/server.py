@@ -21,6 +21,8 @@ from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 
 from .bundle import LoadedBundle, load_bundle
 from .config import ServeSettings
+from .detectors.suite import CalibrationError, suite_for_bundle
+from .engine import DetectionEngine, EngineOptions, WindowSpec
 from .metrics import RequestMetrics, StateCollector, TrafficSink
 from .pipeline import Pipeline, Sink
 from .predictions import PredictionStore
@@ -28,6 +30,69 @@ from .service import MonitorService
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Monitor"].full_name
+
+
+def build_engine(
+    bundle: LoadedBundle, s: ServeSettings
+) -> tuple[DetectionEngine | None, str]:
+    """The detection engine the settings ask for, or ``(None, why not)``.
+
+    Raises :class:`ValueError` (a configuration problem the user must fix) for unknown
+    detector names or a window smaller than anything calibrated.
+    """
+    if not s.detection:
+        return None, "turned off (detection: false)"
+    try:
+        suite = suite_for_bundle(bundle)
+    except CalibrationError as exc:
+        log.warning("drift detection is off: %s", exc)
+        return None, str(exc)
+    if suite.calibration.source == "startup-split":
+        log.warning(
+            "bundle %s carries no calibrated detector thresholds; calibrated at start-up on a "
+            "split of its reference sample (window %d); rebuild it with `silentwatch bundle "
+            "train` for thresholds from held-out data",
+            bundle.path,
+            suite.calibration.settings.window_size,
+        )
+    size = s.window_size or suite.calibration.settings.window_size
+    stride = s.window_stride or size
+    if stride > size:
+        raise ValueError(f"window_stride {stride} is larger than window_size {size}")
+    window = WindowSpec(
+        mode=s.window_mode,
+        size=size,
+        stride=stride,
+        seconds=s.window_seconds,
+        stride_seconds=s.window_stride_seconds or s.window_seconds,
+        max_rows=s.max_window_rows,
+    )
+    pairs = []
+    for item in s.change_detectors:
+        kind, _, stream = item.partition(":")
+        if stream not in ("score", "reconstruction_error") or kind not in (
+            "adwin",
+            "page_hinkley",
+            "kswin",
+        ):
+            raise ValueError(
+                f"change detector {item!r} is not kind:stream with kind adwin, page_hinkley or "
+                "kswin and stream score or reconstruction_error"
+            )
+        pairs.append((kind, stream))
+    m = bundle.manifest
+    options = EngineOptions(
+        window=window,
+        detectors=tuple(s.detectors) if s.detectors is not None else tuple(suite.detectors),
+        domain_every=s.domain_every,
+        max_evaluations_per_second=s.max_window_evaluations_per_second,
+        confidence_band=s.confidence_band,
+        label_window=s.label_window,
+        change_pairs=tuple(pairs),
+        flag=m.thresholds.flag,
+        high_confidence=m.thresholds.high_confidence,
+    )
+    return DetectionEngine(suite, options, normalize=m.embedder.normalized), ""
 
 
 @dataclass
@@ -55,11 +120,20 @@ class Sidecar:
         self.registry.register(self.traffic.scores)
         self.registry.register(self.traffic.confidence)
         self.store = PredictionStore(s.store_capacity, s.store_ttl_seconds)
+        self.engine, reason = build_engine(self.bundle, s)
+        engine_sinks: list[Sink] = [self.engine] if self.engine is not None else []
         self.pipeline = Pipeline(
-            [self.traffic, *self.extra_sinks], max_queued_rows=s.max_queued_rows
+            [self.traffic, *engine_sinks, *self.extra_sinks], max_queued_rows=s.max_queued_rows
         )
         self.service = MonitorService(
-            self.bundle, s, self.store, self.pipeline, self.request_metrics, self.traffic
+            self.bundle,
+            s,
+            self.store,
+            self.pipeline,
+            self.request_metrics,
+            self.traffic,
+            engine=self.engine,
+            detection_disabled_reason=reason,
         )
         m = self.bundle.manifest
         self.registry.register(

@@ -21,6 +21,7 @@ from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 
 from .bundle import LoadedBundle
 from .config import ServeSettings
+from .engine import DetectionEngine
 from .errors import RequestError, invalid, precondition
 from .metrics import RequestMetrics, TrafficSink
 from .pipeline import LabelBatch, Pipeline, PredictionBatch
@@ -68,6 +69,8 @@ class MonitorService(pb_grpc.MonitorServicer):
         pipeline: Pipeline,
         metrics: RequestMetrics,
         traffic: TrafficSink,
+        engine: DetectionEngine | None = None,
+        detection_disabled_reason: str = "",
     ) -> None:
         self.bundle = bundle
         self.settings = settings
@@ -75,8 +78,11 @@ class MonitorService(pb_grpc.MonitorServicer):
         self.pipeline = pipeline
         self.metrics = metrics
         self.traffic = traffic
+        self.engine = engine
+        self.detection_disabled_reason = detection_disabled_reason
         self.started_at = time.time()
         self.version_mismatches = 0
+        self.last_mismatch_at: float | None = None
         m = bundle.manifest
         self._dim = m.embedding_dim
         self._scorer = bundle.scorer
@@ -104,6 +110,7 @@ class MonitorService(pb_grpc.MonitorServicer):
         if spec.accepts(embedder_version):
             return
         self.version_mismatches += 1
+        self.last_mismatch_at = time.time()
         self.metrics.version_mismatch.inc()
         if self.settings.embedder_version_policy == "reject":
             accepted = [spec.version, *spec.accepted_versions]
@@ -237,7 +244,16 @@ class MonitorService(pb_grpc.MonitorServicer):
         self.store.expire()
         c = self.store.counters
         t = self.traffic
+        now = time.time()
+        ago = None if self.last_mismatch_at is None else now - self.last_mismatch_at
         return {
+            "identity": {
+                "embedder_version_mismatch": ago is not None
+                and ago <= self.settings.mismatch_hold_seconds,
+                "last_mismatch_seconds_ago": ago,
+            },
+            "detection": None if self.engine is None else self.engine.snapshot(),
+            "detection_disabled_reason": self.detection_disabled_reason,
             "uptime_seconds": time.time() - self.started_at,
             "traffic": {
                 "predictions": dict(t.predictions),
@@ -297,4 +313,110 @@ class MonitorService(pb_grpc.MonitorServicer):
                 sampled_out_rows=pl["sampled_out_rows"],
             ),
             bundle_sha256=self.bundle.sha256,
+            detection=self._detection_status(s),
+            labelled=self._labelled_status(s),
+            identity=pb.IdentityStatus(
+                embedder_version_mismatch=s["identity"]["embedder_version_mismatch"],
+                last_mismatch_seconds_ago=(
+                    -1.0
+                    if s["identity"]["last_mismatch_seconds_ago"] is None
+                    else s["identity"]["last_mismatch_seconds_ago"]
+                ),
+            ),
+        )
+
+    @staticmethod
+    def _detection_status(s: dict[str, Any]) -> pb.DetectionStatus:
+        d = s["detection"]
+        if d is None:
+            return pb.DetectionStatus(enabled=False, disabled_reason=s["detection_disabled_reason"])
+        w = d["window"]
+        nan = float("nan")
+        readings = []
+        for name, (r, total) in d["detectors"].items():
+            if r is None:
+                readings.append(
+                    pb.DetectorReading(name=name, statistic=nan, threshold=nan, alarms_total=0)
+                )
+            else:
+                readings.append(
+                    pb.DetectorReading(
+                        name=name,
+                        statistic=r.statistic,
+                        threshold=r.threshold,
+                        alarm=r.alarm,
+                        window_rows=r.window_rows,
+                        alarms_total=total,
+                        evaluated_at=r.at,
+                    )
+                )
+        c = d["confidence"]
+        null = d["null_change_points_per_10k"]
+        change_points = []
+        for key, (count, last, samples) in d["change_points"].items():
+            kind, stream = key.split(":")
+            change_points.append(
+                pb.ChangePointStatus(
+                    detector=kind,
+                    stream=stream,
+                    change_points=count,
+                    last_change_at=-1 if last is None else last,
+                    samples=samples,
+                    null_change_points_per_10k=null.get(key, nan),
+                )
+            )
+
+        def profile(p: dict[str, float] | None) -> pb.ConfidenceProfile:
+            if p is None:
+                return pb.ConfidenceProfile(
+                    mean_confidence=nan, high_confidence_share=nan, positive_rate=nan
+                )
+            return pb.ConfidenceProfile(**p)
+
+        return pb.DetectionStatus(
+            enabled=True,
+            calibration_source=d["calibration_source"],
+            false_alarm_rate=d["false_alarm_rate"],
+            window=pb.WindowConfig(
+                mode=w.mode,
+                size=w.size,
+                stride=w.stride,
+                seconds=w.seconds,
+                stride_seconds=w.stride_seconds,
+                max_rows=w.max_rows,
+            ),
+            windows_evaluated=d["windows_evaluated"],
+            windows_skipped=d["windows_skipped"],
+            rows_seen=d["rows_seen"],
+            detectors=readings,
+            centroid_angle_degrees=d["centroid_angle_degrees"],
+            confidence=pb.ConfidenceStatus(
+                window=profile(c["window"]),
+                reference=profile(c["reference"]),
+                mean_confidence_change=c["mean_confidence_change"],
+                mean_confidence_relative_change=c["mean_confidence_relative_change"],
+                band=c["band"],
+            ),
+            change_points=change_points,
+            drift_alarm=d["drift_alarm"],
+            silent_failure_suspected=d["silent_failure_suspected"],
+            silent_failure_suspected_windows=d["silent_failure_suspected_windows"],
+        )
+
+    @staticmethod
+    def _labelled_status(s: dict[str, Any]) -> pb.LabelledStatus:
+        d = s["detection"]
+        if d is None:
+            return pb.LabelledStatus()
+        lab = d["labelled"]
+
+        fields = pb.CalibrationMetrics.DESCRIPTOR.fields_by_name
+
+        def metrics(m: dict[str, float]) -> pb.CalibrationMetrics:
+            return pb.CalibrationMetrics(**{k: v for k, v in m.items() if k in fields})
+
+        return pb.LabelledStatus(
+            window_size=lab["window_size"],
+            rolling=metrics(lab["rolling"]),
+            cumulative=metrics(lab["cumulative"]),
         )

@@ -48,7 +48,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
     try:
         sidecar = Sidecar(settings).start()
-    except BundleError as exc:
+    except (BundleError, ValueError) as exc:
+        # ValueError: detector options the bundle cannot satisfy (named in the message).
         raise UserError(f"cannot serve: {exc}") from None
     except OSError as exc:
         raise UserError(f"cannot bind: {exc}") from None
@@ -113,6 +114,26 @@ def _add_bundle(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--holdout-fraction", type=float, default=0.2)
     fit.add_argument("--reference-size", type=int, default=2000)
     fit.add_argument("--seed", type=int, default=42)
+    det = t.add_argument_group("drift detectors (thresholds calibrated on the held-out rows)")
+    det.add_argument(
+        "--false-alarm-rate",
+        type=float,
+        default=0.01,
+        help="alarm probability per clean window, for every detector (default 0.01)",
+    )
+    det.add_argument(
+        "--window-size",
+        type=int,
+        help="rows per window (default 256, halved until a quarter of the held-out rows fit)",
+    )
+    det.add_argument(
+        "--calibration-windows", type=int, default=1000, help="held-out windows per size"
+    )
+    det.add_argument(
+        "--no-calibration",
+        action="store_true",
+        help="skip it (the sidecar then calibrates at start-up on a split of the reference)",
+    )
     t.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     t.add_argument("--force", action="store_true", help="replace --out if it exists")
     t.set_defaults(func=_cmd_bundle_train)
@@ -165,8 +186,39 @@ def _load_xy(args: argparse.Namespace):
 
 
 def _cmd_bundle_train(args: argparse.Namespace) -> int:
-    from silentwatch.monitor.bundle import BundleError, EmbedderSpec, Thresholds, train_bundle
+    from pydantic import ValidationError
 
+    from silentwatch.monitor.bundle import (
+        BundleError,
+        EmbedderSpec,
+        Thresholds,
+        load_bundle,
+        train_bundle,
+    )
+    from silentwatch.monitor.bundle.manifest import DetectorSettings
+
+    try:
+        detectors: DetectorSettings | str | None = None
+        if args.no_calibration:
+            detectors = None
+        elif (args.window_size, args.false_alarm_rate, args.calibration_windows) == (
+            None,
+            0.01,
+            1000,
+        ):
+            detectors = "auto"
+        else:
+            detectors = DetectorSettings(
+                false_alarm_rate=args.false_alarm_rate,
+                window_size=args.window_size or 256,
+                calibration_windows=args.calibration_windows,
+                seed=args.seed,
+            )
+    except ValidationError as exc:
+        raise UserError(
+            "invalid detector options: "
+            + "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())
+        ) from None
     try:
         x, y, emb = _load_xy(args)
         if emb is not None:
@@ -193,12 +245,22 @@ def _cmd_bundle_train(args: argparse.Namespace) -> int:
             holdout_fraction=args.holdout_fraction,
             reference_size=args.reference_size,
             seed=args.seed,
+            detectors=detectors,
             overwrite=args.force,
         )
     except (BundleError, ValueError, OSError) as exc:
         raise UserError(str(exc)) from None
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in res.holdout_metrics.items())
     print(f"wrote bundle {res.classifier_version} to {res.path} (held-out: {metrics})")
+    cal = load_bundle(res.path).manifest.detectors
+    if cal is not None:
+        print(
+            f"drift thresholds calibrated on {cal.holdout_rows:,} held-out rows at "
+            f"{cal.settings.false_alarm_rate:g} false alarms per window of "
+            f"{cal.settings.window_size} rows ({cal.seconds:.1f} s)"
+        )
+    else:
+        print("drift thresholds not calibrated: the sidecar calibrates at start-up")
     return 0
 
 

@@ -7,6 +7,7 @@ import grpc
 import numpy as np
 import pytest
 from silentwatch.monitor.bundle import EmbedderSpec, load_bundle, train_bundle
+from silentwatch.monitor.bundle.manifest import DetectorSettings
 from silentwatch.monitor.config import load_settings
 from silentwatch.monitor.server import Sidecar
 
@@ -39,6 +40,7 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory, world: SyntheticWorld) 
         embedder=EmbedderSpec(name="test/embedder", version="v1", accepted_versions=("v1-int8",)),
         classifier_version="clf-test",
         reference_size=200,
+        detectors=DetectorSettings(window_size=32, calibration_windows=200),
     )
     return out
 

@@ -57,6 +57,41 @@ class TrainingSummary(_Strict):
     holdout_metrics: dict[str, float] = Field(default_factory=dict)
 
 
+class DetectorSettings(_Strict):
+    """How the label-free detectors were set up and calibrated (``bundle train`` flags)."""
+
+    false_alarm_rate: float = Field(
+        default=0.01, gt=0.0, lt=0.5, description="alarm probability per window on clean data"
+    )
+    window_size: int = Field(default=256, ge=8, description="rows per window (count windows)")
+    calibration_windows: int = Field(
+        default=1000, ge=50, description="held-out windows drawn per window size"
+    )
+    rff_features: int = Field(default=256, ge=8)
+    pca_components: int = Field(default=32, ge=1)
+    seed: int = 42
+
+
+class DetectorCalibration(_Strict):
+    """Thresholds calibrated on held-out clean data, as stored in ``manifest.json``.
+
+    ``thresholds[detector][str(n)]`` is the ``1 - false_alarm_rate`` quantile of the
+    detector's statistic over ``calibration_windows`` windows of ``n`` held-out rows.
+    """
+
+    settings: DetectorSettings
+    source: Literal["bundle-train", "startup-split"] = "bundle-train"
+    holdout_rows: int = Field(ge=1)
+    mmd_sigma: float = Field(gt=0.0)
+    thresholds: dict[str, dict[str, float]]
+    reference_confidence: dict[str, float]
+    stream_stats: dict[str, tuple[float, float]] = Field(
+        description="held-out mean and standard deviation of each per-sample stream"
+    )
+    null_change_points_per_10k: dict[str, float] = Field(default_factory=dict)
+    seconds: float = 0.0
+
+
 class BundleManifest(_Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     classifier_version: str = Field(min_length=1, max_length=128)
@@ -65,6 +100,9 @@ class BundleManifest(_Strict):
     embedder: EmbedderSpec
     thresholds: Thresholds = Thresholds()
     training: TrainingSummary
+    # Absent in bundles written before the detection engine: the sidecar then calibrates
+    # at start-up on a split of the reference sample and says so in GetStatus.
+    detectors: DetectorCalibration | None = None
     # sha256 of every payload file, by file name.
     files: dict[str, str]
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -16,9 +18,10 @@ from sklearn.preprocessing import StandardScaler
 from ..calibration import accuracy, expected_calibration_error, mean_confidence
 from ..scoring import LinearScorer, row_norms
 from .io import write_bundle
-from .manifest import EmbedderSpec, Thresholds, TrainingSummary
+from .manifest import DetectorSettings, EmbedderSpec, Thresholds, TrainingSummary
 
 MIN_PER_CLASS = 10
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,6 +70,7 @@ def train_bundle(
     holdout_fraction: float = 0.2,
     reference_size: int = 2000,
     seed: int = 42,
+    detectors: DetectorSettings | Literal["auto"] | None = "auto",
     overwrite: bool = False,
 ) -> TrainResult:
     """Train StandardScaler + LogisticRegression(C=1, class_weight="balanced", max_iter=2000).
@@ -75,6 +79,13 @@ def train_bundle(
     ``embedder.normalized``; a stratified ``holdout_fraction`` is kept out for the
     held-out metrics written into the manifest; the reference sample is drawn from
     the training rows.
+
+    The drift detectors are fitted on the reference sample and their thresholds
+    calibrated on windows of the held-out rows at ``detectors.false_alarm_rate``
+    (:mod:`silentwatch.monitor.detectors.suite`); ``detectors=None`` skips that, and
+    the sidecar then calibrates at start-up on a split of the reference. ``"auto"``
+    uses the default settings with the window shrunk (to a power of two, at least 16)
+    until the held-out rows can calibrate it, and skips calibration when they cannot.
     """
     x, y = _validate(x, y)
     if embedder.normalized:
@@ -126,6 +137,40 @@ def train_bundle(
         "labels": y[ref_idx],
         "mean": x[tr].mean(axis=0).astype(np.float32),
     }
+    # Imported here: the detectors import the bundle package that imports this module.
+    from ..detectors import ReferenceSample
+    from ..detectors.suite import MIN_WINDOW, POOL_FRACTION, DetectorSuite
+
+    calibration = None
+    if detectors == "auto":
+        size = DetectorSettings().window_size
+        while size > ho.size // POOL_FRACTION and size > MIN_WINDOW:
+            size //= 2
+        if size <= ho.size // POOL_FRACTION:
+            detectors = DetectorSettings(window_size=size, seed=seed)
+        else:
+            log.warning(
+                "%d held-out rows are too few to calibrate drift thresholds (need %d); the "
+                "sidecar will calibrate at start-up on a split of the reference",
+                ho.size,
+                MIN_WINDOW * POOL_FRACTION,
+            )
+            detectors = None
+    if detectors is not None:
+        if ho.size == 0:
+            raise ValueError(
+                "calibrating the drift detectors needs held-out rows: set holdout_fraction > 0 "
+                "(CLI --holdout-fraction) or skip calibration (--no-calibration)"
+            )
+        suite = DetectorSuite.calibrate(
+            detectors,
+            ReferenceSample(reference["embeddings"], reference["scores"]),
+            ReferenceSample(x[ho], scorer.predict_proba(x[ho]).astype(np.float32)),
+            flag=thresholds.flag,
+            high_confidence=thresholds.high_confidence,
+        )
+        calibration = suite.calibration
+        reference.update(suite.arrays())
     if classifier_version is None:
         h = hashlib.sha256()
         for k in sorted(classifier):
@@ -144,6 +189,7 @@ def train_bundle(
             seed=seed,
             holdout_metrics=metrics,
         ),
+        "detectors": calibration,
     }
     path = write_bundle(out_dir, manifest_fields, classifier, reference, overwrite=overwrite)
     return TrainResult(path=path, classifier_version=classifier_version, holdout_metrics=metrics)

@@ -198,8 +198,164 @@ class PipelineStatus(_message.Message):
     sampled_out_rows: int
     def __init__(self, queued: _Optional[int] = ..., processed_rows: _Optional[int] = ..., sampled_out_rows: _Optional[int] = ...) -> None: ...
 
+class DetectorReading(_message.Message):
+    __slots__ = ("name", "statistic", "threshold", "alarm", "window_rows", "alarms_total", "evaluated_at")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATISTIC_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    ALARM_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_ROWS_FIELD_NUMBER: _ClassVar[int]
+    ALARMS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    EVALUATED_AT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    statistic: float
+    threshold: float
+    alarm: bool
+    window_rows: int
+    alarms_total: int
+    evaluated_at: float
+    def __init__(self, name: _Optional[str] = ..., statistic: _Optional[float] = ..., threshold: _Optional[float] = ..., alarm: _Optional[bool] = ..., window_rows: _Optional[int] = ..., alarms_total: _Optional[int] = ..., evaluated_at: _Optional[float] = ...) -> None: ...
+
+class ConfidenceProfile(_message.Message):
+    __slots__ = ("mean_confidence", "high_confidence_share", "positive_rate")
+    MEAN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    HIGH_CONFIDENCE_SHARE_FIELD_NUMBER: _ClassVar[int]
+    POSITIVE_RATE_FIELD_NUMBER: _ClassVar[int]
+    mean_confidence: float
+    high_confidence_share: float
+    positive_rate: float
+    def __init__(self, mean_confidence: _Optional[float] = ..., high_confidence_share: _Optional[float] = ..., positive_rate: _Optional[float] = ...) -> None: ...
+
+class ConfidenceStatus(_message.Message):
+    __slots__ = ("window", "reference", "mean_confidence_change", "mean_confidence_relative_change", "band")
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    MEAN_CONFIDENCE_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    MEAN_CONFIDENCE_RELATIVE_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    BAND_FIELD_NUMBER: _ClassVar[int]
+    window: ConfidenceProfile
+    reference: ConfidenceProfile
+    mean_confidence_change: float
+    mean_confidence_relative_change: float
+    band: float
+    def __init__(self, window: _Optional[_Union[ConfidenceProfile, _Mapping]] = ..., reference: _Optional[_Union[ConfidenceProfile, _Mapping]] = ..., mean_confidence_change: _Optional[float] = ..., mean_confidence_relative_change: _Optional[float] = ..., band: _Optional[float] = ...) -> None: ...
+
+class ChangePointStatus(_message.Message):
+    __slots__ = ("detector", "stream", "change_points", "last_change_at", "samples", "null_change_points_per_10k")
+    DETECTOR_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_POINTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_CHANGE_AT_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    NULL_CHANGE_POINTS_PER_10K_FIELD_NUMBER: _ClassVar[int]
+    detector: str
+    stream: str
+    change_points: int
+    last_change_at: int
+    samples: int
+    null_change_points_per_10k: float
+    def __init__(self, detector: _Optional[str] = ..., stream: _Optional[str] = ..., change_points: _Optional[int] = ..., last_change_at: _Optional[int] = ..., samples: _Optional[int] = ..., null_change_points_per_10k: _Optional[float] = ...) -> None: ...
+
+class WindowConfig(_message.Message):
+    __slots__ = ("mode", "size", "stride", "seconds", "stride_seconds", "max_rows")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROWS_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    size: int
+    stride: int
+    seconds: float
+    stride_seconds: float
+    max_rows: int
+    def __init__(self, mode: _Optional[str] = ..., size: _Optional[int] = ..., stride: _Optional[int] = ..., seconds: _Optional[float] = ..., stride_seconds: _Optional[float] = ..., max_rows: _Optional[int] = ...) -> None: ...
+
+class DetectionStatus(_message.Message):
+    __slots__ = ("enabled", "disabled_reason", "calibration_source", "false_alarm_rate", "window", "windows_evaluated", "windows_skipped", "rows_seen", "detectors", "centroid_angle_degrees", "confidence", "change_points", "drift_alarm", "silent_failure_suspected", "silent_failure_suspected_windows")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    DISABLED_REASON_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    FALSE_ALARM_RATE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    WINDOWS_EVALUATED_FIELD_NUMBER: _ClassVar[int]
+    WINDOWS_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    ROWS_SEEN_FIELD_NUMBER: _ClassVar[int]
+    DETECTORS_FIELD_NUMBER: _ClassVar[int]
+    CENTROID_ANGLE_DEGREES_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_POINTS_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_ALARM_FIELD_NUMBER: _ClassVar[int]
+    SILENT_FAILURE_SUSPECTED_FIELD_NUMBER: _ClassVar[int]
+    SILENT_FAILURE_SUSPECTED_WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    disabled_reason: str
+    calibration_source: str
+    false_alarm_rate: float
+    window: WindowConfig
+    windows_evaluated: int
+    windows_skipped: int
+    rows_seen: int
+    detectors: _containers.RepeatedCompositeFieldContainer[DetectorReading]
+    centroid_angle_degrees: float
+    confidence: ConfidenceStatus
+    change_points: _containers.RepeatedCompositeFieldContainer[ChangePointStatus]
+    drift_alarm: bool
+    silent_failure_suspected: bool
+    silent_failure_suspected_windows: int
+    def __init__(self, enabled: _Optional[bool] = ..., disabled_reason: _Optional[str] = ..., calibration_source: _Optional[str] = ..., false_alarm_rate: _Optional[float] = ..., window: _Optional[_Union[WindowConfig, _Mapping]] = ..., windows_evaluated: _Optional[int] = ..., windows_skipped: _Optional[int] = ..., rows_seen: _Optional[int] = ..., detectors: _Optional[_Iterable[_Union[DetectorReading, _Mapping]]] = ..., centroid_angle_degrees: _Optional[float] = ..., confidence: _Optional[_Union[ConfidenceStatus, _Mapping]] = ..., change_points: _Optional[_Iterable[_Union[ChangePointStatus, _Mapping]]] = ..., drift_alarm: _Optional[bool] = ..., silent_failure_suspected: _Optional[bool] = ..., silent_failure_suspected_windows: _Optional[int] = ...) -> None: ...
+
+class CalibrationMetrics(_message.Message):
+    __slots__ = ("n", "positives", "roc_auc", "accuracy", "balanced_accuracy", "ece", "ece_positive_class", "brier", "log_loss", "silent_failure_ratio", "high_confidence_error_ratio", "mean_confidence", "confidence_minus_accuracy")
+    N_FIELD_NUMBER: _ClassVar[int]
+    POSITIVES_FIELD_NUMBER: _ClassVar[int]
+    ROC_AUC_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    BALANCED_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    ECE_FIELD_NUMBER: _ClassVar[int]
+    ECE_POSITIVE_CLASS_FIELD_NUMBER: _ClassVar[int]
+    BRIER_FIELD_NUMBER: _ClassVar[int]
+    LOG_LOSS_FIELD_NUMBER: _ClassVar[int]
+    SILENT_FAILURE_RATIO_FIELD_NUMBER: _ClassVar[int]
+    HIGH_CONFIDENCE_ERROR_RATIO_FIELD_NUMBER: _ClassVar[int]
+    MEAN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_MINUS_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    n: int
+    positives: int
+    roc_auc: float
+    accuracy: float
+    balanced_accuracy: float
+    ece: float
+    ece_positive_class: float
+    brier: float
+    log_loss: float
+    silent_failure_ratio: float
+    high_confidence_error_ratio: float
+    mean_confidence: float
+    confidence_minus_accuracy: float
+    def __init__(self, n: _Optional[int] = ..., positives: _Optional[int] = ..., roc_auc: _Optional[float] = ..., accuracy: _Optional[float] = ..., balanced_accuracy: _Optional[float] = ..., ece: _Optional[float] = ..., ece_positive_class: _Optional[float] = ..., brier: _Optional[float] = ..., log_loss: _Optional[float] = ..., silent_failure_ratio: _Optional[float] = ..., high_confidence_error_ratio: _Optional[float] = ..., mean_confidence: _Optional[float] = ..., confidence_minus_accuracy: _Optional[float] = ...) -> None: ...
+
+class LabelledStatus(_message.Message):
+    __slots__ = ("window_size", "rolling", "cumulative")
+    WINDOW_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ROLLING_FIELD_NUMBER: _ClassVar[int]
+    CUMULATIVE_FIELD_NUMBER: _ClassVar[int]
+    window_size: int
+    rolling: CalibrationMetrics
+    cumulative: CalibrationMetrics
+    def __init__(self, window_size: _Optional[int] = ..., rolling: _Optional[_Union[CalibrationMetrics, _Mapping]] = ..., cumulative: _Optional[_Union[CalibrationMetrics, _Mapping]] = ...) -> None: ...
+
+class IdentityStatus(_message.Message):
+    __slots__ = ("embedder_version_mismatch", "last_mismatch_seconds_ago")
+    EMBEDDER_VERSION_MISMATCH_FIELD_NUMBER: _ClassVar[int]
+    LAST_MISMATCH_SECONDS_AGO_FIELD_NUMBER: _ClassVar[int]
+    embedder_version_mismatch: bool
+    last_mismatch_seconds_ago: float
+    def __init__(self, embedder_version_mismatch: _Optional[bool] = ..., last_mismatch_seconds_ago: _Optional[float] = ...) -> None: ...
+
 class GetStatusResponse(_message.Message):
-    __slots__ = ("classifier_version", "embedder", "embedding_dim", "flag_threshold", "uptime_seconds", "traffic", "labels", "store", "pipeline", "bundle_sha256")
+    __slots__ = ("classifier_version", "embedder", "embedding_dim", "flag_threshold", "uptime_seconds", "traffic", "labels", "store", "pipeline", "bundle_sha256", "detection", "labelled", "identity")
     CLASSIFIER_VERSION_FIELD_NUMBER: _ClassVar[int]
     EMBEDDER_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +366,9 @@ class GetStatusResponse(_message.Message):
     STORE_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    DETECTION_FIELD_NUMBER: _ClassVar[int]
+    LABELLED_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
     classifier_version: str
     embedder: EmbedderIdentity
     embedding_dim: int
@@ -220,4 +379,7 @@ class GetStatusResponse(_message.Message):
     store: PredictionStoreStatus
     pipeline: PipelineStatus
     bundle_sha256: str
-    def __init__(self, classifier_version: _Optional[str] = ..., embedder: _Optional[_Union[EmbedderIdentity, _Mapping]] = ..., embedding_dim: _Optional[int] = ..., flag_threshold: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., traffic: _Optional[_Union[TrafficStatus, _Mapping]] = ..., labels: _Optional[_Union[LabelStatus, _Mapping]] = ..., store: _Optional[_Union[PredictionStoreStatus, _Mapping]] = ..., pipeline: _Optional[_Union[PipelineStatus, _Mapping]] = ..., bundle_sha256: _Optional[str] = ...) -> None: ...
+    detection: DetectionStatus
+    labelled: LabelledStatus
+    identity: IdentityStatus
+    def __init__(self, classifier_version: _Optional[str] = ..., embedder: _Optional[_Union[EmbedderIdentity, _Mapping]] = ..., embedding_dim: _Optional[int] = ..., flag_threshold: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., traffic: _Optional[_Union[TrafficStatus, _Mapping]] = ..., labels: _Optional[_Union[LabelStatus, _Mapping]] = ..., store: _Optional[_Union[PredictionStoreStatus, _Mapping]] = ..., pipeline: _Optional[_Union[PipelineStatus, _Mapping]] = ..., bundle_sha256: _Optional[str] = ..., detection: _Optional[_Union[DetectionStatus, _Mapping]] = ..., labelled: _Optional[_Union[LabelledStatus, _Mapping]] = ..., identity: _Optional[_Union[IdentityStatus, _Mapping]] = ...) -> None: ...

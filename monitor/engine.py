@@ -1,0 +1,249 @@
+"""The detection engine: a pipeline sink that runs every detector over live windows.
+
+Runs on the pipeline's worker thread, never on the request path. Per prediction batch
+it pushes the rows into a bounded ring, feeds the per-sample change-point streams, and
+evaluates the window detectors at each window boundary (count windows: every
+``stride`` rows over the last ``size`` rows, tumbling when ``stride == size``; time
+windows: every ``stride_seconds`` over the rows of the last ``seconds``). Label
+batches update the rolling and cumulative calibration metrics.
+
+Readers (``GetStatus``, Prometheus scrapes) only ever see an immutable snapshot that
+the worker swaps in after each update, so reads are cheap and need no lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from .detectors import DRIFT_DETECTORS, DetectorSuite
+from .detectors.changepoints import ChangeTracker
+from .detectors.confidence import confidence_profile
+from .detectors.pca import ReconstructionDetector
+from .labelled import LabelledWindow
+from .pipeline import LabelBatch, PredictionBatch
+from .windows import WindowBuffer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """How live traffic is cut into windows."""
+
+    mode: Literal["count", "time"] = "count"
+    size: int = 256  # rows (count mode)
+    stride: int = 256  # rows between evaluations (count mode); == size: tumbling
+    seconds: float = 60.0  # window length (time mode)
+    stride_seconds: float = 60.0  # time between evaluations (time mode)
+    max_rows: int = 2048  # most rows a time window keeps (the newest)
+
+    @property
+    def capacity(self) -> int:
+        return self.size if self.mode == "count" else self.max_rows
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One detector's latest window."""
+
+    statistic: float
+    threshold: float
+    alarm: bool
+    window_rows: int
+    at: float
+
+
+@dataclass
+class EngineOptions:
+    window: WindowSpec = field(default_factory=WindowSpec)
+    detectors: tuple[str, ...] = ("mmd", "mmd_rff", "bbsd_ks", "domain_auc",
+                                  "pca_reconstruction", "centroid_angle", "confidence_shift")
+    domain_every: int = 4  # run the domain classifier every k-th window
+    max_evaluations_per_second: float = 50.0  # 0: no limit
+    confidence_band: float = 0.2  # a relative fall of mean confidence up to this is "steady"
+    label_window: int = 1000
+    change_pairs: tuple[tuple[str, str], ...] = (
+        ("adwin", "score"),
+        ("adwin", "reconstruction_error"),
+        ("page_hinkley", "reconstruction_error"),
+    )
+    flag: float = 0.5
+    high_confidence: float = 0.8
+
+
+class DetectionEngine:
+    """Sink for :class:`~silentwatch.monitor.pipeline.Pipeline`; see the module docstring."""
+
+    def __init__(
+        self, suite: DetectorSuite, options: EngineOptions, *, normalize: bool = True
+    ) -> None:
+        self.suite = suite
+        self.options = options
+        self.normalize = normalize
+        unknown = set(options.detectors) - set(suite.detectors)
+        if unknown:
+            raise ValueError(
+                f"unknown detectors {sorted(unknown)}; choose from {sorted(suite.detectors)}"
+            )
+        w = options.window
+        smallest = suite.sizes[0]
+        if w.mode == "count" and w.size < smallest:
+            raise ValueError(
+                f"window size {w.size} is below the smallest calibrated size {smallest}"
+            )
+        self._recon = suite.detectors["pca_reconstruction"]
+        assert isinstance(self._recon, ReconstructionDetector)
+        self.buffer = WindowBuffer(w.capacity, self._recon.basis.components.shape[1])
+        stats = suite.calibration.stream_stats
+        self.trackers = [
+            ChangeTracker(kind, stream, *stats[stream]) for kind, stream in options.change_pairs
+        ]
+        self.labelled = LabelledWindow(
+            options.label_window, threshold=options.flag, high_confidence=options.high_confidence
+        )
+        self.readings: dict[str, Reading] = {}
+        self.alarms_total = {name: 0 for name in options.detectors}
+        self.windows_evaluated = 0
+        self.windows_skipped = 0
+        self._pending = 0  # rows since the last count-window boundary
+        self._last_eval_wall = 0.0
+        self._last_eval_at = float("-inf")  # traffic time of the last time-window evaluation
+        self._window_profile: dict[str, float] | None = None
+        self._drift_alarm = False
+        self._suspected = False
+        self._suspected_total = 0
+        self._snapshot: dict[str, Any] = self._build_snapshot()
+        self._labels_snapshot: dict[str, Any] = self._build_labels_snapshot()
+
+    # -- sink -------------------------------------------------------------------------
+    def on_predictions(self, batch: PredictionBatch) -> None:
+        x = batch.embeddings
+        if self.normalize:
+            x = x / batch.norms[:, None]
+        s = batch.scores
+        if self.trackers:
+            streams = {"score": s, "reconstruction_error": self._recon.errors(x)}
+            for t in self.trackers:
+                t.update(streams[t.stream])
+        w = self.options.window
+        if w.mode == "count":
+            i, m = 0, x.shape[0]
+            while i < m:
+                k = min(m - i, w.stride - self._pending)
+                self.buffer.push(x[i : i + k], s[i : i + k], batch.received_at)
+                self._pending += k
+                i += k
+                if self._pending >= w.stride:
+                    self._pending = 0
+                    if self.buffer.count >= w.size:
+                        self._maybe_evaluate(*self.buffer.last(w.size), batch.received_at)
+        else:
+            self.buffer.push(x, s, batch.received_at)
+            now = batch.received_at
+            if now - self._last_eval_at >= w.stride_seconds:
+                self._last_eval_at = now
+                xw, sw = self.buffer.since(now - w.seconds)
+                if xw.shape[0] >= self.suite.sizes[0]:
+                    self._maybe_evaluate(xw, sw, now)
+        self._snapshot = self._build_snapshot()
+
+    def on_labels(self, batch: LabelBatch) -> None:
+        self.labelled.update(batch.scores, batch.labels)
+        self._labels_snapshot = self._build_labels_snapshot()
+
+    # -- evaluation -------------------------------------------------------------------
+    def _maybe_evaluate(self, x: np.ndarray, s: np.ndarray, at: float) -> None:
+        rate = self.options.max_evaluations_per_second
+        wall = time.monotonic()
+        if rate > 0 and wall - self._last_eval_wall < 1.0 / rate:
+            self.windows_skipped += 1  # counted and exported: never a silent gap
+            return
+        self._last_eval_wall = wall
+        self.evaluate(x, s, at)
+
+    def evaluate(self, x: np.ndarray, s: np.ndarray, at: float) -> dict[str, Reading]:
+        """Run every enabled detector on one window (rows already unit-normalised)."""
+        n = x.shape[0]
+        suite = self.suite
+        for name in self.options.detectors:
+            if name == "domain_auc" and self.windows_evaluated % self.options.domain_every:
+                continue  # periodic: the previous reading stands until the next run
+            stat = suite.detectors[name].statistic(x, s)
+            thr = suite.threshold(name, n)
+            alarm = bool(stat > thr)
+            self.readings[name] = Reading(stat, thr, alarm, n, at)
+            self.alarms_total[name] += alarm
+        self.windows_evaluated += 1
+        self._window_profile = confidence_profile(
+            s, flag=self.options.flag, high_confidence=self.options.high_confidence
+        ).as_dict()
+        self._drift_alarm = any(
+            r.alarm for name, r in self.readings.items() if name in DRIFT_DETECTORS
+        )
+        rel = self.confidence_relative_change()
+        # Paper A's signature: inputs drifted but confidence did not fall (much). A rise
+        # counts too: confidently wrong is no less silent.
+        self._suspected = bool(
+            self._drift_alarm and np.isfinite(rel) and rel >= -self.options.confidence_band
+        )
+        self._suspected_total += self._suspected
+        return dict(self.readings)
+
+    def confidence_relative_change(self) -> float:
+        """``(mean conf(window) - mean conf(reference)) / mean conf(reference)``."""
+        if self._window_profile is None:
+            return float("nan")
+        ref = self.suite.calibration.reference_confidence["mean_confidence"]
+        return (self._window_profile["mean_confidence"] - ref) / ref
+
+    # -- snapshots --------------------------------------------------------------------
+    def _build_snapshot(self) -> dict[str, Any]:
+        cal = self.suite.calibration
+        ref_conf = dict(cal.reference_confidence)
+        win = self._window_profile
+        angle = self.readings.get("centroid_angle")
+        return {
+            "calibration_source": cal.source,
+            "false_alarm_rate": cal.settings.false_alarm_rate,
+            "window": self.options.window,
+            "windows_evaluated": self.windows_evaluated,
+            "windows_skipped": self.windows_skipped,
+            "rows_seen": self.buffer.total,
+            "detectors": {
+                name: (self.readings.get(name), self.alarms_total[name])
+                for name in self.options.detectors
+            },
+            "centroid_angle_degrees": angle.statistic if angle else float("nan"),
+            "confidence": {
+                "window": win,
+                "reference": ref_conf,
+                "mean_confidence_change": (
+                    win["mean_confidence"] - ref_conf["mean_confidence"] if win else float("nan")
+                ),
+                "mean_confidence_relative_change": self.confidence_relative_change(),
+                "band": self.options.confidence_band,
+            },
+            "change_points": {
+                f"{t.kind}:{t.stream}": (t.change_points, t.last_change_at, t.samples)
+                for t in self.trackers
+            },
+            "null_change_points_per_10k": dict(cal.null_change_points_per_10k),
+            "drift_alarm": self._drift_alarm,
+            "silent_failure_suspected": self._suspected,
+            "silent_failure_suspected_windows": self._suspected_total,
+        }
+
+    def _build_labels_snapshot(self) -> dict[str, Any]:
+        return {
+            "window_size": self.options.label_window,
+            "rolling": self.labelled.rolling(),
+            "cumulative": self.labelled.cumulative(),
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        return {**self._snapshot, "labelled": self._labels_snapshot}

@@ -1,0 +1,57 @@
+"""A fixed-size ring of recent rows (embedding, score, arrival time) for window detectors.
+
+Memory is ``capacity x (d + 2)`` numbers whatever the traffic; the oldest rows are
+overwritten first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class WindowBuffer:
+    """Ring buffer over the most recent ``capacity`` rows.
+
+    >>> b = WindowBuffer(capacity=3, dim=1)
+    >>> b.push(np.arange(5, dtype=np.float32)[:, None], np.arange(5.0), 0.0)
+    >>> b.last(2)[1].tolist()
+    [3.0, 4.0]
+    """
+
+    def __init__(self, capacity: int, dim: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self.x = np.zeros((capacity, dim), dtype=np.float32)
+        self.scores = np.zeros(capacity, dtype=np.float32)
+        self.times = np.zeros(capacity, dtype=np.float64)
+        self.head = 0  # next slot to write
+        self.count = 0
+        self.total = 0  # rows ever pushed
+
+    def push(self, x: np.ndarray, scores: np.ndarray, at: float) -> None:
+        n = x.shape[0]
+        self.total += n
+        if n >= self.capacity:  # only the newest rows can survive
+            x, scores, n = x[-self.capacity :], scores[-self.capacity :], self.capacity
+        idx = (self.head + np.arange(n)) % self.capacity
+        self.x[idx] = x
+        self.scores[idx] = scores
+        self.times[idx] = at
+        self.head = (self.head + n) % self.capacity
+        self.count = min(self.count + n, self.capacity)
+
+    def _order(self, n: int) -> np.ndarray:
+        n = min(n, self.count)
+        return (self.head - n + np.arange(n)) % self.capacity
+
+    def last(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The newest ``n`` rows, oldest first (copies)."""
+        idx = self._order(n)
+        return self.x[idx], self.scores[idx]
+
+    def since(self, t0: float) -> tuple[np.ndarray, np.ndarray]:
+        """Rows that arrived at or after ``t0``, oldest first (copies)."""
+        idx = self._order(self.count)
+        keep = idx[self.times[idx] >= t0]
+        return self.x[keep], self.scores[keep]
