@@ -192,6 +192,7 @@ class DetectionEngine:
             self._drift_alarm and np.isfinite(rel) and rel >= -self.options.confidence_band
         )
         self._suspected_total += self._suspected
+        self._snapshot = self._build_snapshot()
         return dict(self.readings)
 
     def confidence_relative_change(self) -> float:
