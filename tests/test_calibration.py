@@ -6,12 +6,17 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from silentwatch.monitor import calibration as cal
 from silentwatch.monitor.calibration import (
     accuracy,
     expected_calibration_error,
     mean_confidence,
     silent_failure_rate,
 )
+from silentwatch.monitor.labelled import LabelledWindow
+from sklearn import metrics as skm
 from sklearn.metrics import accuracy_score
 
 
@@ -195,3 +200,71 @@ def test_silent_failure_rate_vs_loop():
     wrong = [(pi >= 0.5) != (yi == 1) for pi, yi in zip(p, y, strict=True)]
     silent = [w and max(pi, 1 - pi) > 0.8 for w, pi in zip(wrong, p, strict=True)]
     assert silent_failure_rate(p, y) == pytest.approx(sum(silent) / sum(wrong))
+
+
+# -- the labelled metrics against scikit-learn and by hand -------------------------------
+
+_probs = st.lists(
+    st.one_of(st.floats(0.0, 1.0), st.sampled_from([0.0, 1.0, 0.5, 0.8, 0.2])),
+    min_size=2,
+    max_size=60,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_probs, st.integers(0, 2**31 - 1))
+def test_labelled_metrics_equal_sklearn(ps, seed):
+    p = np.asarray(ps)
+    y = np.random.default_rng(seed).integers(0, 2, p.size)
+    if 0 < y.sum() < y.size:
+        assert cal.roc_auc(p, y) == pytest.approx(skm.roc_auc_score(y, p))
+    else:
+        assert np.isnan(cal.roc_auc(p, y))
+    assert cal.brier_score(p, y) == pytest.approx(skm.brier_score_loss(y, p))
+    assert cal.log_loss(p, y) == pytest.approx(skm.log_loss(y, p, labels=[0, 1]))
+    assert cal.accuracy(p, y) == pytest.approx(skm.accuracy_score(y, p >= 0.5))
+    if 0 < y.sum() < y.size:
+        assert cal.balanced_accuracy(p, y) == pytest.approx(
+            skm.balanced_accuracy_score(y, p >= 0.5)
+        )
+
+
+def test_hand_computed_cases_with_exact_zero_and_one():
+    p = np.array([0.0, 1.0, 1.0, 0.9])
+    y = np.array([0, 1, 0, 1])
+    # Confidences 1, 1, 1, 0.9; the third is wrong with confidence 1.
+    assert cal.accuracy(p, y) == 0.75
+    assert cal.silent_failure_rate(p, y) == 1.0  # the one error is confident
+    assert cal.high_confidence_error_ratio(p, y) == 0.25  # 1 wrong of 4 confident
+    assert cal.confidence_minus_accuracy(p, y) == pytest.approx(0.975 - 0.75)
+    assert cal.brier_score(p, y) == pytest.approx((0 + 0 + 1 + 0.01) / 4)
+    # log loss: the confident error costs -log(eps) = 36.04; the rest 0, 0, -log(0.9).
+    eps = np.finfo(np.float64).eps
+    assert cal.log_loss(p, y) == pytest.approx((-np.log(eps) - np.log(0.9)) / 4)
+    # Top-label ECE, 5 bins: all four in (0.8, 1]: |acc 0.75 - conf 0.975| = 0.225.
+    assert cal.expected_calibration_error(p, y) == pytest.approx(0.225)
+    # Positive-class ECE: bin [0, .2]: p=0,y=0 -> 0; bin (.8, 1]: mean p .9667 vs y 2/3.
+    assert cal.positive_class_ece(p, y) == pytest.approx(3 / 4 * abs(2.9 / 3 - 2 / 3))
+    assert cal.roc_auc(p, y) == pytest.approx(skm.roc_auc_score(y, p))
+    m = cal.labelled_metrics(np.zeros(0), np.zeros(0))
+    assert m["n"] == 0 and np.isnan(m["roc_auc"]) and np.isnan(m["accuracy"])
+    assert np.isnan(cal.high_confidence_error_ratio(np.array([0.6]), np.array([1])))
+
+
+def test_labelled_window_rolling_and_cumulative():
+    rng = np.random.default_rng(7)
+    p = rng.random(2300)
+    y = (rng.random(2300) < p).astype(np.int8)
+    w = LabelledWindow(window_size=500)
+    ring_ids = (id(w._p), id(w._y))
+    for a, b in ((0, 7), (7, 480), (480, 1111), (1111, 2300)):  # uneven, crossing the ring
+        w.update(p[a:b], y[a:b])
+    assert (id(w._p), id(w._y)) == ring_ids and w._p.shape == (500,)
+    rolling, want = w.rolling(), cal.labelled_metrics(p[-500:], y[-500:])
+    for k, v in want.items():
+        assert rolling[k] == pytest.approx(v, nan_ok=True), k
+    cum, everything = w.cumulative(), cal.labelled_metrics(p, y)
+    for k, v in everything.items():
+        tol = 1e-2 if k == "roc_auc" else 1e-9  # ROC-AUC from a 1000-bin histogram
+        assert cum[k] == pytest.approx(v, abs=tol, nan_ok=True), k
+    assert w.n_seen == 2300
