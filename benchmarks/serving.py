@@ -44,13 +44,15 @@ def unit(n: int, d: int, seed: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def start_server(bundle: Path, recording: bool) -> tuple[subprocess.Popen, str]:
+def start_server(
+    bundle: Path, recording: bool, extra: list[str] | None = None
+) -> tuple[subprocess.Popen, str]:
     pin = ["taskset", "-c", "0"] if shutil.which("taskset") and os.cpu_count() > 1 else []
     proc = subprocess.Popen(
         [*pin, sys.executable, "-m", "silentwatch", "serve", "--bundle", str(bundle),
          "--port", "0", "--metrics-port", "0", "--recording", str(recording).lower(),
          "--max-message-bytes", str(64 << 20), "--max-batch-rows", "16384",
-         "--store-capacity", "200000", "--log-level", "WARNING"],
+         "--store-capacity", "200000", "--log-level", "WARNING", *(extra or [])],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     return proc, json.loads(proc.stdout.readline())["grpc"]

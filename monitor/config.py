@@ -90,7 +90,12 @@ class ServeSettings(BaseSettings):
     )
     domain_every: int = Field(4, ge=1, description="run the domain classifier every k-th window")
     max_window_evaluations_per_second: float = Field(
-        50.0, ge=0, description="skip (and count) window evaluations beyond this rate; 0: no limit"
+        10.0, ge=0, description="skip (and count) window evaluations beyond this rate; 0: no limit"
+    )
+    change_max_samples_per_second: float = Field(
+        5000.0,
+        ge=0,
+        description="thin (and count) the change-point streams beyond this rate; 0: no limit",
     )
     confidence_band: float = Field(
         0.2,

@@ -64,7 +64,10 @@ class EngineOptions:
     detectors: tuple[str, ...] = ("mmd", "mmd_rff", "bbsd_ks", "domain_auc",
                                   "pca_reconstruction", "centroid_angle", "confidence_shift")
     domain_every: int = 4  # run the domain classifier every k-th window
-    max_evaluations_per_second: float = 50.0  # 0: no limit
+    max_evaluations_per_second: float = 10.0  # 0: no limit
+    # River's detectors are sequential Python loops (~0.5 us per sample each); above this
+    # rate their streams are thinned evenly, and the thinning is counted.
+    change_max_samples_per_second: float = 5000.0  # 0: no limit
     confidence_band: float = 0.2  # a relative fall of mean confidence up to this is "steady"
     label_window: int = 1000
     change_pairs: tuple[tuple[str, str], ...] = (
@@ -111,6 +114,9 @@ class DetectionEngine:
         self.windows_evaluated = 0
         self.windows_skipped = 0
         self._pending = 0  # rows since the last count-window boundary
+        self._change_budget = 0.0
+        self._change_clock: float | None = None
+        self.change_thinned_rows = 0
         self._last_eval_wall = 0.0
         self._last_eval_at = float("-inf")  # traffic time of the last time-window evaluation
         self._window_profile: dict[str, float] | None = None
@@ -127,9 +133,13 @@ class DetectionEngine:
             x = x / batch.norms[:, None]
         s = batch.scores
         if self.trackers:
-            streams = {"score": s, "reconstruction_error": self._recon.errors(x)}
-            for t in self.trackers:
-                t.update(streams[t.stream])
+            keep = self._change_rows(x.shape[0])
+            if keep is not None and keep.size:
+                xs = x[keep] if keep.size < x.shape[0] else x
+                ss = s[keep] if keep.size < x.shape[0] else s
+                streams = {"score": ss, "reconstruction_error": self._recon.errors(xs)}
+                for t in self.trackers:
+                    t.update(streams[t.stream])
         w = self.options.window
         if w.mode == "count":
             i, m = 0, x.shape[0]
@@ -151,6 +161,24 @@ class DetectionEngine:
                 if xw.shape[0] >= self.suite.sizes[0]:
                     self._maybe_evaluate(xw, sw, now)
         self._snapshot = self._build_snapshot()
+
+    def _change_rows(self, n: int) -> np.ndarray | None:
+        """Rows of this batch the change-point streams get (a token bucket on wall time)."""
+        rate = self.options.change_max_samples_per_second
+        if rate <= 0:
+            return np.arange(n)
+        now = time.monotonic()
+        if self._change_clock is None:
+            self._change_budget = rate  # one second's worth to start
+        else:
+            self._change_budget = min(rate, self._change_budget + rate * (now - self._change_clock))
+        self._change_clock = now
+        take = min(n, int(self._change_budget))
+        self._change_budget -= take
+        self.change_thinned_rows += n - take
+        if take == n:
+            return np.arange(n)
+        return np.linspace(0, n - 1, take).astype(np.int64)
 
     def on_labels(self, batch: LabelBatch) -> None:
         self.labelled.update(batch.scores, batch.labels)
@@ -234,6 +262,7 @@ class DetectionEngine:
                 for t in self.trackers
             },
             "null_change_points_per_10k": dict(cal.null_change_points_per_10k),
+            "change_thinned_rows": self.change_thinned_rows,
             "drift_alarm": self._drift_alarm,
             "silent_failure_suspected": self._suspected,
             "silent_failure_suspected_windows": self._suspected_total,

@@ -360,6 +360,11 @@ def detection_families(d: dict) -> Iterable[Metric]:
         "(window - reference) / reference mean confidence.",
         value=c["mean_confidence_relative_change"],
     )
+    yield CounterMetricFamily(
+        f"{PREFIX}_change_stream_thinned_rows",
+        "Rows the change-point streams skipped over change_max_samples_per_second.",
+        value=d["change_thinned_rows"],
+    )
     fam = CounterMetricFamily(
         f"{PREFIX}_change_points",
         "Change points found by river detectors on per-sample streams.",

@@ -86,6 +86,7 @@ def build_engine(
         detectors=tuple(s.detectors) if s.detectors is not None else tuple(suite.detectors),
         domain_every=s.domain_every,
         max_evaluations_per_second=s.max_window_evaluations_per_second,
+        change_max_samples_per_second=s.change_max_samples_per_second,
         confidence_band=s.confidence_band,
         label_window=s.label_window,
         change_pairs=tuple(pairs),

@@ -401,6 +401,7 @@ class MonitorService(pb_grpc.MonitorServicer):
             drift_alarm=d["drift_alarm"],
             silent_failure_suspected=d["silent_failure_suspected"],
             silent_failure_suspected_windows=d["silent_failure_suspected_windows"],
+            change_thinned_rows=d["change_thinned_rows"],
         )
 
     @staticmethod

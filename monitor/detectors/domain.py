@@ -15,6 +15,7 @@ It costs a few milliseconds per window, so the engine runs it every few windows.
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import expit
 
 from ..calibration import roc_auc
 from .base import ReferenceSample, WindowDetector
@@ -51,7 +52,8 @@ def domain_classifier_auc(
         yt = y[tr] - y[tr].mean()
         w = np.linalg.solve(xt.T @ xt + ridge * np.eye(x.shape[1]), xt.T @ yt)
         oof[te] = ((x[te] - mu) / sd) @ w
-    return roc_auc(oof, y)
+    # AUC is rank-based: a monotone squash into (0, 1) meets roc_auc's probability contract.
+    return roc_auc(expit(oof), y)
 
 
 class DomainClassifierDetector(WindowDetector):

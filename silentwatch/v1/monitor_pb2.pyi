@@ -273,7 +273,7 @@ class WindowConfig(_message.Message):
     def __init__(self, mode: _Optional[str] = ..., size: _Optional[int] = ..., stride: _Optional[int] = ..., seconds: _Optional[float] = ..., stride_seconds: _Optional[float] = ..., max_rows: _Optional[int] = ...) -> None: ...
 
 class DetectionStatus(_message.Message):
-    __slots__ = ("enabled", "disabled_reason", "calibration_source", "false_alarm_rate", "window", "windows_evaluated", "windows_skipped", "rows_seen", "detectors", "centroid_angle_degrees", "confidence", "change_points", "drift_alarm", "silent_failure_suspected", "silent_failure_suspected_windows")
+    __slots__ = ("enabled", "disabled_reason", "calibration_source", "false_alarm_rate", "window", "windows_evaluated", "windows_skipped", "rows_seen", "detectors", "centroid_angle_degrees", "confidence", "change_points", "drift_alarm", "silent_failure_suspected", "silent_failure_suspected_windows", "change_thinned_rows")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     DISABLED_REASON_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -289,6 +289,7 @@ class DetectionStatus(_message.Message):
     DRIFT_ALARM_FIELD_NUMBER: _ClassVar[int]
     SILENT_FAILURE_SUSPECTED_FIELD_NUMBER: _ClassVar[int]
     SILENT_FAILURE_SUSPECTED_WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_THINNED_ROWS_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     disabled_reason: str
     calibration_source: str
@@ -304,7 +305,8 @@ class DetectionStatus(_message.Message):
     drift_alarm: bool
     silent_failure_suspected: bool
     silent_failure_suspected_windows: int
-    def __init__(self, enabled: _Optional[bool] = ..., disabled_reason: _Optional[str] = ..., calibration_source: _Optional[str] = ..., false_alarm_rate: _Optional[float] = ..., window: _Optional[_Union[WindowConfig, _Mapping]] = ..., windows_evaluated: _Optional[int] = ..., windows_skipped: _Optional[int] = ..., rows_seen: _Optional[int] = ..., detectors: _Optional[_Iterable[_Union[DetectorReading, _Mapping]]] = ..., centroid_angle_degrees: _Optional[float] = ..., confidence: _Optional[_Union[ConfidenceStatus, _Mapping]] = ..., change_points: _Optional[_Iterable[_Union[ChangePointStatus, _Mapping]]] = ..., drift_alarm: _Optional[bool] = ..., silent_failure_suspected: _Optional[bool] = ..., silent_failure_suspected_windows: _Optional[int] = ...) -> None: ...
+    change_thinned_rows: int
+    def __init__(self, enabled: _Optional[bool] = ..., disabled_reason: _Optional[str] = ..., calibration_source: _Optional[str] = ..., false_alarm_rate: _Optional[float] = ..., window: _Optional[_Union[WindowConfig, _Mapping]] = ..., windows_evaluated: _Optional[int] = ..., windows_skipped: _Optional[int] = ..., rows_seen: _Optional[int] = ..., detectors: _Optional[_Iterable[_Union[DetectorReading, _Mapping]]] = ..., centroid_angle_degrees: _Optional[float] = ..., confidence: _Optional[_Union[ConfidenceStatus, _Mapping]] = ..., change_points: _Optional[_Iterable[_Union[ChangePointStatus, _Mapping]]] = ..., drift_alarm: _Optional[bool] = ..., silent_failure_suspected: _Optional[bool] = ..., silent_failure_suspected_windows: _Optional[int] = ..., change_thinned_rows: _Optional[int] = ...) -> None: ...
 
 class CalibrationMetrics(_message.Message):
     __slots__ = ("n", "positives", "roc_auc", "accuracy", "balanced_accuracy", "ece", "ece_positive_class", "brier", "log_loss", "silent_failure_ratio", "high_confidence_error_ratio", "mean_confidence", "confidence_minus_accuracy")
