@@ -296,8 +296,21 @@ def _cmd_bundle_inspect(args: argparse.Namespace) -> int:
     lines.append(
         f"reference         {ref.embeddings.shape[0]:,} embeddings, mean score "
         f"{float(ref.scores.mean()):.3f}"
-        + (f", extra arrays {sorted(ref.extra)}" if ref.extra else "")
+        + (f", {len(ref.extra)} further arrays (mean, detector state)" if ref.extra else "")
     )
+    cal = m.detectors
+    if cal is None:
+        lines.append("drift detectors   not calibrated (the sidecar calibrates at start-up)")
+    else:
+        st = cal.settings
+        lines.append(
+            f"drift detectors   calibrated on {cal.holdout_rows:,} held-out rows: "
+            f"{st.false_alarm_rate:g} false alarms per window, window {st.window_size}, "
+            f"{st.calibration_windows} windows per size"
+        )
+        size = str(st.window_size)
+        for name, table in cal.thresholds.items():
+            lines.append(f"  {name:<19} threshold {table[size]:.6g} at n={size}")
     for name, digest in m.files.items():
         lines.append(f"file              {name}  sha256 {digest}")
     print("\n".join(lines))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -15,8 +16,8 @@ from silentwatch.monitor.calibration import (
     mean_confidence,
     silent_failure_rate,
 )
-from silentwatch.monitor.labelled import LabelledWindow
 from sklearn import metrics as skm
+from sklearn.calibration import calibration_curve
 from sklearn.metrics import accuracy_score
 
 
@@ -251,20 +252,292 @@ def test_hand_computed_cases_with_exact_zero_and_one():
     assert np.isnan(cal.high_confidence_error_ratio(np.array([0.6]), np.array([1])))
 
 
-def test_labelled_window_rolling_and_cumulative():
-    rng = np.random.default_rng(7)
-    p = rng.random(2300)
-    y = (rng.random(2300) < p).astype(np.int8)
-    w = LabelledWindow(window_size=500)
-    ring_ids = (id(w._p), id(w._y))
-    for a, b in ((0, 7), (7, 480), (480, 1111), (1111, 2300)):  # uneven, crossing the ring
-        w.update(p[a:b], y[a:b])
-    assert (id(w._p), id(w._y)) == ring_ids and w._p.shape == (500,)
-    rolling, want = w.rolling(), cal.labelled_metrics(p[-500:], y[-500:])
+# -- scikit-learn equality on random data (property tests) ----------------------------------
+
+# Scores with many exact ties, bin edges and the extremes 0 and 1 mixed into free floats.
+_score = st.one_of(
+    st.floats(0.0, 1.0),
+    st.sampled_from([0.0, 1.0, 0.5, 0.2, 0.4, 0.6, 0.8, 0.1, 0.9]),
+)
+_samples = st.lists(st.tuples(_score, st.integers(0, 1)), min_size=1, max_size=80)
+
+
+def _arrays(pairs: list[tuple[float, int]]) -> tuple[np.ndarray, np.ndarray]:
+    p, y = zip(*pairs, strict=True)
+    return np.asarray(p, dtype=np.float64), np.asarray(y, dtype=np.int64)
+
+
+def binned_reference(v: np.ndarray, hits: np.ndarray, n_bins: int) -> tuple[list, float]:
+    """Per-sample loop over bins ``(e_(b-1), e_b]`` (first closed at 0) and their ECE."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1).tolist()
+    rows, ece = [], 0.0
+    for b in range(n_bins):
+        lo, hi = edges[b], edges[b + 1]
+        members = [
+            (vi, hi_)
+            for vi, hi_ in zip(v.tolist(), hits.tolist(), strict=True)
+            if (vi > lo or (b == 0 and vi >= lo)) and vi <= hi
+        ]
+        if members:
+            mean_v = sum(m[0] for m in members) / len(members)
+            mean_hit = sum(m[1] for m in members) / len(members)
+            rows.append((mean_hit, mean_v))
+            ece += len(members) / len(v) * abs(mean_hit - mean_v)
+    return rows, ece
+
+
+def _assert_bins_match_sklearn(rows: list, hits: np.ndarray, v: np.ndarray, n_bins: int):
+    prob_true, prob_pred = calibration_curve(hits, v, n_bins=n_bins)
+    assert np.allclose([r[0] for r in rows], prob_true)
+    assert np.allclose([r[1] for r in rows], prob_pred)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_samples, st.sampled_from([0.5, 0.3, 0.8, 0.0, 1.0]))
+def test_every_metric_equals_sklearn_or_reference(pairs, threshold):
+    p, y = _arrays(pairs)
+    both = 0 < y.sum() < y.size
+    pred = (p >= threshold).astype(int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns on one class; we check its value
+        sk_auc = skm.roc_auc_score(y, p) if both else float("nan")
+        sk_bal = skm.balanced_accuracy_score(y, pred)
+    assert cal.roc_auc(p, y) == pytest.approx(sk_auc, abs=1e-12, nan_ok=True)
+    assert cal.balanced_accuracy(p, y, threshold) == pytest.approx(sk_bal, abs=1e-12)
+    assert cal.accuracy(p, y, threshold) == pytest.approx(skm.accuracy_score(y, pred))
+    assert cal.brier_score(p, y) == pytest.approx(skm.brier_score_loss(y, p), abs=1e-12)
+    assert cal.log_loss(p, y) == pytest.approx(
+        skm.log_loss(y, p, labels=[0, 1]), rel=1e-12, abs=1e-12
+    )
+
+    # Both ECEs: the per-bin means are sklearn's calibration_curve, on (y, p) for the
+    # positive class and on (top label right, confidence) for the top label.
+    c = np.maximum(p, 1 - p)
+    right = ((p >= 0.5) == (y == 1)).astype(int)
+    for n_bins in (5, 10):
+        rows, ece_pos = binned_reference(p, y, n_bins)
+        _assert_bins_match_sklearn(rows, y, p, n_bins)
+        assert cal.positive_class_ece(p, y, n_bins) == pytest.approx(ece_pos, abs=1e-12)
+        rows, ece_top = binned_reference(c, right, n_bins)
+        _assert_bins_match_sklearn(rows, right, c, n_bins)
+        assert cal.expected_calibration_error(p, y, n_bins) == pytest.approx(ece_top, abs=1e-12)
+
+    # The confident-error ratios: same numerator, different denominators.
+    sure, wrong = c > 0.8, right == 0
+    hc = 1 - skm.accuracy_score(y[sure], p[sure] >= 0.5) if sure.any() else float("nan")
+    sf = (wrong & sure).sum() / wrong.sum() if wrong.any() else float("nan")
+    assert cal.high_confidence_error_ratio(p, y) == pytest.approx(hc, nan_ok=True)
+    assert cal.silent_failure_rate(p, y) == pytest.approx(sf, nan_ok=True)
+    assert cal.confidence_minus_accuracy(p, y, threshold) == pytest.approx(
+        c.mean() - skm.accuracy_score(y, pred)
+    )
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    _samples,
+    st.sampled_from([0.5, 0.35, 0.7]),
+    st.sampled_from([0.8, 0.6, 0.95]),
+    st.sampled_from([5, 10, 1]),
+)
+def test_labelled_metrics_equals_the_single_functions(pairs, threshold, high, n_bins):
+    p, y = _arrays(pairs)
+    m = cal.labelled_metrics(p, y, threshold=threshold, high_confidence=high, n_bins=n_bins)
+    want = {
+        "n": p.size,
+        "positives": int(y.sum()),
+        "roc_auc": cal.roc_auc(p, y),
+        "accuracy": cal.accuracy(p, y, threshold),
+        "balanced_accuracy": cal.balanced_accuracy(p, y, threshold),
+        "ece": cal.expected_calibration_error(p, y, n_bins),
+        "ece_positive_class": cal.positive_class_ece(p, y, n_bins),
+        "brier": cal.brier_score(p, y),
+        "log_loss": cal.log_loss(p, y),
+        "silent_failure_ratio": cal.silent_failure_rate(p, y, high),
+        "high_confidence_error_ratio": cal.high_confidence_error_ratio(p, y, high),
+        "mean_confidence": cal.mean_confidence(p),
+        "confidence_minus_accuracy": cal.confidence_minus_accuracy(p, y, threshold),
+    }
+    assert tuple(m) == cal.METRIC_NAMES
+    assert type(m["n"]) is int and type(m["positives"]) is int
     for k, v in want.items():
-        assert rolling[k] == pytest.approx(v, nan_ok=True), k
-    cum, everything = w.cumulative(), cal.labelled_metrics(p, y)
-    for k, v in everything.items():
-        tol = 1e-2 if k == "roc_auc" else 1e-9  # ROC-AUC from a 1000-bin histogram
-        assert cum[k] == pytest.approx(v, abs=tol, nan_ok=True), k
-    assert w.n_seen == 2300
+        assert m[k] == pytest.approx(v, abs=1e-12, nan_ok=True), k
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_large_random_arrays_with_ties_equal_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    n = 20_000
+    p = np.round(rng.beta(0.6, 0.6, n), 3)  # rounding makes many ties, and exact 0 and 1
+    y = (rng.random(n) < p).astype(int)
+    assert (p == 0).any() and (p == 1).any()
+    assert cal.roc_auc(p, y) == pytest.approx(skm.roc_auc_score(y, p), abs=1e-12)
+    assert cal.balanced_accuracy(p, y) == pytest.approx(
+        skm.balanced_accuracy_score(y, p >= 0.5), abs=1e-12
+    )
+    assert cal.brier_score(p, y) == pytest.approx(skm.brier_score_loss(y, p), abs=1e-12)
+    assert cal.log_loss(p, y) == pytest.approx(skm.log_loss(y, p, labels=[0, 1]), rel=1e-12)
+
+
+# -- hand-computed cases --------------------------------------------------------------------
+
+
+def test_roc_auc_hand_values_and_ties():
+    y = np.array([0, 0, 1, 1])
+    assert cal.roc_auc(np.array([0.1, 0.2, 0.8, 0.9]), y) == 1.0
+    assert cal.roc_auc(np.array([0.9, 0.8, 0.2, 0.1]), y) == 0.0
+    assert cal.roc_auc(np.full(4, 0.5), y) == 0.5  # all tied: every pair counts half
+    # Pairs (pos, neg): 0.8 > 0.1, 0.8 == 0.8 (half), 0.0 < both -> (1 + 0.5) / 4.
+    assert cal.roc_auc(np.array([0.1, 0.8, 0.8, 0.0]), y) == pytest.approx(0.375)
+    # Order of the samples does not matter.
+    perm = np.array([2, 0, 3, 1])
+    p = np.array([0.1, 0.8, 0.8, 0.0])
+    assert cal.roc_auc(p[perm], y[perm]) == pytest.approx(0.375)
+
+
+def test_one_class_only():
+    p = np.array([0.0, 0.3, 0.7, 1.0])
+    for y in (np.zeros(4, int), np.ones(4, int)):
+        assert math.isnan(cal.roc_auc(p, y))
+        with pytest.warns(Warning):  # sklearn: "y_pred contains classes not in y_true"
+            want = skm.balanced_accuracy_score(y, p >= 0.5)
+        assert cal.balanced_accuracy(p, y) == want == 0.5  # the present class's recall
+        assert cal.brier_score(p, y) == pytest.approx(skm.brier_score_loss(y, p))
+        assert cal.log_loss(p, y) == pytest.approx(skm.log_loss(y, p, labels=[0, 1]))
+        m = cal.labelled_metrics(p, y)
+        assert m["positives"] == int(y.sum()) and math.isnan(m["roc_auc"])
+    assert cal.balanced_accuracy(np.array([0.9, 0.8]), np.array([1, 1])) == 1.0
+    assert cal.balanced_accuracy(np.array([0.9, 0.8]), np.array([0, 0])) == 0.0
+
+
+def test_all_correct_with_exact_zero_and_one():
+    p, y = np.array([0.0, 1.0, 0.0, 1.0]), np.array([0, 1, 0, 1])
+    m = cal.labelled_metrics(p, y)
+    assert m["accuracy"] == m["balanced_accuracy"] == m["roc_auc"] == 1.0
+    assert m["ece"] == m["ece_positive_class"] == m["brier"] == 0.0
+    assert m["log_loss"] == pytest.approx(np.finfo(np.float64).eps)  # -log(1 - eps)
+    assert m["log_loss"] == pytest.approx(skm.log_loss(y, p, labels=[0, 1]))
+    assert math.isnan(m["silent_failure_ratio"])  # no error at all
+    assert m["high_confidence_error_ratio"] == 0.0
+    assert m["mean_confidence"] == 1.0 and m["confidence_minus_accuracy"] == 0.0
+
+
+def test_all_wrong_with_exact_zero_and_one():
+    p, y = np.array([0.0, 1.0, 0.0, 1.0]), np.array([1, 0, 1, 0])
+    m = cal.labelled_metrics(p, y)
+    assert m["accuracy"] == m["balanced_accuracy"] == m["roc_auc"] == 0.0
+    assert m["ece"] == m["ece_positive_class"] == m["brier"] == 1.0
+    cost = -np.log(np.finfo(np.float64).eps)  # 36.04: clipped, finite
+    assert m["log_loss"] == pytest.approx(cost)
+    assert m["log_loss"] == pytest.approx(skm.log_loss(y, p, labels=[0, 1]))
+    assert m["silent_failure_ratio"] == m["high_confidence_error_ratio"] == 1.0
+    assert m["confidence_minus_accuracy"] == 1.0
+
+
+def test_silent_failure_and_high_confidence_error_ratio_differ():
+    # 2 errors, 1 of them sure; 4 sure predictions, 1 of them wrong.
+    p = np.array([0.95, 0.05, 0.9, 0.1, 0.6])
+    y = np.array([0, 0, 1, 0, 0])
+    assert cal.silent_failure_rate(p, y) == 0.5  # 1 sure error / 2 errors
+    assert cal.high_confidence_error_ratio(p, y) == 0.25  # 1 sure error / 4 sure
+    # c == 0.8 exactly is not "sure" (strict >).
+    assert math.isnan(cal.high_confidence_error_ratio(np.array([0.8, 0.2]), np.array([0, 1])))
+    assert cal.high_confidence_error_ratio(np.array([0.8, 0.2]), np.array([0, 1]), 0.79) == 1.0
+
+
+def test_positive_class_ece_hand_values_and_right_closed_bins():
+    # p on the edges: 0 and 0.2 in [0, 0.2]; 0.4 in (0.2, 0.4]; 1 in (0.8, 1].
+    p = np.array([0.0, 0.2, 0.4, 1.0])
+    y = np.array([0, 1, 0, 1])
+    # [0, .2]: sum y 1, sum p .2 -> .8; (.2, .4]: 0 vs .4 -> .4; (.8, 1]: 1 vs 1 -> 0.
+    assert cal.positive_class_ece(p, y) == pytest.approx((0.8 + 0.4) / 4)
+    # Perfect calibration in expectation: p = 0.5 with half positive.
+    assert cal.positive_class_ece(np.array([0.5, 0.5]), np.array([0, 1])) == 0.0
+    # Where it differs from the top-label ECE: p = 0.9 and 0.1 share the confidence bin
+    # (0.8, 1] (top-label: |1 right - 1.8| / 2) but not a p bin (|0 - .9| + |0 - .1|) / 2.
+    p, y = np.array([0.9, 0.1]), np.array([0, 0])
+    assert cal.positive_class_ece(p, y) == pytest.approx(0.5)
+    assert cal.expected_calibration_error(p, y) == pytest.approx(0.4)
+    # One bin: |mean y - mean p|.
+    p, y = np.array([0.0, 0.2, 0.4, 1.0]), np.array([0, 1, 0, 1])
+    assert cal.positive_class_ece(p, y, n_bins=1) == pytest.approx(abs(0.5 - 0.4))
+
+
+def test_brier_and_confidence_minus_accuracy_hand_values():
+    p, y = np.array([0.0, 1.0, 0.75, 0.5]), np.array([1, 1, 0, 1])
+    assert cal.brier_score(p, y) == pytest.approx((1 + 0 + 0.5625 + 0.25) / 4)
+    # conf 1, 1, .75, .5 -> .8125; predictions 0 1 1 1 -> right: no yes no yes -> .5
+    assert cal.confidence_minus_accuracy(p, y) == pytest.approx(0.3125)
+    # Underconfident: right every time with confidence 0.6 -> negative.
+    assert cal.confidence_minus_accuracy(np.array([0.6, 0.4]), np.array([1, 0])) == (
+        pytest.approx(-0.4)
+    )
+
+
+def test_log_loss_eps_and_dtype():
+    p, y = np.array([0.0, 1.0]), np.array([1, 0])
+    assert cal.log_loss(p, y) == pytest.approx(-np.log(np.finfo(np.float64).eps))
+    # sklearn < 1.5's bound; 1 - 1e-15 rounds in float64, so the p = 1 term is not exact.
+    want = -(np.log(1e-15) + np.log1p(-(1.0 - 1e-15))) / 2
+    assert cal.log_loss(p, y, eps=1e-15) == pytest.approx(want, rel=1e-12)
+    # float32 scores are taken as float64 here; sklearn clips them at float32's eps.
+    p32 = p.astype(np.float32)
+    assert cal.log_loss(p32, y) == pytest.approx(36.04365, rel=1e-6)
+    assert skm.log_loss(y, p32, labels=[0, 1]) == pytest.approx(15.94238, rel=1e-5)
+    # Away from the clip the dtype does not matter beyond float32 rounding.
+    q32 = np.array([0.3, 0.8], dtype=np.float32)
+    assert cal.log_loss(q32, y) == pytest.approx(skm.log_loss(y, q32, labels=[0, 1]), rel=1e-6)
+
+
+def test_labelled_metrics_threshold_moves_only_decision_metrics():
+    p, y = np.array([0.4, 0.45, 0.9, 0.1]), np.array([1, 1, 1, 0])
+    at_half = cal.labelled_metrics(p, y)
+    at_03 = cal.labelled_metrics(p, y, threshold=0.3)
+    assert at_half["accuracy"] == 0.5 and at_03["accuracy"] == 1.0
+    assert at_03["balanced_accuracy"] == 1.0
+    for k in ("ece", "silent_failure_ratio", "high_confidence_error_ratio", "roc_auc"):
+        assert at_03[k] == pytest.approx(at_half[k], nan_ok=True), k
+
+
+def test_empty_input_everywhere():
+    e = np.zeros(0)
+    for f in (
+        cal.roc_auc,
+        cal.balanced_accuracy,
+        cal.positive_class_ece,
+        cal.brier_score,
+        cal.log_loss,
+        cal.high_confidence_error_ratio,
+        cal.confidence_minus_accuracy,
+        cal.silent_failure_rate,
+        cal.expected_calibration_error,
+        cal.accuracy,
+    ):
+        assert math.isnan(f(e, e)), f.__name__
+    m = cal.labelled_metrics(e, e)
+    assert tuple(m) == cal.METRIC_NAMES
+    assert m["n"] == 0 and m["positives"] == 0  # ints: they feed uint64 protobuf fields
+    assert all(math.isnan(v) for k, v in m.items() if k not in ("n", "positives"))
+
+
+@pytest.mark.parametrize(
+    ("p", "y", "match"),
+    [
+        ([0.5, 1.2], [0, 1], r"\[0, 1\]"),
+        ([0.5, -0.1], [0, 1], r"\[0, 1\]"),
+        ([0.5, float("nan")], [0, 1], r"\[0, 1\]"),
+        ([0.5, 0.5], [0, 2], r"\{0, 1\}"),
+        ([0.5, 0.5], [0, -1], r"\{0, 1\}"),
+        ([0.5, 0.5], [0.5, 1], r"\{0, 1\}"),
+        ([0.5], [0, 1], "p has 1 values but y has 2"),
+    ],
+)
+def test_invalid_input_raises(p, y, match):
+    for f in (cal.roc_auc, cal.log_loss, cal.labelled_metrics):
+        with pytest.raises(ValueError, match=match):
+            f(np.asarray(p), np.asarray(y))
+
+
+def test_bool_labels_accepted():
+    p = np.array([0.9, 0.2])
+    assert cal.labelled_metrics(p, np.array([True, False]))["accuracy"] == 1.0
