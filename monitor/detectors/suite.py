@@ -9,7 +9,10 @@ rows is judged against the threshold of the largest calibrated size ``<= n``: ev
 statistic's null spread shrinks with ``n``, so this errs towards fewer false alarms.
 
 Windows are drawn from a finite pool, so sizes are capped at a quarter of the held-out
-rows: beyond that, overlapping windows understate the null spread.
+rows, and the quantile's distance from the null median is widened by
+``sqrt(1 + n / pool)``: every window from one pool shares the pool's own offset from the
+population (variance ~ sigma^2 / pool) on top of its own (sigma^2 / n), and live windows
+do not share it.
 """
 
 from __future__ import annotations
@@ -127,9 +130,15 @@ class DetectorSuite:
         for n in sizes:
             windows = np.argsort(rng.random((settings.calibration_windows, holdout.size)), axis=1)
             windows = windows[:, :n]
+            # Windows from one finite pool share its offset from the population; live
+            # windows do not. Widen the null around its median by sqrt(1 + n / pool) (the
+            # pool mean's variance sigma^2 / pool added to the window's sigma^2 / n).
+            widen = np.sqrt(1.0 + n / holdout.size)
             for name, d in dets.items():
                 null = d.null_statistics(hx, hs, windows)
-                thresholds[name][str(n)] = float(np.quantile(null, q, method="higher"))
+                mid = float(np.median(null))
+                top = float(np.quantile(null, q, method="higher"))
+                thresholds[name][str(n)] = mid + (top - mid) * widen
         recon = dets["pca_reconstruction"]
         assert isinstance(recon, ReconstructionDetector)
         streams = {"score": hs.astype(np.float64), "reconstruction_error": recon.errors(hx)}
