@@ -90,7 +90,7 @@ class ServeSettings(BaseSettings):
     )
     domain_every: int = Field(4, ge=1, description="run the domain classifier every k-th window")
     max_window_evaluations_per_second: float = Field(
-        10.0, ge=0, description="skip (and count) window evaluations beyond this rate; 0: no limit"
+        5.0, ge=0, description="skip (and count) window evaluations beyond this rate; 0: no limit"
     )
     change_max_samples_per_second: float = Field(
         5000.0,

@@ -64,7 +64,7 @@ class EngineOptions:
     detectors: tuple[str, ...] = ("mmd", "mmd_rff", "bbsd_ks", "domain_auc",
                                   "pca_reconstruction", "centroid_angle", "confidence_shift")
     domain_every: int = 4  # run the domain classifier every k-th window
-    max_evaluations_per_second: float = 10.0  # 0: no limit
+    max_evaluations_per_second: float = 5.0  # 0: no limit
     # River's detectors are sequential Python loops (~0.5 us per sample each); above this
     # rate their streams are thinned evenly, and the thinning is counted.
     change_max_samples_per_second: float = 5000.0  # 0: no limit
@@ -128,41 +128,56 @@ class DetectionEngine:
 
     # -- sink -------------------------------------------------------------------------
     def on_predictions(self, batch: PredictionBatch) -> None:
-        x = batch.embeddings
-        if self.normalize:
-            x = x / batch.norms[:, None]
-        s = batch.scores
+        x, s, m = batch.embeddings, batch.scores, batch.rows
+
+        def unit(lo: int, hi: int) -> np.ndarray:
+            # Only rows a detector will read are normalised: at high traffic that is a
+            # small share of the batch.
+            return x[lo:hi] / batch.norms[lo:hi, None] if self.normalize else x[lo:hi]
+
         if self.trackers:
-            keep = self._change_rows(x.shape[0])
-            if keep is not None and keep.size:
-                xs = x[keep] if keep.size < x.shape[0] else x
-                ss = s[keep] if keep.size < x.shape[0] else s
-                streams = {"score": ss, "reconstruction_error": self._recon.errors(xs)}
+            keep = self._change_rows(m)
+            if keep.size:
+                xs = x[keep] / batch.norms[keep, None] if self.normalize else x[keep]
+                streams = {"score": s[keep], "reconstruction_error": self._recon.errors(xs)}
                 for t in self.trackers:
                     t.update(streams[t.stream])
         w = self.options.window
         if w.mode == "count":
-            i, m = 0, x.shape[0]
-            while i < m:
-                k = min(m - i, w.stride - self._pending)
-                self.buffer.push(x[i : i + k], s[i : i + k], batch.received_at)
-                self._pending += k
-                i += k
-                if self._pending >= w.stride:
-                    self._pending = 0
-                    if self.buffer.count >= w.size:
-                        self._maybe_evaluate(*self.buffer.last(w.size), batch.received_at)
+            first = w.stride - self._pending  # rows of this batch up to the first boundary
+            ends = list(range(first, m + 1, w.stride))
+            self._pending = (self._pending + m) % w.stride
+            if self.options.max_evaluations_per_second > 0 and len(ends) > 1:
+                # Rate-capped: only the newest boundary can run; the rest are counted.
+                self.windows_skipped += len(ends) - 1
+                ends = ends[-1:]
+            for end in ends:
+                if self.buffer.total + end < w.size:
+                    continue  # not a full window yet
+                if not self._evaluation_allowed():
+                    continue
+                if end >= w.size:
+                    xw, sw = unit(end - w.size, end), s[end - w.size : end]
+                else:  # the window starts in earlier batches
+                    xr, sr = self.buffer.last(w.size - end)
+                    xw, sw = np.concatenate([xr, unit(0, end)]), np.concatenate([sr, s[:end]])
+                self.evaluate(xw, sw, batch.received_at)
+            tail = max(0, m - self.buffer.capacity)
+            self.buffer.push(unit(tail, m), s[tail:], batch.received_at)
+            self.buffer.total += tail  # rows that went straight past the ring
         else:
-            self.buffer.push(x, s, batch.received_at)
+            tail = max(0, m - self.buffer.capacity)
+            self.buffer.push(unit(tail, m), s[tail:], batch.received_at)
+            self.buffer.total += tail  # rows that went straight past the ring
             now = batch.received_at
             if now - self._last_eval_at >= w.stride_seconds:
                 self._last_eval_at = now
                 xw, sw = self.buffer.since(now - w.seconds)
-                if xw.shape[0] >= self.suite.sizes[0]:
-                    self._maybe_evaluate(xw, sw, now)
+                if xw.shape[0] >= self.suite.sizes[0] and self._evaluation_allowed():
+                    self.evaluate(xw, sw, now)
         self._snapshot = self._build_snapshot()
 
-    def _change_rows(self, n: int) -> np.ndarray | None:
+    def _change_rows(self, n: int) -> np.ndarray:
         """Rows of this batch the change-point streams get (a token bucket on wall time)."""
         rate = self.options.change_max_samples_per_second
         if rate <= 0:
@@ -185,14 +200,14 @@ class DetectionEngine:
         self._labels_snapshot = self._build_labels_snapshot()
 
     # -- evaluation -------------------------------------------------------------------
-    def _maybe_evaluate(self, x: np.ndarray, s: np.ndarray, at: float) -> None:
+    def _evaluation_allowed(self) -> bool:
         rate = self.options.max_evaluations_per_second
         wall = time.monotonic()
         if rate > 0 and wall - self._last_eval_wall < 1.0 / rate:
             self.windows_skipped += 1  # counted and exported: never a silent gap
-            return
+            return False
         self._last_eval_wall = wall
-        self.evaluate(x, s, at)
+        return True
 
     def evaluate(self, x: np.ndarray, s: np.ndarray, at: float) -> dict[str, Reading]:
         """Run every enabled detector on one window (rows already unit-normalised)."""

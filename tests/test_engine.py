@@ -213,3 +213,38 @@ def test_bundle_without_thresholds_is_calibrated_at_startup(tmp_path, world):
     assert suite.calibration.source == "startup-split"
     assert suite.calibration.settings.window_size == 50  # 200 held-out rows / 4
     assert b.dim == DIM
+
+
+def test_rate_cap_runs_the_newest_window_exactly_and_counts_the_rest(bundle_dir, world):
+    import time
+
+    bundle = load_bundle(bundle_dir)
+    suite = suite_for_bundle(bundle)
+    engine = DetectionEngine(
+        suite,
+        EngineOptions(
+            window=WindowSpec(size=32, stride=32), max_evaluations_per_second=1000, domain_every=1
+        ),
+    )
+
+    def batch(x: np.ndarray) -> tuple[PredictionBatch, np.ndarray, np.ndarray]:
+        norms = np.linalg.norm(x, axis=1)
+        p = bundle.scorer.predict_proba(x, norms)
+        return PredictionBatch(x, norms, p, "classify", "v1", 0.0), x / norms[:, None], p
+
+    b1, u1, p1 = batch(world.sample(100)[0] * 3.0)  # not unit length: the engine normalises
+    engine.on_predictions(b1)
+    # Boundaries at rows 32, 64 and 96: the newest runs, the other two are counted.
+    assert engine.windows_evaluated == 1 and engine.windows_skipped == 2
+    mmd = suite.detectors["mmd"]
+    assert engine.readings["mmd"].statistic == pytest.approx(
+        mmd.statistic(u1[64:96], p1[64:96]), rel=1e-5
+    )
+    time.sleep(0.01)
+    b2, u2, p2 = batch(world.sample(40)[0])
+    engine.on_predictions(b2)
+    # The next boundary is at row 128: the window spans the ring (96..99) and this batch.
+    assert engine.windows_evaluated == 2
+    want = mmd.statistic(np.concatenate([u1[96:], u2[:28]]), np.concatenate([p1[96:], p2[:28]]))
+    assert engine.readings["mmd"].statistic == pytest.approx(want, rel=1e-5)
+    assert engine.snapshot()["rows_seen"] == 140
