@@ -36,7 +36,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--repeats", type=int, default=2, help="alternate on/off this many times")
-    ap.add_argument("--extra", nargs="*", default=[], help="more serve flags for the 'on' run")
+    ap.add_argument(
+        "--eval-rate", type=float, help="--max-window-evaluations-per-second for the 'on' run"
+    )
     a = ap.parse_args()
     if os.cpu_count() and os.cpu_count() > 1:
         os.sched_setaffinity(0, {1})
@@ -53,7 +55,9 @@ def main() -> int:
             train_bundle(x, y, bundle, embedder=EmbedderSpec(name="bench", version="v1"))
             for _ in range(a.repeats):
                 for on in (True, False):
-                    flags = ["--detection", str(on).lower(), *(a.extra if on else [])]
+                    flags = ["--detection", str(on).lower()]
+                    if on and a.eval_rate is not None:
+                        flags += ["--max-window-evaluations-per-second", str(a.eval_rate)]
                     proc, target = start_server(bundle, True, flags)
                     try:
                         with grpc.insecure_channel(

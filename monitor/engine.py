@@ -175,7 +175,6 @@ class DetectionEngine:
                 xw, sw = self.buffer.since(now - w.seconds)
                 if xw.shape[0] >= self.suite.sizes[0] and self._evaluation_allowed():
                     self.evaluate(xw, sw, now)
-        self._snapshot = self._build_snapshot()
 
     def _change_rows(self, n: int) -> np.ndarray:
         """Rows of this batch the change-point streams get (a token bucket on wall time)."""
@@ -257,7 +256,6 @@ class DetectionEngine:
             "window": self.options.window,
             "windows_evaluated": self.windows_evaluated,
             "windows_skipped": self.windows_skipped,
-            "rows_seen": self.buffer.total,
             "detectors": {
                 name: (self.readings.get(name), self.alarms_total[name])
                 for name in self.options.detectors
@@ -272,12 +270,7 @@ class DetectionEngine:
                 "mean_confidence_relative_change": self.confidence_relative_change(),
                 "band": self.options.confidence_band,
             },
-            "change_points": {
-                f"{t.kind}:{t.stream}": (t.change_points, t.last_change_at, t.samples)
-                for t in self.trackers
-            },
             "null_change_points_per_10k": dict(cal.null_change_points_per_10k),
-            "change_thinned_rows": self.change_thinned_rows,
             "drift_alarm": self._drift_alarm,
             "silent_failure_suspected": self._suspected,
             "silent_failure_suspected_windows": self._suspected_total,
@@ -291,4 +284,15 @@ class DetectionEngine:
         }
 
     def snapshot(self) -> dict[str, Any]:
-        return {**self._snapshot, "labelled": self._labels_snapshot}
+        """The last evaluation's snapshot plus live counters (plain int reads, no lock)."""
+        return {
+            **self._snapshot,
+            "windows_skipped": self.windows_skipped,
+            "rows_seen": self.buffer.total,
+            "change_points": {
+                f"{t.kind}:{t.stream}": (t.change_points, t.last_change_at, t.samples)
+                for t in self.trackers
+            },
+            "change_thinned_rows": self.change_thinned_rows,
+            "labelled": self._labels_snapshot,
+        }
