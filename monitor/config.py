@@ -108,6 +108,20 @@ class ServeSettings(BaseSettings):
     mismatch_hold_seconds: float = Field(
         300.0, gt=0, description="how long the embedder-version mismatch gauge stays up"
     )
+    # -- text mode and canaries (needs the offline extra) ---------------------------------
+    text_mode: bool = Field(
+        False,
+        description="accept text in Classify/ClassifyBatch and embed it with the bundle's own "
+        "embedder (needs the offline extra); also runs the bundle's canaries",
+    )
+    text_embedder_path: Path | None = Field(
+        None, description="local model directory for text mode when the bundle's embedder is "
+        "not one silentwatch ships; its weights must match the bundle's sha256",
+    )
+    max_text_chars: int = Field(20_000, ge=1, description="longest text accepted in text mode")
+    canary_interval_seconds: float = Field(
+        300.0, gt=0, description="how often the bundle's canary texts are re-embedded and scored"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("detectors", "change_detectors", mode="before")

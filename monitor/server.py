@@ -20,6 +20,7 @@ from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 
 from .bundle import LoadedBundle, load_bundle
+from .canary import CanaryMonitor, TextEmbedder
 from .config import ServeSettings
 from .detectors.suite import CalibrationError, suite_for_bundle
 from .engine import DetectionEngine, EngineOptions, WindowSpec
@@ -108,6 +109,9 @@ class Sidecar:
     settings: ServeSettings
     bundle: LoadedBundle | None = None
     extra_sinks: list[Sink] = field(default_factory=list)
+    # Text mode: texts -> (n, d) unit embeddings with the bundle's embedder. Built by the
+    # CLI (silentwatch.textmode) so that monitor never imports torch or transformers.
+    text_embedder: TextEmbedder | None = None
 
     def __post_init__(self) -> None:
         if self.bundle is None:
@@ -122,6 +126,17 @@ class Sidecar:
         self.registry.register(self.traffic.confidence)
         self.store = PredictionStore(s.store_capacity, s.store_ttl_seconds)
         self.engine, reason = build_engine(self.bundle, s)
+        self.canary: CanaryMonitor | None = None
+        if self.text_embedder is not None and self.bundle.canaries is not None:
+            t = self.bundle.manifest.thresholds
+            self.canary = CanaryMonitor(
+                self.bundle.canaries,
+                self.text_embedder,
+                self.bundle.scorer,
+                interval=s.canary_interval_seconds,
+                threshold=t.flag,
+                high_confidence=t.high_confidence,
+            )
         engine_sinks: list[Sink] = [self.engine] if self.engine is not None else []
         self.pipeline = Pipeline(
             [self.traffic, *engine_sinks, *self.extra_sinks], max_queued_rows=s.max_queued_rows
@@ -135,6 +150,8 @@ class Sidecar:
             self.traffic,
             engine=self.engine,
             detection_disabled_reason=reason,
+            text_embedder=self.text_embedder,
+            canary=self.canary,
         )
         m = self.bundle.manifest
         self.registry.register(
@@ -190,6 +207,8 @@ class Sidecar:
         )
         self.metrics_port = self._httpd.server_port
         self._server.start()
+        if self.canary is not None:
+            self.canary.start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -214,6 +233,8 @@ class Sidecar:
         if self._server is not None:
             self._server.stop(s.grace_seconds if grace is None else grace).wait()
         self.pipeline.stop()
+        if self.canary is not None:
+            self.canary.stop()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()

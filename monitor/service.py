@@ -20,6 +20,7 @@ from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 
 from .bundle import LoadedBundle
+from .canary import CanaryMonitor, TextEmbedder
 from .config import ServeSettings
 from .engine import DetectionEngine
 from .errors import RequestError, invalid, precondition
@@ -71,6 +72,8 @@ class MonitorService(pb_grpc.MonitorServicer):
         traffic: TrafficSink,
         engine: DetectionEngine | None = None,
         detection_disabled_reason: str = "",
+        text_embedder: TextEmbedder | None = None,
+        canary: CanaryMonitor | None = None,
     ) -> None:
         self.bundle = bundle
         self.settings = settings
@@ -80,6 +83,8 @@ class MonitorService(pb_grpc.MonitorServicer):
         self.traffic = traffic
         self.engine = engine
         self.detection_disabled_reason = detection_disabled_reason
+        self.text_embedder = text_embedder
+        self.canary = canary
         self.started_at = time.time()
         self.version_mismatches = 0
         self.last_mismatch_at: float | None = None
@@ -120,6 +125,32 @@ class MonitorService(pb_grpc.MonitorServicer):
                 "run `silentwatch gate` for it, or roll the embedder back"
             )
 
+    def _embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Text mode: embed with the bundle's own embedder (on the request path: ~ms per text)."""
+        if self.text_embedder is None:
+            raise precondition(
+                "this sidecar does not embed text: start it with --text-mode (needs the offline "
+                "extra, pip install 'silentwatch[offline]'), or send embeddings"
+            )
+        if len(texts) > self.settings.max_batch_rows:
+            raise invalid(
+                f"{len(texts)} texts in one request, more than the limit of "
+                f"{self.settings.max_batch_rows}; split them"
+            )
+        limit = self.settings.max_text_chars
+        for i, t in enumerate(texts):
+            if not t.strip():
+                raise invalid(f"text {i} is empty; send the text to classify")
+            if len(t) > limit:
+                raise invalid(f"text {i} has {len(t)} characters, more than the limit of {limit}")
+        x = np.ascontiguousarray(self.text_embedder(texts), dtype=np.float32)
+        if x.shape != (len(texts), self._dim):
+            raise RequestError(
+                grpc.StatusCode.INTERNAL,
+                f"the text embedder returned shape {x.shape}, expected ({len(texts)}, {self._dim})",
+            )
+        return x
+
     def _record(self, ids: list[str], scores: np.ndarray) -> None:
         if not ids or not self._recording:
             return
@@ -149,15 +180,23 @@ class MonitorService(pb_grpc.MonitorServicer):
     # -- RPCs -------------------------------------------------------------------------
     @rpc("Classify")
     def Classify(self, request: pb.ClassifyRequest, context: grpc.ServicerContext):
-        self._check_identity(request.embedder_version, request.classifier_version)
-        x = decode_embedding(request.embedding, self._dim)
+        ev = request.embedder_version
+        if request.text:
+            if request.HasField("embedding"):
+                raise invalid("send text or an embedding, not both")
+            self._check_identity("", request.classifier_version)
+            x = self._embed_texts([request.text])
+            ev = self.bundle.manifest.embedder.version  # the sidecar's own embedder
+        else:
+            self._check_identity(ev, request.classifier_version)
+            x = decode_embedding(request.embedding, self._dim)
         rid = request.request_id
         if rid:
             check_request_ids([rid], 1, self.settings.max_request_id_length)
         norms = checked_norms(x, need_nonzero=self._normalize)
         p = self._scorer.predict_proba(x, norms)
         self._record([rid] if rid else [], p)
-        self._enqueue(x, norms, p, "classify", request.embedder_version)
+        self._enqueue(x, norms, p, "classify", ev)
         p0 = float(p[0])
         return (
             pb.ClassifyResponse(
@@ -172,14 +211,22 @@ class MonitorService(pb_grpc.MonitorServicer):
 
     @rpc("ClassifyBatch")
     def ClassifyBatch(self, request: pb.ClassifyBatchRequest, context: grpc.ServicerContext):
-        self._check_identity(request.embedder_version, request.classifier_version)
-        x = decode_matrix(request.embeddings, self._dim, self.settings.max_batch_rows)
+        ev = request.embedder_version
+        if len(request.texts):
+            if request.HasField("embeddings"):
+                raise invalid("send texts or embeddings, not both")
+            self._check_identity("", request.classifier_version)
+            x = self._embed_texts(list(request.texts))
+            ev = self.bundle.manifest.embedder.version
+        else:
+            self._check_identity(ev, request.classifier_version)
+            x = decode_matrix(request.embeddings, self._dim, self.settings.max_batch_rows)
         ids = list(request.request_ids)
         check_request_ids(ids, x.shape[0], self.settings.max_request_id_length)
         norms = checked_norms(x, need_nonzero=self._normalize)
         p = self._scorer.predict_proba(x, norms)
         self._record(ids, p)
-        self._enqueue(x, norms, p, "classify", request.embedder_version)
+        self._enqueue(x, norms, p, "classify", ev)
         resp = pb.ClassifyBatchResponse(classifier_version=self._classifier_version)
         resp.p_unsafe.extend(p.tolist())
         resp.flagged.extend((p >= self._threshold).tolist())
@@ -253,6 +300,7 @@ class MonitorService(pb_grpc.MonitorServicer):
                 "last_mismatch_seconds_ago": ago,
             },
             "detection": None if self.engine is None else self.engine.snapshot(),
+            "canary": None if self.canary is None else self.canary.snapshot(),
             "detection_disabled_reason": self.detection_disabled_reason,
             "uptime_seconds": time.time() - self.started_at,
             "traffic": {
@@ -315,6 +363,7 @@ class MonitorService(pb_grpc.MonitorServicer):
             bundle_sha256=self.bundle.sha256,
             detection=self._detection_status(s),
             labelled=self._labelled_status(s),
+            canary=self._canary_status(s),
             identity=pb.IdentityStatus(
                 embedder_version_mismatch=s["identity"]["embedder_version_mismatch"],
                 last_mismatch_seconds_ago=(
@@ -402,6 +451,22 @@ class MonitorService(pb_grpc.MonitorServicer):
             silent_failure_suspected=d["silent_failure_suspected"],
             silent_failure_suspected_windows=d["silent_failure_suspected_windows"],
             change_thinned_rows=d["change_thinned_rows"],
+        )
+
+    @staticmethod
+    def _canary_status(s: dict[str, Any]) -> pb.CanaryStatus:
+        c = s["canary"]
+        if c is None:
+            return pb.CanaryStatus(enabled=False)
+        fields = pb.CalibrationMetrics.DESCRIPTOR.fields_by_name
+        return pb.CanaryStatus(
+            enabled=True,
+            size=c["size"],
+            runs=c["runs"],
+            last_run_at=c["last_run_at"],
+            last_run_seconds=c["last_run_seconds"],
+            metrics=pb.CalibrationMetrics(**{k: v for k, v in c["metrics"].items() if k in fields}),
+            last_error=c["last_error"],
         )
 
     @staticmethod

@@ -47,7 +47,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        sidecar = Sidecar(settings).start()
+        text_embedder = None
+        if settings.text_mode:
+            from silentwatch.monitor.bundle import load_bundle
+            from silentwatch.textmode import load_text_embedder
+
+            bundle = load_bundle(settings.bundle)
+            text_embedder = load_text_embedder(bundle, settings.text_embedder_path)
+            sidecar = Sidecar(settings, bundle=bundle, text_embedder=text_embedder).start()
+        else:
+            sidecar = Sidecar(settings).start()
     except (BundleError, ValueError) as exc:
         # ValueError: detector options the bundle cannot satisfy (named in the message).
         raise UserError(f"cannot serve: {exc}") from None
@@ -134,6 +143,13 @@ def _add_bundle(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="skip it (the sidecar then calibrates at start-up on a split of the reference)",
     )
+    can = t.add_argument_group("canaries (text mode re-scores them on a schedule)")
+    can.add_argument(
+        "--canary-file",
+        type=Path,
+        help="labelled texts to ship with the bundle (same column options as --data)",
+    )
+    can.add_argument("--canary-limit", type=int, default=200, help="at most this many (200)")
     t.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     t.add_argument("--force", action="store_true", help="replace --out if it exists")
     t.set_defaults(func=_cmd_bundle_train)
@@ -235,10 +251,24 @@ def _cmd_bundle_train(args: argparse.Namespace) -> int:
                 pooling=args.pooling or "unknown",
                 normalized=not args.no_normalize,
             )
+        canaries = None
+        if args.canary_file is not None:
+            from silentwatch.monitor.datasets import load_labelled_texts
+
+            ct = load_labelled_texts(
+                args.canary_file,
+                text_column=args.text_column,
+                label_column=args.label_column,
+                label_threshold=args.label_threshold,
+                positive_label=args.positive_label,
+                limit=args.canary_limit,
+            )
+            canaries = (list(ct.texts), ct.labels)
         res = train_bundle(
             x,
             y,
             args.out,
+            canaries=canaries,
             embedder=spec,
             classifier_version=args.classifier_version,
             thresholds=Thresholds(flag=args.flag_threshold),

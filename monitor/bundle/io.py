@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from ..scoring import LinearScorer
-from .manifest import CLASSIFIER_FILE, REFERENCE_FILE, BundleManifest
+from .manifest import CANARY_FILE, CLASSIFIER_FILE, REFERENCE_FILE, BundleManifest
 
 MANIFEST_FILE = "manifest.json"
 
@@ -45,12 +45,21 @@ class Reference:
 
 
 @dataclass(frozen=True)
+class Canaries:
+    """Labelled texts shipped with the bundle, to measure accuracy without waiting for labels."""
+
+    texts: list[str]
+    labels: np.ndarray  # (n,) int8
+
+
+@dataclass(frozen=True)
 class LoadedBundle:
     path: Path
     manifest: BundleManifest
     scorer: LinearScorer
     reference: Reference
     sha256: str  # of manifest.json: identifies the whole bundle, since it pins every file
+    canaries: Canaries | None = None
 
     @property
     def dim(self) -> int:
@@ -73,6 +82,7 @@ def write_bundle(
     classifier: dict[str, np.ndarray],
     reference: dict[str, np.ndarray],
     *,
+    canaries: dict[str, np.ndarray] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a bundle atomically: a sibling temp dir is filled, then renamed into place.
@@ -83,6 +93,8 @@ def write_bundle(
     if target.exists() and not overwrite:
         raise BundleError(f"{target} already exists; pass overwrite=True (CLI: --force)")
     payload = {CLASSIFIER_FILE: _npz_bytes(classifier), REFERENCE_FILE: _npz_bytes(reference)}
+    if canaries is not None:
+        payload[CANARY_FILE] = _npz_bytes(canaries)
     manifest = BundleManifest(
         **manifest_fields, files={name: sha256_bytes(b) for name, b in payload.items()}
     )
@@ -226,10 +238,22 @@ def load_bundle(directory: str | os.PathLike[str]) -> LoadedBundle:
         labels=None if labels is None else labels.astype(np.int8),
         extra=ref,
     )
+    canaries = None
+    if CANARY_FILE in manifest.files:
+        can = _read_npz(path / CANARY_FILE, manifest.files[CANARY_FILE])
+        _require(can, ("texts", "labels"), CANARY_FILE)
+        texts, labels = can["texts"], can["labels"]
+        if texts.dtype.kind != "U" or texts.ndim != 1 or labels.shape != texts.shape:
+            raise BundleError(f"{CANARY_FILE} must hold 1-D unicode texts and matching labels")
+        _check_numeric(labels, "labels", CANARY_FILE, kinds="iub")
+        if not np.isin(labels, (0, 1)).all():
+            raise BundleError(f"{CANARY_FILE}:labels must be 0 or 1")
+        canaries = Canaries(texts=[str(t) for t in texts], labels=labels.astype(np.int8))
     return LoadedBundle(
         path=path,
         manifest=manifest,
         scorer=scorer,
         reference=reference,
         sha256=sha256_bytes(manifest_bytes),
+        canaries=canaries,
     )

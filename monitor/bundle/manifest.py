@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 SCHEMA_VERSION = 1
 CLASSIFIER_FILE = "classifier.npz"
 REFERENCE_FILE = "reference.npz"
+CANARY_FILE = "canaries.npz"  # optional: labelled texts the sidecar re-embeds (text mode)
 REQUIRED_FILES = (CLASSIFIER_FILE, REFERENCE_FILE)
 
 Pooling = Literal["mean", "last_token", "cls", "unknown"]

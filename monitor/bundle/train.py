@@ -71,6 +71,7 @@ def train_bundle(
     reference_size: int = 2000,
     seed: int = 42,
     detectors: DetectorSettings | Literal["auto"] | None = "auto",
+    canaries: tuple[list[str], np.ndarray] | None = None,
     overwrite: bool = False,
 ) -> TrainResult:
     """Train StandardScaler + LogisticRegression(C=1, class_weight="balanced", max_iter=2000).
@@ -191,5 +192,14 @@ def train_bundle(
         ),
         "detectors": calibration,
     }
-    path = write_bundle(out_dir, manifest_fields, classifier, reference, overwrite=overwrite)
+    canary_arrays = None
+    if canaries is not None:
+        texts, labels = canaries
+        labels = np.asarray(labels).reshape(-1)
+        if len(texts) == 0 or len(texts) != labels.shape[0]:
+            raise ValueError(f"{len(texts)} canary texts but {labels.shape[0]} labels")
+        canary_arrays = {"texts": np.asarray(texts, dtype=str), "labels": labels.astype(np.int8)}
+    path = write_bundle(
+        out_dir, manifest_fields, classifier, reference, canaries=canary_arrays, overwrite=overwrite
+    )
     return TrainResult(path=path, classifier_version=classifier_version, holdout_metrics=metrics)

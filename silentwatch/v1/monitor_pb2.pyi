@@ -33,16 +33,18 @@ class EmbeddingMatrix(_message.Message):
     def __init__(self, rows: _Optional[int] = ..., dim: _Optional[int] = ..., f32le: _Optional[bytes] = ..., values: _Optional[_Union[FloatValues, _Mapping]] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("request_id", "embedding", "embedder_version", "classifier_version")
+    __slots__ = ("request_id", "embedding", "embedder_version", "classifier_version", "text")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     EMBEDDER_VERSION_FIELD_NUMBER: _ClassVar[int]
     CLASSIFIER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     embedding: Embedding
     embedder_version: str
     classifier_version: str
-    def __init__(self, request_id: _Optional[str] = ..., embedding: _Optional[_Union[Embedding, _Mapping]] = ..., embedder_version: _Optional[str] = ..., classifier_version: _Optional[str] = ...) -> None: ...
+    text: str
+    def __init__(self, request_id: _Optional[str] = ..., embedding: _Optional[_Union[Embedding, _Mapping]] = ..., embedder_version: _Optional[str] = ..., classifier_version: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
     __slots__ = ("request_id", "p_unsafe", "flagged", "confidence", "classifier_version")
@@ -59,16 +61,18 @@ class ClassifyResponse(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., p_unsafe: _Optional[float] = ..., flagged: _Optional[bool] = ..., confidence: _Optional[float] = ..., classifier_version: _Optional[str] = ...) -> None: ...
 
 class ClassifyBatchRequest(_message.Message):
-    __slots__ = ("request_ids", "embeddings", "embedder_version", "classifier_version")
+    __slots__ = ("request_ids", "embeddings", "embedder_version", "classifier_version", "texts")
     REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     EMBEDDER_VERSION_FIELD_NUMBER: _ClassVar[int]
     CLASSIFIER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
     request_ids: _containers.RepeatedScalarFieldContainer[str]
     embeddings: EmbeddingMatrix
     embedder_version: str
     classifier_version: str
-    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., embeddings: _Optional[_Union[EmbeddingMatrix, _Mapping]] = ..., embedder_version: _Optional[str] = ..., classifier_version: _Optional[str] = ...) -> None: ...
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., embeddings: _Optional[_Union[EmbeddingMatrix, _Mapping]] = ..., embedder_version: _Optional[str] = ..., classifier_version: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ClassifyBatchResponse(_message.Message):
     __slots__ = ("p_unsafe", "flagged", "confidence", "classifier_version")
@@ -356,8 +360,26 @@ class IdentityStatus(_message.Message):
     last_mismatch_seconds_ago: float
     def __init__(self, embedder_version_mismatch: _Optional[bool] = ..., last_mismatch_seconds_ago: _Optional[float] = ...) -> None: ...
 
+class CanaryStatus(_message.Message):
+    __slots__ = ("enabled", "size", "runs", "last_run_at", "last_run_seconds", "metrics", "last_error")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    LAST_RUN_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_RUN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    size: int
+    runs: int
+    last_run_at: float
+    last_run_seconds: float
+    metrics: CalibrationMetrics
+    last_error: str
+    def __init__(self, enabled: _Optional[bool] = ..., size: _Optional[int] = ..., runs: _Optional[int] = ..., last_run_at: _Optional[float] = ..., last_run_seconds: _Optional[float] = ..., metrics: _Optional[_Union[CalibrationMetrics, _Mapping]] = ..., last_error: _Optional[str] = ...) -> None: ...
+
 class GetStatusResponse(_message.Message):
-    __slots__ = ("classifier_version", "embedder", "embedding_dim", "flag_threshold", "uptime_seconds", "traffic", "labels", "store", "pipeline", "bundle_sha256", "detection", "labelled", "identity")
+    __slots__ = ("classifier_version", "embedder", "embedding_dim", "flag_threshold", "uptime_seconds", "traffic", "labels", "store", "pipeline", "bundle_sha256", "detection", "labelled", "identity", "canary")
     CLASSIFIER_VERSION_FIELD_NUMBER: _ClassVar[int]
     EMBEDDER_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -371,6 +393,7 @@ class GetStatusResponse(_message.Message):
     DETECTION_FIELD_NUMBER: _ClassVar[int]
     LABELLED_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    CANARY_FIELD_NUMBER: _ClassVar[int]
     classifier_version: str
     embedder: EmbedderIdentity
     embedding_dim: int
@@ -384,4 +407,5 @@ class GetStatusResponse(_message.Message):
     detection: DetectionStatus
     labelled: LabelledStatus
     identity: IdentityStatus
-    def __init__(self, classifier_version: _Optional[str] = ..., embedder: _Optional[_Union[EmbedderIdentity, _Mapping]] = ..., embedding_dim: _Optional[int] = ..., flag_threshold: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., traffic: _Optional[_Union[TrafficStatus, _Mapping]] = ..., labels: _Optional[_Union[LabelStatus, _Mapping]] = ..., store: _Optional[_Union[PredictionStoreStatus, _Mapping]] = ..., pipeline: _Optional[_Union[PipelineStatus, _Mapping]] = ..., bundle_sha256: _Optional[str] = ..., detection: _Optional[_Union[DetectionStatus, _Mapping]] = ..., labelled: _Optional[_Union[LabelledStatus, _Mapping]] = ..., identity: _Optional[_Union[IdentityStatus, _Mapping]] = ...) -> None: ...
+    canary: CanaryStatus
+    def __init__(self, classifier_version: _Optional[str] = ..., embedder: _Optional[_Union[EmbedderIdentity, _Mapping]] = ..., embedding_dim: _Optional[int] = ..., flag_threshold: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., traffic: _Optional[_Union[TrafficStatus, _Mapping]] = ..., labels: _Optional[_Union[LabelStatus, _Mapping]] = ..., store: _Optional[_Union[PredictionStoreStatus, _Mapping]] = ..., pipeline: _Optional[_Union[PipelineStatus, _Mapping]] = ..., bundle_sha256: _Optional[str] = ..., detection: _Optional[_Union[DetectionStatus, _Mapping]] = ..., labelled: _Optional[_Union[LabelledStatus, _Mapping]] = ..., identity: _Optional[_Union[IdentityStatus, _Mapping]] = ..., canary: _Optional[_Union[CanaryStatus, _Mapping]] = ...) -> None: ...
