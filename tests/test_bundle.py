@@ -18,12 +18,14 @@ from silentwatch.monitor.bundle import (
     EmbedderSpec,
     LoadedBundle,
     Thresholds,
+    fit_classifier,
     load_bundle,
     train_bundle,
     write_bundle,
 )
 from silentwatch.monitor.bundle.manifest import TrainingSummary
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
@@ -218,6 +220,29 @@ def test_explicit_version_no_holdout_and_unnormalised(tmp_path):
     assert b.scorer.normalize is False
     # Unnormalised: reference rows keep their norm of 3.
     np.testing.assert_allclose(np.linalg.norm(b.reference.embeddings, axis=1), 3.0, atol=1e-4)
+
+
+def test_a_given_head_is_kept_frozen_and_holdout_rows_are_respected(tmp_path):
+    x, y = _data(300)
+    head = fit_classifier(x[:200], y[:200], seed=SEED)
+    res = train_bundle(
+        x, y, tmp_path / "frozen", embedder=_spec(), classifier=head,
+        holdout_rows=np.arange(200, 300), detectors=None,
+    )  # fmt: skip
+    b = load_bundle(res.path)
+    assert b.manifest.training.n_train == 200 and b.manifest.training.n_holdout == 100
+    # The head is the one given (folded scaler), not refitted on the 200 training rows.
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    z = ((xn - head["scaler_mean"]) / head["scaler_scale"]) @ head["coef"] + head["intercept"][0]
+    np.testing.assert_allclose(b.scorer.predict_proba(x), 1 / (1 + np.exp(-z)), atol=1e-5)
+    assert res.holdout_metrics["roc_auc"] == pytest.approx(
+        roc_auc_score(y[200:], b.scorer.predict_proba(x[200:]))
+    )
+    bad = {**head, "coef": head["coef"][:-1]}
+    with pytest.raises(ValueError, match="coef has"):
+        train_bundle(x, y, tmp_path / "bad", embedder=_spec(), classifier=bad, detectors=None)
+    with pytest.raises(ValueError, match="holdout_rows must index"):
+        train_bundle(x, y, tmp_path / "bad2", embedder=_spec(), holdout_rows=[5, 300])
 
 
 def test_existing_directory_needs_overwrite(trained, tmp_path):

@@ -2,7 +2,7 @@
 
 from .io import BundleError, LoadedBundle, load_bundle, write_bundle
 from .manifest import BundleManifest, EmbedderSpec, Thresholds
-from .train import TrainResult, train_bundle
+from .train import TrainResult, fit_classifier, train_bundle
 
 __all__ = [
     "BundleError",
@@ -11,6 +11,7 @@ __all__ = [
     "LoadedBundle",
     "Thresholds",
     "TrainResult",
+    "fit_classifier",
     "load_bundle",
     "train_bundle",
     "write_bundle",

@@ -59,6 +59,57 @@ def _validate(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+# A feature whose spread is below this fraction of the median feature's is treated as
+# constant (scale 1). sklearn only does that for exactly-zero variance, but
+# all-MiniLM-L6-v2 has three dead dimensions (values ~1e-33, std ~1e-33): dividing by that
+# std gives weights of ~1e32, and then a 0.05-degree drift, or float rounding alone,
+# sends the frozen head to chance.
+DEAD_FEATURE_RATIO = 1e-6
+
+
+def fit_classifier(x: np.ndarray, y: np.ndarray, *, seed: int = 42) -> dict[str, np.ndarray]:
+    """Paper A's head (section 3.2): StandardScaler + LogisticRegression(C=1,
+    class_weight="balanced", max_iter=2000), as the bundle's classifier arrays.
+
+    Features with a standard deviation below ``DEAD_FEATURE_RATIO`` times the median one
+    are left unscaled (scale 1), as sklearn does for exactly-constant features.
+
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(200, 3)); x[:, 2] = 1e-33 * rng.normal(size=200)
+    >>> y = (x[:, 0] > 0).astype(int)
+    >>> float(fit_classifier(x, y)["scaler_scale"][2])
+    1.0
+    """
+    x = np.asarray(x, dtype=np.float64)
+    scaler = StandardScaler().fit(x)
+    scale = scaler.scale_.astype(np.float64)
+    scale[scale < DEAD_FEATURE_RATIO * np.median(scale)] = 1.0
+    mean = scaler.mean_.astype(np.float64)
+    lr = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000, random_state=seed)
+    lr.fit((x - mean) / scale, y)
+    return {
+        "scaler_mean": mean,
+        "scaler_scale": scale,
+        "coef": lr.coef_.reshape(-1).astype(np.float64),
+        "intercept": np.asarray(lr.intercept_, dtype=np.float64).reshape(1),
+    }
+
+
+def _check_classifier(classifier: dict[str, np.ndarray], dim: int) -> dict[str, np.ndarray]:
+    out = {}
+    for key in ("scaler_mean", "scaler_scale", "coef"):
+        if key not in classifier:
+            raise ValueError(f"classifier arrays lack {key!r}")
+        v = np.asarray(classifier[key], dtype=np.float64).reshape(-1)
+        if v.shape[0] != dim:
+            raise ValueError(f"classifier {key} has {v.shape[0]} values, embeddings have {dim}")
+        out[key] = v
+    out["intercept"] = np.asarray(classifier["intercept"], dtype=np.float64).reshape(1)
+    if not all(np.isfinite(v).all() for v in out.values()) or (out["scaler_scale"] <= 0).any():
+        raise ValueError("classifier arrays must be finite with a positive scale")
+    return out
+
+
 def train_bundle(
     x: np.ndarray,
     y: np.ndarray,
@@ -72,6 +123,8 @@ def train_bundle(
     seed: int = 42,
     detectors: DetectorSettings | Literal["auto"] | None = "auto",
     canaries: tuple[list[str], np.ndarray] | None = None,
+    classifier: dict[str, np.ndarray] | None = None,
+    holdout_rows: np.ndarray | None = None,
     overwrite: bool = False,
 ) -> TrainResult:
     """Train StandardScaler + LogisticRegression(C=1, class_weight="balanced", max_iter=2000).
@@ -87,6 +140,10 @@ def train_bundle(
     the sidecar then calibrates at start-up on a split of the reference. ``"auto"``
     uses the default settings with the window shrunk (to a power of two, at least 16)
     until the held-out rows can calibrate it, and skips calibration when they cannot.
+
+    ``classifier`` (keys ``scaler_mean``, ``scaler_scale``, ``coef``, ``intercept``)
+    skips fitting and keeps that head frozen: the gate uses it to re-issue a validated
+    classifier for a new embedder, with the reference and thresholds of the new space.
     """
     x, y = _validate(x, y)
     if embedder.normalized:
@@ -96,21 +153,19 @@ def train_bundle(
         x = x / norms[:, None]
     thresholds = thresholds or Thresholds()
     idx = np.arange(x.shape[0])
-    if holdout_fraction > 0:
+    if holdout_rows is not None:
+        ho = np.unique(np.asarray(holdout_rows, dtype=np.int64))
+        if ho.size and (ho[0] < 0 or ho[-1] >= x.shape[0]):
+            raise ValueError(f"holdout_rows must index the {x.shape[0]} embeddings")
+        tr = np.setdiff1d(idx, ho)
+    elif holdout_fraction > 0:
         tr, ho = train_test_split(idx, test_size=holdout_fraction, stratify=y, random_state=seed)
     else:
         tr, ho = idx, idx[:0]
-    scaler = StandardScaler().fit(x[tr])
-    # Constant columns get scale 1 from sklearn already; keep them finite and positive.
-    lr = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000, random_state=seed)
-    lr.fit(scaler.transform(x[tr]), y[tr])
-
-    classifier = {
-        "scaler_mean": scaler.mean_.astype(np.float64),
-        "scaler_scale": scaler.scale_.astype(np.float64),
-        "coef": lr.coef_.reshape(-1).astype(np.float64),
-        "intercept": np.asarray(lr.intercept_, dtype=np.float64).reshape(1),
-    }
+    if classifier is None:
+        classifier = fit_classifier(x[tr], y[tr], seed=seed)
+    else:
+        classifier = _check_classifier(classifier, x.shape[1])
     scorer = LinearScorer.from_standardized(
         classifier["scaler_mean"],
         classifier["scaler_scale"],

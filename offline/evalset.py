@@ -1,0 +1,99 @@
+"""A labelled evaluation set prepared as paper A does: load, balance, split (seeded)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from silentwatch.monitor.datasets import load_labelled_texts
+
+from .splits import Split, balanced_sample, stratified_split
+
+
+class DataSettings(BaseModel):
+    """Where the labelled texts are and how to sample them (paper A's defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path | list[Path] = Field(
+        ..., description="CSV / JSONL / parquet file(s), same columns; relative to the config file"
+    )
+    text_column: str = "text"
+    label_column: str = "label"
+    label_threshold: float = Field(0.5, description="fractional labels are binarised at >=")
+    positive_label: str | None = Field(None, description="for string labels: the unsafe one")
+    max_rows: int | None = Field(10_000, ge=20, description="paper A: 10,000 balanced")
+    balance: bool = True
+    fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    seed: int = 42
+
+    @property
+    def paths(self) -> list[Path]:
+        return list(self.path) if isinstance(self.path, list) else [self.path]
+
+    @field_validator("fractions")
+    @classmethod
+    def _sum_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(v) <= 0 or abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError("fractions (train, val, test) must be positive and sum to 1")
+        return v
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    texts: list[str]
+    y: np.ndarray  # int64 0/1, aligned with texts
+    split: Split
+    rows_loaded: int
+
+    def describe(self, settings: DataSettings) -> dict:
+        return {
+            "path": ", ".join(str(p) for p in settings.paths),
+            "rows_loaded": self.rows_loaded,
+            "rows_used": len(self.texts),
+            "positives_used": int(self.y.sum()),
+            "split": self.split.sizes(),
+            "balanced": settings.balance,
+            "seed": settings.seed,
+        }
+
+
+def load_evalset(d: DataSettings) -> EvalSet:
+    """Read the file, keep a (balanced) sample of at most ``max_rows``, split it 70/10/20.
+
+    Raises ``ValueError`` with what to change when the file or its columns do not fit.
+    """
+    texts: list[str] = []
+    labels = []
+    for path in d.paths:
+        part = load_labelled_texts(
+            path,
+            text_column=d.text_column,
+            label_column=d.label_column,
+            label_threshold=d.label_threshold,
+            positive_label=d.positive_label,
+        )
+        texts.extend(part.texts)
+        labels.append(part.labels)
+    y_all = np.concatenate(labels).astype(np.int64)
+    counts = np.bincount(y_all, minlength=2)
+    if counts.min() < 10:
+        raise ValueError(
+            f"{', '.join(map(str, d.paths))}: {counts[0]} safe and {counts[1]} unsafe rows; "
+            "at least 10 of each are needed (check label_column / label_threshold / positive_label)"
+        )
+    if d.balance:
+        rows = balanced_sample(y_all, d.max_rows, seed=d.seed)
+    else:
+        rows = np.arange(y_all.size)
+        if d.max_rows is not None and rows.size > d.max_rows:
+            rows = np.sort(np.random.default_rng(d.seed).choice(rows, d.max_rows, replace=False))
+    y = y_all[rows]
+    return EvalSet(
+        texts=[texts[i] for i in rows],
+        y=y,
+        split=stratified_split(y, d.fractions, seed=d.seed),
+        rows_loaded=int(y_all.size),
+    )

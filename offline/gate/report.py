@@ -1,0 +1,207 @@
+"""The gate's outputs: report.json (the contract), report.md and PNG plots (for people)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..stress.plots import _pyplot, plot_stress
+from .run import GateReport, SideMetrics
+
+
+def _f(v: float | None, fmt: str = ".3f") -> str:
+    return "n/a" if v is None else format(v, fmt)
+
+
+def plot_reliability(report: GateReport, path: Path) -> Path:
+    """Top-label reliability diagrams: old head on old, frozen and retrained on new."""
+    plt = _pyplot()
+    sides: list[tuple[str, SideMetrics | None]] = [
+        ("old head, old embedder", report.old_on_old),
+        ("frozen old head, new embedder", report.frozen_on_new),
+        ("retrained head, new embedder", report.retrained_on_new),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    for ax, (title, m) in zip(axes, sides, strict=True):
+        ax.plot([0.5, 1], [0.5, 1], color="grey", ls=":", lw=1)
+        if m is not None:
+            conf = [b[0] for b in m.reliability]
+            acc = [b[1] for b in m.reliability]
+            total = sum(b[2] for b in m.reliability)
+            sizes = [max(8.0, 400.0 * b[2] / total) for b in m.reliability]
+            ax.plot(conf, acc, color="C0")
+            ax.scatter(conf, acc, s=sizes, color="C0", alpha=0.6)
+            ax.set_title(f"{title}\nAUC {m.roc_auc:.3f}  ECE {m.ece:.3f}", fontsize=10)
+        else:
+            ax.set_title(f"{title}\n(dimension differs: not applicable)", fontsize=10)
+        ax.set_xlim(0.48, 1.02)
+        ax.set_ylim(0.0, 1.02)
+        ax.set_xlabel("confidence max(p, 1-p)")
+        ax.set_ylabel("accuracy")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_real_update(report: GateReport, path: Path) -> Path:
+    """The synthetic AUC curves against measured angle, with the real update marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    stress = report.stress
+    for kind in dict.fromkeys(p.kind for p in stress.points):
+        curve = sorted(stress.curve("old", kind), key=lambda p: p.angle_degrees)
+        xs, ys = [p.angle_degrees for p in curve], [p.roc_auc for p in curve]
+        ax.plot(xs, ys, marker=".", label=kind)
+    angle = report.real_drift.mean_angle_degrees
+    if angle is not None and report.frozen_on_new is not None:
+        ax.axvline(angle, color="red", ls="--", lw=1)
+        auc = report.frozen_on_new.roc_auc
+        label = f"real update: {angle:.1f} deg, frozen AUC {auc:.3f}"
+        ax.scatter([angle], [auc], color="red", zorder=5, s=60, label=label)
+    ax.axhline(stress.settings.failure_auc, color="grey", ls=":", lw=1)
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlim(left=0)
+    ax.set_xlabel("mean angle moved (degrees)")
+    ax.set_ylabel("ROC-AUC of the frozen head")
+    ax.set_title("Where the real update sits on paper A's stress curves", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _metrics_table(report: GateReport) -> list[str]:
+    rows = [
+        ("old head on old embeddings", report.old_on_old),
+        ("old head frozen on new embeddings", report.frozen_on_new),
+        ("head retrained on new embeddings", report.retrained_on_new),
+    ]
+    out = [
+        "| classifier | ROC-AUC | accuracy | mean conf | ECE (5 bins) | silent-failure rate "
+        "| high-conf error share |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, m in rows:
+        if m is None:
+            out.append(f"| {name} | n/a (dimension differs) | | | | | |")
+            continue
+        out.append(
+            f"| {name} | {m.roc_auc:.3f} | {m.accuracy:.3f} | {m.mean_confidence:.3f} | "
+            f"{m.ece:.3f} | {_f(m.silent_failure_ratio)} | {_f(m.high_confidence_error_ratio)} |"
+        )
+    return out
+
+
+def render_markdown(report: GateReport) -> str:
+    r = report
+    d = r.real_drift
+    lines = [
+        f"# Gate report: {r.verdict.upper()}",
+        "",
+        r.summary,
+        "",
+        f"* old embedder: `{r.old_embedder.get('name', r.old_embedder)}`",
+        f"* new embedder: `{r.new_embedder.get('name', r.new_embedder)}`",
+        f"* data: `{r.data['path']}`: {r.data['rows_used']:,} of {r.data['rows_loaded']:,} rows "
+        f"({'balanced' if r.data['balanced'] else 'as found'}, {r.data['positives_used']:,} "
+        f"unsafe), split {r.data['split']}, seed {r.data['seed']}",
+    ]
+    if r.bundle:
+        lines.append(f"* bundle for the sidecar: `{r.bundle}` (route: {r.route})")
+    lines += ["", "## Checks", "", "| check | value | limit | result | detail |"]
+    lines.append("|---|---|---|---|---|")
+    for c in r.checks:
+        result = "pass" if c.passed else "**FAIL**"
+        lines.append(f"| {c.name} | {_f(c.value, '.4f')} | {c.limit:g} | {result} | {c.detail} |")
+    lines += [
+        "",
+        "Retrained head, judged by the same thresholds (decision churn against the old head: "
+        f"{r.retrained_flip_rate:.1%}, judged only if `max_retrained_flip_rate` is set):",
+        "",
+    ]
+    lines += ["| check | value | limit | result |", "|---|---|---|---|"]
+    for c in r.retrained_checks:
+        result = "pass" if c.passed else "FAIL"
+        lines.append(f"| {c.name} | {_f(c.value, '.4f')} | {c.limit:g} | {result} |")
+    lines += ["", "## Classifiers on the test split", "", *_metrics_table(r)]
+    if r.flip_rate is not None:
+        lines += ["", f"Decisions that flip between old and frozen-on-new: **{r.flip_rate:.1%}**."]
+    lines += [
+        "",
+        "## Real drift between the versions (test texts)",
+        "",
+        f"* same space: {d.same_space}",
+        f"* angle (degrees): mean {_f(d.mean_angle_degrees, '.2f')}, median "
+        f"{_f(d.median_angle_degrees, '.2f')}, 95th percentile {_f(d.p95_angle_degrees, '.2f')}",
+        f"* linear CKA: {d.linear_cka:.4f}",
+        "",
+        "## Where the real update sits on the synthetic stress curves",
+        "",
+        f"| drift type | failure angle (AUC < {r.stress.settings.failure_auc:.2f}) "
+        "| synthetic AUC at the real angle | real / failure angle |",
+        "|---|---|---|---|",
+    ]
+    for p in r.stress_position:
+        lines.append(
+            f"| {p.kind} | {_f(p.failure_angle_degrees, '.2f')} "
+            f"| {_f(p.synthetic_auc_at_real_angle)} | {_f(p.real_over_failure_angle, '.2f')} |"
+        )
+    lines += [
+        "",
+        "Synthetic drift is a yardstick, not a forecast: a real update moves embeddings in "
+        "structured directions, so the frozen head's measured AUC above is what decides.",
+        "",
+        "## Stress sweep (paper A) on the old embeddings",
+        "",
+        "| drift type | clean AUC | failure magnitude | failure angle | cliff width (s) "
+        "| cliff width (deg) | conf drop at failure |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in r.stress.cliffs:
+        lines.append(
+            f"| {c.kind} | {c.clean_auc:.3f} | {_f(c.failure_magnitude, '.4f')} | "
+            f"{_f(c.failure_angle_degrees, '.2f')} | {_f(c.cliff_width_magnitude, '.4f')} | "
+            f"{_f(c.cliff_width_degrees, '.2f')} | {_f(c.mean_confidence_drop_at_failure, '.1%')} |"
+        )
+    lines += [
+        "",
+        "## Separability (all used rows)",
+        "",
+        "| space | silhouette | Fisher ratio | class overlap |",
+        "|---|---|---|---|",
+    ]
+    for name, s in r.separability.items():
+        lines.append(
+            f"| {name} | {s.silhouette:.4f} | {s.fisher_ratio:.4f} | {s.class_overlap:.3f} |"
+        )
+    lines += [
+        "",
+        "## Plots",
+        "",
+        "![stress curves](stress_curves.png)",
+        "",
+        "![real update on the stress curves](real_update.png)",
+        "",
+        "![reliability](reliability.png)",
+        "",
+        "## Timings (seconds)",
+        "",
+        ", ".join(f"{k} {v:.1f}" for k, v in r.timings_seconds.items()),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(report: GateReport, out_dir: Path) -> list[Path]:
+    """report.json, report.md and three PNGs under ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "report.json", out_dir / "report.md"]
+    paths[0].write_text(report.model_dump_json(indent=2))
+    paths[1].write_text(render_markdown(report))
+    paths.append(plot_stress(report.stress, out_dir / "stress_curves.png"))
+    paths.append(plot_real_update(report, out_dir / "real_update.png"))
+    paths.append(plot_reliability(report, out_dir / "reliability.png"))
+    return paths

@@ -1,0 +1,487 @@
+"""``silentwatch gate``: may this embedder (and classifier) update ship?
+
+Steps, all on the same seeded rows (paper A's balanced sample and 70/10/20 split):
+
+1. embed the texts with the old and the new embedder (cached by weights hash);
+2. the real drift between versions: per-text angle (same space only) and linear CKA;
+3. the old classifier (the deployed bundle, or paper A's head fitted on the old train
+   split) on old test embeddings, the same head *frozen* on the new ones, and a head
+   retrained on the new train split; decision flip rate between old and frozen;
+4. paper A's synthetic stress sweep on the old embeddings, and where the real update's
+   angle sits on it;
+5. separability of both spaces;
+6. a verdict from the thresholds; on a pass, a new bundle for the sidecar (the frozen head
+   re-issued for the new embedder, or the retrained head when ``allow_retrain``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel
+from silentwatch.monitor.bundle import EmbedderSpec, fit_classifier, load_bundle, train_bundle
+from silentwatch.monitor.calibration import labelled_metrics
+from silentwatch.monitor.scoring import LinearScorer
+
+from ..evalset import load_evalset
+from ..progress import Reporter
+from ..separability import Separability, separability
+from ..similarity import linear_cka, row_angles_degrees
+from ..stress.sweep import StressModel, StressResult, cells, run_stress
+from .config import GateConfig
+
+log = logging.getLogger(__name__)
+
+
+class GateError(Exception):
+    """The gate could not run (bad config, data, bundle or model): exit code 2."""
+
+
+class Check(BaseModel):
+    name: str
+    value: float | None
+    limit: float
+    passed: bool
+    detail: str
+
+
+class SideMetrics(BaseModel):
+    roc_auc: float
+    accuracy: float
+    balanced_accuracy: float
+    mean_confidence: float
+    ece: float
+    silent_failure_ratio: float | None
+    high_confidence_error_ratio: float | None
+    brier: float
+    reliability: list[tuple[float, float, int]]  # (mean confidence, accuracy, count) per bin
+
+
+class RealDrift(BaseModel):
+    same_space: bool
+    mean_angle_degrees: float | None
+    median_angle_degrees: float | None
+    p95_angle_degrees: float | None
+    linear_cka: float
+
+
+class StressPosition(BaseModel):
+    kind: str
+    failure_angle_degrees: float | None
+    synthetic_auc_at_real_angle: float | None
+    real_over_failure_angle: float | None
+
+
+class GateReport(BaseModel):
+    verdict: Literal["pass", "fail"]
+    route: Literal["frozen", "retrained"] | None
+    summary: str
+    old_embedder: dict[str, Any]
+    new_embedder: dict[str, Any]
+    data: dict[str, Any]
+    real_drift: RealDrift
+    old_on_old: SideMetrics
+    frozen_on_new: SideMetrics | None
+    retrained_on_new: SideMetrics
+    flip_rate: float | None
+    retrained_flip_rate: float
+    checks: list[Check]
+    retrained_checks: list[Check]
+    stress_position: list[StressPosition]
+    separability: dict[str, Separability]
+    stress: StressResult
+    bundle: str | None
+    timings_seconds: dict[str, float]
+
+
+@dataclass
+class GateArrays:
+    """What the plots need besides the report."""
+
+    test_rows: np.ndarray  # indices into the used (sampled) rows
+    y_test: np.ndarray
+    p_old: np.ndarray
+    p_frozen: np.ndarray | None
+    p_retrained: np.ndarray
+
+
+def reliability(p: np.ndarray, y: np.ndarray, n_bins: int = 10) -> list[tuple[float, float, int]]:
+    """Top-label reliability bins: (mean confidence, accuracy, count) for non-empty bins."""
+    conf = np.maximum(p, 1 - p)
+    right = (p >= 0.5) == (y == 1)
+    # Confidence lives in [0.5, 1]; bins over that range.
+    b = np.clip(((conf - 0.5) * 2 * n_bins).astype(int), 0, n_bins - 1)
+    out = []
+    for k in range(n_bins):
+        m = b == k
+        if m.any():
+            out.append((float(conf[m].mean()), float(right[m].mean()), int(m.sum())))
+    return out
+
+
+def side_metrics(p: np.ndarray, y: np.ndarray, high_confidence: float = 0.8) -> SideMetrics:
+    m = labelled_metrics(p, y, high_confidence=high_confidence)
+
+    def opt(v: float) -> float | None:
+        return None if np.isnan(v) else float(v)
+
+    return SideMetrics(
+        roc_auc=float(m["roc_auc"]),
+        accuracy=float(m["accuracy"]),
+        balanced_accuracy=float(m["balanced_accuracy"]),
+        mean_confidence=float(m["mean_confidence"]),
+        ece=float(m["ece"]),
+        silent_failure_ratio=opt(m["silent_failure_ratio"]),
+        high_confidence_error_ratio=opt(m["high_confidence_error_ratio"]),
+        brier=float(m["brier"]),
+        reliability=reliability(p, y),
+    )
+
+
+def evaluate_checks(
+    old: SideMetrics,
+    new: SideMetrics | None,
+    flip_rate: float | None,
+    drift: RealDrift,
+    cfg: GateConfig,
+    label: str,
+    *,
+    retrained: bool = False,
+) -> list[Check]:
+    """The thresholds against one candidate (the frozen or the retrained head).
+
+    The flip-rate limit is ``thresholds.max_flip_rate`` for the frozen head and
+    ``thresholds.max_retrained_flip_rate`` for a retrained one (``None``: a better head
+    flips decisions by design, so churn is reported, not judged).
+    """
+    t = cfg.thresholds
+    flip_limit = t.max_retrained_flip_rate if retrained else t.max_flip_rate
+    checks: list[Check] = []
+    if new is None:
+        return [
+            Check(
+                name="frozen_head_applies",
+                value=None,
+                limit=0,
+                passed=False,
+                detail="the new embedder's dimension differs: the frozen head cannot score it",
+            )
+        ]
+    drop = old.roc_auc - new.roc_auc
+    checks.append(
+        Check(
+            name="auc_drop",
+            value=drop,
+            limit=t.max_auc_drop,
+            passed=drop <= t.max_auc_drop,
+            detail=f"ROC-AUC {old.roc_auc:.3f} -> {new.roc_auc:.3f} ({label})",
+        )
+    )
+    d_ece = new.ece - old.ece
+    checks.append(
+        Check(
+            name="ece_increase",
+            value=d_ece,
+            limit=t.max_ece_increase,
+            passed=d_ece <= t.max_ece_increase,
+            detail=f"ECE (5 bins) {old.ece:.3f} -> {new.ece:.3f} ({label})",
+        )
+    )
+    if flip_rate is not None and flip_limit is not None:
+        checks.append(
+            Check(
+                name="flip_rate",
+                value=flip_rate,
+                limit=flip_limit,
+                passed=flip_rate <= flip_limit,
+                detail=f"{flip_rate:.1%} of test decisions change ({label} vs old)",
+            )
+        )
+    if t.max_silent_failure_ratio is not None:
+        v = new.silent_failure_ratio
+        checks.append(
+            Check(
+                name="silent_failure_ratio",
+                value=v,
+                limit=t.max_silent_failure_ratio,
+                passed=v is None or v <= t.max_silent_failure_ratio,
+                detail=f"errors with confidence > 0.8 / all errors ({label})",
+            )
+        )
+    if t.max_mean_angle_degrees is not None:
+        v = drift.mean_angle_degrees
+        checks.append(
+            Check(
+                name="mean_angle_degrees",
+                value=v,
+                limit=t.max_mean_angle_degrees,
+                passed=v is not None and v <= t.max_mean_angle_degrees,
+                detail="mean angle between old and new embeddings of the same texts",
+            )
+        )
+    if t.min_cka is not None:
+        checks.append(
+            Check(
+                name="linear_cka",
+                value=drift.linear_cka,
+                limit=t.min_cka,
+                passed=drift.linear_cka >= t.min_cka,
+                detail="linear CKA between old and new embeddings (at least)",
+            )
+        )
+    return checks
+
+
+def _frozen_arrays(scorer: LinearScorer) -> dict[str, np.ndarray]:
+    """A loaded bundle's folded head as classifier arrays (identity scaler)."""
+    d = scorer.dim
+    return {
+        "scaler_mean": np.zeros(d),
+        "scaler_scale": np.ones(d),
+        "coef": scorer.weights.astype(np.float64),
+        "intercept": np.array([scorer.bias]),
+    }
+
+
+def scorer_from_arrays(arrays: dict[str, np.ndarray]) -> LinearScorer:
+    return LinearScorer.from_standardized(
+        arrays["scaler_mean"],
+        arrays["scaler_scale"],
+        arrays["coef"],
+        float(arrays["intercept"][0]),
+        normalize=True,
+    )
+
+
+def _position(stress: StressResult, model: str, angle: float | None) -> list[StressPosition]:
+    out = []
+    for cliff in stress.cliffs:
+        if cliff.model != model:
+            continue
+        curve = stress.curve(model, cliff.kind)
+        angles = np.array([p.angle_degrees for p in curve])
+        aucs = np.array([p.roc_auc for p in curve])
+        order = np.argsort(angles, kind="stable")
+        auc_at = None
+        if angle is not None and angle <= angles.max():
+            auc_at = float(np.interp(angle, angles[order], aucs[order]))
+        fa = cliff.failure_angle_degrees
+        out.append(
+            StressPosition(
+                kind=cliff.kind,
+                failure_angle_degrees=fa,
+                synthetic_auc_at_real_angle=auc_at,
+                real_over_failure_angle=(angle / fa if angle is not None and fa else None),
+            )
+        )
+    return out
+
+
+def _embedder_info(emb: Any) -> dict[str, Any]:
+    info = emb.info() if hasattr(emb, "info") else None
+    return info.model_dump(mode="json") if info is not None else emb.spec().model_dump(mode="json")
+
+
+def run_gate(
+    cfg: GateConfig,
+    *,
+    reporter: Reporter | None = None,
+    open_embedder: Callable[..., Any] | None = None,
+) -> tuple[GateReport, GateArrays]:
+    """Run every step; raises :class:`GateError` when the gate cannot judge.
+
+    ``reporter`` prints steps and progress bars (silent by default); ``open_embedder``
+    replaces :func:`silentwatch.offline.embedders.open_embedder` (tests).
+    """
+    from ..embedders import embed_cached
+
+    rep = reporter or Reporter(enabled=False)
+    say = rep.step
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    say("loading data")
+    d = cfg.data
+    try:
+        ev = load_evalset(d)
+    except ValueError as err:
+        raise GateError(str(err)) from None
+    texts, y, split = ev.texts, ev.y, ev.split
+    timings["data"] = time.perf_counter() - t0
+
+    e = cfg.embedding
+    xs: dict[str, np.ndarray] = {}
+    infos: dict[str, dict[str, Any]] = {}
+    specs: dict[str, EmbedderSpec] = {}
+    for side in ("old", "new"):
+        t = time.perf_counter()
+        name = getattr(cfg, side).embedder
+        say(f"embedding {len(texts):,} texts with the {side} embedder ({name})")
+        try:
+            emb = e.open(name, open_embedder)
+        except (ValueError, ImportError, OSError) as err:
+            raise GateError(f"{side} embedder {name!r}: {err}") from None
+        with rep.bar(f"{side} embedder", len(texts)) as advance:
+            xs[side] = embed_cached(emb, texts, e.cache_dir, progress=advance)
+        infos[side] = _embedder_info(emb)
+        specs[side] = emb.spec()
+        timings[f"embed_{side}"] = time.perf_counter() - t
+    x_old, x_new = xs["old"], xs["new"]
+
+    say("measuring the real drift")
+    same_space = x_old.shape[1] == x_new.shape[1]
+    angles = row_angles_degrees(x_old[split.test], x_new[split.test]) if same_space else None
+    drift = RealDrift(
+        same_space=same_space,
+        mean_angle_degrees=None if angles is None else float(angles.mean()),
+        median_angle_degrees=None if angles is None else float(np.median(angles)),
+        p95_angle_degrees=None if angles is None else float(np.percentile(angles, 95)),
+        linear_cka=linear_cka(x_old[split.test], x_new[split.test]),
+    )
+
+    say("scoring the old, frozen and retrained heads")
+    t = time.perf_counter()
+    if cfg.old.bundle is not None:
+        try:
+            bundle = load_bundle(cfg.old.bundle)
+        except Exception as err:  # BundleError and friends: one clear line
+            raise GateError(f"old bundle {cfg.old.bundle}: {err}") from None
+        if bundle.dim != x_old.shape[1]:
+            raise GateError(
+                f"old bundle {cfg.old.bundle} expects {bundle.dim}-d embeddings but the old "
+                f"embedder gives {x_old.shape[1]}-d: is old.embedder the bundle's embedder?"
+            )
+        want, got = bundle.manifest.embedder.weights_sha256, specs["old"].weights_sha256
+        if want and got and want != got:
+            raise GateError(
+                f"old bundle {cfg.old.bundle} was validated for embedder weights {want[:12]}, "
+                f"old.embedder has {got[:12]}: name the bundle's own embedder as old.embedder"
+            )
+        old_arrays = _frozen_arrays(bundle.scorer)
+    else:
+        old_arrays = fit_classifier(x_old[split.train], y[split.train], seed=d.seed)
+    old_scorer = scorer_from_arrays(old_arrays)
+    hc = cfg.stress.high_confidence
+    y_test = y[split.test]
+    p_old = old_scorer.predict_proba(x_old[split.test])
+    old_metrics = side_metrics(p_old, y_test, hc)
+    p_frozen = old_scorer.predict_proba(x_new[split.test]) if same_space else None
+    frozen_metrics = None if p_frozen is None else side_metrics(p_frozen, y_test, hc)
+    flip = None if p_frozen is None else float(np.mean((p_frozen >= 0.5) != (p_old >= 0.5)))
+    new_arrays = fit_classifier(x_new[split.train], y[split.train], seed=d.seed)
+    p_retrained = scorer_from_arrays(new_arrays).predict_proba(x_new[split.test])
+    retrained_metrics = side_metrics(p_retrained, y_test, hc)
+    retrained_flip = float(np.mean((p_retrained >= 0.5) != (p_old >= 0.5)))
+    timings["heads"] = time.perf_counter() - t
+
+    say("stress sweep on the old embeddings")
+    t = time.perf_counter()
+    with rep.bar("stress cells", cells(cfg.stress, 1)) as advance:
+        stress = run_stress(
+            {"old": StressModel(x_old[split.test], y_test, old_scorer)},
+            cfg.stress,
+            device=e.device,
+            progress=advance,
+        )
+    timings["stress"] = time.perf_counter() - t
+
+    say("separability")
+    sep = {
+        "old": separability(x_old, y, seed=d.seed),
+        "new": separability(x_new, y, seed=d.seed),
+    }
+
+    checks = evaluate_checks(old_metrics, frozen_metrics, flip, drift, cfg, "frozen head")
+    retrained_checks = evaluate_checks(
+        old_metrics,
+        retrained_metrics,
+        retrained_flip,
+        drift,
+        cfg,
+        "retrained head",
+        retrained=True,
+    )
+    frozen_ok = all(c.passed for c in checks)
+    retrained_ok = all(c.passed for c in retrained_checks)
+    route: Literal["frozen", "retrained"] | None = None
+    if frozen_ok:
+        route = "frozen"
+    elif retrained_ok and cfg.thresholds.allow_retrain:
+        route = "retrained"
+    verdict: Literal["pass", "fail"] = "pass" if route else "fail"
+    summary = _summary(route, frozen_ok, retrained_ok, cfg, checks)
+
+    bundle_path = None
+    if route and cfg.output.emit_bundle:
+        say("writing the new bundle")
+        t = time.perf_counter()
+        arrays = old_arrays if route == "frozen" else new_arrays
+        held_out = np.concatenate([split.val, split.test])
+        try:
+            result = train_bundle(
+                x_new,
+                y,
+                cfg.output.dir / "bundle",
+                embedder=specs["new"],
+                classifier=arrays,
+                holdout_rows=held_out,
+                classifier_version=cfg.output.classifier_version,
+                seed=d.seed,
+                overwrite=cfg.output.overwrite,
+            )
+        except (ValueError, FileExistsError) as err:
+            raise GateError(f"writing the bundle: {err}") from None
+        bundle_path = str(result.path)
+        timings["bundle"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+
+    report = GateReport(
+        verdict=verdict,
+        route=route,
+        summary=summary,
+        old_embedder=infos["old"],
+        new_embedder=infos["new"],
+        data=ev.describe(d),
+        real_drift=drift,
+        old_on_old=old_metrics,
+        frozen_on_new=frozen_metrics,
+        retrained_on_new=retrained_metrics,
+        flip_rate=flip,
+        retrained_flip_rate=retrained_flip,
+        checks=checks,
+        retrained_checks=retrained_checks,
+        stress_position=_position(stress, "old", drift.mean_angle_degrees),
+        separability=sep,
+        stress=stress,
+        bundle=bundle_path,
+        timings_seconds=timings,
+    )
+    return report, GateArrays(split.test, y_test, p_old, p_frozen, p_retrained)
+
+
+def _summary(
+    route: str | None, frozen_ok: bool, retrained_ok: bool, cfg: GateConfig, checks: list[Check]
+) -> str:
+    failed = ", ".join(c.name for c in checks if not c.passed)
+    if route == "frozen":
+        return "PASS: the deployed head works on the new embedder; ship them together."
+    if route == "retrained":
+        return (
+            f"PASS (retrained): the frozen head fails ({failed}); a head retrained on the new "
+            "embedder passes and is the bundle to ship with it."
+        )
+    if retrained_ok:
+        return (
+            f"FAIL: the frozen head fails on the new embedder ({failed}). A head retrained on "
+            "the new embedder passes: ship both together (set thresholds.allow_retrain) or keep "
+            "the old embedder."
+        )
+    return (
+        f"FAIL: the frozen head fails on the new embedder ({failed}) and retraining does not "
+        "fix it: keep the old embedder."
+    )

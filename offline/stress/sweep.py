@@ -1,0 +1,317 @@
+"""Paper A's stress test: a frozen classifier against synthetic drift of its test embeddings.
+
+Protocol (arXiv 2603.01297, sections 3-4): the classifier is trained once on clean
+embeddings and frozen; each drift type is applied to the *test* embeddings at 8
+checkpoints from 0 to 0.15 (:data:`PAPER_CHECKPOINTS`), plus a finer sensitivity sweep,
+and the classifier's metrics are recorded at each. The metrics are
+:func:`silentwatch.monitor.calibration.labelled_metrics`
+(paper A's ROC-AUC, accuracy, mean confidence ``max(p, 1-p)``, silent-failure rate, ECE
+with 5 bins, high-confidence error share), so the sidecar and the gate agree.
+
+Two summaries per (model, drift type):
+
+* **failure threshold**: the smallest magnitude where ROC-AUC falls below
+  ``failure_auc`` (linear interpolation between sweep points), with its measured angle;
+* **cliff width**: the magnitude (and angle) span between the points where the AUC has
+  lost 10% and 90% of its margin over chance, ``clean - 0.1 (clean - 0.5)`` down to
+  ``0.5 + 0.1 (clean - 0.5)``.
+
+The fine sweep covers ``[0, m_90]`` with ``fine_steps`` points, ``m_90`` the first
+checkpoint past the 90% point (or the largest magnitude), so the resolution is spent
+where the classifier breaks whatever the drift type's scale.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field, field_validator
+from silentwatch.monitor.calibration import labelled_metrics
+from silentwatch.monitor.scoring import LinearScorer
+
+from .operators import DRIFT_KINDS, DriftKind, DriftOperator, mean_angle
+
+# Eight checkpoints over paper A's range 0..0.15, denser where classifiers break and
+# including the paper's headline s = 0.02 (an even 8-point grid would skip it).
+PAPER_CHECKPOINTS = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.15)
+
+REPORTED = (
+    "roc_auc",
+    "accuracy",
+    "mean_confidence",
+    "silent_failure_ratio",
+    "ece",
+    "high_confidence_error_ratio",
+)
+
+
+class StressSettings(BaseModel):
+    """The sweep (paper A defaults)."""
+
+    kinds: list[DriftKind] = Field(default_factory=lambda: list(DRIFT_KINDS))
+    magnitudes: list[float] = Field(
+        default_factory=lambda: list(PAPER_CHECKPOINTS),
+        min_length=2,
+        description="the coarse checkpoints; the first must be 0 (clean)",
+    )
+    max_magnitude: float = Field(
+        0.15, gt=0, description="magnitude of the 90-degree rotation (paper A: 0.15)"
+    )
+    fine_steps: int = Field(16, ge=0, description="0 skips the sensitivity sweep")
+    failure_auc: float = Field(0.6, gt=0.5, lt=1.0)
+    seed: int = 42
+    high_confidence: float = 0.8
+    n_bins: int = 5
+
+    @field_validator("magnitudes")
+    @classmethod
+    def _from_zero(cls, v: list[float]) -> list[float]:
+        if v[0] != 0 or any(b <= a for a, b in pairwise(v)):
+            raise ValueError("magnitudes must start at 0 and increase")
+        return v
+
+    @property
+    def checkpoints(self) -> int:
+        return len(self.magnitudes)
+
+
+class StressPoint(BaseModel):
+    model: str
+    kind: DriftKind
+    sweep: str  # "checkpoint" or "fine"
+    magnitude: float
+    angle_degrees: float
+    roc_auc: float
+    accuracy: float
+    mean_confidence: float
+    silent_failure_ratio: float
+    ece: float
+    high_confidence_error_ratio: float
+
+
+class Cliff(BaseModel):
+    model: str
+    kind: DriftKind
+    clean_auc: float
+    clean_mean_confidence: float
+    failure_magnitude: float | None
+    failure_angle_degrees: float | None
+    cliff_start_magnitude: float | None
+    cliff_end_magnitude: float | None
+    cliff_width_magnitude: float | None
+    cliff_width_degrees: float | None
+    mean_confidence_drop_at_failure: float | None = Field(
+        None, description="relative drop of mean confidence at the failure point"
+    )
+
+
+class StressResult(BaseModel):
+    settings: StressSettings
+    points: list[StressPoint]
+    cliffs: list[Cliff]
+    device: str
+    rows: dict[str, int]
+    wall_seconds: float
+
+    def curve(self, model: str, kind: str) -> list[StressPoint]:
+        """Every point of one (model, kind), checkpoints and fine sweep, by magnitude."""
+        pts = [p for p in self.points if p.model == model and p.kind == kind]
+        return sorted(pts, key=lambda p: (p.magnitude, p.sweep))
+
+
+@dataclass(frozen=True)
+class StressModel:
+    """One model's clean test embeddings (unit rows), labels and frozen classifier."""
+
+    x: np.ndarray
+    y: np.ndarray
+    scorer: LinearScorer
+
+
+def _crossing(mags: np.ndarray, values: np.ndarray, level: float) -> float | None:
+    """First magnitude where ``values`` drops below ``level``, linearly interpolated."""
+    below = np.flatnonzero(values < level)
+    if below.size == 0:
+        return None
+    i = int(below[0])
+    if i == 0:
+        return float(mags[0])
+    m0, m1, v0, v1 = mags[i - 1], mags[i], values[i - 1], values[i]
+    return float(m0 + (m1 - m0) * (v0 - level) / (v0 - v1))
+
+
+def _interp(at: float | None, mags: np.ndarray, values: np.ndarray) -> float | None:
+    return None if at is None else float(np.interp(at, mags, values))
+
+
+def summarise(points: list[StressPoint], failure_auc: float) -> Cliff:
+    """Failure threshold and cliff width of one (model, kind) curve."""
+    pts = sorted(points, key=lambda p: p.magnitude)
+    mags = np.array([p.magnitude for p in pts])
+    keep = np.concatenate([[True], np.diff(mags) > 0])  # checkpoint and fine may share 0
+    pts = [p for p, k in zip(pts, keep, strict=True) if k]
+    mags = mags[keep]
+    auc = np.array([p.roc_auc for p in pts])
+    angles = np.array([p.angle_degrees for p in pts])
+    conf = np.array([p.mean_confidence for p in pts])
+    clean = float(auc[0])
+    margin = clean - 0.5
+    fail = _crossing(mags, auc, failure_auc)
+    start = _crossing(mags, auc, clean - 0.1 * margin) if margin > 0 else None
+    end = _crossing(mags, auc, 0.5 + 0.1 * margin) if margin > 0 else None
+    width = end - start if start is not None and end is not None else None
+    width_deg = None
+    if width is not None:
+        width_deg = _interp(end, mags, angles) - _interp(start, mags, angles)  # type: ignore[operator]
+    conf_at_fail = _interp(fail, mags, conf)
+    return Cliff(
+        model=pts[0].model,
+        kind=pts[0].kind,
+        clean_auc=clean,
+        clean_mean_confidence=float(conf[0]),
+        failure_magnitude=fail,
+        failure_angle_degrees=_interp(fail, mags, angles),
+        cliff_start_magnitude=start,
+        cliff_end_magnitude=end,
+        cliff_width_magnitude=width,
+        cliff_width_degrees=width_deg,
+        mean_confidence_drop_at_failure=(
+            None if conf_at_fail is None else float(1.0 - conf_at_fail / conf[0])
+        ),
+    )
+
+
+def _scorer_fn(scorer: LinearScorer, like: Any) -> Callable[[Any], np.ndarray]:
+    """P(unsafe) for drifted unit rows; on torch the matvec stays on the device."""
+    if type(like).__module__.startswith("torch"):
+        import torch
+
+        w = torch.as_tensor(scorer.weights, dtype=like.dtype, device=like.device)
+        b = float(scorer.bias)
+        return lambda x: torch.sigmoid((x @ w).float() + b).cpu().numpy().astype(np.float64)
+    return lambda x: scorer.predict_proba(np.ascontiguousarray(x, dtype=np.float32))
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    model: str
+    kind: DriftKind
+    op: DriftOperator
+    x: Any
+    y: np.ndarray
+    score: Callable[[Any], np.ndarray]
+
+
+def _cell(ctx: _Ctx, m: float, sweep: str, settings: StressSettings) -> StressPoint:
+    drifted = ctx.op.apply(ctx.x, m)
+    metrics = labelled_metrics(
+        ctx.score(drifted), ctx.y, high_confidence=settings.high_confidence, n_bins=settings.n_bins
+    )
+    return StressPoint(
+        model=ctx.model,
+        kind=ctx.kind,
+        sweep=sweep,
+        magnitude=float(m),
+        angle_degrees=mean_angle(ctx.x, drifted),
+        **{k: float(metrics[k]) for k in REPORTED},
+    )
+
+
+def run_stress(
+    models: Mapping[str, StressModel],
+    settings: StressSettings | None = None,
+    *,
+    device: str = "cpu",
+    backend: Literal["numpy", "torch"] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> StressResult:
+    """The factorial sweep: model x drift kind x magnitude, checkpoints then fine sweep.
+
+    Parameters
+    ----------
+    models
+        Name -> :class:`StressModel` (clean unit test embeddings, labels, frozen head).
+    settings
+        The sweep; paper A's defaults.
+    device
+        Where to run: ``"cpu"`` or a torch device such as ``"cuda"``.
+    backend
+        ``"numpy"`` or ``"torch"``; default numpy on CPU and torch elsewhere.
+    progress
+        Called with the number of cells just evaluated (for a progress bar).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.array([0, 1] * 100)
+    >>> x = rng.normal(size=(200, 32)); x[:, 0] += 2 * y
+    >>> x /= np.linalg.norm(x, axis=1, keepdims=True)
+    >>> s = LinearScorer(np.eye(32, dtype=np.float32)[0] * 8, -2.0, True)
+    >>> r = run_stress({"m": StressModel(x, y, s)}, StressSettings(kinds=["rotation"]))
+    >>> r.cliffs[0].failure_magnitude is not None
+    True
+    """
+    settings = settings or StressSettings()
+    backend = backend or ("numpy" if device == "cpu" else "torch")
+    if backend == "numpy" and device != "cpu":
+        raise ValueError(f"the numpy backend runs on cpu, not {device!r}")
+    t0 = time.perf_counter()
+    points: list[StressPoint] = []
+    cliffs: list[Cliff] = []
+    for name, model in models.items():
+        x_np = normalise_rows(model.x)
+        y = np.asarray(model.y).reshape(-1)
+        x: Any = x_np
+        if backend == "torch":
+            import torch
+
+            x = torch.as_tensor(x_np, device=device)
+        score = _scorer_fn(model.scorer, x)
+        for kind in settings.kinds:
+            op = DriftOperator(
+                kind, n=x_np.shape[0], dim=x_np.shape[1], seed=settings.seed,
+                max_magnitude=settings.max_magnitude,
+            )  # fmt: skip
+
+            ctx = _Ctx(name, kind, op, x, y, score)
+
+            coarse = [_cell(ctx, m, "checkpoint", settings) for m in settings.magnitudes]
+            if progress:
+                progress(len(coarse))
+            clean = coarse[0].roc_auc
+            level = 0.5 + 0.1 * (clean - 0.5)
+            past = [p.magnitude for p in coarse if p.roc_auc < level]
+            hi = past[0] if past else settings.magnitudes[-1]
+            fine = [
+                _cell(ctx, m, "fine", settings) for m in np.linspace(0.0, hi, settings.fine_steps)
+            ]
+            if progress and fine:
+                progress(len(fine))
+            points.extend(coarse + fine)
+            cliffs.append(summarise(coarse + fine, settings.failure_auc))
+    return StressResult(
+        settings=settings,
+        points=points,
+        cliffs=cliffs,
+        device=device if backend == "numpy" or device != "cpu" else "cpu (torch)",
+        rows={name: int(m.x.shape[0]) for name, m in models.items()},
+        wall_seconds=time.perf_counter() - t0,
+    )
+
+
+def normalise_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if (norms == 0).any() or not np.isfinite(x).all():
+        raise ValueError("stress embeddings must be finite and non-zero")
+    return x / norms
+
+
+def cells(settings: StressSettings, n_models: int) -> int:
+    """How many (model, kind, magnitude) evaluations a sweep makes."""
+    return n_models * len(settings.kinds) * (settings.checkpoints + settings.fine_steps)

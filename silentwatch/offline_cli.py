@@ -1,0 +1,218 @@
+"""``silentwatch stress`` and ``silentwatch gate``: the offline suite's commands.
+
+They import torch only when run, so ``silentwatch --help`` works on a sidecar-only install.
+Exit codes (``gate``): 0 pass, 1 fail, 2 error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+
+
+def _err(msg: str) -> int:
+    print(f"silentwatch: error: {msg}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _need_offline() -> str | None:
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        return "this command needs the offline extra: pip install 'silentwatch[offline]'"
+    return None
+
+
+def add_offline_commands(sub: argparse._SubParsersAction) -> None:
+    _add_stress(sub)
+    _add_gate(sub)
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data", type=Path, nargs="+", required=True, help="labelled CSV / JSONL / parquet file(s)"
+    )
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--label-threshold", type=float, default=0.5)
+    p.add_argument("--positive-label", help="for string labels: the unsafe one")
+    p.add_argument("--max-rows", type=int, default=10_000, help="balanced sample size (paper A)")
+    p.add_argument("--no-balance", action="store_true", help="keep the class ratio as found")
+    p.add_argument("--seed", type=int, default=42)
+
+
+def _add_stress(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "stress",
+        help="paper A's drift stress test of a frozen classifier, per embedding model",
+        description="Embed a labelled set with each model, train paper A's head on the 70%% "
+        "split, freeze it, and sweep drift type x magnitude on the 20%% test split. Writes "
+        "stress.json, stress.md and PNG curves.",
+    )
+    _add_data_args(p)
+    p.add_argument(
+        "--model",
+        action="append",
+        help="minilm | minilm-int8 | paraphrase-l3 | smollm2 | a local model directory "
+        "(repeat for several; default minilm)",
+    )
+    p.add_argument("--kinds", nargs="+", help="drift kinds (default: all four)")
+    p.add_argument(
+        "--magnitudes",
+        type=float,
+        nargs="+",
+        help="coarse checkpoints starting at 0 (default 0 .005 .01 .02 .03 .05 .1 .15)",
+    )
+    p.add_argument("--fine-steps", type=int, default=16)
+    p.add_argument("--max-magnitude", type=float, default=0.15)
+    p.add_argument("--failure-auc", type=float, default=0.6)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--cache-dir", type=Path, default=Path(".cache/embeddings"))
+    p.add_argument("--out", type=Path, default=Path("stress-report"))
+    p.set_defaults(func=_cmd_stress)
+
+
+def _cmd_stress(args: argparse.Namespace) -> int:
+    if msg := _need_offline():
+        return _err(msg)
+    from pydantic import ValidationError
+
+    from silentwatch.monitor.bundle import fit_classifier
+    from silentwatch.offline.embedders import embed_cached
+    from silentwatch.offline.evalset import DataSettings, load_evalset
+    from silentwatch.offline.gate.config import EmbeddingSettings
+    from silentwatch.offline.gate.run import scorer_from_arrays
+    from silentwatch.offline.progress import Reporter
+    from silentwatch.offline.separability import separability
+    from silentwatch.offline.stress import StressModel, StressSettings, run_stress
+    from silentwatch.offline.stress.report import write_stress_report
+    from silentwatch.offline.stress.sweep import cells
+
+    rep = Reporter()
+    say = rep.step
+    try:
+        data = DataSettings(
+            path=args.data if len(args.data) > 1 else args.data[0],
+            text_column=args.text_column,
+            label_column=args.label_column,
+            label_threshold=args.label_threshold,
+            positive_label=args.positive_label,
+            max_rows=args.max_rows,
+            balance=not args.no_balance,
+            seed=args.seed,
+        )
+        settings = StressSettings(
+            fine_steps=args.fine_steps,
+            max_magnitude=args.max_magnitude,
+            failure_auc=args.failure_auc,
+            seed=args.seed,
+            **({"kinds": args.kinds} if args.kinds else {}),
+            **({"magnitudes": args.magnitudes} if args.magnitudes else {}),
+        )
+        embedding = EmbeddingSettings(
+            device=args.device,
+            dtype=args.dtype,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            cache_dir=args.cache_dir,
+        )
+        say(f"loading {', '.join(map(str, args.data))}")
+        ev = load_evalset(data)
+    except (ValidationError, ValueError) as e:
+        return _err(str(e))
+    models, infos, seps, embed_s = {}, {}, {}, {}
+    for name in args.model or ["minilm"]:
+        say(f"embedding {len(ev.texts):,} texts with {name}")
+        try:
+            emb = embedding.open(name)
+            t = time.perf_counter()
+            with rep.bar(name, len(ev.texts)) as advance:
+                x = embed_cached(emb, ev.texts, args.cache_dir, progress=advance)
+            embed_s[name] = time.perf_counter() - t
+        except (ValueError, ImportError, OSError) as e:
+            return _err(f"model {name!r}: {e}")
+        infos[name] = emb.info().model_dump(mode="json")
+        head = scorer_from_arrays(
+            fit_classifier(x[ev.split.train], ev.y[ev.split.train], seed=args.seed)
+        )
+        models[name] = StressModel(x[ev.split.test], ev.y[ev.split.test], head)
+        seps[name] = separability(x, ev.y, seed=args.seed)
+    say("sweeping drift type x magnitude")
+    with rep.bar("stress cells", cells(settings, len(models))) as advance:
+        result = run_stress(models, settings, device=args.device, progress=advance)
+    say(f"{len(result.points)} cells in {result.wall_seconds:.2f}s; writing {args.out}")
+    paths = write_stress_report(
+        result, seps, infos, ev.describe(data), embed_s, args.out.expanduser()
+    )
+    for c in result.cliffs:
+        fail = "none" if c.failure_angle_degrees is None else f"{c.failure_angle_degrees:.2f} deg"
+        print(
+            f"{c.model:<14} {c.kind:<24} clean AUC {c.clean_auc:.3f}  "
+            f"fails (AUC < {settings.failure_auc}) at s = "
+            f"{'none' if c.failure_magnitude is None else format(c.failure_magnitude, '.4f')} "
+            f"({fail})"
+        )
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _add_gate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "gate",
+        help="pass or fail an embedder / classifier update before release (exit 0/1/2)",
+        description="Compare an old and a new embedder on a labelled set: real drift, the "
+        "frozen head on the new embeddings, a retrained head, paper A's stress curves and "
+        "separability; verdict against the thresholds in the YAML. Writes report.json, "
+        "report.md, PNG plots and, on a pass, a bundle the sidecar can load. Exit code 0 "
+        "pass, 1 fail, 2 error. See docs/gate.md for every key.",
+    )
+    p.add_argument("--config", type=Path, required=True, help="gate.yaml")
+    p.add_argument("--out", type=Path, help="output folder (overrides output.dir)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    p.set_defaults(func=_cmd_gate)
+
+
+def _cmd_gate(args: argparse.Namespace) -> int:
+    if msg := _need_offline():
+        return _err(msg)
+    from pydantic import ValidationError
+
+    from silentwatch.offline.gate import GateError, load_gate_config, run_gate
+    from silentwatch.offline.gate.report import write_report
+    from silentwatch.offline.progress import Reporter
+
+    try:
+        cfg = load_gate_config(args.config)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        return _err(f"{args.config}: {where}: {first['msg']} ({e.error_count()} problem(s))")
+    except ValueError as e:
+        return _err(str(e))
+    if args.out is not None:
+        cfg.output.dir = args.out
+    if args.overwrite:
+        cfg.output.overwrite = True
+    try:
+        report, _ = run_gate(cfg, reporter=Reporter())
+    except GateError as e:
+        return _err(str(e))
+    paths = write_report(report, cfg.output.dir)
+    print(report.summary)
+    for c in report.checks:
+        value = "n/a" if c.value is None else f"{c.value:.4f}"
+        print(f"  {'ok  ' if c.passed else 'FAIL'} {c.name:<22} {value:>8}  (limit {c.limit:g})")
+    if report.bundle:
+        print(f"bundle: {report.bundle}")
+    print("wrote " + ", ".join(str(p) for p in paths))
+    print(json.dumps({"verdict": report.verdict, "route": report.route}))
+    return EXIT_PASS if report.verdict == "pass" else EXIT_FAIL

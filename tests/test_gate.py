@@ -1,0 +1,267 @@
+"""``silentwatch gate``: verdicts, the emitted bundle, config errors, exit codes."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from silentwatch.monitor.bundle import EmbedderSpec, load_bundle
+from silentwatch.monitor.drift import normalise, rotation_drift, rotation_planes
+
+pytest.importorskip("torch")
+from silentwatch.offline.embedders import EmbeddingInfo
+from silentwatch.offline.gate import GateConfig, GateError, load_gate_config, run_gate
+from silentwatch.offline.gate.report import write_report
+from silentwatch.offline.gate.run import RealDrift, SideMetrics, evaluate_checks
+
+DIM = 48
+N = 600
+
+
+def _base(n: int = N, seed: int = 0) -> np.ndarray:
+    """Row i of the "old" space; the class (i % 2) leans on a few axes, noisily."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    x = rng.normal(size=(n, DIM))
+    x[:, :4] += np.where(y == 1, 0.6, -0.6)[:, None]
+    return normalise(x)
+
+
+class FakeEmbedder:
+    """Maps text "row <i>" to a fixed vector: old space, a benign or a breaking update."""
+
+    def __init__(self, spec: str) -> None:
+        self.name = spec
+        base = _base()
+        if spec == "old":
+            self.table = base
+        elif spec == "benign":
+            noise = np.random.default_rng(5).normal(size=base.shape) * 0.002
+            self.table = normalise(base + noise)
+        elif spec == "breaking":
+            self.table = rotation_drift(base, 90.0, rotation_planes(DIM, np.random.default_rng(9)))
+        elif spec == "wide":
+            self.table = normalise(np.hstack([base, base]))
+        else:
+            raise ValueError(f"unknown fake {spec!r}")
+        self.calls = 0
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        self.calls += 1
+        return self.table[[int(t.split()[1]) for t in texts]].astype(np.float32)
+
+    def _sha(self) -> str:
+        return hashlib.sha256(self.name.encode()).hexdigest()
+
+    def info(self) -> EmbeddingInfo:
+        return EmbeddingInfo(
+            name=self.name, weights_sha256=self._sha(), dtype="float32", pooling="mean",
+            max_length=256, dim=self.table.shape[1], device="cpu", backend="transformers",
+        )  # fmt: skip
+
+    def spec(self, version: str | None = None) -> EmbedderSpec:
+        return EmbedderSpec(
+            name=self.name, version=version or self.name, weights_sha256=self._sha(),
+            pooling="mean", normalized=True,
+        )  # fmt: skip
+
+
+def _opener(spec: str, **_: object) -> FakeEmbedder:
+    return FakeEmbedder(spec)
+
+
+@pytest.fixture
+def data_file(tmp_path: Path) -> Path:
+    path = tmp_path / "eval.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["comment", "toxicity"])
+        for i in range(N):
+            # Fractional, Civil Comments style: binarised at 0.5.
+            w.writerow([f"row {i}", 0.8 if i % 2 else 0.1])
+    return path
+
+
+def _cfg(tmp_path: Path, data_file: Path, new: str, **thresholds: object) -> GateConfig:
+    return GateConfig.model_validate(
+        {
+            "data": {"path": data_file, "text_column": "comment", "label_column": "toxicity"},
+            "old": {"embedder": "old"},
+            "new": {"embedder": new},
+            "embedding": {"cache_dir": None},
+            "stress": {"fine_steps": 4},
+            "thresholds": thresholds,
+            "output": {"dir": tmp_path / "out"},
+        }
+    )
+
+
+def test_benign_update_passes_and_reissues_the_frozen_head(tmp_path: Path, data_file: Path) -> None:
+    cfg = _cfg(tmp_path, data_file, "benign")
+    report, arrays = run_gate(cfg, open_embedder=_opener)
+    assert report.verdict == "pass" and report.route == "frozen"
+    assert report.data["rows_used"] == N and report.data["split"] == {
+        "train": 420,
+        "val": 60,
+        "test": 120,
+    }
+    assert report.old_on_old.roc_auc > 0.85
+    assert (
+        report.real_drift.mean_angle_degrees is not None
+        and report.real_drift.mean_angle_degrees < 1.0
+    )
+    assert report.real_drift.linear_cka > 0.99
+    assert report.flip_rate is not None and report.flip_rate <= 0.05
+    # The emitted bundle is the same head, validated for the new embedder.
+    bundle = load_bundle(report.bundle)
+    assert bundle.manifest.embedder.name == "benign"
+    x_old = FakeEmbedder("old").table[arrays.test_rows]
+    np.testing.assert_allclose(bundle.scorer.predict_proba(x_old), arrays.p_old, atol=1e-6)
+    assert bundle.manifest.detectors is not None  # thresholds calibrated on the new space
+    paths = write_report(report, tmp_path / "out")
+    assert {p.name for p in paths} == {
+        "report.json",
+        "report.md",
+        "stress_curves.png",
+        "real_update.png",
+        "reliability.png",
+    }
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["verdict"] == "pass"
+    assert "PASS" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_breaking_update_fails_and_says_retraining_fixes_it(
+    tmp_path: Path, data_file: Path
+) -> None:
+    report, _ = run_gate(_cfg(tmp_path, data_file, "breaking"), open_embedder=_opener)
+    assert report.verdict == "fail" and report.route is None and report.bundle is None
+    failed = {c.name for c in report.checks if not c.passed}
+    assert "auc_drop" in failed and "flip_rate" in failed
+    assert report.frozen_on_new is not None and report.frozen_on_new.roc_auc < 0.7
+    assert all(c.passed for c in report.retrained_checks)
+    assert "retrained on the new embedder passes" in report.summary
+    assert report.real_drift.mean_angle_degrees == pytest.approx(90.0, abs=0.5)
+    assert not (tmp_path / "out" / "bundle").exists()
+
+
+def test_allow_retrain_ships_the_retrained_head(tmp_path: Path, data_file: Path) -> None:
+    report, _ = run_gate(
+        _cfg(tmp_path, data_file, "breaking", allow_retrain=True), open_embedder=_opener
+    )
+    assert report.verdict == "pass" and report.route == "retrained"
+    bundle = load_bundle(report.bundle)
+    x_new = FakeEmbedder("breaking").table
+    y = np.arange(N) % 2
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(y, bundle.scorer.predict_proba(x_new)) > 0.85
+
+
+def test_a_new_dimension_cannot_keep_the_frozen_head(tmp_path: Path, data_file: Path) -> None:
+    report, _ = run_gate(_cfg(tmp_path, data_file, "wide"), open_embedder=_opener)
+    assert report.verdict == "fail"
+    assert [c.name for c in report.checks] == ["frozen_head_applies"]
+    assert report.real_drift.same_space is False and report.real_drift.mean_angle_degrees is None
+    assert report.real_drift.linear_cka > 0.99  # CKA compares spaces of any size
+
+
+def _side(auc: float, ece: float) -> SideMetrics:
+    return SideMetrics(
+        roc_auc=auc, accuracy=0.8, balanced_accuracy=0.8, mean_confidence=0.8, ece=ece,
+        silent_failure_ratio=0.3, high_confidence_error_ratio=0.1, brier=0.15, reliability=[],
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("key", "limit", "passes"),
+    [
+        ("max_auc_drop", 0.031, True),
+        ("max_auc_drop", 0.029, False),
+        ("max_ece_increase", 0.041, True),
+        ("max_ece_increase", 0.039, False),
+        ("max_flip_rate", 0.07, True),
+        ("max_flip_rate", 0.05, False),
+        ("max_mean_angle_degrees", 3.0, True),
+        ("max_mean_angle_degrees", 2.0, False),
+        ("min_cka", 0.9, True),
+        ("min_cka", 0.95, False),
+    ],
+)
+def test_each_threshold_flips_the_verdict_when_crossed(
+    tmp_path: Path, data_file: Path, key: str, limit: float, passes: bool
+) -> None:
+    base = {"max_auc_drop": 1.0, "max_ece_increase": 1.0, "max_flip_rate": 1.0}
+    cfg = _cfg(tmp_path, data_file, "benign", **{**base, key: limit})
+    drift = RealDrift(same_space=True, mean_angle_degrees=2.5, median_angle_degrees=2.5,
+                      p95_angle_degrees=3.0, linear_cka=0.93)  # fmt: skip
+    checks = evaluate_checks(_side(0.85, 0.05), _side(0.82, 0.09), 0.06, drift, cfg, "frozen")
+    assert all(c.passed for c in checks) is passes
+
+
+def test_config_errors_are_clear(tmp_path: Path, data_file: Path) -> None:
+    good = {"data": {"path": str(data_file)}, "old": {"embedder": "old"}, "new": {"embedder": "x"}}
+    p = tmp_path / "gate.yaml"
+    p.write_text(yaml.safe_dump({**good, "thresholds": {"max_auc_dorp": 0.1}}))
+    with pytest.raises(ValueError, match="max_auc_dorp"):
+        load_gate_config(p)
+    p.write_text(yaml.safe_dump({**good, "new": {"embedder": "x", "bundle": "b"}}))
+    with pytest.raises(ValueError, match=r"new\.bundle is not used"):
+        load_gate_config(p)
+    p.write_text(yaml.safe_dump({**good, "data": {"path": "eval.csv"}, "output": {"dir": "rep"}}))
+    cfg = load_gate_config(p)
+    assert cfg.data.path == tmp_path / "eval.csv" and cfg.output.dir == tmp_path / "rep"
+    with pytest.raises(ValueError, match="does not exist"):
+        load_gate_config(tmp_path / "missing.yaml")
+    cfg = _cfg(tmp_path, data_file, "benign")
+    cfg.data.label_column = "nope"
+    with pytest.raises(GateError, match="nope"):
+        run_gate(cfg, open_embedder=_opener)
+
+
+def test_a_deployed_bundle_is_judged_frozen(tmp_path: Path, data_file: Path) -> None:
+    from silentwatch.monitor.bundle import train_bundle
+
+    old = FakeEmbedder("old")
+    y = np.arange(N) % 2
+    train_bundle(old.table, y, tmp_path / "deployed", embedder=old.spec(), detectors=None)
+    cfg = _cfg(tmp_path, data_file, "breaking")
+    cfg.old.bundle = tmp_path / "deployed"
+    report, _ = run_gate(cfg, open_embedder=_opener)
+    assert report.verdict == "fail"
+    # The wrong embedder for that bundle is refused, not silently judged.
+    train_bundle(
+        FakeEmbedder("benign").table,
+        y,
+        tmp_path / "other",
+        embedder=FakeEmbedder("benign").spec(),
+        detectors=None,
+    )
+    cfg.old.bundle = tmp_path / "other"
+    with pytest.raises(GateError, match="validated for embedder weights"):
+        run_gate(cfg, open_embedder=_opener)
+
+
+@pytest.mark.parametrize("name", ["minilm-to-l3.yaml", "minilm-to-int8.yaml"])
+def test_the_shipped_example_configs_validate(name: str) -> None:
+    path = Path(__file__).resolve().parents[1] / "examples" / "gate" / name
+    cfg = load_gate_config(path)
+    assert cfg.old.embedder == "minilm" and cfg.thresholds.allow_retrain is False
+    assert all(p.name.endswith(".csv") for p in cfg.data.paths)
+
+
+def test_retrained_churn_is_reported_and_judged_only_on_request(
+    tmp_path: Path, data_file: Path
+) -> None:
+    drift = RealDrift(same_space=True, mean_angle_degrees=2.5, median_angle_degrees=2.5,
+                      p95_angle_degrees=3.0, linear_cka=0.93)  # fmt: skip
+    cfg = _cfg(tmp_path, data_file, "benign")
+    args = (_side(0.85, 0.05), _side(0.86, 0.05), 0.30, drift, cfg, "retrained head")
+    assert "flip_rate" not in {c.name for c in evaluate_checks(*args, retrained=True)}
+    cfg.thresholds.max_retrained_flip_rate = 0.2
+    flip = [c for c in evaluate_checks(*args, retrained=True) if c.name == "flip_rate"]
+    assert len(flip) == 1 and not flip[0].passed and flip[0].limit == 0.2
