@@ -81,8 +81,8 @@ class Embedder(Protocol):
 def _choices() -> str:
     named = ", ".join(f"{k!r}" for k in NAMED_EMBEDDERS)
     return (
-        f"{named}, 'onnx:<path.onnx>[,tokenizer=<dir>]', a local transformers model "
-        "directory, or a .gguf file"
+        f"{named}, 'onnx:<path.onnx>[,tokenizer=<dir>]', 'hf:<hub id>', a local "
+        "transformers model directory, or a .gguf file"
     )
 
 
@@ -114,8 +114,9 @@ def open_embedder(
     spec
         ``"minilm"`` (packaged all-MiniLM-L6-v2, mean pooling), ``"minilm-int8"`` and
         ``"paraphrase-l3"`` (ONNX), ``"smollm2"`` (SmolLM2-135M-Instruct GGUF, last-token
-        pooling), ``"onnx:<path.onnx>[,tokenizer=<dir>]"``, a local transformers model
-        directory (pooling chosen from its config), or a ``.gguf`` file.
+        pooling), ``"onnx:<path.onnx>[,tokenizer=<dir>]"``, ``"hf:<hub id>"`` (downloads
+        with the user's access), a local transformers model directory (pooling chosen
+        from its config), or a ``.gguf`` file.
     device
         ``"cpu"`` or a CUDA device (transformers backend; ONNX runs on CPU unless the
         onnxruntime build has CUDA).
@@ -159,6 +160,16 @@ def open_embedder(
             providers=_onnx_providers(device),
             **common,
         )
+
+    if spec.startswith("hf:"):
+        # A hub id the user can reach (downloads with their credentials); explicit, so a
+        # typo in a local path never turns into a network call.
+        from .embedding import TransformerEmbedder
+
+        hub_id = spec.removeprefix("hf:").strip()
+        if not hub_id:
+            raise ValueError("hf: needs a hub id, e.g. hf:sentence-transformers/all-mpnet-base-v2")
+        return TransformerEmbedder(hub_id, device=device, dtype=dtype, **common)
 
     path = Path(spec)
     gguf: str | None = None

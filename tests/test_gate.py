@@ -265,3 +265,14 @@ def test_retrained_churn_is_reported_and_judged_only_on_request(
     cfg.thresholds.max_retrained_flip_rate = 0.2
     flip = [c for c in evaluate_checks(*args, retrained=True) if c.name == "flip_rate"]
     assert len(flip) == 1 and not flip[0].passed and flip[0].limit == 0.2
+
+
+def test_an_unreachable_hub_model_is_a_clear_gate_error(
+    tmp_path: Path, data_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = _cfg(tmp_path, data_file, "benign")
+    cfg.new.embedder = "hf:no-such-org/no-such-model"
+    cfg.old.embedder = "hf:no-such-org/no-such-model"
+    with pytest.raises(GateError, match="old embedder 'hf:no-such-org/no-such-model'"):
+        run_gate(cfg)
