@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..stress.plots import _pyplot, plot_stress
+from ..stress.plots import headless_pyplot, plot_stress
+from ..stress.report import fmt_cell as _f
 from .run import GateReport, SideMetrics
-
-
-def _f(v: float | None, fmt: str = ".3f") -> str:
-    return "n/a" if v is None else format(v, fmt)
 
 
 def plot_reliability(report: GateReport, path: Path) -> Path:
     """Top-label reliability diagrams: old head on old, frozen and retrained on new."""
-    plt = _pyplot()
+    plt = headless_pyplot()
     sides: list[tuple[str, SideMetrics | None]] = [
         ("old head, old embedder", report.old_on_old),
         ("frozen old head, new embedder", report.frozen_on_new),
@@ -46,7 +43,7 @@ def plot_reliability(report: GateReport, path: Path) -> Path:
 
 def plot_real_update(report: GateReport, path: Path) -> Path:
     """The synthetic AUC curves against measured angle, with the real update marked."""
-    plt = _pyplot()
+    plt = headless_pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     stress = report.stress
     for kind in dict.fromkeys(p.kind for p in stress.points):

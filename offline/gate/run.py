@@ -16,7 +16,6 @@ Steps, all on the same seeded rows (paper A's balanced sample and 70/10/20 split
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,8 +33,6 @@ from ..separability import Separability, separability
 from ..similarity import linear_cka, row_angles_degrees
 from ..stress.sweep import StressModel, StressResult, cells, run_stress
 from .config import GateConfig
-
-log = logging.getLogger(__name__)
 
 
 class GateError(Exception):

@@ -13,7 +13,7 @@ PANELS = (
 )
 
 
-def _pyplot():
+def headless_pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # no display on CI or a gate runner
@@ -25,7 +25,7 @@ def _pyplot():
 def plot_stress(result: StressResult, path: Path, *, x: str = "magnitude") -> Path:
     """AUC, mean confidence and silent-failure rate against ``x`` ("magnitude" or
     "angle_degrees"), one line per (model, drift kind)."""
-    plt = _pyplot()
+    plt = headless_pyplot()
     models = list(dict.fromkeys(p.model for p in result.points))
     kinds = list(dict.fromkeys(p.kind for p in result.points))
     fig, axes = plt.subplots(len(models), 3, figsize=(15, 3.8 * len(models)), squeeze=False)

@@ -11,8 +11,12 @@ from .plots import plot_stress
 from .sweep import StressResult
 
 
-def _f(v: float | None, fmt: str) -> str:
+def fmt_cell(v: float | None, fmt: str = ".3f") -> str:
+    """A table cell: ``v`` formatted, or "n/a" where the value does not exist."""
     return "n/a" if v is None else format(v, fmt)
+
+
+_f = fmt_cell
 
 
 def render_stress_markdown(
