@@ -23,7 +23,13 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel
-from silentwatch.monitor.bundle import EmbedderSpec, fit_classifier, load_bundle, train_bundle
+from silentwatch.monitor.bundle import (
+    EmbedderSpec,
+    LoadedBundle,
+    fit_classifier,
+    load_bundle,
+    train_bundle,
+)
 from silentwatch.monitor.calibration import labelled_metrics
 from silentwatch.monitor.scoring import LinearScorer
 
@@ -279,9 +285,21 @@ def _position(stress: StressResult, model: str, angle: float | None) -> list[Str
     return out
 
 
-def _embedder_info(emb: Any) -> dict[str, Any]:
-    info = emb.info() if hasattr(emb, "info") else None
-    return info.model_dump(mode="json") if info is not None else emb.spec().model_dump(mode="json")
+def _check_bundle_embedder(
+    bundle: LoadedBundle, cfg: GateConfig, dim: int, spec: EmbedderSpec
+) -> None:
+    """The deployed bundle must be the one validated for the old embedder."""
+    if bundle.dim != dim:
+        raise GateError(
+            f"old bundle {cfg.old.bundle} expects {bundle.dim}-d embeddings but the old "
+            f"embedder gives {dim}-d: is old.embedder the bundle's embedder?"
+        )
+    want, got = bundle.manifest.embedder.weights_sha256, spec.weights_sha256
+    if want and got and want != got:
+        raise GateError(
+            f"old bundle {cfg.old.bundle} was validated for embedder weights {want[:12]}, "
+            f"old.embedder has {got[:12]}: name the bundle's own embedder as old.embedder"
+        )
 
 
 def run_gate(
@@ -309,6 +327,12 @@ def run_gate(
     except ValueError as err:
         raise GateError(str(err)) from None
     texts, y, split = ev.texts, ev.y, ev.split
+    bundle = None
+    if cfg.old.bundle is not None:  # before any embedding: a bad bundle fails in seconds
+        try:
+            bundle = load_bundle(cfg.old.bundle)
+        except Exception as err:  # BundleError and friends: one clear line
+            raise GateError(f"old bundle {cfg.old.bundle}: {err}") from None
     timings["data"] = time.perf_counter() - t0
 
     e = cfg.embedding
@@ -323,10 +347,12 @@ def run_gate(
             emb = e.open(name, open_embedder)
         except (ValueError, ImportError, OSError) as err:
             raise GateError(f"{side} embedder {name!r}: {err}") from None
+        infos[side] = emb.info().model_dump(mode="json")
+        specs[side] = emb.spec()
+        if side == "old" and bundle is not None:
+            _check_bundle_embedder(bundle, cfg, infos["old"]["dim"], specs["old"])
         with rep.bar(f"{side} embedder", len(texts)) as advance:
             xs[side] = embed_cached(emb, texts, e.cache_dir, progress=advance)
-        infos[side] = _embedder_info(emb)
-        specs[side] = emb.spec()
         timings[f"embed_{side}"] = time.perf_counter() - t
     x_old, x_new = xs["old"], xs["new"]
 
@@ -343,22 +369,7 @@ def run_gate(
 
     say("scoring the old, frozen and retrained heads")
     t = time.perf_counter()
-    if cfg.old.bundle is not None:
-        try:
-            bundle = load_bundle(cfg.old.bundle)
-        except Exception as err:  # BundleError and friends: one clear line
-            raise GateError(f"old bundle {cfg.old.bundle}: {err}") from None
-        if bundle.dim != x_old.shape[1]:
-            raise GateError(
-                f"old bundle {cfg.old.bundle} expects {bundle.dim}-d embeddings but the old "
-                f"embedder gives {x_old.shape[1]}-d: is old.embedder the bundle's embedder?"
-            )
-        want, got = bundle.manifest.embedder.weights_sha256, specs["old"].weights_sha256
-        if want and got and want != got:
-            raise GateError(
-                f"old bundle {cfg.old.bundle} was validated for embedder weights {want[:12]}, "
-                f"old.embedder has {got[:12]}: name the bundle's own embedder as old.embedder"
-            )
+    if bundle is not None:
         old_arrays = _frozen_arrays(bundle.scorer)
     else:
         old_arrays = fit_classifier(x_old[split.train], y[split.train], seed=d.seed)
@@ -411,7 +422,7 @@ def run_gate(
     elif retrained_ok and cfg.thresholds.allow_retrain:
         route = "retrained"
     verdict: Literal["pass", "fail"] = "pass" if route else "fail"
-    summary = _summary(route, frozen_ok, retrained_ok, cfg, checks)
+    summary = _summary(route, retrained_ok, checks)
 
     bundle_path = None
     if route and cfg.output.emit_bundle:
@@ -461,9 +472,7 @@ def run_gate(
     return report, GateArrays(split.test, y_test, p_old, p_frozen, p_retrained)
 
 
-def _summary(
-    route: str | None, frozen_ok: bool, retrained_ok: bool, cfg: GateConfig, checks: list[Check]
-) -> str:
+def _summary(route: str | None, retrained_ok: bool, checks: list[Check]) -> str:
     failed = ", ".join(c.name for c in checks if not c.passed)
     if route == "frozen":
         return "PASS: the deployed head works on the new embedder; ship them together."
