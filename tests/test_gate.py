@@ -190,6 +190,8 @@ def _side(auc: float, ece: float) -> SideMetrics:
         ("max_mean_angle_degrees", 2.0, False),
         ("min_cka", 0.9, True),
         ("min_cka", 0.95, False),
+        ("max_silent_failure_ratio", 0.31, True),
+        ("max_silent_failure_ratio", 0.29, False),
     ],
 )
 def test_each_threshold_flips_the_verdict_when_crossed(

@@ -146,6 +146,23 @@ def side_metrics(p: np.ndarray, y: np.ndarray, high_confidence: float = 0.8) -> 
     )
 
 
+def _bound(
+    name: str,
+    value: float | None,
+    limit: float,
+    detail: str,
+    *,
+    at_least: bool = False,
+    missing_passes: bool = False,
+) -> Check:
+    """``value <= limit`` (or ``>=`` with ``at_least``); a missing value passes only when
+    ``missing_passes`` (e.g. no errors at all, so no silent-failure ratio)."""
+    if value is None:
+        return Check(name=name, value=None, limit=limit, passed=missing_passes, detail=detail)
+    passed = value >= limit if at_least else value <= limit
+    return Check(name=name, value=value, limit=limit, passed=passed, detail=detail)
+
+
 def evaluate_checks(
     old: SideMetrics,
     new: SideMetrics | None,
@@ -163,8 +180,6 @@ def evaluate_checks(
     flips decisions by design, so churn is reported, not judged).
     """
     t = cfg.thresholds
-    flip_limit = t.max_retrained_flip_rate if retrained else t.max_flip_rate
-    checks: list[Check] = []
     if new is None:
         return [
             Check(
@@ -175,68 +190,43 @@ def evaluate_checks(
                 detail="the new embedder's dimension differs: the frozen head cannot score it",
             )
         ]
-    drop = old.roc_auc - new.roc_auc
-    checks.append(
-        Check(
-            name="auc_drop",
-            value=drop,
-            limit=t.max_auc_drop,
-            passed=drop <= t.max_auc_drop,
-            detail=f"ROC-AUC {old.roc_auc:.3f} -> {new.roc_auc:.3f} ({label})",
-        )
-    )
-    d_ece = new.ece - old.ece
-    checks.append(
-        Check(
-            name="ece_increase",
-            value=d_ece,
-            limit=t.max_ece_increase,
-            passed=d_ece <= t.max_ece_increase,
-            detail=f"ECE (5 bins) {old.ece:.3f} -> {new.ece:.3f} ({label})",
-        )
-    )
+    checks = [
+        _bound(
+            "auc_drop",
+            old.roc_auc - new.roc_auc,
+            t.max_auc_drop,
+            f"ROC-AUC {old.roc_auc:.3f} -> {new.roc_auc:.3f} ({label})",
+        ),
+        _bound(
+            "ece_increase",
+            new.ece - old.ece,
+            t.max_ece_increase,
+            f"ECE (5 bins) {old.ece:.3f} -> {new.ece:.3f} ({label})",
+        ),
+    ]
+    flip_limit = t.max_retrained_flip_rate if retrained else t.max_flip_rate
     if flip_rate is not None and flip_limit is not None:
-        checks.append(
-            Check(
-                name="flip_rate",
-                value=flip_rate,
-                limit=flip_limit,
-                passed=flip_rate <= flip_limit,
-                detail=f"{flip_rate:.1%} of test decisions change ({label} vs old)",
-            )
-        )
+        detail = f"{flip_rate:.1%} of test decisions change ({label} vs old)"
+        checks.append(_bound("flip_rate", flip_rate, flip_limit, detail))
     if t.max_silent_failure_ratio is not None:
-        v = new.silent_failure_ratio
+        detail = f"errors with confidence > 0.8 / all errors ({label})"
         checks.append(
-            Check(
-                name="silent_failure_ratio",
-                value=v,
-                limit=t.max_silent_failure_ratio,
-                passed=v is None or v <= t.max_silent_failure_ratio,
-                detail=f"errors with confidence > 0.8 / all errors ({label})",
+            _bound(
+                "silent_failure_ratio",
+                new.silent_failure_ratio,
+                t.max_silent_failure_ratio,
+                detail,
+                missing_passes=True,
             )
         )
     if t.max_mean_angle_degrees is not None:
-        v = drift.mean_angle_degrees
+        detail = "mean angle between old and new embeddings of the same texts"
         checks.append(
-            Check(
-                name="mean_angle_degrees",
-                value=v,
-                limit=t.max_mean_angle_degrees,
-                passed=v is not None and v <= t.max_mean_angle_degrees,
-                detail="mean angle between old and new embeddings of the same texts",
-            )
+            _bound("mean_angle_degrees", drift.mean_angle_degrees, t.max_mean_angle_degrees, detail)
         )
     if t.min_cka is not None:
-        checks.append(
-            Check(
-                name="linear_cka",
-                value=drift.linear_cka,
-                limit=t.min_cka,
-                passed=drift.linear_cka >= t.min_cka,
-                detail="linear CKA between old and new embeddings (at least)",
-            )
-        )
+        detail = "linear CKA between old and new embeddings (at least)"
+        checks.append(_bound("linear_cka", drift.linear_cka, t.min_cka, detail, at_least=True))
     return checks
 
 
