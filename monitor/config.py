@@ -115,7 +115,8 @@ class ServeSettings(BaseSettings):
         "embedder (needs the offline extra); also runs the bundle's canaries",
     )
     text_embedder_path: Path | None = Field(
-        None, description="local model directory for text mode when the bundle's embedder is "
+        None,
+        description="local model directory for text mode when the bundle's embedder is "
         "not one silentwatch ships; its weights must match the bundle's sha256",
     )
     max_text_chars: int = Field(20_000, ge=1, description="longest text accepted in text mode")

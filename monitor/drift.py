@@ -137,7 +137,20 @@ def magnitude_to_angle(magnitude: float, max_magnitude: float = PAPER_MAX_MAGNIT
     return 90.0 * magnitude / max_magnitude
 
 
+def row_angles_degrees(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Angle between matching rows of ``x`` and ``y`` in degrees (float64, any norms).
+
+    >>> row_angles_degrees(np.array([[1.0, 0.0]]), np.array([[0.0, 2.0]])).round(1).tolist()
+    [90.0]
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"angles need the same shape, got {x.shape} and {y.shape}")
+    cos = np.einsum("ij,ij->i", x, y) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
 def mean_angle_degrees(x: np.ndarray, y: np.ndarray) -> float:
     """Mean angle between matching rows of ``x`` and ``y``, in degrees."""
-    cos = np.einsum("ij,ij->i", normalise(x).astype(np.float64), normalise(y).astype(np.float64))
-    return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))).mean())
+    return float(row_angles_degrees(x, y).mean())

@@ -61,8 +61,15 @@ class Reading:
 @dataclass
 class EngineOptions:
     window: WindowSpec = field(default_factory=WindowSpec)
-    detectors: tuple[str, ...] = ("mmd", "mmd_rff", "bbsd_ks", "domain_auc",
-                                  "pca_reconstruction", "centroid_angle", "confidence_shift")
+    detectors: tuple[str, ...] = (
+        "mmd",
+        "mmd_rff",
+        "bbsd_ks",
+        "domain_auc",
+        "pca_reconstruction",
+        "centroid_angle",
+        "confidence_shift",
+    )
     domain_every: int = 4  # run the domain classifier every k-th window
     max_evaluations_per_second: float = 5.0  # 0: no limit
     # River's detectors are sequential Python loops (~0.5 us per sample each); above this

@@ -277,16 +277,31 @@ class StateCollector(Collector):
             yield from detection_families(s["detection"])
         if s.get("canary") is not None:
             c = s["canary"]
-            yield counter("canary_runs", "Canary runs (the bundle's labelled texts re-scored).",
-                          c["runs"])
-            yield gauge("canary_last_run_timestamp_seconds", "When the last canary run ended.",
-                        c["last_run_at"])
-            yield gauge("canary_failing", "1 when the last canary run raised an error.",
-                        float(bool(c["last_error"])))
-            for key in ("roc_auc", "accuracy", "mean_confidence", "silent_failure_ratio",
-                        "confidence_minus_accuracy"):
-                yield gauge(f"canary_{key}", f"Canary {key.replace('_', ' ')} (last run).",
-                            c["metrics"].get(key, float("nan")))
+            yield counter(
+                "canary_runs", "Canary runs (the bundle's labelled texts re-scored).", c["runs"]
+            )
+            yield gauge(
+                "canary_last_run_timestamp_seconds",
+                "When the last canary run ended.",
+                c["last_run_at"],
+            )
+            yield gauge(
+                "canary_failing",
+                "1 when the last canary run raised an error.",
+                float(bool(c["last_error"])),
+            )
+            for key in (
+                "roc_auc",
+                "accuracy",
+                "mean_confidence",
+                "silent_failure_ratio",
+                "confidence_minus_accuracy",
+            ):
+                yield gauge(
+                    f"canary_{key}",
+                    f"Canary {key.replace('_', ' ')} (last run).",
+                    c["metrics"].get(key, float("nan")),
+                )
 
 
 def detection_families(d: dict) -> Iterable[Metric]:
@@ -331,7 +346,8 @@ def detection_families(d: dict) -> Iterable[Metric]:
         value=d["false_alarm_rate"],
     )
     yield CounterMetricFamily(
-        f"{PREFIX}_drift_windows_evaluated", "Windows the detectors ran on.",
+        f"{PREFIX}_drift_windows_evaluated",
+        "Windows the detectors ran on.",
         value=d["windows_evaluated"],
     )
     yield CounterMetricFamily(

@@ -33,9 +33,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Monitor"].full_name
 
 
-def build_engine(
-    bundle: LoadedBundle, s: ServeSettings
-) -> tuple[DetectionEngine | None, str]:
+def build_engine(bundle: LoadedBundle, s: ServeSettings) -> tuple[DetectionEngine | None, str]:
     """The detection engine the settings ask for, or ``(None, why not)``.
 
     Raises :class:`ValueError` (a configuration problem the user must fix) for unknown

@@ -13,20 +13,9 @@ with ``X_c``, ``Y_c`` column-centred.
 from __future__ import annotations
 
 import numpy as np
+from silentwatch.monitor.drift import row_angles_degrees
 
-
-def row_angles_degrees(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Angle between matching rows of ``x`` and ``y`` in degrees.
-
-    >>> row_angles_degrees(np.array([[1.0, 0.0]]), np.array([[0.0, 2.0]])).round(1).tolist()
-    [90.0]
-    """
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    if x.shape != y.shape:
-        raise ValueError(f"angles need the same shape, got {x.shape} and {y.shape}")
-    cos = np.einsum("ij,ij->i", x, y) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))
-    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+__all__ = ["linear_cka", "row_angles_degrees"]
 
 
 def linear_cka(x: np.ndarray, y: np.ndarray) -> float:

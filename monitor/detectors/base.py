@@ -76,9 +76,7 @@ class WindowDetector:
     def statistic(self, x: np.ndarray, scores: np.ndarray) -> float:
         raise NotImplementedError
 
-    def null_statistics(
-        self, x: np.ndarray, scores: np.ndarray, windows: np.ndarray
-    ) -> np.ndarray:
+    def null_statistics(self, x: np.ndarray, scores: np.ndarray, windows: np.ndarray) -> np.ndarray:
         """Statistic of each window ``x[windows[i]]`` (``windows`` is (B, n) indices)."""
         return np.array([self.statistic(x[w], scores[w]) for w in windows], dtype=np.float64)
 

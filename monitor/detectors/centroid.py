@@ -43,9 +43,7 @@ class CentroidAngleDetector(WindowDetector):
     def statistic(self, x: np.ndarray, scores: np.ndarray) -> float:
         return centroid_angle_degrees(np.asarray(x, dtype=np.float64).mean(axis=0), self.mean)
 
-    def null_statistics(
-        self, x: np.ndarray, scores: np.ndarray, windows: np.ndarray
-    ) -> np.ndarray:
+    def null_statistics(self, x: np.ndarray, scores: np.ndarray, windows: np.ndarray) -> np.ndarray:
         means = window_means(np.asarray(x, dtype=np.float64), windows)
         cos = means @ self.mean / (np.linalg.norm(means, axis=1) * np.linalg.norm(self.mean))
         return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))

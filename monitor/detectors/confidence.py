@@ -74,20 +74,18 @@ class ConfidenceShiftDetector(WindowDetector):
         )
 
     def statistic(self, x: np.ndarray, scores: np.ndarray) -> float:
-        return abs(float(confidence(np.asarray(scores, np.float64)).mean())
-                   - self.reference.mean_confidence)
+        return abs(
+            float(confidence(np.asarray(scores, np.float64)).mean())
+            - self.reference.mean_confidence
+        )
 
-    def null_statistics(
-        self, x: np.ndarray, scores: np.ndarray, windows: np.ndarray
-    ) -> np.ndarray:
+    def null_statistics(self, x: np.ndarray, scores: np.ndarray, windows: np.ndarray) -> np.ndarray:
         c = confidence(np.asarray(scores, dtype=np.float64))
         return np.abs(c[windows].mean(axis=1) - self.reference.mean_confidence)
 
     def arrays(self) -> dict[str, np.ndarray]:
         r = self.reference
-        return {
-            "profile": np.array([r.mean_confidence, r.high_confidence_share, r.positive_rate])
-        }
+        return {"profile": np.array([r.mean_confidence, r.high_confidence_share, r.positive_rate])}
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> bool:
         if "profile" not in arrays:

@@ -76,9 +76,7 @@ class DomainClassifierDetector(WindowDetector):
     def features(self, x: np.ndarray) -> np.ndarray:
         return np.column_stack([self.basis.project(x), self.basis.reconstruction_error(x)])
 
-    def null_statistics(
-        self, x: np.ndarray, scores: np.ndarray, windows: np.ndarray
-    ) -> np.ndarray:
+    def null_statistics(self, x: np.ndarray, scores: np.ndarray, windows: np.ndarray) -> np.ndarray:
         feats = self.features(x)  # once for the whole pool
         return np.array([self._auc(feats[w]) for w in windows], dtype=np.float64)
 

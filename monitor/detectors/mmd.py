@@ -102,9 +102,7 @@ class MMDDetector(WindowDetector):
         kxx = _mean_offdiag(rbf_kernel(x, x, self.sigma))
         return kxx + self._kyy - 2.0 * float(self.cross_means(x).mean())
 
-    def null_statistics(
-        self, x: np.ndarray, scores: np.ndarray, windows: np.ndarray
-    ) -> np.ndarray:
+    def null_statistics(self, x: np.ndarray, scores: np.ndarray, windows: np.ndarray) -> np.ndarray:
         # One kernel matrix over the pool serves every window: O(B m^2) gathers, no matmuls.
         pool = np.unique(windows)
         xp = np.asarray(x[pool], dtype=np.float32)

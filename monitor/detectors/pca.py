@@ -78,9 +78,7 @@ class ReconstructionDetector(WindowDetector):
     def statistic(self, x: np.ndarray, scores: np.ndarray) -> float:
         return float(self.errors(x).mean())
 
-    def null_statistics(
-        self, x: np.ndarray, scores: np.ndarray, windows: np.ndarray
-    ) -> np.ndarray:
+    def null_statistics(self, x: np.ndarray, scores: np.ndarray, windows: np.ndarray) -> np.ndarray:
         return self.errors(x).astype(np.float64)[windows].mean(axis=1)
 
     def arrays(self) -> dict[str, np.ndarray]:

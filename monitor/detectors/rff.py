@@ -70,9 +70,7 @@ class RFFMMDDetector(WindowDetector):
         diff = self.features.transform(x).mean(axis=0) - self._ref_mean
         return float(diff @ diff)
 
-    def null_statistics(
-        self, x: np.ndarray, scores: np.ndarray, windows: np.ndarray
-    ) -> np.ndarray:
+    def null_statistics(self, x: np.ndarray, scores: np.ndarray, windows: np.ndarray) -> np.ndarray:
         phi = self.features.transform(x)
         diff = window_means(phi, windows) - self._ref_mean
         return np.einsum("ij,ij->i", diff, diff).astype(np.float64)

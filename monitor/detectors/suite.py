@@ -180,7 +180,7 @@ class DetectorSuite:
         )
         for name, d in dets.items():
             prefix = f"{ARRAY_PREFIX}{name}_"
-            mine = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+            mine = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
             if not d.load_arrays(mine):
                 raise CalibrationError(
                     f"the bundle's reference.npz lacks the fitted state of detector {name!r}; "

@@ -24,6 +24,7 @@ from silentwatch.monitor.drift import (
     PAPER_MAX_MAGNITUDE,
     gaussian_noise,
     magnitude_to_angle,
+    mean_angle_degrees,
     normalise,
     random_direction,
     rotation_drift,
@@ -123,5 +124,4 @@ def mean_angle(x: Any, y: Any) -> float:
 
         cos = (x.to(torch.float64) * y.to(torch.float64)).sum(-1).clamp(-1.0, 1.0)
         return float(torch.rad2deg(torch.arccos(cos)).mean())
-    cos = np.einsum("ij,ij->i", x.astype(np.float64), y.astype(np.float64))
-    return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))).mean())
+    return mean_angle_degrees(x, y)

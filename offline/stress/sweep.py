@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
 from silentwatch.monitor.calibration import labelled_metrics
+from silentwatch.monitor.drift import normalise
 from silentwatch.monitor.scoring import LinearScorer
 
 from .operators import DRIFT_KINDS, DriftKind, DriftOperator, mean_angle
@@ -287,9 +288,10 @@ def run_stress(
             level = 0.5 + 0.1 * (clean - 0.5)
             past = [p.magnitude for p in coarse if p.roc_auc < level]
             hi = past[0] if past else settings.magnitudes[-1]
-            fine = [
-                _cell(ctx, m, "fine", settings) for m in np.linspace(0.0, hi, settings.fine_steps)
-            ]
+            grid = np.linspace(0.0, hi, settings.fine_steps)
+            # The clean cell (magnitude 0) is already the first checkpoint: reuse it.
+            fine = [coarse[0].model_copy(update={"sweep": "fine"})] if grid.size else []
+            fine += [_cell(ctx, m, "fine", settings) for m in grid[1:]]
             if progress and fine:
                 progress(len(fine))
             points.extend(coarse + fine)
@@ -306,10 +308,9 @@ def run_stress(
 
 def normalise_rows(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    if (norms == 0).any() or not np.isfinite(x).all():
+    if not np.isfinite(x).all() or not np.linalg.norm(x, axis=1).all():
         raise ValueError("stress embeddings must be finite and non-zero")
-    return x / norms
+    return normalise(x)
 
 
 def cells(settings: StressSettings, n_models: int) -> int:
