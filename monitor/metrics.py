@@ -192,12 +192,29 @@ class RequestMetrics:
             self._emb[rpc].inc(rows)
 
 
+# manifest training.holdout_metrics key -> silentwatch_bundle_holdout_<name>
+HOLDOUT_GAUGES = {
+    "roc_auc": "roc_auc",
+    "accuracy": "accuracy",
+    "mean_confidence": "mean_confidence",
+    "ece_5bin": "ece",
+}
+
+
 class StateCollector(Collector):
     """Reads counters and gauges from their owners when Prometheus scrapes."""
 
-    def __init__(self, read: Callable[[], dict], info: dict[str, str]) -> None:
+    def __init__(
+        self,
+        read: Callable[[], dict],
+        info: dict[str, str],
+        holdout: dict[str, float] | None = None,
+        serving: Callable[[], bool] | None = None,
+    ) -> None:
         self._read = read
         self._info = info
+        self._holdout = dict(holdout or {})
+        self._serving = serving
 
     def collect(self) -> Iterable[Metric]:
         s = self._read()
@@ -206,6 +223,20 @@ class StateCollector(Collector):
         )
         info.add_metric([], self._info)
         yield info
+        # The bundle's own held-out figures: alerts compare the labelled metrics against them.
+        for key, name in HOLDOUT_GAUGES.items():
+            if key in self._holdout:
+                yield GaugeMetricFamily(
+                    f"{PREFIX}_bundle_holdout_{name}",
+                    f"Held-out {name.replace('_', ' ')} recorded in the bundle at training.",
+                    value=self._holdout[key],
+                )
+        if self._serving is not None:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_serving",
+                "1 while the gRPC health service reports SERVING; 0 while draining or stopping.",
+                value=float(self._serving()),
+            )
 
         def counter(name: str, doc: str, value: float, labels: dict[str, str] | None = None):
             fam = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=list(labels or {}))
@@ -340,6 +371,15 @@ def detection_families(d: dict) -> Iterable[Metric]:
     for k, (_, total) in d["detectors"].items():
         fam.add_metric([k], total)
     yield fam
+    # domain_auc runs every k-th window: alarm shares need each detector's own count.
+    fam = CounterMetricFamily(
+        f"{PREFIX}_drift_evaluations",
+        "Windows each detector actually ran on (domain_auc: every domain_every-th).",
+        labels=["detector"],
+    )
+    for k, n in d["evaluations"].items():
+        fam.add_metric([k], n)
+    yield fam
     yield GaugeMetricFamily(
         f"{PREFIX}_drift_false_alarm_rate",
         "Per-window false-alarm rate the thresholds were calibrated to.",
@@ -417,6 +457,32 @@ def detection_families(d: dict) -> Iterable[Metric]:
         "Windows that raised silentwatch_silent_failure_suspected.",
         value=d["silent_failure_suspected_windows"],
     )
+    # k-of-n alerting reads these (deploy/prometheus/rules, docs/alerts.md).
+    yield GaugeMetricFamily(
+        f"{PREFIX}_recent_windows",
+        "Windows in the recent ring the k-of-n alerts read (at most 10).",
+        value=d["recent_windows"],
+    )
+    yield GaugeMetricFamily(
+        f"{PREFIX}_silent_failure_suspected_recent_windows",
+        "Of the recent windows, how many raised silent_failure_suspected.",
+        value=d["recent_suspected_windows"],
+    )
+    alarms = GaugeMetricFamily(
+        f"{PREFIX}_drift_recent_alarms",
+        "Of each detector's last (at most 10) evaluations, how many alarmed.",
+        labels=["detector"],
+    )
+    evals = GaugeMetricFamily(
+        f"{PREFIX}_drift_recent_evaluations",
+        "How many evaluations each detector's recent ring holds (at most 10).",
+        labels=["detector"],
+    )
+    for k, (alarmed, held) in d["recent_alarms"].items():
+        alarms.add_metric([k], alarmed)
+        evals.add_metric([k], held)
+    yield alarms
+    yield evals
     lab = d["labelled"]
     for key, name, doc in LABELLED_METRICS:
         yield labelled_gauge(

@@ -162,6 +162,8 @@ class Sidecar:
                     "embedding_dim": str(m.embedding_dim),
                     "bundle_sha256": self.bundle.sha256[:16],
                 },
+                holdout=m.training.holdout_metrics,
+                serving=lambda: self._serving,
             )
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
@@ -170,6 +172,7 @@ class Sidecar:
         self._server: grpc.Server | None = None
         self._httpd = None
         self._stopped = threading.Event()
+        self._serving = False  # what the health service says; exported as silentwatch_serving
 
     @property
     def grpc_target(self) -> str:
@@ -209,6 +212,7 @@ class Sidecar:
             self.canary.start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._serving = True
         log.info(
             "serving classifier %s (d=%d) on grpc %s, metrics %s",
             self.bundle.manifest.classifier_version,
@@ -225,6 +229,7 @@ class Sidecar:
         self._stopped.set()
         s = self.settings
         self.health.enter_graceful_shutdown()
+        self._serving = False
         drain = s.drain_seconds if drain is None else drain
         if drain > 0:
             time.sleep(drain)

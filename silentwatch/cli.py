@@ -377,6 +377,13 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="replay at most this many embeddings per second (0: as fast as possible); "
+        "a slow replay lets a scraping Prometheus see the clean phase, then the update",
+    )
+    p.add_argument(
         "--keep-serving",
         action="store_true",
         help="leave the sidecar up afterwards (ports 50051 / 9464 unless given)",
@@ -389,6 +396,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from silentwatch.demo.run import run_demo
 
+    if args.rate < 0:
+        raise UserError(f"--rate must be >= 0 (got {args.rate:g}); 0 replays unthrottled")
     default_port = (50051, 9464) if args.keep_serving else (0, 0)
     try:
         run_demo(
@@ -399,6 +408,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             label_fraction=args.label_fraction,
             drift=args.drift,
             seed=args.seed,
+            rate=args.rate,
             port=default_port[0] if args.port is None else args.port,
             metrics_port=default_port[1] if args.metrics_port is None else args.metrics_port,
             keep_serving=args.keep_serving,

@@ -12,7 +12,12 @@ from silentwatch.monitor.bundle import EmbedderSpec, load_bundle, train_bundle
 from silentwatch.monitor.calibration import labelled_metrics
 from silentwatch.monitor.config import load_settings
 from silentwatch.monitor.detectors.suite import suite_for_bundle
-from silentwatch.monitor.engine import DetectionEngine, EngineOptions, WindowSpec
+from silentwatch.monitor.engine import (
+    RECENT_WINDOWS,
+    DetectionEngine,
+    EngineOptions,
+    WindowSpec,
+)
 from silentwatch.monitor.pipeline import PredictionBatch
 from silentwatch.monitor.server import Sidecar
 
@@ -125,6 +130,35 @@ def test_composite_signal_needs_drift_and_steady_confidence(bundle_dir, world):
     xc, _ = clean.sample(32)
     engine.evaluate(xc, bundle.scorer.predict_proba(xc), 2.0)
     assert not engine.snapshot()["drift_alarm"], engine.snapshot()["detectors"]
+
+
+def test_recent_ring_counts_the_last_ten_windows_for_k_of_n_alerts(bundle_dir, world):
+    bundle = load_bundle(bundle_dir)
+    engine = DetectionEngine(
+        suite_for_bundle(bundle),
+        EngineOptions(window=WindowSpec(size=32, stride=32), domain_every=4),
+    )
+    ref_conf = engine.suite.calibration.reference_confidence["mean_confidence"]
+    p_ref = np.full(32, ref_conf, dtype=np.float32)
+    x, _ = world.sample(32)
+    xd = drift.gaussian_drift(x, 0.3, np.random.default_rng(1))
+    for t in range(12):  # 12 suspected windows: the ring keeps the last 10
+        engine.evaluate(xd, p_ref, float(t))
+    snap = engine.snapshot()
+    assert snap["recent_windows"] == RECENT_WINDOWS == 10
+    assert snap["recent_suspected_windows"] == 10
+    assert snap["silent_failure_suspected_windows"] == 12
+    # domain_auc runs on every 4th window: 3 of 12; its ring holds its own evaluations.
+    assert snap["evaluations"]["domain_auc"] == 3 and snap["evaluations"]["mmd"] == 12
+    assert snap["recent_alarms"]["domain_auc"][1] == 3
+    assert snap["recent_alarms"]["pca_reconstruction"] == (10, 10)
+    clean = SyntheticWorld(dim=DIM, delta=0.02, seed=3)
+    clean.sample(500)
+    xc, _ = clean.sample(32)
+    for t in range(12, 16):  # 4 clean windows push 4 suspected ones out
+        engine.evaluate(xc, bundle.scorer.predict_proba(xc), float(t))
+    snap = engine.snapshot()
+    assert snap["recent_suspected_windows"] == 6 and snap["recent_windows"] == 10
 
 
 def test_time_windows_evaluate_by_arrival_time(bundle_dir, world):

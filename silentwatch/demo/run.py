@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import tempfile
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,6 +185,7 @@ def run_demo(
     label_delay_batches: int = 10,
     drift: float = 0.02,
     seed: int = 42,
+    rate: float = 0.0,
     port: int = 0,
     metrics_port: int = 0,
     keep_serving: bool = False,
@@ -242,6 +244,7 @@ def run_demo(
                         label_delay_batches,
                         rng,
                         lambda k: progress.advance(task, k),
+                        rate,
                     )
                     sidecar.pipeline.wait_idle()
                     phases.append(
@@ -266,9 +269,10 @@ def run_demo(
 
 
 def _replay(
-    stub, x, y, phase, version, batch_size, label_fraction, delay, rng, advance
+    stub, x, y, phase, version, batch_size, label_fraction, delay, rng, advance, rate=0.0
 ) -> np.ndarray:
     scores = np.empty(len(x), dtype=np.float32)
+    t0 = time.monotonic()
     pending: deque[list[pb.Label]] = deque()
     tag = phase[:1]
     for start in range(0, len(x), batch_size):
@@ -289,6 +293,10 @@ def _replay(
         if len(pending) > delay:  # human review lags the traffic
             stub.SubmitLabels(pb.SubmitLabelsRequest(labels=pending.popleft()))
         advance(len(chunk))
+        if rate > 0:  # pace to `rate` rows/s on the whole phase, not per batch
+            ahead = (start + len(chunk)) / rate - (time.monotonic() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
     while pending:
         stub.SubmitLabels(pb.SubmitLabelsRequest(labels=pending.popleft()))
     return scores
