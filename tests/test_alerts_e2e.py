@@ -141,10 +141,15 @@ def test_silent_failure_alert_fires_after_the_update_and_not_before(stack):
     assert alert["instance"] == sidecar.metrics_address
     # The label-confirmed alert follows once enough drifted predictions got their labels.
     send_until(CONFIRMED)
-    t_end = time.time()
 
     out = artifacts_dir()
     if out is not None:
+        # For the figure: a few more seconds of the updated traffic, alerts standing.
+        xu, yu = w.sample(int(6 * RATE))
+        replay.send(updated(xu, seed=99), yu)
+        replay.flush_labels()
+        time.sleep(2.0)
+        t_end = time.time()
         out.mkdir(parents=True, exist_ok=True)
         series = {
             key: prom.query_range(expr, t_clean - 2, t_end + 1)
