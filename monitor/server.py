@@ -200,7 +200,10 @@ class Sidecar:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
-        self.grpc_port = self._server.add_insecure_port(f"{s.host}:{s.port}")
+        try:
+            self.grpc_port = self._server.add_insecure_port(f"{s.host}:{s.port}")
+        except RuntimeError as exc:  # grpcio >= 1.6x raises instead of returning 0
+            raise OSError(f"could not bind gRPC to {s.host}:{s.port}: {exc}") from None
         if self.grpc_port == 0:
             raise OSError(f"could not bind gRPC to {s.host}:{s.port}")
         self._httpd, _ = start_http_server(

@@ -29,7 +29,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, help="YAML file with any of the keys below")
     for name, field in ServeSettings.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        p.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=field.description)
+        # argparse %-formats help strings: a literal % in a description must be doubled.
+        text = (field.description or "").replace("%", "%%")
+        p.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=text)
     p.set_defaults(func=_cmd_serve)
 
 

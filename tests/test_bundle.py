@@ -147,6 +147,13 @@ def test_round_trip_manifest_fields(trained):
     assert b.sha256 == hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest()
 
 
+def test_bundle_is_readable_by_other_users(trained):
+    """A sidecar container runs as its own uid; the bundle must not be private to its author."""
+    path = trained[0]
+    assert path.stat().st_mode & 0o777 == 0o755
+    assert all(f.stat().st_mode & 0o044 == 0o044 for f in path.iterdir())
+
+
 def test_scorer_matches_sklearn_pipeline(trained):
     path, x, y = trained
     b = load_bundle(path)

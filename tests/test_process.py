@@ -69,6 +69,31 @@ def test_bad_config_names_the_key(bundle_dir):
     assert proc.returncode == 2 and "workers" in err
 
 
+def test_serve_help_lists_every_option():
+    res = subprocess.run(
+        [sys.executable, "-m", "silentwatch", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "--confidence-band" in res.stdout and "14%" in res.stdout
+
+
+def test_port_in_use_fails_with_one_line(bundle_dir):
+    first = serve("--bundle", str(bundle_dir))
+    try:
+        port = wait_serving(first)["grpc"].rsplit(":", 1)[1]
+        second = serve("--bundle", str(bundle_dir), "--port", port)
+        _, err = second.communicate(timeout=60)
+        assert second.returncode == 2, err
+        assert "cannot bind" in err and port in err
+        assert "Traceback" not in err
+    finally:
+        first.terminate()
+        first.communicate(timeout=30)
+
+
 def test_sigterm_drains_then_exits_cleanly(bundle_dir):
     proc = serve("--bundle", str(bundle_dir), "--drain-seconds", "1.5", "--grace-seconds", "5")
     try:

@@ -101,6 +101,9 @@ def write_bundle(
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+        # mkdtemp makes 0700; a bundle is read by a sidecar that may run as another user
+        # (a container's non-root uid), and holds no secrets.
+        tmp.chmod(0o755)
         for name, data in payload.items():
             (tmp / name).write_bytes(data)
         (tmp / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
