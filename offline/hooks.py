@@ -164,6 +164,12 @@ class AddAtPrompt:
         return h + (self.delta * self.mask).to(h.dtype)
 
 
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding (what ``generate`` uses): absolute-position models
+    such as GPT-2 then give a row the same hidden states whatever its batch's padding."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
 def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over the positions where ``mask`` is set: ``(b, s, d), (b, s) -> (b, d)``."""
     m = mask.to(h.dtype).unsqueeze(-1)
@@ -178,5 +184,9 @@ def layer_means(
     sites = [f"layer:{i}" for i in range(num_layers(model))]
     ctx = torch.enable_grad() if grad else torch.no_grad()
     with ctx, capture(model, sites, detach=not grad) as seen:
-        model(input_ids=input_ids, attention_mask=attention_mask)
+        model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids(attention_mask),
+        )
         return torch.stack([masked_mean(seen[s], attention_mask) for s in sites], dim=1)

@@ -111,7 +111,11 @@ def test_layer_means_are_masked_means_of_block_outputs(lm):
     feats = hooks.layer_means(model, batch.input_ids, batch.attention_mask)
     assert feats.shape[:2] == (2, LAYERS)
     with torch.no_grad(), hooks.capture(model, ["layer:1"]) as seen:
-        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=hooks.position_ids(batch.attention_mask),
+        )
     m = batch.attention_mask[1].bool()
     assert torch.allclose(feats[1, 1], seen["layer:1"][1][m].mean(0), atol=1e-5)
 
