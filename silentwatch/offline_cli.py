@@ -1,7 +1,8 @@
-"""``silentwatch stress`` and ``silentwatch gate``: the offline suite's commands.
+"""``silentwatch stress``, ``gate`` and ``audit``: the offline suite's commands.
 
 They import torch only when run, so ``silentwatch --help`` works on a sidecar-only install.
-Exit codes (``gate``): 0 pass, 1 fail, 2 error.
+Exit codes (``gate``, ``audit``): 0 pass (``audit`` without a candidate: report only), 1 fail,
+2 error.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def _need_offline() -> str | None:
 def add_offline_commands(sub: argparse._SubParsersAction) -> None:
     _add_stress(sub)
     _add_gate(sub)
+    _add_audit(sub)
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -216,3 +218,53 @@ def _cmd_gate(args: argparse.Namespace) -> int:
     print("wrote " + ", ".join(str(p) for p in paths))
     print(json.dumps({"verdict": report.verdict, "route": report.route}))
     return EXIT_PASS if report.verdict == "pass" else EXIT_FAIL
+
+
+def _add_audit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "audit",
+        help="paper B's representation audit of a chat model and a candidate (exit 0/1/2)",
+        description="Train a latent monitor probe on the base model's hidden states, measure "
+        "refusal rates, latent PGD with a matched random baseline and LVS per layer; then the "
+        "same on a candidate (loaded, or built by dissociation) read by the fixed base probe. "
+        "Writes report.json, report.md and PNG plots. Exit code 0 pass (or report only, "
+        "without a candidate), 1 fail, 2 error. See docs/audit.md for every key.",
+    )
+    p.add_argument("--config", type=Path, required=True, help="audit.yaml")
+    p.add_argument("--out", type=Path, help="output folder (overrides output.dir)")
+    p.set_defaults(func=_cmd_audit)
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    if msg := _need_offline():
+        return _err(msg)
+    from pydantic import ValidationError
+
+    from silentwatch.offline.audit.config import load_audit_config
+    from silentwatch.offline.audit.report import write_audit_report
+    from silentwatch.offline.audit.run import AuditError, run_audit
+    from silentwatch.offline.progress import Reporter
+
+    try:
+        cfg = load_audit_config(args.config)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        return _err(f"{args.config}: {where}: {first['msg']} ({e.error_count()} problem(s))")
+    except ValueError as e:
+        return _err(str(e))
+    if args.out is not None:
+        cfg.output.dir = args.out
+    try:
+        report = run_audit(cfg, reporter=Reporter())
+    except AuditError as e:
+        return _err(str(e))
+    paths = write_audit_report(report, cfg.output.dir)
+    print(report.summary)
+    for c in report.checks:
+        print(
+            f"  {'ok  ' if c.passed else 'FAIL'} {c.name:<26} {c.value:>8.4f}  (limit {c.limit:g})"
+        )
+    print("wrote " + ", ".join(str(p) for p in paths))
+    print(json.dumps({"verdict": report.verdict}))
+    return EXIT_FAIL if report.verdict == "fail" else EXIT_PASS

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..audit.config import AuditConfig
 from ..evalset import DataSettings
 from ..stress.sweep import StressSettings
 
@@ -102,6 +103,11 @@ class GateConfig(_Strict):
     stress: StressSettings = Field(default_factory=StressSettings)
     thresholds: GateThresholds = Field(default_factory=GateThresholds)
     output: OutputSettings = Field(default_factory=OutputSettings)
+    representation: AuditConfig | None = Field(
+        None,
+        description="paper B's representation audit of a chat model update (docs/audit.md); "
+        "the gate fails when the audit fails",
+    )
 
     @model_validator(mode="after")
     def _new_has_no_bundle(self) -> GateConfig:
@@ -124,6 +130,8 @@ class GateConfig(_Strict):
         if c.embedding.cache_dir is not None:
             c.embedding.cache_dir = fix(c.embedding.cache_dir)
         c.output.dir = fix(c.output.dir)
+        if c.representation is not None:
+            c.representation = c.representation.resolve(base)
         return c
 
 

@@ -174,6 +174,21 @@ def render_markdown(report: GateReport) -> str:
         lines.append(
             f"| {name} | {s.silhouette:.4f} | {s.fisher_ratio:.4f} | {s.class_overlap:.3f} |"
         )
+    if r.representation is not None:
+        a = r.representation
+        lines += [
+            "",
+            "## Representation audit (paper B)",
+            "",
+            f"**{a.summary}** Full report: [representation/report.md](representation/report.md).",
+            "",
+            "| check | value | limit | result |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {c.name} | {c.value:.3f} | {c.limit:.3f} | {'pass' if c.passed else 'FAIL'} |"
+            for c in a.checks
+        ]
     lines += [
         "",
         "## Plots",
@@ -201,4 +216,8 @@ def write_report(report: GateReport, out_dir: Path) -> list[Path]:
     paths.append(plot_stress(report.stress, out_dir / "stress_curves.png"))
     paths.append(plot_real_update(report, out_dir / "real_update.png"))
     paths.append(plot_reliability(report, out_dir / "reliability.png"))
+    if report.representation is not None:
+        from ..audit.report import write_audit_report
+
+        paths += write_audit_report(report.representation, out_dir / "representation")
     return paths

@@ -33,6 +33,7 @@ from silentwatch.monitor.bundle import (
 from silentwatch.monitor.calibration import labelled_metrics
 from silentwatch.monitor.scoring import LinearScorer
 
+from ..audit.run import AuditReport
 from ..evalset import load_evalset
 from ..progress import Reporter
 from ..separability import Separability, separability
@@ -100,6 +101,7 @@ class GateReport(BaseModel):
     stress: StressResult
     bundle: str | None
     timings_seconds: dict[str, float]
+    representation: AuditReport | None = None
 
 
 @dataclass
@@ -411,8 +413,23 @@ def run_gate(
         route = "frozen"
     elif retrained_ok and cfg.thresholds.allow_retrain:
         route = "retrained"
-    verdict: Literal["pass", "fail"] = "pass" if route else "fail"
     summary = _summary(route, retrained_ok, checks)
+
+    audit = None
+    if cfg.representation is not None:
+        from ..audit.run import AuditError, run_audit
+
+        say("representation audit (paper B)")
+        t = time.perf_counter()
+        try:
+            audit = run_audit(cfg.representation, reporter=rep)
+        except AuditError as err:
+            raise GateError(f"representation: {err}") from None
+        timings["representation"] = time.perf_counter() - t
+        summary += f" Representation audit: {audit.summary}"
+        if audit.verdict == "fail":
+            route = None  # no bundle for a model whose safety signal collapsed
+    verdict: Literal["pass", "fail"] = "pass" if route else "fail"
 
     bundle_path = None
     if route and cfg.output.emit_bundle:
@@ -458,6 +475,7 @@ def run_gate(
         stress=stress,
         bundle=bundle_path,
         timings_seconds=timings,
+        representation=audit,
     )
     return report, GateArrays(split.test, y_test, p_old, p_frozen, p_retrained)
 

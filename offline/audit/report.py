@@ -1,0 +1,203 @@
+"""The audit's report: ``report.json`` (for CI), ``report.md`` and PNG plots per layer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .run import AuditReport, ModelSide
+
+
+def _f(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _sides(r: AuditReport) -> list[ModelSide]:
+    return [r.base] + ([r.cand] if r.cand is not None else [])
+
+
+def render_markdown(r: AuditReport) -> str:
+    lines = [
+        "# Representation audit (paper B)",
+        "",
+        f"**{r.summary}**",
+        "",
+        f"Base `{r.model}`; candidate `{r.candidate or '—'}`; "
+        f"{r.layers} blocks, hidden {r.hidden}.",
+        f"Probe examples (split by prompt): {r.data['examples']}; harmful prompts "
+        f"{r.data['harmful_prompts']}, harmless {r.data['harmless_prompts']}.",
+        "",
+        "## Checks",
+        "",
+    ]
+    if r.checks:
+        lines += ["| check | value | limit | result | detail |", "|---|---|---|---|---|"]
+        lines += [
+            f"| {c.name} | {c.value:.3f} | {c.limit:.3f} | {'pass' if c.passed else 'FAIL'} "
+            f"| {c.detail} |"
+            for c in r.checks
+        ]
+    else:
+        lines.append("No candidate, nothing judged.")
+    lines += [
+        "",
+        "## Latent monitor probe",
+        "",
+        f"Trained on the base model's per-layer masked-mean hidden states; best epoch "
+        f"{r.probe['best_epoch']} of {len(r.probe['val_auroc'])} by held-out AUROC "
+        f"(before training {_f(r.probe['initial_val_auroc'])}). The same fixed probe reads "
+        "both models' features of the held-out test pairs:",
+        "",
+        "| model | probe AUROC | sigmoid gap | refusal (harmful) | refusal (harmless) |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {s.name} | {_f(s.probe_auroc)} | {_f(s.sigmoid_gap)} | {_f(s.refusal_harmful, 2)} "
+        f"| {_f(s.refusal_harmless, 2)} |"
+        for s in _sides(r)
+    ]
+    for s in _sides(r):
+        if s.pgd:
+            lines += [
+                "",
+                f"## Latent PGD on {s.name}",
+                "",
+                f"Clean refusal rate on the attacked prompts: "
+                f"{_f(s.clean_refusal_on_attacked_prompts, 2)}. Success = not refused.",
+                "",
+                "| site | eps | method | n | success | ‖δ‖₂ | ‖δ‖/‖h‖ "
+                "| target NLL clean → attacked |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {p['site']} | {p['eps']:g} | {p['method']} | {p['n']} "
+                f"| {_f(p['success_rate'], 2)} | {_f(p['delta_norm'], 4)} "
+                f"| {_f(p['relative_norm'], 5)} | {_f(p['nll_clean'], 2)} → {_f(p['nll'], 2)} |"
+                for p in s.pgd
+            ]
+        if s.lvs:
+            lines += [
+                "",
+                f"LVS on {s.name} = [S(y) − S(y′)]₊ / (log(1 + ‖δ‖₂) + η), all eps pooled:",
+                "",
+                "| site | n | mean (paper) | median | CI | random baseline mean |",
+                "|---|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {v['layer']} | {v['n']} | {_f(v['mean'])} | {_f(v['median'])} "
+                f"| [{_f(v['ci_low'])}, {_f(v['ci_high'])}] | {_f(v.get('random_mean'))} |"
+                for v in s.lvs
+            ]
+    if r.dissociation:
+        last: dict[str, dict[str, Any]] = {}
+        for rec in r.dissociation:
+            last[rec["phase"]] = rec
+        lines += [
+            "",
+            "## Dissociation (last step of each phase)",
+            "",
+            "| phase | step | SFT | monitor term | KL | monitor BCE | σ(g) harmful | σ(g) benign |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {ph} | {rec['step']} | {_f(rec['sft'])} | {_f(rec['monitor_term'])} "
+            f"| {_f(rec['kl'], 4)} | {_f(rec['monitor_bce'])} | {_f(rec['p_harmful'])} "
+            f"| {_f(rec['p_benign'])} |"
+            for ph, rec in last.items()
+        ]
+    if r.finetune:
+        lines += [
+            "",
+            "## Harmful LoRA SFT (parameter-space intervention)",
+            "",
+            "| epoch | refusal | compliance | train loss |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {e['epoch']} | {_f(e['refusal_rate'], 2)} | {_f(e['compliance_rate'], 2)} "
+            f"| {_f(e['train_loss'])} |"
+            for e in r.finetune
+        ]
+    lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in r.timings_seconds.items())]
+    return "\n".join(lines) + "\n"
+
+
+def plot_layers(r: AuditReport, path: Path) -> Path | None:
+    """Per site: PGD success vs eps (attack and random baseline) and LVS, per model."""
+    sides = [s for s in _sides(r) if s.pgd]
+    if not sides:
+        return None
+    from ..stress.plots import headless_pyplot
+
+    plt = headless_pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for s in sides:
+        for method, ls in (("pgd", "-"), ("random", ":")):
+            by_site: dict[str, list[tuple[float, float]]] = {}
+            for p in s.pgd or []:
+                if p["method"] == method and p["success_rate"] is not None:
+                    by_site.setdefault(p["site"], []).append((p["eps"], p["success_rate"]))
+            for site, pts in by_site.items():
+                pts.sort()
+                axes[0].plot(
+                    [e for e, _ in pts],
+                    [v for _, v in pts],
+                    ls,
+                    marker="o",
+                    label=f"{s.name[:24]} {site} {method}",
+                )
+        if s.lvs:
+            sites = [v["layer"] for v in s.lvs]
+            axes[1].plot(sites, [v["mean"] or 0.0 for v in s.lvs], marker="o", label=s.name[:30])
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("eps (l∞)")
+    axes[0].set_ylabel("attack success (not refused)")
+    axes[0].legend(fontsize=6)
+    axes[1].set_ylabel("mean LVS (paper B)")
+    axes[1].set_xlabel("site")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_probe(r: AuditReport, path: Path) -> Path:
+    from ..stress.plots import headless_pyplot
+
+    plt = headless_pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    val = r.probe["val_auroc"]
+    axes[0].plot(range(1, len(val) + 1), val, marker=".")
+    axes[0].axvline(r.probe["best_epoch"], color="grey", ls="--", lw=1)
+    axes[0].set_xlabel("epoch")
+    axes[0].set_ylabel("held-out AUROC")
+    axes[0].set_title("probe training (base)", fontsize=9)
+    names = [s.name[:24] for s in _sides(r)]
+    x = range(len(names))
+    axes[1].bar([i - 0.2 for i in x], [s.probe_auroc for s in _sides(r)], 0.4, label="AUROC")
+    axes[1].bar([i + 0.2 for i in x], [s.sigmoid_gap for s in _sides(r)], 0.4, label="sigmoid gap")
+    axes[1].set_xticks(list(x), names, fontsize=7)
+    axes[1].set_title("fixed base probe", fontsize=9)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_audit_report(r: AuditReport, out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "report.json", out_dir / "report.md"]
+    paths[0].write_text(json.dumps(r.model_dump(mode="json"), indent=1) + "\n")
+    paths[1].write_text(render_markdown(r))
+    paths.append(plot_probe(r, out_dir / "probe.png"))
+    layers = plot_layers(r, out_dir / "pgd_lvs.png")
+    if layers is not None:
+        paths.append(layers)
+    return paths
