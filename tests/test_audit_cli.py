@@ -158,3 +158,11 @@ def test_gate_representation_section_can_fail_the_gate(workspace, tmp_path):
     assert "Representation audit: FAIL" in broken.summary
     assert (tmp_path / "other" / "representation" / "report.md").is_file()
     assert "## Representation audit" in (tmp_path / "other" / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[1] / "examples" / "audit").glob("*.yaml")), ids=str
+)
+def test_the_shipped_audit_examples_validate(path: Path) -> None:
+    cfg = load_audit_config(path)
+    assert cfg.model == "smollm2" and cfg.data.pairs.path.name.startswith("pku")

@@ -220,6 +220,21 @@ def test_probe_training_lifts_auroc_and_is_seeded():
     assert again.val_auroc == fit.val_auroc
 
 
+def test_standardize_option_stores_the_training_statistics_in_the_monitor():
+    xtr, ytr = _synthetic(400, seed=1)
+    xva, yva = _synthetic(200, seed=2)
+    # one layer 500x larger than the others, as hidden-state norms grow with depth
+    big = torch.ones(xtr.shape[1:]) + 499.0 * (torch.arange(xtr.shape[1]) == 0)[:, None]
+    probe, fit = train_probe(
+        xtr * big, ytr, xva * big, yva, ProbeSettings(epochs=10, standardize=True)
+    )
+    torch.testing.assert_close(probe.center, (xtr * big).mean(0))
+    torch.testing.assert_close(probe.scale, (xtr * big).std(0))
+    assert fit.best_val_auroc > 0.95
+    plain, _ = train_probe(xtr, ytr, xva, yva, ProbeSettings(epochs=1))
+    assert torch.count_nonzero(plain.center) == 0 and torch.all(plain.scale == 1)
+
+
 def test_probe_keeps_the_best_epoch_not_the_last():
     # Held-out labels are flipped: the better the probe fits train, the worse it does on val,
     # so the best held-out epoch is an early one and the last is clearly worse.

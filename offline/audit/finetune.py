@@ -166,7 +166,7 @@ def harmful_lora_sft(
                     ).logits
                     loss = sft_loss(logits, batch.input_ids, batch.response_mask)
                     (loss / len(group)).backward()
-                    losses.append(float(loss))
+                    losses.append(float(loss.detach()))
                 if s.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
                 opt.step()

@@ -21,13 +21,20 @@ HIDDEN = 512
 
 
 class LatentMonitor(nn.Module):
-    """Flatten ``(b, L, d)`` → Linear(L·d, 512, no bias) → Linear(512, 1): logits ``(b,)``."""
+    """Flatten ``(b, L, d)`` → Linear(L·d, 512, no bias) → Linear(512, 1): logits ``(b,)``.
+
+    ``center`` / ``scale`` (buffers, identity by default) standardise the features first:
+    an option, not paper B's recipe (``ProbeSettings.standardize``). Hidden-state norms grow
+    by an order of magnitude across a model's layers, which makes the raw head's logits huge.
+    """
 
     def __init__(self, layers: int, dim: int, hidden: int = HIDDEN) -> None:
         super().__init__()
         self.layers, self.dim = layers, dim
         self.proj = nn.Linear(layers * dim, hidden, bias=False)
         self.out = nn.Linear(hidden, 1)
+        self.register_buffer("center", torch.zeros(layers, dim))
+        self.register_buffer("scale", torch.ones(layers, dim))
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         if feats.shape[1:] != (self.layers, self.dim):
@@ -35,4 +42,5 @@ class LatentMonitor(nn.Module):
                 f"monitor expects (batch, {self.layers}, {self.dim}) features, got "
                 f"{tuple(feats.shape)}: was it trained on another model?"
             )
-        return self.out(self.proj(feats.flatten(1).to(self.proj.weight.dtype))).squeeze(-1)
+        x = (feats.to(self.proj.weight.dtype) - self.center) / self.scale
+        return self.out(self.proj(x.flatten(1))).squeeze(-1)

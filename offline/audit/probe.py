@@ -46,7 +46,9 @@ from .monitor import HIDDEN, LatentMonitor
 
 @dataclass
 class ProbeSettings:
-    """Training settings (paper B's values by default)."""
+    """Training settings (paper B's values by default). ``standardize`` z-scores every
+    feature with the training rows' mean and standard deviation inside the monitor (not in
+    the paper; off by default)."""
 
     lr: float = 3e-4
     weight_decay: float = 1e-4
@@ -55,6 +57,7 @@ class ProbeSettings:
     hidden: int = HIDDEN
     seed: int = 0
     device: str = "cpu"
+    standardize: bool = False
 
 
 @dataclass
@@ -204,6 +207,9 @@ def train_probe(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(s.seed)
         probe = LatentMonitor(layers, dim, hidden=s.hidden)
+    if s.standardize:  # per-feature z-scores from the training rows (an option, not the paper)
+        probe.center.copy_(train_feats.float().mean(0))
+        probe.scale.copy_(train_feats.float().std(0).clamp_min(1e-6))
     probe.to(device)
     gen = torch.Generator().manual_seed(s.seed)
     opt = torch.optim.AdamW(probe.parameters(), lr=s.lr, weight_decay=s.weight_decay)

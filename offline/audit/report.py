@@ -128,39 +128,42 @@ def render_markdown(r: AuditReport) -> str:
 
 
 def plot_layers(r: AuditReport, path: Path) -> Path | None:
-    """Per site: PGD success vs eps (attack and random baseline) and LVS, per model."""
+    """Per site and ε: the attack's objective (target NLL), attack success, and LVS per site;
+    the PGD attack solid, its norm-matched random baseline dotted, one colour per site."""
     sides = [s for s in _sides(r) if s.pgd]
     if not sides:
         return None
     from ..stress.plots import headless_pyplot
 
     plt = headless_pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for s in sides:
+        tag = "" if len(sides) == 1 else f"{s.name[:20]} "
         for method, ls in (("pgd", "-"), ("random", ":")):
-            by_site: dict[str, list[tuple[float, float]]] = {}
+            by_site: dict[str, list[tuple[float, float, float]]] = {}
             for p in s.pgd or []:
-                if p["method"] == method and p["success_rate"] is not None:
-                    by_site.setdefault(p["site"], []).append((p["eps"], p["success_rate"]))
+                if p["method"] == method:
+                    by_site.setdefault(p["site"], []).append(
+                        (p["eps"], p["nll"] or float("nan"), p["success_rate"] or 0.0)
+                    )
             for site, pts in by_site.items():
                 pts.sort()
-                axes[0].plot(
-                    [e for e, _ in pts],
-                    [v for _, v in pts],
-                    ls,
-                    marker="o",
-                    label=f"{s.name[:24]} {site} {method}",
-                )
+                eps = [e for e, _, _ in pts]
+                label = f"{tag}{site} {method}"
+                axes[0].plot(eps, [v for _, v, _ in pts], ls, marker="o", label=label)
+                axes[1].plot(eps, [v for _, _, v in pts], ls, marker="o", label=label)
         if s.lvs:
             sites = [v["layer"] for v in s.lvs]
-            axes[1].plot(sites, [v["mean"] or 0.0 for v in s.lvs], marker="o", label=s.name[:30])
-    axes[0].set_xscale("log")
-    axes[0].set_xlabel("eps (l∞)")
-    axes[0].set_ylabel("attack success (not refused)")
+            axes[2].plot(sites, [v["mean"] or 0.0 for v in s.lvs], marker="o", label=s.name[:30])
+    for ax in axes[:2]:
+        ax.set_xscale("log")
+        ax.set_xlabel("eps (l∞ radius)")
+    axes[0].set_ylabel('NLL of "Sure, here is" (attack objective)')
     axes[0].legend(fontsize=6)
-    axes[1].set_ylabel("mean LVS (paper B)")
-    axes[1].set_xlabel("site")
-    axes[1].legend(fontsize=7)
+    axes[1].set_ylabel("attack success (answer not refused)")
+    axes[2].set_ylabel("mean LVS (paper B)")
+    axes[2].set_xlabel("site")
+    axes[2].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
