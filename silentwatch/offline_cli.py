@@ -11,14 +11,31 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+T = TypeVar("T")
 
 
 def _err(msg: str) -> int:
     print(f"silentwatch: error: {msg}", file=sys.stderr)
     return EXIT_ERROR
+
+
+def _load_config(load: Callable[[Path], T], path: Path) -> T | str:
+    """A validated YAML config, or the one-line message that says what is wrong in it."""
+    from pydantic import ValidationError
+
+    try:
+        return load(path)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        return f"{path}: {where}: {first['msg']} ({e.error_count()} problem(s))"
+    except ValueError as e:
+        return str(e)
 
 
 def _need_offline() -> str | None:
@@ -186,20 +203,13 @@ def _add_gate(sub: argparse._SubParsersAction) -> None:
 def _cmd_gate(args: argparse.Namespace) -> int:
     if msg := _need_offline():
         return _err(msg)
-    from pydantic import ValidationError
-
     from silentwatch.offline.gate import GateError, load_gate_config, run_gate
     from silentwatch.offline.gate.report import write_report
     from silentwatch.offline.progress import Reporter
 
-    try:
-        cfg = load_gate_config(args.config)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(x) for x in first["loc"])
-        return _err(f"{args.config}: {where}: {first['msg']} ({e.error_count()} problem(s))")
-    except ValueError as e:
-        return _err(str(e))
+    cfg = _load_config(load_gate_config, args.config)
+    if isinstance(cfg, str):
+        return _err(cfg)
     if args.out is not None:
         cfg.output.dir = args.out
     if args.overwrite:
@@ -238,21 +248,14 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
 def _cmd_audit(args: argparse.Namespace) -> int:
     if msg := _need_offline():
         return _err(msg)
-    from pydantic import ValidationError
-
     from silentwatch.offline.audit.config import load_audit_config
     from silentwatch.offline.audit.report import write_audit_report
     from silentwatch.offline.audit.run import AuditError, run_audit
     from silentwatch.offline.progress import Reporter
 
-    try:
-        cfg = load_audit_config(args.config)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(x) for x in first["loc"])
-        return _err(f"{args.config}: {where}: {first['msg']} ({e.error_count()} problem(s))")
-    except ValueError as e:
-        return _err(str(e))
+    cfg = _load_config(load_audit_config, args.config)
+    if isinstance(cfg, str):
+        return _err(cfg)
     if args.out is not None:
         cfg.output.dir = args.out
     try:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..attacks.pgd import PGDSettings
+from ..yaml_config import read_yaml_mapping
 from .dissociation import DissociationSettings
 from .finetune import FinetuneSettings
 from .lvs import LVSSettings
@@ -140,19 +140,7 @@ class AuditConfig(_Strict):
         return c
 
 
-def parse_audit_config(raw: object, base: Path) -> AuditConfig:
-    if not isinstance(raw, dict):
-        raise ValueError("an audit config is a mapping with at least data.pairs")
-    return AuditConfig.model_validate(raw).resolve(base)
-
-
 def load_audit_config(path: str | Path) -> AuditConfig:
     """Read and validate ``audit.yaml``; relative paths resolve against its folder."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"audit config {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path} is not valid YAML: {e}") from None
-    return parse_audit_config(raw, path.resolve().parent)
+    raw = read_yaml_mapping(path, "audit config", "at least data.pairs")
+    return AuditConfig.model_validate(raw).resolve(Path(path).resolve().parent)

@@ -18,12 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..audit.config import AuditConfig
 from ..evalset import DataSettings
 from ..stress.sweep import StressSettings
+from ..yaml_config import read_yaml_mapping
 
 
 class _Strict(BaseModel):
@@ -137,13 +137,5 @@ class GateConfig(_Strict):
 
 def load_gate_config(path: str | Path) -> GateConfig:
     """Read and validate ``gate.yaml``; relative paths resolve against its folder."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"gate config {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path} is not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path} must hold a mapping with data, old and new")
-    return GateConfig.model_validate(raw).resolve(path.resolve().parent)
+    raw = read_yaml_mapping(path, "gate config", "data, old and new")
+    return GateConfig.model_validate(raw).resolve(Path(path).resolve().parent)
