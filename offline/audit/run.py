@@ -126,23 +126,9 @@ def run_audit(
             limit=p.limit,
         )
         train, val, test = split_by_prompt(pairs, d.split, seed=d.seed)
-        harmful = (
-            load_prompts(
-                d.harmful_prompts.path,
-                column=d.harmful_prompts.column,
-                limit=d.harmful_prompts.limit,
-            )
-            if d.harmful_prompts
-            else []
-        )
-        harmless = (
-            load_prompts(
-                d.harmless_prompts.path,
-                column=d.harmless_prompts.column,
-                limit=d.harmless_prompts.limit,
-            )
-            if d.harmless_prompts
-            else []
+        harmful, harmless = (
+            load_prompts(spec.path, column=spec.column, limit=spec.limit) if spec else []
+            for spec in (d.harmful_prompts, d.harmless_prompts)
         )
     except (ValueError, OSError) as err:
         raise AuditError(f"data: {err}") from None
