@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -40,6 +42,37 @@ class ServeSettings(BaseSettings):
     store_capacity: int = Field(250_000, ge=1, description="predictions kept for the label join")
     store_ttl_seconds: float = Field(
         7 * 86400.0, gt=0, description="how long they wait for a label"
+    )
+    # -- durable state (docs/reliability.md) ---------------------------------------------
+    store: Literal["sqlite", "memory"] = Field(
+        "sqlite",
+        description="where predictions awaiting labels and unfolded labels live: sqlite "
+        "(durable: survives restarts and kill -9) or memory (lost on restart)",
+    )
+    state_dir: Path = Field(
+        Path("silentwatch-state"),
+        description="directory of the durable store (store.sqlite3) and its snapshots; "
+        "give each sidecar its own (a volume in containers)",
+    )
+    store_synchronous: Literal["normal", "full"] = Field(
+        "normal",
+        description="sqlite durability: normal survives a killed process, full also a power "
+        "loss (an fsync per write, slower)",
+    )
+    store_max_bytes: int = Field(
+        1024 * MiB,
+        ge=MiB,
+        description="size cap of the durable store; beyond it writes fail, are counted "
+        "(silentwatch_store_errors_total) and logged, and serving continues",
+    )
+    snapshot_interval_seconds: float = Field(
+        30.0, gt=0, description="how often detector windows and calibration state are saved"
+    )
+    snapshot_max_age_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="a detector-window snapshot older than this is discarded at start (logged); "
+        "the labelled calibration state is always restored",
     )
     max_queued_rows: int = Field(
         32768, ge=1, description="rows the statistics worker may lag behind before sampling out"
@@ -123,7 +156,34 @@ class ServeSettings(BaseSettings):
     canary_interval_seconds: float = Field(
         300.0, gt=0, description="how often the bundle's canary texts are re-embedded and scored"
     )
+    # -- security (docs/security.md) -----------------------------------------------------
+    tls_cert_file: Path | None = Field(
+        None,
+        description="PEM certificate chain (server's own first) for the gRPC port; with "
+        "tls_key_file turns TLS on",
+    )
+    tls_key_file: Path | None = Field(
+        None, description="PEM private key of tls_cert_file (unencrypted; chmod 600)"
+    )
+    tls_client_ca_file: Path | None = Field(
+        None,
+        description="PEM CA certificate(s): turns mTLS on, clients must present a certificate "
+        "signed by one of them",
+    )
+    admin_enabled: bool = Field(False, description="serve the admin RPCs (needs admin_token_file)")
+    admin_token_file: Path | None = Field(
+        None,
+        description="file holding the admin bearer token (>= 16 printable ASCII characters)",
+    )
+    bundle_public_key: Path | None = Field(
+        None,
+        description="PEM Ed25519 public key: refuse a bundle without a valid signature.json "
+        "by it (silentwatch bundle keygen / sign)",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = Field(
+        "text", description="stderr log lines: text, or one JSON object per line"
+    )
 
     @field_validator("detectors", "change_detectors", mode="before")
     @classmethod
@@ -151,9 +211,12 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     flags = {k: v for k, v in overrides.items() if v is not None}
     path = Path(config_file) if config_file else None
     if path is not None and not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        what = "is not a file" if path.exists() else "does not exist"
+        raise ConfigError(f"config file {path} {what}")
+    from_file: dict[str, Any] = {}
     settings_cls = ServeSettings
     if path is not None:
+        from_file = _read_config_file(path)
         settings_cls = type(
             "ServeSettings",
             (ServeSettings,),
@@ -163,7 +226,55 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         return settings_cls(**flags)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            f"{_source(e['loc'], flags, from_file, path)}"
+            for e in exc.errors()
         )
-        where = f" (from flags, SILENTWATCH_* environment or {path})" if path else ""
-        raise ConfigError(f"invalid configuration{where}: {problems}") from None
+        raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    """The YAML file's mapping; :class:`ConfigError` naming the file (and key) when it is
+    not UTF-8 YAML holding a mapping from setting names to values."""
+    try:
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not valid YAML: not UTF-8 text (byte {exc.start})"
+        ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror})") from None
+    if raw is None:  # an empty file: nothing set
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"config file {path} must hold a mapping of setting names to values "
+            f"(`port: 50051` lines), not a YAML {type(raw).__name__}"
+        )
+    for key in raw:
+        if not isinstance(key, str):
+            raise ConfigError(
+                f"config file {path}: key {key!r} is not a setting name (a {type(key).__name__}); "
+                "keys are names such as port or max_batch_rows"
+            )
+    return raw
+
+
+def _source(
+    loc: tuple[Any, ...], flags: dict[str, Any], from_file: dict[str, Any], path: Path | None
+) -> str:
+    """Where the offending value came from, by the precedence flags > environment > file."""
+    key = str(loc[0]) if loc else ""
+    if not key or key in flags:
+        return " (flag)" if key else ""
+    env = f"SILENTWATCH_{key}".upper()
+    if any(name.upper() == env for name in os.environ):
+        return f" (environment variable {env})"
+    if key in from_file:
+        return f" (in {path})"
+    return ""

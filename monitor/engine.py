@@ -27,6 +27,7 @@ from .detectors.confidence import confidence_profile
 from .detectors.pca import ReconstructionDetector
 from .labelled import LabelledWindow
 from .pipeline import LabelBatch, PredictionBatch
+from .snapshots import SnapshotError, decode, encode, expect
 from .windows import WindowBuffer
 
 # Windows (per detector: evaluations) the k-of-n alert rules look back over.
@@ -139,6 +140,7 @@ class DetectionEngine:
         self._drift_alarm = False
         self._suspected = False
         self._suspected_total = 0
+        self.labels_seq = -1  # the last durable label folded into self.labelled
         self._snapshot: dict[str, Any] = self._build_snapshot()
         self._labels_snapshot: dict[str, Any] = self._build_labels_snapshot()
 
@@ -212,6 +214,7 @@ class DetectionEngine:
 
     def on_labels(self, batch: LabelBatch) -> None:
         self.labelled.update(batch.scores, batch.labels)
+        self.labels_seq = max(self.labels_seq, batch.last_seq)
         self._labels_snapshot = self._build_labels_snapshot()
 
     # -- evaluation -------------------------------------------------------------------
@@ -262,6 +265,107 @@ class DetectionEngine:
             return float("nan")
         ref = self.suite.calibration.reference_confidence["mean_confidence"]
         return (self._window_profile["mean_confidence"] - ref) / ref
+
+    # -- persistence (monitor/persistence.py) ------------------------------------------
+    def _fingerprint(self) -> dict[str, Any]:
+        w = self.options.window
+        return {
+            "detectors": list(self.options.detectors),
+            "window": [w.mode, w.size, w.stride, w.capacity],
+            "dim": int(self.buffer.x.shape[1]),
+        }
+
+    def window_state(self) -> bytes:
+        """Detector windows and their counters as bytes (river's change trackers excluded:
+        they hold Python objects; they restart empty)."""
+        readings = {
+            k: [r.statistic, r.threshold, r.alarm, r.window_rows, r.at]
+            for k, r in self.readings.items()
+        }
+        header = {
+            "fingerprint": self._fingerprint(),
+            "readings": readings,
+            "alarms_total": self.alarms_total,
+            "evaluations_total": self.evaluations_total,
+            "recent_alarms": {k: list(v) for k, v in self.recent_alarms.items()},
+            "recent_suspected": list(self.recent_suspected),
+            "windows_evaluated": self.windows_evaluated,
+            "windows_skipped": self.windows_skipped,
+            "pending": self._pending,
+            "change_thinned_rows": self.change_thinned_rows,
+            "last_eval_at": self._last_eval_at,
+            "window_profile": self._window_profile,
+            "drift_alarm": self._drift_alarm,
+            "suspected": self._suspected,
+            "suspected_total": self._suspected_total,
+        }
+        return encode(self.buffer.state(), header)
+
+    def load_window_state(self, data: bytes) -> None:
+        """Restore :meth:`window_state`; raises SnapshotError if it was taken under other
+        settings (window, detectors, dimension)."""
+        arrays, h = decode(data)
+        if h.get("fingerprint") != self._fingerprint():
+            raise SnapshotError(
+                f"taken with {h.get('fingerprint')}, now {self._fingerprint()} (settings changed)"
+            )
+        cap, dim = self.buffer.x.shape
+        try:
+            state = {
+                "x": expect(arrays, "x", (cap, dim)),
+                "scores": expect(arrays, "scores", (cap,)),
+                "times": expect(arrays, "times", (cap,)),
+                "counts": expect(arrays, "counts", (3,)),
+            }
+            self.buffer.load_state(state)
+            names = self.options.detectors
+            self.readings = {
+                k: Reading(float(v[0]), float(v[1]), bool(v[2]), int(v[3]), float(v[4]))
+                for k, v in h["readings"].items()
+                if k in names
+            }
+            self.alarms_total = {k: int(h["alarms_total"][k]) for k in names}
+            self.evaluations_total = {k: int(h["evaluations_total"][k]) for k in names}
+            for k in names:
+                self.recent_alarms[k].clear()
+                self.recent_alarms[k].extend(bool(a) for a in h["recent_alarms"][k])
+            self.recent_suspected.clear()
+            self.recent_suspected.extend(bool(a) for a in h["recent_suspected"])
+            self.windows_evaluated = int(h["windows_evaluated"])
+            self.windows_skipped = int(h["windows_skipped"])
+            self._pending = int(h["pending"]) % self.options.window.stride
+            self.change_thinned_rows = int(h["change_thinned_rows"])
+            self._last_eval_at = float(h["last_eval_at"])
+            prof = h["window_profile"]
+            self._window_profile = None if prof is None else {k: float(v) for k, v in prof.items()}
+            self._drift_alarm = bool(h["drift_alarm"])
+            self._suspected = bool(h["suspected"])
+            self._suspected_total = int(h["suspected_total"])
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise SnapshotError(
+                f"malformed window snapshot ({type(exc).__name__}: {exc})"
+            ) from None
+        self._snapshot = self._build_snapshot()
+
+    def labelled_state(self) -> bytes:
+        """The labelled calibration state (rolling ring + cumulative sums) as bytes."""
+        arrays, numbers = self.labelled.state()
+        header = {
+            "numbers": numbers,
+            "window_size": self.labelled.window_size,
+            "labels_seq": self.labels_seq,
+        }
+        return encode(arrays, header)
+
+    def load_labelled_state(self, data: bytes) -> None:
+        """Restore :meth:`labelled_state`; raises SnapshotError when it does not fit."""
+        arrays, h = decode(data)
+        try:
+            self.labelled.load_state(arrays, h["numbers"])
+            self.labels_seq = int(h["labels_seq"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SnapshotError(f"labelled snapshot does not fit ({exc})") from None
+        self._labels_snapshot = self._build_labels_snapshot()
 
     # -- snapshots --------------------------------------------------------------------
     def _build_snapshot(self) -> dict[str, Any]:

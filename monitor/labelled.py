@@ -114,6 +114,47 @@ class LabelledWindow:
         self._accumulate(p, y)
         self._rolling = self._cumulative = None
 
+    # Running state, for snapshots: arrays and exact Python numbers.
+    _INTS = (
+        "_head",
+        "_count",
+        "_n",
+        "_pos",
+        "_tp",
+        "_tn",
+        "_correct",
+        "_wrong",
+        "_sure",
+        "_wrong_sure",
+    )
+    _FLOATS = ("_sum_conf", "_sum_brier", "_sum_log_loss")
+    _ARRAYS = ("_p", "_y", "_hist", "_conf_bins", "_pos_bins")
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """``(arrays, numbers)`` that restore this window with :meth:`load_state`."""
+        arrays = {name.lstrip("_"): getattr(self, name) for name in self._ARRAYS}
+        numbers = {name.lstrip("_"): getattr(self, name) for name in self._INTS + self._FLOATS}
+        return arrays, numbers
+
+    def load_state(self, arrays: dict[str, np.ndarray], numbers: dict[str, float]) -> None:
+        """Restore from :meth:`state`; raises ValueError when sizes or counts disagree."""
+        for name in self._ARRAYS:
+            a, mine = arrays[name.lstrip("_")], getattr(self, name)
+            if a.shape != mine.shape:
+                raise ValueError(f"labelled snapshot {name} has shape {a.shape}, not {mine.shape}")
+        ints = {k: int(numbers[k.lstrip("_")]) for k in self._INTS}
+        if not (0 <= ints["_head"] < self.window_size and 0 <= ints["_count"] <= self.window_size):
+            raise ValueError("labelled snapshot has an inconsistent ring")
+        if int(arrays["hist"].sum()) != ints["_n"]:
+            raise ValueError("labelled snapshot's histogram does not add up to its count")
+        for name in self._ARRAYS:
+            getattr(self, name)[:] = arrays[name.lstrip("_")]
+        for k, v in ints.items():
+            setattr(self, k, v)
+        for k in self._FLOATS:
+            setattr(self, k, float(numbers[k.lstrip("_")]))
+        self._rolling = self._cumulative = None
+
     def _push(self, p: np.ndarray, y: np.ndarray) -> None:
         w = self.window_size
         if p.size > w:  # only the newest window_size survive anyway

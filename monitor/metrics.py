@@ -187,7 +187,10 @@ class RequestMetrics:
 
     def observe(self, rpc: str, code: grpc.StatusCode, seconds: float, rows: int) -> None:
         self._child(rpc, code).inc()
-        self._dur[rpc].observe(seconds)
+        dur = self._dur.get(rpc)
+        if dur is None:  # the admin RPCs: rare, created on first use
+            dur = self._dur[rpc] = self.duration.labels(rpc=rpc)
+        dur.observe(seconds)
         if rows:
             self._emb[rpc].inc(rows)
 
@@ -203,6 +206,61 @@ HOLDOUT_GAUGES = {
 
 class StateCollector(Collector):
     """Reads counters and gauges from their owners when Prometheus scrapes."""
+
+    @staticmethod
+    def _durable_store(st: dict, reloads: dict[str, int] | None) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            f"{PREFIX}_store_durable",
+            "1 while predictions and labels are kept in the durable (SQLite) store; 0 on the "
+            "in-memory store (configured, or the durable one failed to open).",
+            value=float(st["durable"]),
+        )
+        fam = CounterMetricFamily(
+            f"{PREFIX}_store_errors",
+            "Failed writes to the durable store, by operation (disk full, read-only ...).",
+            labels=["op"],
+        )
+        for op, n in st["errors"].items():
+            fam.add_metric([op], n)
+        fam.add_metric(["snapshot"], st["snapshot_errors"])
+        fam.add_metric(["open"], 1.0 if st.get("open_error") else 0.0)
+        yield fam
+        yield CounterMetricFamily(
+            f"{PREFIX}_predictions_not_recorded",
+            "Predictions scored and answered while the store could not record them for the "
+            "label join (counted, never silent).",
+            value=st["predictions_not_recorded"],
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_store_unfolded_labels",
+            "Joined labels kept durably until a calibration snapshot covers them.",
+            value=float(st["unfolded_labels"]),
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_state_snapshots",
+            "State snapshots written (detector windows + calibration).",
+            value=st["snapshots_written"],
+        )
+        ago = st["last_snapshot_seconds_ago"]
+        yield GaugeMetricFamily(
+            f"{PREFIX}_state_snapshot_age_seconds",
+            "Seconds since the last state snapshot (NaN: none yet).",
+            value=float("nan") if ago is None else ago,
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_labels_replayed_at_start",
+            "Labels joined before the last restart and folded in again at start.",
+            value=st["labels_replayed_at_start"],
+        )
+        if reloads is not None:
+            fam = CounterMetricFamily(
+                f"{PREFIX}_bundle_reloads",
+                "Bundle hot reloads (SIGHUP or Admin.ReloadBundle), by result.",
+                labels=["result"],
+            )
+            for result, n in reloads.items():
+                fam.add_metric([result], n)
+            yield fam
 
     def __init__(
         self,
@@ -258,6 +316,17 @@ class StateCollector(Collector):
         lab = s["labels"]
         yield counter("labels_received", "Labels received through SubmitLabels.", lab["received"])
         yield counter("labels_joined", "Labels joined to a recorded prediction.", lab["joined"])
+        if "joined_carried" in lab:
+            yield counter(
+                "labels_joined_carried",
+                "Of labels joined: joined through the score the label carried (stateless path).",
+                lab["joined_carried"],
+            )
+            yield counter(
+                "labels_carried_refused",
+                "Carried scores refused: produced by another embedder or classifier version.",
+                lab["carried_refused"],
+            )
         fam = CounterMetricFamily(
             f"{PREFIX}_labels_unmatched",
             "Labels that matched no recorded prediction, by reason.",
@@ -279,6 +348,8 @@ class StateCollector(Collector):
         fam.add_metric(["capacity"], st["evicted_capacity"])
         fam.add_metric(["ttl"], st["evicted_ttl"])
         yield fam
+        if "durable" in st:
+            yield from self._durable_store(st, s.get("reloads"))
         pl = s["pipeline"]
         yield gauge(
             "pipeline_queued_batches", "Batches waiting for the background worker.", pl["queued"]

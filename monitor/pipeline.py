@@ -17,6 +17,8 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,6 +50,15 @@ class LabelBatch:
     scores: np.ndarray  # (k,) P(unsafe) recorded at prediction time
     labels: np.ndarray  # (k,) int8
     received_at: float
+    last_seq: int = -1  # durable store: sequence number of the batch's last label
+
+
+@dataclass(frozen=True)
+class _Call:
+    """A function to run on the worker thread, in order with the batches around it."""
+
+    fn: Callable[[], object]
+    done: Future
 
 
 class Sink(Protocol):
@@ -90,7 +101,7 @@ class Pipeline:
     def __init__(self, sinks: list[Sink], *, max_queued_rows: int = 32768) -> None:
         self.sinks = list(sinks)
         self.max_queued_rows = max_queued_rows
-        self._queue: deque[PredictionBatch | LabelBatch] = deque()
+        self._queue: deque[PredictionBatch | LabelBatch | _Call] = deque()
         self._cond = threading.Condition()
         self._queued_rows = 0
         self._busy = False
@@ -99,6 +110,30 @@ class Pipeline:
         self.processed_rows = 0
         self.sampled_out_rows = 0
         self.sink_errors = 0
+        # (interval seconds, task, next due on time.monotonic()): run on the worker thread,
+        # so tasks may read sink state without locks; each runs once more at stop.
+        self._periodic: list[list] = []
+
+    def add_periodic(self, interval: float, task: Callable[[], object]) -> None:
+        """Run ``task`` every ``interval`` seconds on the worker thread, and once at stop."""
+        self._periodic.append([interval, task, time.monotonic() + interval])
+
+    def _run_periodic(self, final: bool = False) -> None:
+        now = time.monotonic()
+        for entry in self._periodic:
+            interval, task, due = entry
+            if final or now >= due:
+                entry[2] = now + interval
+                try:
+                    task()
+                except Exception:
+                    self.sink_errors += 1
+                    log.exception("periodic task %s failed", getattr(task, "__name__", task))
+
+    def _wait_timeout(self) -> float | None:
+        if not self._periodic:
+            return None
+        return max(0.0, min(e[2] for e in self._periodic) - time.monotonic())
 
     # -- request path -------------------------------------------------------------
     def submit_predictions(self, batch: PredictionBatch) -> bool:
@@ -111,6 +146,17 @@ class Pipeline:
             self._queued_rows += batch.rows
             self._cond.notify()
         return True
+
+    def run_on_worker(self, fn: Callable[[], object], timeout: float = 30.0) -> object:
+        """Run ``fn`` on the worker thread after everything queued before it; return its
+        result (or raise its exception). Runs inline when the worker is not running."""
+        if self._thread is None:
+            return fn()
+        call = _Call(fn, Future())
+        with self._cond:
+            self._queue.append(call)
+            self._cond.notify()
+        return call.done.result(timeout)
 
     def submit_labels(self, batch: LabelBatch) -> None:
         with self._cond:
@@ -132,23 +178,25 @@ class Pipeline:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._stop:
-                    self._cond.wait()
+                if not self._queue and not self._stop:
+                    self._cond.wait(self._wait_timeout())
                 if not self._queue and self._stop:
-                    return
+                    break
                 items = list(self._queue)
                 self._queue.clear()
                 self._queued_rows = 0
                 self._busy = True
             try:
                 self._process(items)
+                self._run_periodic()
             finally:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
+        self._run_periodic(final=True)
 
-    def _process(self, items: list[PredictionBatch | LabelBatch]) -> None:
-        # Keep order between predictions and labels: process runs of each kind.
+    def _process(self, items: list[PredictionBatch | LabelBatch | _Call]) -> None:
+        # Keep order between predictions, labels and calls: process runs of each kind.
         run: list[PredictionBatch] = []
         for item in [*items, None]:
             if isinstance(item, PredictionBatch):
@@ -160,6 +208,11 @@ class Pipeline:
             run = []
             if isinstance(item, LabelBatch):
                 self._dispatch("on_labels", item)
+            elif isinstance(item, _Call):
+                try:
+                    item.done.set_result(item.fn())
+                except Exception as exc:
+                    item.done.set_exception(exc)
 
     def _dispatch(self, method: str, batch: PredictionBatch | LabelBatch) -> None:
         for sink in self.sinks:

@@ -34,6 +34,8 @@ class JoinResult:
     expired: int = 0
     already_labelled: int = 0
     unmatched_ids: list[str] = field(default_factory=list)
+    carried: int = 0  # joined through the score the label carried (no local prediction)
+    label_seq: int = -1  # durable stores: sequence number of the last label kept
 
     @property
     def joined(self) -> int:
@@ -47,6 +49,7 @@ class StoreCounters:
     evicted_ttl: int = 0
     labels_received: int = 0
     labels_joined: int = 0
+    labels_carried: int = 0
     labels_unknown: int = 0
     labels_expired: int = 0
     labels_already_labelled: int = 0
@@ -63,7 +66,9 @@ class DuplicateRequestIds(Exception):
 
 
 class PredictionStore:
-    """Bounded, thread-safe store for the label join.
+    """Bounded, thread-safe store for the label join, in memory (lost on restart).
+
+    :class:`~.sqlite_store.SqliteStore` is the durable one with the same methods.
 
     Examples
     --------
@@ -98,6 +103,11 @@ class PredictionStore:
         self._gone: OrderedDict[str, int] = OrderedDict()
         self._lock = threading.Lock()
         self.counters = StoreCounters()
+
+    durable = False
+
+    def close(self) -> None:
+        """Nothing to release; here so both stores can be closed alike."""
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -164,13 +174,27 @@ class PredictionStore:
             self._pending.update(zip(ids, range(start, start + n), strict=True))
             self.counters.recorded += n
 
+    def rebind(self, bundle_sha256: str) -> int:
+        """Serve another bundle: pending predictions leave (late labels count as expired)."""
+        with self._lock:
+            rids = list(self._pending)
+            self._pending.clear()
+            self._bury_many(rids)
+            return len(rids)
+
     def expire(self) -> None:
         """Apply the TTL now (also done on every record)."""
         with self._lock:
             self._evict(self._clock())
 
-    def join(self, ids: Sequence[str], labels: np.ndarray) -> JoinResult:
-        """Pop the predictions these labels belong to; count the ones that match nothing."""
+    def join(
+        self, ids: Sequence[str], labels: np.ndarray, carried: np.ndarray | None = None
+    ) -> JoinResult:
+        """Pop the predictions these labels belong to; count the ones that match nothing.
+
+        ``carried`` (NaN where absent): the score the serving replica gave, used when this
+        store has no prediction for the id, unless the id was already labelled here.
+        """
         labels = np.asarray(labels).astype(np.int8).reshape(-1)
         scores = np.empty(len(ids), dtype=np.float32)
         keep = np.zeros(len(ids), dtype=bool)
@@ -186,6 +210,12 @@ class PredictionStore:
                     self._bury(rid, _LABELLED)
                     continue
                 why = gone.get(rid)
+                if why != _LABELLED and carried is not None and np.isfinite(carried[i]):
+                    scores[i] = carried[i]
+                    keep[i] = True
+                    self._bury(rid, _LABELLED)
+                    res.carried += 1
+                    continue
                 if why == _EXPIRED:
                     res.expired += 1
                 elif why == _LABELLED:
@@ -197,6 +227,7 @@ class PredictionStore:
             c = self.counters
             c.labels_received += len(ids)
             c.labels_joined += int(keep.sum())
+            c.labels_carried += res.carried
             c.labels_unknown += res.unknown
             c.labels_expired += res.expired
             c.labels_already_labelled += res.already_labelled

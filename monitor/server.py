@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
+import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 
 import grpc
@@ -19,15 +23,21 @@ from prometheus_client.exposition import start_http_server
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 
-from .bundle import LoadedBundle, load_bundle
+from .admin import ADMIN_SERVICE_NAME, AdminService
+from .auth import AdminAuth
+from .bundle import BundleError, LoadedBundle, load_bundle
+from .bundle.signature import verify_bundle_signature
 from .canary import CanaryMonitor, TextEmbedder
 from .config import ServeSettings
 from .detectors.suite import CalibrationError, suite_for_bundle
 from .engine import DetectionEngine, EngineOptions, WindowSpec
 from .metrics import RequestMetrics, StateCollector, TrafficSink
+from .persistence import StatePersister
 from .pipeline import Pipeline, Sink
 from .predictions import PredictionStore
-from .service import MonitorService
+from .service import MonitorService, Served
+from .sqlite_store import SqliteStore, StoreUnavailable
+from .tls import server_credentials
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Monitor"].full_name
@@ -114,6 +124,19 @@ class Sidecar:
     def __post_init__(self) -> None:
         if self.bundle is None:
             self.bundle = load_bundle(self.settings.bundle)
+        if self.settings.bundle_public_key is not None:
+            # Also for a bundle handed in already loaded (text mode, tests): what is served
+            # is what must be signed. Checked against the manifest bytes that were loaded.
+            fingerprint = verify_bundle_signature(
+                self.bundle.path, self.bundle.sha256, self.settings.bundle_public_key
+            )
+            log.info(
+                "bundle signature verified (Ed25519 key %s)",
+                fingerprint,
+                extra={"event": "bundle_signature_verified"},
+            )
+        # Built here so that an admin misconfiguration ends start-up (docs/security.md).
+        self.admin_auth = AdminAuth.from_settings(self.settings)
         s = self.settings
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
@@ -122,8 +145,8 @@ class Sidecar:
         self.traffic = TrafficSink(self.bundle.manifest.thresholds.flag)
         self.registry.register(self.traffic.scores)
         self.registry.register(self.traffic.confidence)
-        self.store = PredictionStore(s.store_capacity, s.store_ttl_seconds)
         self.engine, reason = build_engine(self.bundle, s)
+        self.store = self._open_store(keep_labels=self.engine is not None)
         self.canary: CanaryMonitor | None = None
         if self.text_embedder is not None and self.bundle.canaries is not None:
             t = self.bundle.manifest.thresholds
@@ -139,6 +162,17 @@ class Sidecar:
         self.pipeline = Pipeline(
             [self.traffic, *engine_sinks, *self.extra_sinks], max_queued_rows=s.max_queued_rows
         )
+        self.persister: StatePersister | None = None
+        if self.store.durable and self.engine is not None:
+            self.persister = StatePersister(
+                self.store, self.engine, max_age_seconds=s.snapshot_max_age_seconds
+            )
+            self.persister.restore()  # before any traffic: replayed labels come first
+            self.pipeline.add_periodic(s.snapshot_interval_seconds, self._snapshot)
+        if self.store.durable:
+            self.pipeline.add_periodic(1.0, self._checkpoint)
+        self._reload_lock = threading.Lock()
+        self.reloads = {"ok": 0, "unchanged": 0, "refused": 0}
         self.service = MonitorService(
             self.bundle,
             s,
@@ -151,18 +185,17 @@ class Sidecar:
             text_embedder=self.text_embedder,
             canary=self.canary,
         )
+        self.service.persister = self.persister
+        self.service.restore_report = None if self.persister is None else self.persister.report
+        self.store_open_error = getattr(self, "store_open_error", "")
         m = self.bundle.manifest
+        self._info = self._bundle_info(self.bundle)
+        self._holdout = dict(m.training.holdout_metrics)
         self.registry.register(
             StateCollector(
-                self.service.state,
-                {
-                    "classifier_version": m.classifier_version,
-                    "embedder_name": m.embedder.name,
-                    "embedder_version": m.embedder.version,
-                    "embedding_dim": str(m.embedding_dim),
-                    "bundle_sha256": self.bundle.sha256[:16],
-                },
-                holdout=m.training.holdout_metrics,
+                self._state,
+                self._info,
+                holdout=self._holdout,
                 serving=lambda: self._serving,
             )
         )
@@ -173,6 +206,143 @@ class Sidecar:
         self._httpd = None
         self._stopped = threading.Event()
         self._serving = False  # what the health service says; exported as silentwatch_serving
+
+    # -- durable state -------------------------------------------------------------------
+    def _open_store(self, *, keep_labels: bool) -> PredictionStore | SqliteStore:
+        """The configured store; an unusable durable one falls back to memory, loudly."""
+        s = self.settings
+        self.store_open_error = ""
+        if s.store == "sqlite":
+            path = s.state_dir / "store.sqlite3"
+            try:
+                return SqliteStore(
+                    path,
+                    s.store_capacity,
+                    s.store_ttl_seconds,
+                    bundle_sha256=self.bundle.sha256,
+                    synchronous=s.store_synchronous,
+                    max_bytes=s.store_max_bytes,
+                    keep_labels=keep_labels,
+                )
+            except (OSError, sqlite3.Error, StoreUnavailable) as exc:
+                self.store_open_error = f"{type(exc).__name__}: {exc}"
+                log.error(
+                    "cannot open the durable store %s (%s): serving with an in-memory store; "
+                    "labels awaiting a join will NOT survive a restart. Fix state_dir "
+                    "(permissions, disk space) and restart",
+                    path,
+                    self.store_open_error,
+                )
+        return PredictionStore(s.store_capacity, s.store_ttl_seconds)
+
+    def _snapshot(self) -> bool:
+        """Periodic task on the pipeline worker (the engine's thread)."""
+        return self.persister.snapshot() if self.persister is not None else False
+
+    def _checkpoint(self) -> None:
+        try:
+            self.store.checkpoint()
+        except sqlite3.Error as exc:
+            # The WAL grows until a checkpoint succeeds; reads and writes still work.
+            self.service.store_errors["checkpoint"] = (
+                self.service.store_errors.get("checkpoint", 0) + 1
+            )
+            log.warning("store checkpoint failed (%s); will retry", exc)
+
+    def snapshot_now(self) -> bool:
+        """Write the state snapshot now, in order with the queued traffic."""
+        if self.persister is None:
+            return False
+        return bool(self.pipeline.run_on_worker(self._snapshot))
+
+    def _state(self) -> dict:
+        st = self.service.state()
+        st["store"]["open_error"] = self.store_open_error
+        st["reloads"] = dict(self.reloads)
+        return st
+
+    @staticmethod
+    def _bundle_info(bundle: LoadedBundle) -> dict[str, str]:
+        m = bundle.manifest
+        return {
+            "classifier_version": m.classifier_version,
+            "embedder_name": m.embedder.name,
+            "embedder_version": m.embedder.version,
+            "embedding_dim": str(m.embedding_dim),
+            "bundle_sha256": bundle.sha256[:16],
+        }
+
+    # -- hot reload ----------------------------------------------------------------------
+    def reload(self, path: str | Path | None = None) -> tuple[bool, LoadedBundle]:
+        """Load, verify and calibrate a bundle aside, then swap it in atomically.
+
+        Returns ``(reloaded, bundle)``; ``reloaded`` is False when that exact bundle was
+        already serving. Raises :class:`~.bundle.BundleError` or :class:`ValueError` naming
+        the problem when the new bundle is refused; the old one then keeps serving.
+        """
+        with self._reload_lock:
+            try:
+                new, engine, reason = self._prepare(Path(path) if path else self.settings.bundle)
+            except (BundleError, ValueError) as exc:
+                self.reloads["refused"] += 1
+                log.error("bundle reload refused, the old bundle keeps serving: %s", exc)
+                raise
+            if new.sha256 == self.bundle.sha256:
+                self.reloads["unchanged"] += 1
+                log.info("bundle reload: %s is already serving", new.path)
+                return False, self.bundle
+
+            def swap_sinks() -> None:
+                # On the worker thread: batches queued before the swap reach the old engine.
+                sinks = [self.traffic, *([engine] if engine is not None else []), *self.extra_sinks]
+                self.pipeline.sinks = sinks
+                if self.persister is not None and engine is not None:
+                    self.persister.engine = engine
+                elif engine is not None and self.store.durable:
+                    self.persister = StatePersister(
+                        self.store, engine, max_age_seconds=self.settings.snapshot_max_age_seconds
+                    )
+                    self.pipeline.add_periodic(
+                        self.settings.snapshot_interval_seconds, self._snapshot
+                    )
+                else:
+                    self.persister = None
+
+            dropped = self.store.rebind(new.sha256)
+            self.pipeline.run_on_worker(swap_sinks)
+            self.traffic.flag_threshold = new.manifest.thresholds.flag
+            self.service.persister = self.persister
+            self.service.swap(Served(new, engine, reason))
+            self.bundle, self.engine = new, engine
+            self._info.clear()
+            self._info.update(self._bundle_info(new))
+            self._holdout.clear()
+            self._holdout.update(new.manifest.training.holdout_metrics)
+            self.reloads["ok"] += 1
+            log.info(
+                "bundle reloaded: now serving classifier %s (bundle %s); %d predictions awaiting "
+                "labels were dropped (they belong to the previous classifier)",
+                new.manifest.classifier_version,
+                new.sha256[:16],
+                dropped,
+            )
+            return True, new
+
+    def _prepare(self, path: Path) -> tuple[LoadedBundle, DetectionEngine | None, str]:
+        new = load_bundle(path)
+        if self.settings.bundle_public_key is not None:
+            verify_bundle_signature(new.path, new.sha256, self.settings.bundle_public_key)
+        if self.text_embedder is not None:
+            old_e, new_e = self.bundle.manifest.embedder, new.manifest.embedder
+            if (old_e.name, old_e.weights_sha256) != (new_e.name, new_e.weights_sha256):
+                raise BundleError(
+                    f"text mode embeds with {old_e.name}; the new bundle expects "
+                    f"{new_e.name}: restart the sidecar to change embedders"
+                )
+        engine, reason = build_engine(new, self.settings)
+        if engine is None and self.settings.detection and self.engine is not None:
+            raise BundleError(f"detection would turn off with the new bundle: {reason}")
+        return new, engine, reason
 
     @property
     def grpc_target(self) -> str:
@@ -186,6 +356,8 @@ class Sidecar:
 
     def start(self) -> Sidecar:
         s = self.settings
+        # Before anything starts: a bad TLS setting (ConfigError) leaves no thread behind.
+        credentials = server_credentials(s)
         self.pipeline.start()
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="silentwatch-rpc"),
@@ -196,12 +368,17 @@ class Sidecar:
             ],
         )
         pb_grpc.add_MonitorServicer_to_server(self.service, self._server)
+        names = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        if s.admin_enabled:  # off by default: not even registered (UNIMPLEMENTED)
+            pb_grpc.add_AdminServicer_to_server(AdminService(self), self._server)
+            names.append(ADMIN_SERVICE_NAME)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
-        )
+        reflection.enable_server_reflection(names, self._server)
         try:
-            self.grpc_port = self._server.add_insecure_port(f"{s.host}:{s.port}")
+            if credentials is None:
+                self.grpc_port = self._server.add_insecure_port(f"{s.host}:{s.port}")
+            else:
+                self.grpc_port = self._server.add_secure_port(f"{s.host}:{s.port}", credentials)
         except RuntimeError as exc:  # grpcio >= 1.6x raises instead of returning 0
             raise OSError(f"could not bind gRPC to {s.host}:{s.port}: {exc}") from None
         if self.grpc_port == 0:
@@ -238,7 +415,8 @@ class Sidecar:
             time.sleep(drain)
         if self._server is not None:
             self._server.stop(s.grace_seconds if grace is None else grace).wait()
-        self.pipeline.stop()
+        self.pipeline.stop()  # drains the queue, then writes the final snapshot
+        self.store.close()
         if self.canary is not None:
             self.canary.stop()
         if self._httpd is not None:
@@ -246,16 +424,33 @@ class Sidecar:
             self._httpd.server_close()
         log.info("sidecar stopped")
 
-    def wait_for_signal(self) -> None:
-        """Block until SIGTERM or SIGINT, then stop gracefully."""
+    def _reload_from_signal(self) -> None:
+        log.info("received SIGHUP: reloading bundle %s", self.settings.bundle)
+        # reload() logs why a bundle is refused; the old bundle keeps serving.
+        with contextlib.suppress(BundleError, ValueError):
+            self.reload()
+
+    def wait_for_signal(self, on_ready: Callable[[], None] | None = None) -> None:
+        """Block until SIGTERM or SIGINT, then stop gracefully; SIGHUP reloads the bundle.
+
+        ``on_ready`` runs once the handlers are installed: announce readiness there, so a
+        signal sent right after the announcement is never met by a default handler.
+        """
         got = threading.Event()
 
         def handler(signum: int, _frame: FrameType | None) -> None:
             log.info("received %s, shutting down", signal.Signals(signum).name)
             got.set()
 
+        def hup(_signum: int, _frame: FrameType | None) -> None:
+            # Never reload inside a signal handler: it may run for seconds (calibration).
+            threading.Thread(target=self._reload_from_signal, daemon=True).start()
+
         old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+        old[signal.SIGHUP] = signal.signal(signal.SIGHUP, hup)
         try:
+            if on_ready is not None:
+                on_ready()
             while not got.wait(0.5):
                 pass
         finally:

@@ -11,6 +11,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
@@ -28,6 +29,7 @@ from .metrics import RequestMetrics, TrafficSink
 from .pipeline import LabelBatch, Pipeline, PredictionBatch
 from .predictions import DuplicateRequestIds, PredictionStore
 from .scoring import confidence
+from .sqlite_store import SqliteStore, StoreUnavailable
 from .wire import check_request_ids, checked_norms, decode_embedding, decode_matrix
 
 log = logging.getLogger(__name__)
@@ -61,12 +63,39 @@ def rpc(name: str) -> Callable[[Callable[..., R]], Callable[..., R]]:
     return deco
 
 
+@dataclass(frozen=True)
+class Served:
+    """Everything a request needs from the bundle, swapped as one reference on reload so
+    that no request ever sees half of one bundle and half of another."""
+
+    bundle: LoadedBundle
+    engine: DetectionEngine | None
+    detection_disabled_reason: str
+    # Plain fields, not properties: read on every request.
+    scorer: Any = field(init=False)
+    dim: int = field(init=False)
+    normalize: bool = field(init=False)
+    threshold: float = field(init=False)
+    classifier_version: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        m = self.bundle.manifest
+        for name, value in (
+            ("scorer", self.bundle.scorer),
+            ("dim", m.embedding_dim),
+            ("normalize", m.embedder.normalized),
+            ("threshold", m.thresholds.flag),
+            ("classifier_version", m.classifier_version),
+        ):
+            object.__setattr__(self, name, value)
+
+
 class MonitorService(pb_grpc.MonitorServicer):
     def __init__(
         self,
         bundle: LoadedBundle,
         settings: ServeSettings,
-        store: PredictionStore,
+        store: PredictionStore | SqliteStore,
         pipeline: Pipeline,
         metrics: RequestMetrics,
         traffic: TrafficSink,
@@ -75,36 +104,54 @@ class MonitorService(pb_grpc.MonitorServicer):
         text_embedder: TextEmbedder | None = None,
         canary: CanaryMonitor | None = None,
     ) -> None:
-        self.bundle = bundle
+        self.served = Served(bundle, engine, detection_disabled_reason)
         self.settings = settings
         self.store = store
         self.pipeline = pipeline
         self.metrics = metrics
         self.traffic = traffic
-        self.engine = engine
-        self.detection_disabled_reason = detection_disabled_reason
         self.text_embedder = text_embedder
         self.canary = canary
         self.started_at = time.time()
         self.version_mismatches = 0
         self.last_mismatch_at: float | None = None
-        m = bundle.manifest
-        self._dim = m.embedding_dim
-        self._scorer = bundle.scorer
-        self._normalize = m.embedder.normalized
-        self._threshold = m.thresholds.flag
-        self._classifier_version = m.classifier_version
         self._recording = settings.recording
+        # Durable-store failures: counted by operation, logged at most every 10 s.
+        self.store_errors = {"record": 0, "join": 0}
+        self.predictions_not_recorded = 0
+        self.carried_refused = 0
+        self._last_store_log = float("-inf")
+        self.persister = None  # set by the Sidecar when the store is durable
+        self.restore_report = None
+
+    # The bundle-derived views, for callers outside the request path.
+    @property
+    def bundle(self) -> LoadedBundle:
+        return self.served.bundle
+
+    @property
+    def engine(self) -> DetectionEngine | None:
+        return self.served.engine
+
+    @property
+    def detection_disabled_reason(self) -> str:
+        return self.served.detection_disabled_reason
+
+    def swap(self, served: Served) -> None:
+        """Serve another bundle from the next request on (one reference assignment)."""
+        self.served = served
 
     # -- shared checks --------------------------------------------------------------
-    def _check_identity(self, embedder_version: str, classifier_version: str = "") -> None:
-        if classifier_version and classifier_version != self._classifier_version:
+    def _check_identity(
+        self, sv: Served, embedder_version: str, classifier_version: str = ""
+    ) -> None:
+        if classifier_version and classifier_version != sv.classifier_version:
             raise precondition(
                 f"request expects classifier {classifier_version!r} but this sidecar serves "
-                f"{self._classifier_version!r}; deploy the matching bundle or drop "
+                f"{sv.classifier_version!r}; deploy the matching bundle or drop "
                 "classifier_version from the request"
             )
-        spec = self.bundle.manifest.embedder
+        spec = sv.bundle.manifest.embedder
         if not embedder_version:
             if self.settings.require_embedder_version:
                 raise invalid(
@@ -125,7 +172,7 @@ class MonitorService(pb_grpc.MonitorServicer):
                 "run `silentwatch gate` for it, or roll the embedder back"
             )
 
-    def _embed_texts(self, texts: list[str]) -> np.ndarray:
+    def _embed_texts(self, sv: Served, texts: list[str]) -> np.ndarray:
         """Text mode: embed with the bundle's own embedder (on the request path: ~ms per text)."""
         if self.text_embedder is None:
             raise precondition(
@@ -144,10 +191,10 @@ class MonitorService(pb_grpc.MonitorServicer):
             if len(t) > limit:
                 raise invalid(f"text {i} has {len(t)} characters, more than the limit of {limit}")
         x = np.ascontiguousarray(self.text_embedder(texts), dtype=np.float32)
-        if x.shape != (len(texts), self._dim):
+        if x.shape != (len(texts), sv.dim):
             raise RequestError(
                 grpc.StatusCode.INTERNAL,
-                f"the text embedder returned shape {x.shape}, expected ({len(texts)}, {self._dim})",
+                f"the text embedder returned shape {x.shape}, expected ({len(texts)}, {sv.dim})",
             )
         return x
 
@@ -156,6 +203,11 @@ class MonitorService(pb_grpc.MonitorServicer):
             return
         try:
             self.store.record(ids, scores)
+        except StoreUnavailable as exc:
+            # Serving continues; the loss is counted and logged, never silent.
+            self.store_errors["record"] += 1
+            self.predictions_not_recorded += len(ids)
+            self._log_store_error(exc, "predictions are not being recorded for the label join")
         except DuplicateRequestIds as exc:
             if exc.within_batch:
                 raise RequestError(
@@ -170,6 +222,17 @@ class MonitorService(pb_grpc.MonitorServicer):
                 + "; request ids must be unique, nothing in this request was recorded",
             ) from None
 
+    def _log_store_error(self, exc: Exception, consequence: str) -> None:
+        now = time.monotonic()
+        if now - self._last_store_log >= 10.0:
+            self._last_store_log = now
+            log.error(
+                "%s: %s; free disk space, fix the permissions of state_dir or raise "
+                "store_max_bytes (silentwatch_store_errors_total counts every failure)",
+                exc,
+                consequence,
+            )
+
     def _enqueue(
         self, x: np.ndarray, norms: np.ndarray, p: np.ndarray, source: str, ev: str
     ) -> None:
@@ -180,21 +243,22 @@ class MonitorService(pb_grpc.MonitorServicer):
     # -- RPCs -------------------------------------------------------------------------
     @rpc("Classify")
     def Classify(self, request: pb.ClassifyRequest, context: grpc.ServicerContext):
+        sv = self.served
         ev = request.embedder_version
         if request.text:
             if request.HasField("embedding"):
                 raise invalid("send text or an embedding, not both")
-            self._check_identity("", request.classifier_version)
-            x = self._embed_texts([request.text])
-            ev = self.bundle.manifest.embedder.version  # the sidecar's own embedder
+            self._check_identity(sv, "", request.classifier_version)
+            x = self._embed_texts(sv, [request.text])
+            ev = sv.bundle.manifest.embedder.version  # the sidecar's own embedder
         else:
-            self._check_identity(ev, request.classifier_version)
-            x = decode_embedding(request.embedding, self._dim)
+            self._check_identity(sv, ev, request.classifier_version)
+            x = decode_embedding(request.embedding, sv.dim)
         rid = request.request_id
         if rid:
             check_request_ids([rid], 1, self.settings.max_request_id_length)
-        norms = checked_norms(x, need_nonzero=self._normalize)
-        p = self._scorer.predict_proba(x, norms)
+        norms = checked_norms(x, need_nonzero=sv.normalize)
+        p = sv.scorer.predict_proba(x, norms)
         self._record([rid] if rid else [], p)
         self._enqueue(x, norms, p, "classify", ev)
         p0 = float(p[0])
@@ -202,45 +266,47 @@ class MonitorService(pb_grpc.MonitorServicer):
             pb.ClassifyResponse(
                 request_id=rid,
                 p_unsafe=p0,
-                flagged=p0 >= self._threshold,
+                flagged=p0 >= sv.threshold,
                 confidence=max(p0, 1.0 - p0),
-                classifier_version=self._classifier_version,
+                classifier_version=sv.classifier_version,
             ),
             1,
         )
 
     @rpc("ClassifyBatch")
     def ClassifyBatch(self, request: pb.ClassifyBatchRequest, context: grpc.ServicerContext):
+        sv = self.served
         ev = request.embedder_version
         if len(request.texts):
             if request.HasField("embeddings"):
                 raise invalid("send texts or embeddings, not both")
-            self._check_identity("", request.classifier_version)
-            x = self._embed_texts(list(request.texts))
-            ev = self.bundle.manifest.embedder.version
+            self._check_identity(sv, "", request.classifier_version)
+            x = self._embed_texts(sv, list(request.texts))
+            ev = sv.bundle.manifest.embedder.version
         else:
-            self._check_identity(ev, request.classifier_version)
-            x = decode_matrix(request.embeddings, self._dim, self.settings.max_batch_rows)
+            self._check_identity(sv, ev, request.classifier_version)
+            x = decode_matrix(request.embeddings, sv.dim, self.settings.max_batch_rows)
         ids = list(request.request_ids)
         check_request_ids(ids, x.shape[0], self.settings.max_request_id_length)
-        norms = checked_norms(x, need_nonzero=self._normalize)
-        p = self._scorer.predict_proba(x, norms)
+        norms = checked_norms(x, need_nonzero=sv.normalize)
+        p = sv.scorer.predict_proba(x, norms)
         self._record(ids, p)
         self._enqueue(x, norms, p, "classify", ev)
-        resp = pb.ClassifyBatchResponse(classifier_version=self._classifier_version)
+        resp = pb.ClassifyBatchResponse(classifier_version=sv.classifier_version)
         resp.p_unsafe.extend(p.tolist())
-        resp.flagged.extend((p >= self._threshold).tolist())
+        resp.flagged.extend((p >= sv.threshold).tolist())
         resp.confidence.extend(confidence(p).tolist())
         return resp, x.shape[0]
 
     @rpc("Observe")
     def Observe(self, request: pb.ObserveRequest, context: grpc.ServicerContext):
-        self._check_identity(request.embedder_version)
-        x = decode_matrix(request.embeddings, self._dim, self.settings.max_batch_rows)
+        sv = self.served
+        self._check_identity(sv, request.embedder_version)
+        x = decode_matrix(request.embeddings, sv.dim, self.settings.max_batch_rows)
         n = x.shape[0]
         ids = list(request.request_ids)
         check_request_ids(ids, n, self.settings.max_request_id_length)
-        norms = checked_norms(x, need_nonzero=self._normalize)
+        norms = checked_norms(x, need_nonzero=sv.normalize)
         if len(request.p_unsafe):
             if len(request.p_unsafe) != n:
                 raise invalid(
@@ -251,13 +317,14 @@ class MonitorService(pb_grpc.MonitorServicer):
             if not (np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()):
                 raise invalid("p_unsafe values must be probabilities in [0, 1]")
         else:
-            p = self._scorer.predict_proba(x, norms)
+            p = sv.scorer.predict_proba(x, norms)
         self._record(ids, p)
         self._enqueue(x, norms, p, "observe", request.embedder_version)
         return pb.ObserveResponse(accepted=n), n
 
     @rpc("SubmitLabels")
     def SubmitLabels(self, request: pb.SubmitLabelsRequest, context: grpc.ServicerContext):
+        sv = self.served
         labels = request.labels
         if len(labels) > self.settings.max_batch_rows:
             raise invalid(
@@ -266,9 +333,22 @@ class MonitorService(pb_grpc.MonitorServicer):
             )
         ids = [lab.request_id for lab in labels]
         y = np.fromiter((lab.unsafe for lab in labels), dtype=np.int8, count=len(labels))
-        res = self.store.join(ids, y)
+        carried, refused = self._carried_scores(sv, labels)
+        try:
+            res = self.store.join(ids, y, carried)
+        except StoreUnavailable as exc:
+            self.store_errors["join"] += 1
+            self._log_store_error(exc, "labels are being refused with UNAVAILABLE")
+            raise RequestError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"the label store cannot be written ({exc}); nothing in this request was "
+                "accepted: retry later",
+            ) from None
+        self.carried_refused += refused
         if res.joined:
-            self.pipeline.submit_labels(LabelBatch(res.scores, res.labels, time.time()))
+            self.pipeline.submit_labels(
+                LabelBatch(res.scores, res.labels, time.time(), last_seq=res.label_seq)
+            )
         return (
             pb.SubmitLabelsResponse(
                 received=len(ids),
@@ -277,9 +357,35 @@ class MonitorService(pb_grpc.MonitorServicer):
                 expired=res.expired,
                 already_labelled=res.already_labelled,
                 unmatched_request_ids=res.unmatched_ids,
+                joined_carried=res.carried,
+                carried_refused=refused,
             ),
             0,
         )
+
+    def _carried_scores(self, sv: Served, labels) -> tuple[np.ndarray | None, int]:
+        """Scores labels carry for the stateless path (NaN: none or refused), and how many
+        were refused for another embedder or classifier version."""
+        if not any(lab.HasField("p_unsafe") for lab in labels):
+            return None, 0
+        spec = sv.bundle.manifest.embedder
+        out = np.full(len(labels), np.nan, dtype=np.float32)
+        refused = 0
+        for i, lab in enumerate(labels):
+            if not lab.HasField("p_unsafe"):
+                continue
+            p = lab.p_unsafe
+            if not (0.0 <= p <= 1.0):  # also false for NaN
+                raise invalid(
+                    f"label {i} ({lab.request_id!r}) carries p_unsafe={p}, not a probability "
+                    "in [0, 1]; send the score the sidecar returned, or none"
+                )
+            ev, cv = lab.embedder_version, lab.classifier_version
+            if (ev and not spec.accepts(ev)) or (cv and cv != sv.classifier_version):
+                refused += 1  # a score from another model says nothing about this one
+                continue
+            out[i] = p
+        return out, refused
 
     @rpc("GetStatus")
     def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext):
@@ -293,6 +399,8 @@ class MonitorService(pb_grpc.MonitorServicer):
         t = self.traffic
         now = time.time()
         ago = None if self.last_mismatch_at is None else now - self.last_mismatch_at
+        pers, rep = self.persister, self.restore_report
+        last_snap = None if pers is None else pers.last_snapshot_at
         return {
             "identity": {
                 "embedder_version_mismatch": ago is not None
@@ -314,6 +422,8 @@ class MonitorService(pb_grpc.MonitorServicer):
                 "unknown": c.labels_unknown,
                 "expired": c.labels_expired,
                 "already_labelled": c.labels_already_labelled,
+                "joined_carried": c.labels_carried,
+                "carried_refused": self.carried_refused,
             },
             "store": {
                 "entries": len(self.store),
@@ -321,6 +431,15 @@ class MonitorService(pb_grpc.MonitorServicer):
                 "ttl_seconds": self.store.ttl_seconds,
                 "evicted_capacity": c.evicted_capacity,
                 "evicted_ttl": c.evicted_ttl,
+                "durable": self.store.durable,
+                "backend": "sqlite" if self.store.durable else "memory",
+                "unfolded_labels": self._unfolded_labels(),
+                "errors": dict(self.store_errors),
+                "snapshots_written": 0 if pers is None else pers.snapshots_written,
+                "snapshot_errors": 0 if pers is None else pers.errors,
+                "last_snapshot_seconds_ago": None if last_snap is None else now - last_snap,
+                "labels_replayed_at_start": 0 if rep is None else rep.labels_replayed,
+                "predictions_not_recorded": self.predictions_not_recorded,
             },
             "pipeline": {
                 "queued": self.pipeline.queued_batches,
@@ -329,6 +448,14 @@ class MonitorService(pb_grpc.MonitorServicer):
                 "sink_errors": self.pipeline.sink_errors,
             },
         }
+
+    def _unfolded_labels(self) -> int:
+        if not self.store.durable:
+            return 0
+        try:
+            return self.store.unfolded_labels()
+        except Exception:  # a status read must not fail because the disk did
+            return -1
 
     def status(self) -> pb.GetStatusResponse:
         s = self.state()
@@ -354,7 +481,25 @@ class MonitorService(pb_grpc.MonitorServicer):
                 embedder_version_mismatches=t["version_mismatches"],
             ),
             labels=pb.LabelStatus(**lab),
-            store=pb.PredictionStoreStatus(**st),
+            store=pb.PredictionStoreStatus(
+                entries=st["entries"],
+                capacity=st["capacity"],
+                ttl_seconds=st["ttl_seconds"],
+                evicted_capacity=st["evicted_capacity"],
+                evicted_ttl=st["evicted_ttl"],
+                durable=st["durable"],
+                backend=st["backend"],
+                unfolded_labels=max(0, st["unfolded_labels"]),
+                errors=sum(st["errors"].values()) + st["snapshot_errors"],
+                snapshots_written=st["snapshots_written"],
+                last_snapshot_seconds_ago=(
+                    -1.0
+                    if st["last_snapshot_seconds_ago"] is None
+                    else st["last_snapshot_seconds_ago"]
+                ),
+                labels_replayed_at_start=st["labels_replayed_at_start"],
+                predictions_not_recorded=st["predictions_not_recorded"],
+            ),
             pipeline=pb.PipelineStatus(
                 queued=pl["queued"],
                 processed_rows=pl["processed_rows"],

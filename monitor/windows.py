@@ -41,6 +41,25 @@ class WindowBuffer:
         self.head = (self.head + n) % self.capacity
         self.count = min(self.count + n, self.capacity)
 
+    def state(self) -> dict[str, np.ndarray]:
+        """Arrays that restore this ring with :meth:`load_state`."""
+        counts = np.array([self.head, self.count, self.total], dtype=np.int64)
+        return {"x": self.x, "scores": self.scores, "times": self.times, "counts": counts}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore from :meth:`state`; raises ValueError when the shapes differ."""
+        if state["x"].shape != self.x.shape or state["scores"].shape != self.scores.shape:
+            raise ValueError(
+                f"window snapshot holds {state['x'].shape} rows x dims, this ring {self.x.shape}"
+            )
+        head, count, total = (int(v) for v in state["counts"])
+        if not (0 <= head < self.capacity and 0 <= count <= self.capacity and total >= count):
+            raise ValueError("window snapshot has inconsistent counters")
+        self.x[:] = state["x"]
+        self.scores[:] = state["scores"]
+        self.times[:] = state["times"]
+        self.head, self.count, self.total = head, count, total
+
     def _order(self, n: int) -> np.ndarray:
         n = min(n, self.count)
         return (self.head - n + np.arange(n)) % self.capacity

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -38,16 +37,18 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from silentwatch.monitor.bundle import BundleError
     from silentwatch.monitor.config import ConfigError, ServeSettings, load_settings
-    from silentwatch.monitor.server import Sidecar
 
     flags = {k: getattr(args, k) for k in ServeSettings.model_fields}
     try:
         settings = load_settings(args.config, **flags)
     except ConfigError as exc:
         raise UserError(str(exc)) from None
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from silentwatch.monitor.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    # Only now: gRPC's C core reads GRPC_VERBOSITY (set by configure_logging) when imported.
+    from silentwatch.monitor.server import Sidecar
+
     try:
         text_embedder = None
         if settings.text_mode:
@@ -55,6 +56,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             from silentwatch.textmode import load_text_embedder
 
             bundle = load_bundle(settings.bundle)
+            if settings.bundle_public_key is not None:
+                # Before the embedder loads: a refused bundle must not get a model loaded.
+                from silentwatch.monitor.bundle.signature import verify_bundle_signature
+
+                verify_bundle_signature(bundle.path, bundle.sha256, settings.bundle_public_key)
             text_embedder = load_text_embedder(bundle, settings.text_embedder_path)
             sidecar = Sidecar(settings, bundle=bundle, text_embedder=text_embedder).start()
         else:
@@ -64,14 +70,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise UserError(f"cannot serve: {exc}") from None
     except OSError as exc:
         raise UserError(f"cannot bind: {exc}") from None
-    # Machine-readable line for supervisors and tests that start us on port 0.
-    print(
-        json.dumps(
-            {"event": "serving", "grpc": sidecar.grpc_target, "metrics": sidecar.metrics_url}
-        ),
-        flush=True,
-    )
-    sidecar.wait_for_signal()
+
+    def announce() -> None:
+        # Machine-readable line for supervisors and tests that start us on port 0; printed
+        # once SIGTERM/SIGHUP handlers are in place.
+        print(
+            json.dumps(
+                {"event": "serving", "grpc": sidecar.grpc_target, "metrics": sidecar.metrics_url}
+            ),
+            flush=True,
+        )
+
+    sidecar.wait_for_signal(on_ready=announce)
     return 0
 
 
@@ -160,6 +170,20 @@ def _add_bundle(sub: argparse._SubParsersAction) -> None:
     i.add_argument("bundle", type=Path)
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.set_defaults(func=_cmd_bundle_inspect)
+
+    # Ed25519 signatures (docs/security.md): serve --bundle-public-key refuses unsigned bundles.
+    k = bsub.add_parser("keygen", help="write a new Ed25519 key pair for signing bundles")
+    k.add_argument("--private-key", type=Path, required=True, help="PEM file to write (0600)")
+    k.add_argument("--public-key", type=Path, required=True, help="PEM file to write")
+    k.set_defaults(func=_cmd_bundle_keygen)
+    sg = bsub.add_parser("sign", help="verify a bundle, then write its signature.json")
+    sg.add_argument("bundle", type=Path)
+    sg.add_argument("--private-key", type=Path, required=True, help="PEM Ed25519 private key")
+    sg.set_defaults(func=_cmd_bundle_sign)
+    v = bsub.add_parser("verify", help="check a bundle and its signature.json against a key")
+    v.add_argument("bundle", type=Path)
+    v.add_argument("--public-key", type=Path, required=True, help="PEM Ed25519 public key")
+    v.set_defaults(func=_cmd_bundle_verify)
 
 
 def _load_xy(args: argparse.Namespace):
@@ -346,6 +370,46 @@ def _cmd_bundle_inspect(args: argparse.Namespace) -> int:
     for name, digest in m.files.items():
         lines.append(f"file              {name}  sha256 {digest}")
     print("\n".join(lines))
+    return 0
+
+
+def _cmd_bundle_keygen(args: argparse.Namespace) -> int:
+    from silentwatch.monitor.bundle import BundleError
+    from silentwatch.monitor.bundle.signature import generate_keypair
+
+    try:
+        fingerprint = generate_keypair(args.private_key, args.public_key)
+    except BundleError as exc:
+        raise UserError(str(exc)) from None
+    print(
+        f"wrote Ed25519 key {fingerprint}: private {args.private_key} (keep it off the "
+        f"serving hosts), public {args.public_key} (serve --bundle-public-key)"
+    )
+    return 0
+
+
+def _cmd_bundle_sign(args: argparse.Namespace) -> int:
+    from silentwatch.monitor.bundle import BundleError
+    from silentwatch.monitor.bundle.signature import sign_bundle
+
+    try:
+        path = sign_bundle(args.bundle, args.private_key)
+    except BundleError as exc:
+        raise UserError(str(exc)) from None
+    print(f"signed bundle {args.bundle}: wrote {path}")
+    return 0
+
+
+def _cmd_bundle_verify(args: argparse.Namespace) -> int:
+    from silentwatch.monitor.bundle import BundleError, load_bundle
+    from silentwatch.monitor.bundle.signature import verify_bundle_signature
+
+    try:
+        b = load_bundle(args.bundle)
+        fingerprint = verify_bundle_signature(b.path, b.sha256, args.public_key)
+    except BundleError as exc:
+        raise UserError(str(exc)) from None
+    print(f"bundle {b.path} verified: manifest sha256 {b.sha256[:16]}, signed by key {fingerprint}")
     return 0
 
 

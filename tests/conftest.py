@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import grpc
@@ -15,6 +16,9 @@ from silentwatch.demo.world import SyntheticWorld
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 
 DIM = 32
+# The sidecar's durable store defaults to ./silentwatch-state: tests never write there.
+# Module- and session-scoped sidecars get this directory; each test its own (below).
+os.environ.setdefault("SILENTWATCH_STATE_DIR", tempfile.mkdtemp(prefix="silentwatch-test-state-"))
 # The team's shared datasets sit beside the checkout (CI clones main with shared/ beside it);
 # SILENTWATCH_SHARED_DATA points elsewhere.
 SHARED_DATA = Path(
@@ -22,6 +26,12 @@ SHARED_DATA = Path(
         "SILENTWATCH_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"
     )
 )
+
+
+@pytest.fixture(autouse=True)
+def _own_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test's sidecars (in process or subprocess) get a fresh durable-store directory."""
+    monkeypatch.setenv("SILENTWATCH_STATE_DIR", str(tmp_path / "sidecar-state"))
 
 
 @pytest.fixture(scope="session")

@@ -211,6 +211,8 @@ def run_demo(
         metrics_port=metrics_port,
         max_window_evaluations_per_second=0,
         change_max_samples_per_second=0,
+        # The durable store lives with this run's bundle: a rerun never inherits its state.
+        state_dir=out / "state",
     )
     sidecar = Sidecar(settings, bundle=load_bundle(bundle_dir)).start()
     console.print(f"sidecar up: gRPC [bold]{sidecar.grpc_target}[/], metrics {sidecar.metrics_url}")

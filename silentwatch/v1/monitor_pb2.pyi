@@ -105,12 +105,18 @@ class ObserveResponse(_message.Message):
     def __init__(self, accepted: _Optional[int] = ...) -> None: ...
 
 class Label(_message.Message):
-    __slots__ = ("request_id", "unsafe")
+    __slots__ = ("request_id", "unsafe", "p_unsafe", "embedder_version", "classifier_version")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     UNSAFE_FIELD_NUMBER: _ClassVar[int]
+    P_UNSAFE_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CLASSIFIER_VERSION_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     unsafe: bool
-    def __init__(self, request_id: _Optional[str] = ..., unsafe: _Optional[bool] = ...) -> None: ...
+    p_unsafe: float
+    embedder_version: str
+    classifier_version: str
+    def __init__(self, request_id: _Optional[str] = ..., unsafe: _Optional[bool] = ..., p_unsafe: _Optional[float] = ..., embedder_version: _Optional[str] = ..., classifier_version: _Optional[str] = ...) -> None: ...
 
 class SubmitLabelsRequest(_message.Message):
     __slots__ = ("labels",)
@@ -119,20 +125,24 @@ class SubmitLabelsRequest(_message.Message):
     def __init__(self, labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ...) -> None: ...
 
 class SubmitLabelsResponse(_message.Message):
-    __slots__ = ("received", "joined", "unknown", "expired", "already_labelled", "unmatched_request_ids")
+    __slots__ = ("received", "joined", "unknown", "expired", "already_labelled", "unmatched_request_ids", "joined_carried", "carried_refused")
     RECEIVED_FIELD_NUMBER: _ClassVar[int]
     JOINED_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_FIELD_NUMBER: _ClassVar[int]
     EXPIRED_FIELD_NUMBER: _ClassVar[int]
     ALREADY_LABELLED_FIELD_NUMBER: _ClassVar[int]
     UNMATCHED_REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    JOINED_CARRIED_FIELD_NUMBER: _ClassVar[int]
+    CARRIED_REFUSED_FIELD_NUMBER: _ClassVar[int]
     received: int
     joined: int
     unknown: int
     expired: int
     already_labelled: int
     unmatched_request_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, received: _Optional[int] = ..., joined: _Optional[int] = ..., unknown: _Optional[int] = ..., expired: _Optional[int] = ..., already_labelled: _Optional[int] = ..., unmatched_request_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    joined_carried: int
+    carried_refused: int
+    def __init__(self, received: _Optional[int] = ..., joined: _Optional[int] = ..., unknown: _Optional[int] = ..., expired: _Optional[int] = ..., already_labelled: _Optional[int] = ..., unmatched_request_ids: _Optional[_Iterable[str]] = ..., joined_carried: _Optional[int] = ..., carried_refused: _Optional[int] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ()
@@ -165,32 +175,52 @@ class TrafficStatus(_message.Message):
     def __init__(self, predictions: _Optional[int] = ..., observed: _Optional[int] = ..., flagged: _Optional[int] = ..., embedder_version_mismatches: _Optional[int] = ...) -> None: ...
 
 class LabelStatus(_message.Message):
-    __slots__ = ("received", "joined", "unknown", "expired", "already_labelled")
+    __slots__ = ("received", "joined", "unknown", "expired", "already_labelled", "joined_carried", "carried_refused")
     RECEIVED_FIELD_NUMBER: _ClassVar[int]
     JOINED_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_FIELD_NUMBER: _ClassVar[int]
     EXPIRED_FIELD_NUMBER: _ClassVar[int]
     ALREADY_LABELLED_FIELD_NUMBER: _ClassVar[int]
+    JOINED_CARRIED_FIELD_NUMBER: _ClassVar[int]
+    CARRIED_REFUSED_FIELD_NUMBER: _ClassVar[int]
     received: int
     joined: int
     unknown: int
     expired: int
     already_labelled: int
-    def __init__(self, received: _Optional[int] = ..., joined: _Optional[int] = ..., unknown: _Optional[int] = ..., expired: _Optional[int] = ..., already_labelled: _Optional[int] = ...) -> None: ...
+    joined_carried: int
+    carried_refused: int
+    def __init__(self, received: _Optional[int] = ..., joined: _Optional[int] = ..., unknown: _Optional[int] = ..., expired: _Optional[int] = ..., already_labelled: _Optional[int] = ..., joined_carried: _Optional[int] = ..., carried_refused: _Optional[int] = ...) -> None: ...
 
 class PredictionStoreStatus(_message.Message):
-    __slots__ = ("entries", "capacity", "ttl_seconds", "evicted_capacity", "evicted_ttl")
+    __slots__ = ("entries", "capacity", "ttl_seconds", "evicted_capacity", "evicted_ttl", "durable", "backend", "unfolded_labels", "errors", "snapshots_written", "last_snapshot_seconds_ago", "labels_replayed_at_start", "predictions_not_recorded")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     EVICTED_CAPACITY_FIELD_NUMBER: _ClassVar[int]
     EVICTED_TTL_FIELD_NUMBER: _ClassVar[int]
+    DURABLE_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    UNFOLDED_LABELS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOTS_WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    LAST_SNAPSHOT_SECONDS_AGO_FIELD_NUMBER: _ClassVar[int]
+    LABELS_REPLAYED_AT_START_FIELD_NUMBER: _ClassVar[int]
+    PREDICTIONS_NOT_RECORDED_FIELD_NUMBER: _ClassVar[int]
     entries: int
     capacity: int
     ttl_seconds: float
     evicted_capacity: int
     evicted_ttl: int
-    def __init__(self, entries: _Optional[int] = ..., capacity: _Optional[int] = ..., ttl_seconds: _Optional[float] = ..., evicted_capacity: _Optional[int] = ..., evicted_ttl: _Optional[int] = ...) -> None: ...
+    durable: bool
+    backend: str
+    unfolded_labels: int
+    errors: int
+    snapshots_written: int
+    last_snapshot_seconds_ago: float
+    labels_replayed_at_start: int
+    predictions_not_recorded: int
+    def __init__(self, entries: _Optional[int] = ..., capacity: _Optional[int] = ..., ttl_seconds: _Optional[float] = ..., evicted_capacity: _Optional[int] = ..., evicted_ttl: _Optional[int] = ..., durable: _Optional[bool] = ..., backend: _Optional[str] = ..., unfolded_labels: _Optional[int] = ..., errors: _Optional[int] = ..., snapshots_written: _Optional[int] = ..., last_snapshot_seconds_ago: _Optional[float] = ..., labels_replayed_at_start: _Optional[int] = ..., predictions_not_recorded: _Optional[int] = ...) -> None: ...
 
 class PipelineStatus(_message.Message):
     __slots__ = ("queued", "processed_rows", "sampled_out_rows")
@@ -409,3 +439,33 @@ class GetStatusResponse(_message.Message):
     identity: IdentityStatus
     canary: CanaryStatus
     def __init__(self, classifier_version: _Optional[str] = ..., embedder: _Optional[_Union[EmbedderIdentity, _Mapping]] = ..., embedding_dim: _Optional[int] = ..., flag_threshold: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., traffic: _Optional[_Union[TrafficStatus, _Mapping]] = ..., labels: _Optional[_Union[LabelStatus, _Mapping]] = ..., store: _Optional[_Union[PredictionStoreStatus, _Mapping]] = ..., pipeline: _Optional[_Union[PipelineStatus, _Mapping]] = ..., bundle_sha256: _Optional[str] = ..., detection: _Optional[_Union[DetectionStatus, _Mapping]] = ..., labelled: _Optional[_Union[LabelledStatus, _Mapping]] = ..., identity: _Optional[_Union[IdentityStatus, _Mapping]] = ..., canary: _Optional[_Union[CanaryStatus, _Mapping]] = ...) -> None: ...
+
+class ReloadBundleRequest(_message.Message):
+    __slots__ = ("bundle_path",)
+    BUNDLE_PATH_FIELD_NUMBER: _ClassVar[int]
+    bundle_path: str
+    def __init__(self, bundle_path: _Optional[str] = ...) -> None: ...
+
+class ReloadBundleResponse(_message.Message):
+    __slots__ = ("reloaded", "bundle_sha256", "classifier_version", "message")
+    RELOADED_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CLASSIFIER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    reloaded: bool
+    bundle_sha256: str
+    classifier_version: str
+    message: str
+    def __init__(self, reloaded: _Optional[bool] = ..., bundle_sha256: _Optional[str] = ..., classifier_version: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class SnapshotRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SnapshotResponse(_message.Message):
+    __slots__ = ("written", "snapshots_written")
+    WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOTS_WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    written: bool
+    snapshots_written: int
+    def __init__(self, written: _Optional[bool] = ..., snapshots_written: _Optional[int] = ...) -> None: ...

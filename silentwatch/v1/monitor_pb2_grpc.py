@@ -267,3 +267,125 @@ class Monitor:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AdminStub:
+    """Off by default (admin_enabled); every call needs `authorization: Bearer <token>`.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ReloadBundle = channel.unary_unary(
+                '/silentwatch.v1.Admin/ReloadBundle',
+                request_serializer=silentwatch_dot_v1_dot_monitor__pb2.ReloadBundleRequest.SerializeToString,
+                response_deserializer=silentwatch_dot_v1_dot_monitor__pb2.ReloadBundleResponse.FromString,
+                _registered_method=True)
+        self.Snapshot = channel.unary_unary(
+                '/silentwatch.v1.Admin/Snapshot',
+                request_serializer=silentwatch_dot_v1_dot_monitor__pb2.SnapshotRequest.SerializeToString,
+                response_deserializer=silentwatch_dot_v1_dot_monitor__pb2.SnapshotResponse.FromString,
+                _registered_method=True)
+
+
+class AdminServicer:
+    """Off by default (admin_enabled); every call needs `authorization: Bearer <token>`.
+    """
+
+    def ReloadBundle(self, request, context):
+        """Atomic: the new bundle is loaded, verified and calibrated aside; only then does it
+        replace the old one. A bundle that fails any check is refused (FAILED_PRECONDITION,
+        naming the problem) and the old one keeps serving.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Snapshot(self, request, context):
+        """Write the state snapshot now (e.g. before a planned restart).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ReloadBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadBundle,
+                    request_deserializer=silentwatch_dot_v1_dot_monitor__pb2.ReloadBundleRequest.FromString,
+                    response_serializer=silentwatch_dot_v1_dot_monitor__pb2.ReloadBundleResponse.SerializeToString,
+            ),
+            'Snapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.Snapshot,
+                    request_deserializer=silentwatch_dot_v1_dot_monitor__pb2.SnapshotRequest.FromString,
+                    response_serializer=silentwatch_dot_v1_dot_monitor__pb2.SnapshotResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'silentwatch.v1.Admin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('silentwatch.v1.Admin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Admin:
+    """Off by default (admin_enabled); every call needs `authorization: Bearer <token>`.
+    """
+
+    @staticmethod
+    def ReloadBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/silentwatch.v1.Admin/ReloadBundle',
+            silentwatch_dot_v1_dot_monitor__pb2.ReloadBundleRequest.SerializeToString,
+            silentwatch_dot_v1_dot_monitor__pb2.ReloadBundleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Snapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/silentwatch.v1.Admin/Snapshot',
+            silentwatch_dot_v1_dot_monitor__pb2.SnapshotRequest.SerializeToString,
+            silentwatch_dot_v1_dot_monitor__pb2.SnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
