@@ -38,6 +38,7 @@ from .predictions import PredictionStore
 from .service import MonitorService, Served
 from .sqlite_store import SqliteStore, StoreUnavailable
 from .tls import server_credentials
+from .wire import MalformedRequestGuard
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Monitor"].full_name
@@ -169,8 +170,6 @@ class Sidecar:
             )
             self.persister.restore()  # before any traffic: replayed labels come first
             self.pipeline.add_periodic(s.snapshot_interval_seconds, self._snapshot)
-        if self.store.durable:
-            self.pipeline.add_periodic(1.0, self._checkpoint)
         self._reload_lock = threading.Lock()
         self.reloads = {"ok": 0, "unchanged": 0, "refused": 0}
         self.service = MonitorService(
@@ -238,16 +237,6 @@ class Sidecar:
     def _snapshot(self) -> bool:
         """Periodic task on the pipeline worker (the engine's thread)."""
         return self.persister.snapshot() if self.persister is not None else False
-
-    def _checkpoint(self) -> None:
-        try:
-            self.store.checkpoint()
-        except sqlite3.Error as exc:
-            # The WAL grows until a checkpoint succeeds; reads and writes still work.
-            self.service.store_errors["checkpoint"] = (
-                self.service.store_errors.get("checkpoint", 0) + 1
-            )
-            log.warning("store checkpoint failed (%s); will retry", exc)
 
     def snapshot_now(self) -> bool:
         """Write the state snapshot now, in order with the queued traffic."""
@@ -359,8 +348,18 @@ class Sidecar:
         # Before anything starts: a bad TLS setting (ConfigError) leaves no thread behind.
         credentials = server_credentials(s)
         self.pipeline.start()
+        # Bytes that are not the expected protobuf get INVALID_ARGUMENT naming the message
+        # type, and are counted (grpcio alone answers INTERNAL and logs a traceback).
+        guard = MalformedRequestGuard(
+            SERVICE_NAME,
+            ADMIN_SERVICE_NAME,
+            on_refused=lambda rpc: self.request_metrics.observe(
+                rpc, grpc.StatusCode.INVALID_ARGUMENT, 0.0, 0
+            ),
+        )
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="silentwatch-rpc"),
+            interceptors=[guard],
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),

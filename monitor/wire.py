@@ -1,13 +1,24 @@
-"""Decode and validate embeddings from the wire: one ``numpy.frombuffer`` per message."""
+"""Decode and validate requests from the wire: one ``numpy.frombuffer`` per message.
+
+Also :class:`MalformedRequestGuard`, which turns bytes that are not protobuf into
+INVALID_ARGUMENT instead of grpcio's INTERNAL.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
 import numpy as np
 
 from silentwatch.v1 import monitor_pb2 as pb
 
 from .errors import invalid
 from .scoring import row_norms
+
+log = logging.getLogger(__name__)
 
 _F32LE = np.dtype("<f4")
 
@@ -98,6 +109,13 @@ def checked_norms(x: np.ndarray, *, need_nonzero: bool) -> np.ndarray:
         )
     if need_nonzero and not norms.all():
         zero = np.flatnonzero(norms == 0)
+        tiny = [int(r) for r in zero if x[r].any()]
+        if tiny:
+            raise invalid(
+                f"embedding rows {tiny[:5]}{' ...' if len(tiny) > 5 else ''} are too small to be "
+                "put on the unit sphere (their squared length underflows float32); send "
+                "unit-normalised embeddings"
+            )
         raise invalid(
             f"embedding rows {zero[:5].tolist()} are all zeros and cannot be put on the unit "
             "sphere; check the embedder output"
@@ -121,4 +139,74 @@ def check_request_ids(ids: list[str], rows: int, max_len: int) -> None:
         raise invalid(
             f"a request id is {longest} characters, more than the limit of {max_len}; use shorter "
             "ids (or raise max_request_id_length)"
+        )
+
+
+class MalformedRequestGuard(grpc.ServerInterceptor):
+    """Answer a request that is not valid protobuf with INVALID_ARGUMENT, naming its type.
+
+    Left to itself grpcio parses the request before any servicer code runs and answers bytes
+    it cannot parse with ``INTERNAL "Exception deserializing request!"`` (and an ERROR
+    traceback in the log): a server fault, by its code, for what is the caller's mistake.
+    This interceptor hands the servicer's methods the raw bytes instead, parses them itself,
+    and refuses what does not parse with INVALID_ARGUMENT and a message naming the expected
+    message type; ``on_refused(rpc_name)`` lets the caller count the refusal (a metric).
+
+    Only unary-unary methods of the ``services`` named (full names) are wrapped; health and
+    reflection keep grpcio's handling. Install it last in ``grpc.server(interceptors=...)``
+    so that it wraps the servicer's own handler.
+    """
+
+    def __init__(self, *services: str, on_refused: Callable[[str], None] | None = None) -> None:
+        self._prefixes = tuple(f"/{service}/" for service in services)
+        self._on_refused = on_refused
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        # Wrapped per call, never cached: an interceptor further down (authentication) may
+        # answer the same method differently for different callers.
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if (
+            handler is None
+            or not method.startswith(self._prefixes)
+            or handler.unary_unary is None
+            or handler.request_deserializer is None
+            or handler.request_streaming
+            or handler.response_streaming
+        ):
+            return handler
+        return self._guard(method.rpartition("/")[2], handler)
+
+    def _guard(self, rpc: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        parse = handler.request_deserializer
+        behavior = handler.unary_unary
+        message_cls = getattr(parse, "__self__", None)
+        descriptor = getattr(message_cls, "DESCRIPTOR", None)
+        type_name = getattr(descriptor, "full_name", f"{rpc} request")
+        on_refused = self._on_refused
+
+        def unary_unary(raw: bytes, context: grpc.ServicerContext) -> Any:
+            try:
+                request = parse(raw)
+            except Exception as exc:  # DecodeError, or whatever a custom deserializer raises
+                reason = str(exc).rpartition(": ")[2] or type(exc).__name__
+                if on_refused is not None:
+                    try:
+                        on_refused(rpc)
+                    except Exception:  # a metric must not turn the refusal into UNKNOWN
+                        log.exception("counting a malformed %s request failed", rpc)
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the {len(raw)}-byte request is not a valid {type_name} protobuf message "
+                    f"({reason}); build requests with code generated from the sidecar's own "
+                    "proto/silentwatch/v1 files",
+                )
+            return behavior(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, request_deserializer=None, response_serializer=handler.response_serializer
         )

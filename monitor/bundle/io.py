@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
@@ -119,14 +121,89 @@ def write_bundle(
     return target
 
 
-def _read_npz(path: Path, expected_sha: str) -> dict[str, np.ndarray]:
+def _read_file(path: Path, what: str) -> bytes:
+    """The bytes of a bundle file; :class:`BundleError` naming it when it cannot be read."""
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise BundleError(
             f"{path.name} is missing from bundle {path.parent}; rebuild it with "
             "`silentwatch bundle train`"
         ) from None
+    except OSError as exc:  # a directory in its place, permissions, I/O errors
+        raise BundleError(
+            f"{what} {path.name} in bundle {path.parent} cannot be read "
+            f"({exc.strerror or type(exc).__name__}); it must be a readable file"
+        ) from None
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _check_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, fname: str, seen: set[str]) -> None:
+    """One archive member: a ``.npy`` array of a plain dtype whose header fits its data.
+
+    Read before ``numpy.load`` touches the data, so that neither a pickled object array nor
+    a header claiming a huge shape (an allocation of that size) gets anywhere.
+    """
+    name = info.filename
+    if not name.endswith(".npy"):
+        raise BundleError(
+            f"{fname} is not a readable .npz file: it holds {name!r}, which is not a .npy "
+            "array; a bundle's archives hold named numpy arrays only (numpy.savez)"
+        )
+    key = name[: -len(".npy")]
+    if key in seen:
+        raise BundleError(f"{fname} is not a readable .npz file: it holds array {key!r} twice")
+    seen.add(key)
+    with zf.open(info) as fp:
+        version = np.lib.format.read_magic(fp)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
+        else:
+            raise BundleError(
+                f"{fname} is not a readable .npz file: array {key!r} uses .npy format "
+                f"version {version[0]}.{version[1]}; bundles use 1.0 or 2.0"
+            )
+    if dtype.hasobject:
+        raise BundleError(
+            f"{fname} is not a readable .npz file: array {key!r} holds Python objects "
+            f"(dtype {dtype}) that only unpickling could read; bundles hold numeric arrays "
+            "and are never unpickled"
+        )
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > info.file_size:
+        raise BundleError(
+            f"{fname} is not a readable .npz file: array {key!r} declares shape {shape} of "
+            f"{dtype} ({nbytes} bytes) but holds only {info.file_size} bytes"
+        )
+
+
+def _parse_npz(data: bytes, fname: str) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` archive; :class:`BundleError` for anything else."""
+    if data.startswith(_NPY_MAGIC):
+        raise BundleError(
+            f"{fname} is not a readable .npz file: it is a single .npy array, not an archive "
+            "of named arrays (write it with numpy.savez)"
+        )
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            seen: set[str] = set()
+            for info in zf.infolist():
+                _check_member(zf, info, fname, seen)
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except BundleError:
+        raise
+    except Exception as exc:  # untrusted bytes: zip, zlib, header and EOF errors alike
+        detail = str(exc) or type(exc).__name__
+        raise BundleError(f"{fname} is not a readable .npz file ({detail})") from None
+
+
+def _read_npz(path: Path, expected_sha: str) -> dict[str, np.ndarray]:
+    data = _read_file(path, "payload file")
     actual = sha256_bytes(data)
     if actual != expected_sha:
         raise BundleError(
@@ -134,11 +211,7 @@ def _read_npz(path: Path, expected_sha: str) -> dict[str, np.ndarray]:
             f"(expected {expected_sha[:12]}..., found {actual[:12]}...): the file was modified "
             "or truncated after the bundle was written; restore or rebuild the bundle"
         )
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise BundleError(f"{path.name} is not a readable .npz file ({exc})") from None
+    return _parse_npz(data, path.name)
 
 
 def _require(arrays: dict[str, np.ndarray], keys: tuple[str, ...], fname: str) -> None:
@@ -164,6 +237,58 @@ def _check_vector(arr: np.ndarray, name: str, dim: int, fname: str) -> np.ndarra
     return arr
 
 
+# Fitted detector state in reference.npz (monitor.detectors; ``det_<detector>_<array>``):
+# expected shape by array, ``d`` the embedding dimension, ``m`` the random-feature count and
+# ``k`` the PCA components, which must agree across the arrays that share them.
+_EXTRA_SHAPES: dict[str, tuple[str, ...]] = {
+    "mean": ("d",),
+    "det_mmd_rff_w": ("m", "d"),
+    "det_mmd_rff_b": ("m",),
+    "det_mmd_rff_ref_mean": ("m",),
+    "det_pca_reconstruction_mean": ("d",),
+    "det_pca_reconstruction_components": ("k", "d"),
+    "det_confidence_shift_profile": ("3",),
+}
+
+
+def _check_extra(arrays: dict[str, np.ndarray], dim: int) -> None:
+    """reference.npz's other arrays (detector state): numeric, finite, of consistent shapes."""
+    sizes: dict[str, int] = {"d": dim, "3": 3}
+    for name, arr in sorted(arrays.items()):
+        _check_numeric(arr, name, REFERENCE_FILE, kinds="fiub")
+        expected = _EXTRA_SHAPES.get(name)
+        if expected is not None:
+            ok = arr.ndim == len(expected) and arr.size > 0
+            for axis, symbol in enumerate(expected if ok else ()):
+                ok = ok and sizes.setdefault(symbol, arr.shape[axis]) == arr.shape[axis]
+            if not ok:
+                want = ", ".join(str(sizes.get(x, x)) for x in expected)
+                raise BundleError(
+                    f"{REFERENCE_FILE}:{name} has shape {arr.shape}, expected ({want}"
+                    f"{',' if len(expected) == 1 else ''}) for embedding_dim={dim}; rebuild the "
+                    "bundle with `silentwatch bundle train`"
+                )
+        if not np.isfinite(arr).all():
+            raise BundleError(f"{REFERENCE_FILE}:{name} contains NaN or Inf; rebuild the bundle")
+
+
+def _non_finite(obj: Any, path: str = "") -> tuple[str, float] | None:
+    """Dotted path and value of the first NaN or Infinity in parsed JSON (``json`` takes both)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return path, obj
+    if isinstance(obj, dict):
+        items: Any = obj.items()
+    elif isinstance(obj, list):
+        items = enumerate(obj)
+    else:
+        return None
+    for key, value in items:
+        found = _non_finite(value, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
+
+
 def load_bundle(directory: str | os.PathLike[str]) -> LoadedBundle:
     """Load and verify a bundle; raise :class:`BundleError` naming the problem."""
     path = Path(directory)
@@ -173,16 +298,27 @@ def load_bundle(directory: str | os.PathLike[str]) -> LoadedBundle:
             "`silentwatch bundle train` or point --bundle at an existing one"
         )
     manifest_path = path / MANIFEST_FILE
-    try:
-        manifest_bytes = manifest_path.read_bytes()
-    except FileNotFoundError:
-        raise BundleError(
-            f"{path} has no {MANIFEST_FILE}; it is not a silentwatch bundle"
-        ) from None
+    if not manifest_path.exists():
+        raise BundleError(f"{path} has no {MANIFEST_FILE}; it is not a silentwatch bundle")
+    manifest_bytes = _read_file(manifest_path, "the manifest")
     try:
         raw = json.loads(manifest_bytes)
     except json.JSONDecodeError as exc:
         raise BundleError(f"{manifest_path} is not valid JSON ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{manifest_path} is not valid JSON: it is not UTF-8 ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # a 5000-digit number; nesting 100000 deep
+        raise BundleError(f"{manifest_path} is not valid JSON ({exc})") from None
+    try:
+        bad = _non_finite(raw)
+    except RecursionError:
+        raise BundleError(f"{manifest_path} is invalid: it is nested too deeply") from None
+    if bad is not None:
+        raise BundleError(
+            f"{manifest_path} is invalid: {bad[0] or '(root)'} is {bad[1]!r}; every number "
+            "in a manifest is finite (a manifest written by silentwatch never holds NaN or "
+            "Infinity)"
+        )
     if isinstance(raw, dict) and raw.get("schema_version") not in (None, 1):
         raise BundleError(
             f"{manifest_path} has schema_version {raw.get('schema_version')!r}; this silentwatch "
@@ -226,8 +362,15 @@ def load_bundle(directory: str | os.PathLike[str]) -> LoadedBundle:
         raise BundleError(
             f"{REFERENCE_FILE}:scores has shape {scores.shape}, expected ({emb.shape[0]},)"
         )
-    if not (np.isfinite(emb).all() and np.isfinite(scores).all()):
-        raise BundleError(f"{REFERENCE_FILE} contains NaN or Inf; rebuild the bundle")
+    if not np.isfinite(emb).all():
+        raise BundleError(f"{REFERENCE_FILE}:embeddings contains NaN or Inf; rebuild the bundle")
+    if not np.isfinite(scores).all():
+        raise BundleError(f"{REFERENCE_FILE}:scores contains NaN or Inf; rebuild the bundle")
+    if ((scores < 0) | (scores > 1)).any():
+        raise BundleError(
+            f"{REFERENCE_FILE}:scores must be probabilities in [0, 1] (found "
+            f"{float(scores.min()):g} to {float(scores.max()):g}); rebuild the bundle"
+        )
     if labels is not None:
         if labels.shape != scores.shape:
             raise BundleError(
@@ -235,6 +378,7 @@ def load_bundle(directory: str | os.PathLike[str]) -> LoadedBundle:
             )
         if not np.isin(labels, (0, 1)).all():
             raise BundleError(f"{REFERENCE_FILE}:labels must be 0 or 1")
+    _check_extra(ref, dim)
     reference = Reference(
         embeddings=np.ascontiguousarray(emb, dtype=np.float32),
         scores=np.asarray(scores, dtype=np.float32),

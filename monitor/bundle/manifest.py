@@ -14,6 +14,10 @@ CANARY_FILE = "canaries.npz"  # optional: labelled texts the sidecar re-embeds (
 REQUIRED_FILES = (CLASSIFIER_FILE, REFERENCE_FILE)
 
 Pooling = Literal["mean", "last_token", "cls", "unknown"]
+# The per-sample streams of the change-point detectors and the confidence profile's keys
+# (monitor.detectors): a calibration must describe all of them.
+STREAMS = ("score", "reconstruction_error")
+CONFIDENCE_PROFILE = ("mean_confidence", "high_confidence_share", "positive_rate")
 
 
 class _Strict(BaseModel):
@@ -91,6 +95,44 @@ class DetectorCalibration(_Strict):
     )
     null_change_points_per_10k: dict[str, float] = Field(default_factory=dict)
     seconds: float = 0.0
+
+    @model_validator(mode="after")
+    def _usable(self) -> DetectorCalibration:
+        """What the detection engine relies on, checked at load rather than at first use."""
+        if not self.thresholds:
+            raise ValueError("thresholds is empty: no detector was calibrated")
+        first = ""
+        sizes: set[str] = set()
+        for name, table in self.thresholds.items():
+            bad = [k for k in table if not (k.isascii() and k.isdigit() and int(k) >= 1)]
+            if bad or not table:
+                raise ValueError(
+                    f"thresholds.{name} must map window sizes in rows ('256') to thresholds, "
+                    f"found keys {sorted(table)[:5]}"
+                )
+            if not first:
+                first, sizes = name, set(table)
+            elif set(table) != sizes:
+                raise ValueError(
+                    f"thresholds.{name} covers window sizes {sorted(table, key=int)} but "
+                    f"thresholds.{first} covers {sorted(sizes, key=int)}; every detector is "
+                    "calibrated for the same sizes"
+                )
+        missing = [k for k in STREAMS if k not in self.stream_stats]
+        if missing:
+            raise ValueError(f"stream_stats lacks {missing}")
+        for key, (_, std) in self.stream_stats.items():
+            if std < 0:
+                raise ValueError(f"stream_stats.{key} has a negative standard deviation {std}")
+        if set(self.reference_confidence) != set(CONFIDENCE_PROFILE):
+            raise ValueError(
+                f"reference_confidence must have exactly the keys {list(CONFIDENCE_PROFILE)}, "
+                f"found {sorted(self.reference_confidence)}"
+            )
+        for key, value in self.reference_confidence.items():
+            if not 0.0 <= value <= 1.0 or (key == "mean_confidence" and value < 0.5):
+                raise ValueError(f"reference_confidence.{key} is {value}, outside its range")
+        return self
 
 
 class BundleManifest(_Strict):
