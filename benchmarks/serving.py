@@ -1,9 +1,9 @@
 """Serving benchmark: Classify latency and ClassifyBatch throughput over real gRPC on loopback.
 
 The sidecar runs as its own process pinned to CPU 0 (``taskset``); this client runs on
-CPU 1. For d in (384, 1024) and recording on/off it reports unary p50/p99, batch
-throughput, and throughput per server CPU-second (the fair "one core" figure, read from
-/proc/<pid>/stat). Bounded in count and time; loopback only.
+CPU 1. For d in (384, 1024) and recording on (durable SQLite store, in-memory store) and
+off it reports unary p50/p99, batch throughput, and throughput per server CPU-second
+(the fair "one core" figure, read from /proc/<pid>/stat). Bounded in count and time; loopback only.
 
     python benchmarks/serving.py            # ~2 minutes
     python benchmarks/serving.py --quick    # ~30 s smoke run
@@ -143,15 +143,21 @@ def main() -> int:
     print("| d | recording | Classify p50 ms | Classify p99 ms | ClassifyBatch emb/s | "
           "emb per server CPU-s | server CPU use | batch p50 ms | batch p99 ms |")  # fmt: skip
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
-    tput: dict[tuple[int, bool], float] = {}
+    tput: dict[tuple[int, str], float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for d in a.dims:
             x = unit(3000, d, 0)
             y = (x[:, 0] + 0.1 * np.random.default_rng(0).standard_normal(3000) > 0).astype(int)
             bundle = Path(tmp) / f"b{d}"
             train_bundle(x, y, bundle, embedder=EmbedderSpec(name="bench", version="v1"))
-            for recording in (True, False):
-                proc, target = start_server(bundle, recording)
+            modes = {
+                # The default since issue 7: the durable SQLite label-join store.
+                "on, sqlite": (True, ["--store", "sqlite", "--state-dir", f"{tmp}/s{d}"]),
+                "on, memory": (True, ["--store", "memory"]),
+                "off": (False, ["--store", "memory"]),
+            }
+            for mode, (recording, extra) in modes.items():
+                proc, target = start_server(bundle, recording, extra)
                 try:
                     with grpc.insecure_channel(
                         target, options=[("grpc.max_send_message_length", 64 << 20)]
@@ -162,9 +168,9 @@ def main() -> int:
                 finally:
                     proc.send_signal(signal.SIGTERM)
                     rc = proc.wait(30)
-                tput[(d, recording)] = b["emb_per_cpu_s"]
+                tput[(d, mode)] = b["emb_per_cpu_s"]
                 print(
-                    f"| {d} | {'on' if recording else 'off'} | {u['p50_ms']:.3f} | "
+                    f"| {d} | {mode} | {u['p50_ms']:.3f} | "
                     f"{u['p99_ms']:.3f} | {b['emb_per_s']:,.0f} | {b['emb_per_cpu_s']:,.0f} | "
                     f"{b['server_cpu_util']:.0%} | {b['batch_p50_ms']:.2f} | "
                     f"{b['batch_p99_ms']:.2f} |" + ("" if rc == 0 else f" (exit {rc})"),
@@ -172,8 +178,11 @@ def main() -> int:
                 )
     print()
     for d in a.dims:
-        cost = 1 - tput[(d, True)] / tput[(d, False)]
-        print(f"recording cost at d={d}: {cost:.1%} of throughput per server CPU-second")
+        for mode in ("on, sqlite", "on, memory"):
+            cost = 1 - tput[(d, mode)] / tput[(d, "off")]
+            print(
+                f"recording cost at d={d} ({mode}): {cost:.1%} of throughput per server CPU-second"
+            )
     return 0
 
 

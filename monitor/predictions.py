@@ -146,8 +146,20 @@ class PredictionStore:
         self.counters.evicted_capacity += n_cap
         self.counters.evicted_ttl += len(evicted) - n_cap
 
-    def record(self, ids: Sequence[str], scores: np.ndarray) -> None:
-        """Record one prediction per id; refuse the whole batch if any id is pending."""
+    def record(
+        self,
+        ids: Sequence[str],
+        scores: np.ndarray,
+        *,
+        now: float | None = None,
+        journal: Callable[[list[str], np.ndarray, int, float], None] | None = None,
+    ) -> None:
+        """Record one prediction per id; refuse the whole batch if any id is pending.
+
+        ``journal(ids, scores, first_seq, now)`` (the durable store) runs after the checks
+        and before anything changes: if it raises, nothing was recorded. ``now`` replays a
+        recorded time (restoring from the journal).
+        """
         unique = set(ids)
         if len(unique) != len(ids):
             seen: set[str] = set()
@@ -157,7 +169,10 @@ class PredictionStore:
             dup = self._pending.keys() & unique
             if dup:
                 raise DuplicateRequestIds(sorted(dup))
-            now, n, cap = self._clock(), len(ids), self.capacity
+            now = self._clock() if now is None else now
+            if journal is not None:
+                journal(list(ids), scores, self._seq, now)
+            n, cap = len(ids), self.capacity
             if n > cap:  # only the newest `capacity` can be kept; the rest leave at once
                 self._seq += n - cap
                 self.counters.evicted_capacity += n - cap
@@ -174,6 +189,29 @@ class PredictionStore:
             self._pending.update(zip(ids, range(start, start + n), strict=True))
             self.counters.recorded += n
 
+    # -- for the durable store's journal ---------------------------------------------------
+    @property
+    def next_seq(self) -> int:
+        """Sequence number the next recorded prediction gets."""
+        return self._seq
+
+    def oldest_pending_seq(self) -> int:
+        """Sequence number of the oldest prediction still awaiting a label (next_seq if none)."""
+        with self._lock:
+            return self._oldest_pending_unlocked()
+
+    def _oldest_pending_unlocked(self) -> int:
+        # For a journal callback, which runs with the lock held.
+        return next(iter(self._pending.values()), self._seq)
+
+    def restore_labelled(self, ids: Sequence[str]) -> None:
+        """After replaying the journal: these ids were labelled before; they leave pending
+        and are remembered as labelled."""
+        with self._lock:
+            for rid in ids:
+                self._pending.pop(rid, None)
+                self._bury(rid, _LABELLED)
+
     def rebind(self, bundle_sha256: str) -> int:
         """Serve another bundle: pending predictions leave (late labels count as expired)."""
         with self._lock:
@@ -188,32 +226,43 @@ class PredictionStore:
             self._evict(self._clock())
 
     def join(
-        self, ids: Sequence[str], labels: np.ndarray, carried: np.ndarray | None = None
+        self,
+        ids: Sequence[str],
+        labels: np.ndarray,
+        carried: np.ndarray | None = None,
+        *,
+        journal: Callable[[JoinResult, list[tuple[str, int]]], None] | None = None,
     ) -> JoinResult:
         """Pop the predictions these labels belong to; count the ones that match nothing.
 
         ``carried`` (NaN where absent): the score the serving replica gave, used when this
         store has no prediction for the id, unless the id was already labelled here.
+        ``journal(result, [(id, prediction seq or -1), ...])`` (the durable store) runs once
+        the outcome is known and before anything changes: if it raises, nothing was joined.
         """
         labels = np.asarray(labels).astype(np.int8).reshape(-1)
         scores = np.empty(len(ids), dtype=np.float32)
         keep = np.zeros(len(ids), dtype=bool)
         res = JoinResult(scores=scores, labels=labels)
+        joined: list[tuple[str, int]] = []  # (id, its prediction's seq; -1: carried)
         with self._lock:
             self._evict(self._clock())
             pending, gone = self._pending, self._gone
+            taken: set[str] = set()
             for i, rid in enumerate(ids):
-                seq = pending.pop(rid, None)
+                seq = None if rid in taken else pending.get(rid)
                 if seq is not None:
                     scores[i] = self._scores[seq % self.capacity]
                     keep[i] = True
-                    self._bury(rid, _LABELLED)
+                    taken.add(rid)
+                    joined.append((rid, seq))
                     continue
-                why = gone.get(rid)
+                why = _LABELLED if rid in taken else gone.get(rid)
                 if why != _LABELLED and carried is not None and np.isfinite(carried[i]):
                     scores[i] = carried[i]
                     keep[i] = True
-                    self._bury(rid, _LABELLED)
+                    taken.add(rid)
+                    joined.append((rid, -1))
                     res.carried += 1
                     continue
                 if why == _EXPIRED:
@@ -224,12 +273,17 @@ class PredictionStore:
                     res.unknown += 1
                 if len(res.unmatched_ids) < self.max_unmatched_reported:
                     res.unmatched_ids.append(rid)
+            res.scores, res.labels = scores[keep], labels[keep]
+            if journal is not None:
+                journal(res, joined)
+            for rid, _ in joined:
+                pending.pop(rid, None)
+                self._bury(rid, _LABELLED)
             c = self.counters
             c.labels_received += len(ids)
-            c.labels_joined += int(keep.sum())
+            c.labels_joined += len(joined)
             c.labels_carried += res.carried
             c.labels_unknown += res.unknown
             c.labels_expired += res.expired
             c.labels_already_labelled += res.already_labelled
-        res.scores, res.labels = scores[keep], labels[keep]
         return res

@@ -463,7 +463,12 @@ class MonitorService(pb_grpc.MonitorServicer):
     # -- status ----------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """Plain-dict snapshot shared by GetStatus and the Prometheus collector."""
-        self.store.expire()
+        try:
+            self.store.expire()
+        except StoreUnavailable as exc:
+            # A status read must not fail because the disk did; the failure is counted.
+            self.store_errors["expire"] = self.store_errors.get("expire", 0) + 1
+            self._log_store_error(exc, "expired predictions are not being evicted")
         c = self.store.counters
         t = self.traffic
         now = time.time()

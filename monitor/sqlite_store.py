@@ -1,27 +1,33 @@
-"""The durable label-join store: SQLite in WAL mode.
+"""The durable label-join store: an in-memory store with an SQLite (WAL) journal.
 
 Same contract as the in-memory :class:`~.predictions.PredictionStore` (bounded in size
 and age, every eviction counted, late labels told apart as expired / already labelled /
-unknown), plus two things that must survive a restart or ``kill -9``:
+unknown), plus what must survive a restart or ``kill -9``:
 
-* predictions awaiting a label (``predictions``), so a label that arrives after a
-  restart still joins;
-* labels joined but not yet folded into a calibration snapshot (``labels``), so no
+* **predictions awaiting a label**: each recorded batch is one journal row (its ids, as
+  JSON, and its scores, as float32 bytes), so the request path pays one SQL insert per
+  call, not one B-tree insert per id. At start the journal is replayed through the
+  in-memory store, which re-applies capacity and TTL;
+* **which ids were labelled** (``labelled``), so a replayed prediction that was already
+  labelled is not resurrected and a second label for it is not joined twice;
+* **labels joined but not yet folded into a calibration snapshot** (``labels``), so no
   accepted label is missing from the calibration figures after a restart. The engine's
   snapshot records the sequence number of the last label it folded; saving it deletes
   the labels up to there in the same transaction (exactly once).
 
-Every write is one transaction committed before the RPC returns. With
-``synchronous=NORMAL`` a WAL commit reaches the OS before the call returns, which a
-killed process cannot lose; ``synchronous=FULL`` also fsyncs each commit, for power
-loss. Counters (labels joined, evictions ...) are per process, like any Prometheus
-counter.
+Every write is one transaction committed before the RPC returns, and before the in-memory
+state changes: a failed write leaves nothing half-done. With ``synchronous=NORMAL`` a WAL
+commit reaches the OS before the call returns, which a killed process cannot lose;
+``synchronous=FULL`` also fsyncs each commit, for power loss. Counters (labels joined,
+evictions ...) are per process, like any Prometheus counter; ids evicted before a restart
+and no longer in the journal count as ``unknown`` rather than ``expired`` afterwards.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import sqlite3
 import threading
@@ -31,33 +37,28 @@ from pathlib import Path
 
 import numpy as np
 
-from .predictions import (
-    _EXPIRED,
-    _LABELLED,
-    DuplicateRequestIds,
-    JoinResult,
-    StoreCounters,
-)
+from .predictions import JoinResult, PredictionStore, StoreCounters
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-# Far below SQLite's default host-parameter limit (32766), so one IN (...) per chunk.
-_CHUNK = 4000
+SCHEMA_VERSION = 2
+# Journal rows older than the oldest pending prediction are dropped every this many records.
+_CLEAN_EVERY = 64
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS predictions (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    request_id TEXT NOT NULL UNIQUE,
-    score REAL NOT NULL,
-    at REAL NOT NULL
+CREATE TABLE IF NOT EXISTS batches (
+    seq_start INTEGER PRIMARY KEY,
+    n INTEGER NOT NULL,
+    at REAL NOT NULL,
+    ids TEXT NOT NULL,
+    scores BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS gone (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    request_id TEXT NOT NULL UNIQUE,
-    why INTEGER NOT NULL
+CREATE TABLE IF NOT EXISTS labelled (
+    request_id TEXT PRIMARY KEY,
+    pred_seq INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS labelled_by_seq ON labelled(pred_seq);
 CREATE TABLE IF NOT EXISTS labels (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     score REAL NOT NULL,
@@ -75,15 +76,6 @@ CREATE TABLE IF NOT EXISTS snapshots (
 
 class StoreUnavailable(Exception):
     """The store could not be written (disk full, read-only, corrupt); the message says which."""
-
-
-def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
-    for i in range(0, len(items), _CHUNK):
-        yield items[i : i + _CHUNK]
-
-
-def _marks(n: int) -> str:
-    return ",".join("?" * n)
 
 
 class SqliteStore:
@@ -117,6 +109,10 @@ class SqliteStore:
     >>> (r.joined, r.unknown, float(r.scores[0]) > 0.8)
     (1, 1, True)
     >>> s.close()
+    >>> s = SqliteStore(d + "/s.db", capacity=10, ttl_seconds=60, bundle_sha256="b")
+    >>> (len(s), s.join(["a", "b"], np.array([0, 1])).already_labelled)
+    (1, 1)
+    >>> s.close()
     """
 
     durable = True
@@ -135,22 +131,24 @@ class SqliteStore:
         keep_labels: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if capacity < 1:
-            raise ValueError("capacity must be at least 1")
         if synchronous not in ("normal", "full"):
             raise ValueError("synchronous must be 'normal' or 'full'")
+        # Wall time: a recorded time must mean the same after a restart.
+        self.mem = PredictionStore(
+            capacity,
+            ttl_seconds,
+            tombstone_capacity=tombstone_capacity,
+            max_unmatched_reported=max_unmatched_reported,
+            clock=clock,
+        )
         self.path = Path(path)
-        self.capacity = capacity
-        self.ttl_seconds = float(ttl_seconds)
-        self.tombstone_capacity = capacity if tombstone_capacity is None else tombstone_capacity
-        self.max_unmatched_reported = max_unmatched_reported
         self.keep_labels = keep_labels
-        self._clock = clock  # wall time: it must mean the same after a restart
-        self._lock = threading.Lock()
-        self.counters = StoreCounters()
+        self._clock = clock
+        self._lock = threading.Lock()  # the SQLite connection's; the memory store has its own
+        self._records = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # One sidecar per store: a second writer would break the in-memory counts and
-        # evict the first one's predictions. flock is released by the OS on kill -9.
+        # One sidecar per store: a second writer would replay the first one's journal and
+        # evict its predictions. flock is released by the OS on kill -9.
         self._lockfile = open(self.path.with_name(self.path.name + ".lock"), "a+b")  # noqa: SIM115
         try:
             fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -162,10 +160,30 @@ class SqliteStore:
             ) from None
         try:
             self._open(synchronous, max_bytes, bundle_sha256)
+            self._replay()
         except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
             self._lockfile.close()
             raise
 
+    # The in-memory store's view, for callers of either store.
+    @property
+    def capacity(self) -> int:
+        return self.mem.capacity
+
+    @property
+    def ttl_seconds(self) -> float:
+        return self.mem.ttl_seconds
+
+    @property
+    def counters(self) -> StoreCounters:
+        return self.mem.counters
+
+    def __len__(self) -> int:
+        return len(self.mem)
+
+    # -- opening and replay -------------------------------------------------------------------
     def _open(self, synchronous: str, max_bytes: int | None, bundle_sha256: str) -> None:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per call.
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -176,58 +194,46 @@ class SqliteStore:
         # Checkpoints stay with the writer (SQLite's default, every 1,000 pages): between
         # our serialised transactions nothing writes, so each one completes and the WAL
         # restarts. A checkpointer beside a busy writer never completes and the WAL grows
-        # without bound (measured: 2.3 GiB in 60 s at 73k rows/s). The price is a few ms on
-        # the commit that triggers it. journal_size_limit trims the file after a spike.
+        # without bound (measured: 2.3 GiB in 60 s at 73k rows/s). journal_size_limit
+        # trims the file after a spike.
         db.execute("PRAGMA wal_autocheckpoint=1000")
         db.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")
-        db.executescript(_SCHEMA)
-        if max_bytes is not None:
-            page = db.execute("PRAGMA page_size").fetchone()[0]
-            db.execute(f"PRAGMA max_page_count={max(16, int(max_bytes) // page)}")
-        self._check_owner(bundle_sha256)
-        self._entries = db.execute("SELECT count(*) FROM predictions").fetchone()[0]
-        self._last_ttl_check = float("-inf")
-        self.restored_entries = self._entries
-
-    # -- housekeeping ---------------------------------------------------------------------
-    def rebind(self, bundle_sha256: str) -> int:
-        """Serve another bundle: drop pending predictions (late labels then count as
-        expired), unfolded labels and snapshots, which all describe the old classifier.
-        Returns the number of predictions dropped."""
-        with self._lock:
-            n = self._entries
-            self._check_owner(bundle_sha256)
-            self._entries = 0
-            return n
-
-    def _check_owner(self, bundle_sha256: str) -> None:
-        db = self._db
-        row = db.execute("SELECT value FROM meta WHERE key='bundle_sha256'").fetchone()
-        version = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        version = None
+        with contextlib.suppress(sqlite3.OperationalError):  # a new file has no meta yet
+            version = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         if version is not None and int(version[0]) != SCHEMA_VERSION:
             raise StoreUnavailable(
                 f"{self.path} has schema {version[0]}, this silentwatch writes "
                 f"{SCHEMA_VERSION}; move the file aside or point state_dir elsewhere"
             )
+        db.executescript(_SCHEMA)
+        if max_bytes is not None:
+            page = db.execute("PRAGMA page_size").fetchone()[0]
+            db.execute(f"PRAGMA max_page_count={max(16, int(max_bytes) // page)}")
+        self._check_owner(bundle_sha256)
+
+    def _check_owner(self, bundle_sha256: str) -> int:
+        """Drop state written for another bundle; returns the journal rows dropped."""
+        db = self._db
+        row = db.execute("SELECT value FROM meta WHERE key='bundle_sha256'").fetchone()
+        dropped = 0
         if row is not None and row[0] != bundle_sha256:
-            n = db.execute("SELECT count(*) FROM predictions").fetchone()[0]
+            dropped = db.execute("SELECT coalesce(sum(n), 0) FROM batches").fetchone()[0]
             log.warning(
-                "state in %s belongs to bundle %s, not the served %s: dropping its %d pending "
+                "state in %s belongs to bundle %s, not the served %s: dropping its %d journalled "
                 "predictions, unfolded labels and snapshots (they describe another classifier)",
                 self.path,
                 row[0][:16],
                 bundle_sha256[:16],
-                n,
+                dropped,
             )
+            # Late labels for them count as expired, not unknown (bounded by the tombstones).
+            labelled = {r[0] for r in db.execute("SELECT request_id FROM labelled")}
+            for (ids,) in db.execute("SELECT ids FROM batches ORDER BY seq_start"):
+                self.mem._bury_many([i for i in json.loads(ids) if i not in labelled])
             db.execute("BEGIN IMMEDIATE")
-            db.execute(
-                "INSERT OR REPLACE INTO gone(request_id, why) "
-                "SELECT request_id, ? FROM predictions",
-                (_EXPIRED,),
-            )
-            db.execute("DELETE FROM predictions")
-            db.execute("DELETE FROM labels")
-            db.execute("DELETE FROM snapshots")
+            for table in ("batches", "labelled", "labels", "snapshots"):
+                db.execute(f"DELETE FROM {table}")
             db.execute("COMMIT")
         db.execute("BEGIN IMMEDIATE")
         db.execute(
@@ -235,6 +241,38 @@ class SqliteStore:
             (bundle_sha256, str(SCHEMA_VERSION)),
         )
         db.execute("COMMIT")
+        return dropped
+
+    def _replay(self) -> None:
+        """Rebuild the in-memory store from the journal, then forget the labelled ids."""
+        db, mem = self._db, self.mem
+        first = True
+        for seq_start, at, ids, scores in db.execute(
+            "SELECT seq_start, at, ids, scores FROM batches ORDER BY seq_start"
+        ):
+            if first:
+                mem._seq = int(seq_start)  # continue the journal's numbering
+                first = False
+            elif seq_start != mem.next_seq:
+                raise StoreUnavailable(f"{self.path}: journal gap at prediction {seq_start}")
+            mem.record(json.loads(ids), np.frombuffer(scores, dtype=np.float32), now=at)
+        top = db.execute("SELECT max(seq_start + n) FROM batches").fetchone()[0]
+        if top is None:  # nothing journalled: continue after the labelled ones, if any
+            top = db.execute("SELECT coalesce(max(pred_seq) + 1, 0) FROM labelled").fetchone()[0]
+            mem._seq = int(top)
+        mem.restore_labelled([r[0] for r in db.execute("SELECT request_id FROM labelled")])
+        mem.expire()
+        # Replay is not traffic: the counters start at zero for this process.
+        mem.counters = StoreCounters()
+        self.restored_entries = len(mem)
+
+    def rebind(self, bundle_sha256: str) -> int:
+        """Serve another bundle: drop pending predictions (late labels then count as
+        expired), unfolded labels and snapshots, which all describe the old classifier.
+        Returns the number of predictions dropped."""
+        with self._lock:
+            self._check_owner(bundle_sha256)
+            return self.mem.rebind(bundle_sha256)
 
     def close(self) -> None:
         with self._lock:
@@ -245,132 +283,69 @@ class SqliteStore:
                 log.exception("closing %s failed", self.path)
             self._lockfile.close()  # releases the flock
 
-    def __len__(self) -> int:
-        return self._entries
-
+    # -- transactions -------------------------------------------------------------------------
     def _tx(self, fn: Callable[[sqlite3.Connection], object]) -> object:
-        """Run ``fn`` in one IMMEDIATE transaction; roll back and re-raise on any error."""
+        """Run ``fn`` in one IMMEDIATE transaction; roll back and raise StoreUnavailable."""
         db = self._db
-        c = self.counters
-        # In-memory figures the transaction moves; put back if it rolls back.
-        saved = (self._entries, c.evicted_ttl, c.evicted_capacity, c.recorded)
-        try:
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(self._why(exc)) from exc
-        try:
-            out = fn(db)
-            db.execute("COMMIT")
-            return out
-        except BaseException as exc:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            self._entries, c.evicted_ttl, c.evicted_capacity, c.recorded = saved
-            if isinstance(exc, sqlite3.Error):
-                raise StoreUnavailable(self._why(exc)) from exc
-            raise
+        with self._lock:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                out = fn(db)
+                db.execute("COMMIT")
+                return out
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise StoreUnavailable(f"state store {self.path} failed: {exc}") from exc
 
-    def _why(self, exc: sqlite3.Error) -> str:
-        return f"state store {self.path} failed: {exc}"
-
-    def _bury_oldest(self, db: sqlite3.Connection, where: str, args: tuple) -> int:
-        db.execute(
-            f"INSERT OR REPLACE INTO gone(request_id, why) SELECT request_id, {_EXPIRED} "
-            f"FROM predictions WHERE {where}",
-            args,
-        )
-        return db.execute(f"DELETE FROM predictions WHERE {where}", args).rowcount
-
-    def _trim_gone(self, db: sqlite3.Connection) -> None:
-        top = db.execute("SELECT max(seq) FROM gone").fetchone()[0]
-        if top is not None and top > self.tombstone_capacity:
-            db.execute("DELETE FROM gone WHERE seq <= ?", (top - self.tombstone_capacity,))
-
-    def _evict(self, db: sqlite3.Connection, incoming: int, now: float) -> None:
-        # Age first (at most once a second: it is a scan from the oldest row), then size.
-        if now - self._last_ttl_check >= 1.0:
-            self._last_ttl_check = now
-            row = db.execute(
-                "SELECT seq FROM predictions WHERE at >= ? ORDER BY seq LIMIT 1",
-                (now - self.ttl_seconds,),
-            ).fetchone()
-            if row is None:
-                n = self._bury_oldest(db, "1", ())
-            else:
-                n = self._bury_oldest(db, "seq < ?", (row[0],))
-            if n:
-                self.counters.evicted_ttl += n
-                self._entries -= n
-        over = self._entries + incoming - self.capacity
-        if over > 0:
-            n = self._bury_oldest(
-                db, "seq IN (SELECT seq FROM predictions ORDER BY seq LIMIT ?)", (over,)
-            )
-            self.counters.evicted_capacity += n
-            self._entries -= n
-        self._trim_gone(db)
-
-    # -- the label join ---------------------------------------------------------------------
+    # -- the label join -----------------------------------------------------------------------
     def record(self, ids: Sequence[str], scores: np.ndarray) -> None:
         """Record one prediction per id; refuse the whole batch if any id is pending.
 
-        Raises :class:`StoreUnavailable` when the database cannot be written.
+        Raises :class:`StoreUnavailable` (and records nothing) when the journal cannot be
+        written.
         """
-        if len(set(ids)) != len(ids):
-            seen: set[str] = set()
-            dup = next(i for i in ids if i in seen or seen.add(i))
-            raise DuplicateRequestIds([dup], within_batch=True)
-        ids = list(ids)
-        values = np.asarray(scores, dtype=np.float64).tolist()
-        lost: list[str] = []
-        if len(ids) > self.capacity:  # only the newest `capacity` could be kept anyway
-            cut = len(ids) - self.capacity
-            lost, ids, values = ids[:cut], ids[cut:], values[cut:]
-        with self._lock:
-            now = self._clock()
+
+        def journal(ids: list[str], scores: np.ndarray, first: int, now: float) -> None:
+            blob = np.ascontiguousarray(scores, dtype=np.float32).tobytes()
+            self._records += 1
+            clean = self._records % _CLEAN_EVERY == 0
 
             def write(db: sqlite3.Connection) -> None:
-                self._evict(db, len(ids), now)
-                if lost:
-                    self.counters.evicted_capacity += len(lost)
-                    self.counters.recorded += len(lost)
-                    db.executemany(
-                        f"INSERT OR REPLACE INTO gone(request_id, why) VALUES (?, {_EXPIRED})",
-                        ((r,) for r in lost),
-                    )
-                try:
-                    # The UNIQUE index finds pending duplicates; no lookup before the insert.
-                    db.executemany(
-                        "INSERT INTO predictions(request_id, score, at) VALUES (?, ?, ?)",
-                        zip(ids, values, [now] * len(ids), strict=True),
-                    )
-                except sqlite3.IntegrityError:
-                    raise DuplicateRequestIds(self._pending_among(db, ids)) from None
+                db.execute(
+                    "INSERT INTO batches VALUES (?, ?, ?, ?, ?)",
+                    (first, len(ids), now, json.dumps(ids), blob),
+                )
+                if clean:
+                    self._clean(db, self.mem._oldest_pending_unlocked())
 
             self._tx(write)
-            self._entries += len(ids)
-            self.counters.recorded += len(ids)
 
-    def _pending_among(self, db: sqlite3.Connection, ids: list[str]) -> list[str]:
-        # Called after the failed insert: the rows it wrote are rolled back with it, so
-        # look for ids committed earlier.
-        db.execute("ROLLBACK")
-        db.execute("BEGIN IMMEDIATE")
-        found = [
-            r[0]
-            for part in _chunks(ids)
-            for r in db.execute(
-                f"SELECT request_id FROM predictions WHERE request_id IN ({_marks(len(part))})",
-                part,
-            )
-        ]
-        return sorted(found)
+        self.mem.record(ids, scores, journal=journal)
+
+    def _clean(self, db: sqlite3.Connection, oldest: int) -> None:
+        # Batches whose every prediction left (labelled, evicted) are never replayed again,
+        # and labelled ids older than the journal can no longer be resurrected.
+        # `seq_start < ?` first: a range on the primary key, not a scan of the journal.
+        db.execute(
+            "DELETE FROM batches WHERE seq_start < ? AND seq_start + n <= ?", (oldest, oldest)
+        )
+        db.execute(
+            "DELETE FROM labelled WHERE pred_seq < (SELECT coalesce(min(seq_start), ?) "
+            "FROM batches)",
+            (oldest,),
+        )
+        # Carried labels have no prediction here; keep them for a store's worth of traffic.
+        db.execute(
+            "DELETE FROM labelled WHERE pred_seq < 0 AND rowid IN (SELECT rowid FROM labelled "
+            "WHERE pred_seq < 0 ORDER BY rowid LIMIT max(0, (SELECT count(*) FROM labelled "
+            "WHERE pred_seq < 0) - ?))",
+            (self.mem.tombstone_capacity,),
+        )
 
     def expire(self) -> None:
-        """Apply the TTL now (also done on every record, at most once a second)."""
-        with self._lock:
-            self._last_ttl_check = float("-inf")
-            self._tx(lambda db: self._evict(db, 0, self._clock()))
+        """Apply the TTL now (in memory; the journal rows go at the next clean-up)."""
+        self.mem.expire()
 
     def join(
         self,
@@ -386,107 +361,47 @@ class SqliteStore:
         never joins twice. Raises :class:`StoreUnavailable` when nothing could be written
         (then nothing was accepted: the caller should retry).
         """
-        ids = list(ids)
-        labels = np.asarray(labels).astype(np.int8).reshape(-1)
-        k = len(ids)
-        scores = np.empty(k, dtype=np.float32)
-        keep = np.zeros(k, dtype=bool)
-        res = JoinResult(scores=scores, labels=labels)
-        with self._lock:
-            now = self._clock()
+        now = self._clock()
+
+        def journal(res: JoinResult, joined: list[tuple[str, int]]) -> None:
+            if not joined:
+                return
 
             def write(db: sqlite3.Connection) -> None:
-                pending: dict[str, float] = {}
-                gone: dict[str, int] = {}
-                for part in _chunks(ids):
-                    q = _marks(len(part))
-                    pending.update(
-                        db.execute(
-                            f"SELECT request_id, score FROM predictions WHERE request_id IN ({q})",
-                            part,
-                        ).fetchall()
-                    )
-                    gone.update(
-                        db.execute(
-                            f"SELECT request_id, why FROM gone WHERE request_id IN ({q})", part
-                        ).fetchall()
-                    )
-                taken: set[str] = set()
-                joined_ids: list[str] = []
-                for i, rid in enumerate(ids):
-                    if rid in taken:
-                        why = _LABELLED
-                    elif rid in pending:
-                        scores[i] = pending[rid]
-                        keep[i] = True
-                        taken.add(rid)
-                        joined_ids.append(rid)
-                        continue
-                    else:
-                        why = gone.get(rid)
-                    if why != _LABELLED and carried is not None and np.isfinite(carried[i]):
-                        scores[i] = carried[i]
-                        keep[i] = True
-                        taken.add(rid)
-                        res.carried += 1
-                        continue
-                    if why == _EXPIRED:
-                        res.expired += 1
-                    elif why == _LABELLED:
-                        res.already_labelled += 1
-                    else:
-                        res.unknown += 1
-                    if len(res.unmatched_ids) < self.max_unmatched_reported:
-                        res.unmatched_ids.append(rid)
-                for part in _chunks(joined_ids):
-                    db.execute(
-                        f"DELETE FROM predictions WHERE request_id IN ({_marks(len(part))})", part
-                    )
                 db.executemany(
-                    f"INSERT OR REPLACE INTO gone(request_id, why) VALUES (?, {_LABELLED})",
-                    ((r,) for r in taken),
+                    "INSERT OR REPLACE INTO labelled(request_id, pred_seq) VALUES (?, ?)", joined
                 )
-                if taken and self.keep_labels:
+                if self.keep_labels:
                     db.executemany(
                         "INSERT INTO labels(score, label, at) VALUES (?, ?, ?)",
                         zip(
-                            scores[keep].astype(np.float64).tolist(),
-                            labels[keep].tolist(),
-                            [now] * int(keep.sum()),
+                            res.scores.astype(np.float64).tolist(),
+                            res.labels.tolist(),
+                            [now] * len(joined),
                             strict=True,
                         ),
                     )
                     res.label_seq = db.execute("SELECT max(seq) FROM labels").fetchone()[0]
-                self._trim_gone(db)
-                self._entries -= len(joined_ids)
 
             self._tx(write)
-            c = self.counters
-            c.labels_received += k
-            c.labels_joined += int(keep.sum())
-            c.labels_carried += res.carried
-            c.labels_unknown += res.unknown
-            c.labels_expired += res.expired
-            c.labels_already_labelled += res.already_labelled
-        res.scores, res.labels = scores[keep], labels[keep]
-        return res
+
+        return self.mem.join(ids, labels, carried, journal=journal)
 
     # -- snapshots ----------------------------------------------------------------------------
     def save_snapshots(self, items: dict[str, bytes], label_seq: int) -> None:
         """Write snapshots and drop the labels they cover (``seq <= label_seq``), atomically."""
-        with self._lock:
-            now = self._clock()
+        now = self._clock()
 
-            def write(db: sqlite3.Connection) -> None:
-                db.executemany(
-                    "INSERT OR REPLACE INTO snapshots(name, taken_at, label_seq, data) "
-                    "VALUES (?, ?, ?, ?)",
-                    [(name, now, label_seq, sqlite3.Binary(data)) for name, data in items.items()],
-                )
-                if label_seq >= 0:
-                    db.execute("DELETE FROM labels WHERE seq <= ?", (label_seq,))
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT OR REPLACE INTO snapshots(name, taken_at, label_seq, data) "
+                "VALUES (?, ?, ?, ?)",
+                [(name, now, label_seq, sqlite3.Binary(data)) for name, data in items.items()],
+            )
+            if label_seq >= 0:
+                db.execute("DELETE FROM labels WHERE seq <= ?", (label_seq,))
 
-            self._tx(write)
+        self._tx(write)
 
     def load_snapshot(self, name: str) -> tuple[float, int, bytes] | None:
         """``(taken_at, label_seq, data)`` of a snapshot, or None."""

@@ -141,12 +141,17 @@ def test_a_full_database_raises_store_unavailable_and_keeps_counts_right(tmp_pat
     s.close()
 
 
-def test_the_tombstones_stay_bounded(tmp_path: Path) -> None:
-    s = sqlite(tmp_path, capacity=10, tombstone_capacity=20)
-    for i in range(10):
-        s.record([f"{i}-{j}" for j in range(10)], np.zeros(10, dtype=np.float32))
-    rows = s._db.execute("SELECT count(*) FROM gone").fetchone()[0]
-    assert rows <= 20 and len(s) == 10
+def test_the_journal_and_the_labelled_ids_stay_bounded(tmp_path: Path) -> None:
+    s = sqlite(tmp_path, capacity=100)
+    for i in range(200):
+        ids = [f"{i}-{j}" for j in range(10)]
+        s.record(ids, np.zeros(10, dtype=np.float32))
+        s.join(ids[:5], np.ones(5))
+    journalled = s._db.execute("SELECT coalesce(sum(n), 0) FROM batches").fetchone()[0]
+    labelled = s._db.execute("SELECT count(*) FROM labelled").fetchone()[0]
+    assert len(s) == 50  # 100 recorded ids in the window, half of them labelled
+    assert journalled <= 100 + 64 * 10  # cleaned every 64 records
+    assert labelled <= journalled
     s.close()
 
 

@@ -442,3 +442,38 @@ def test_a_label_that_reaches_another_replica_still_counts(sidecar_factory, tmp_
     assert st.labelled.cumulative.n == 2
     assert st.labels.joined_carried == 2 and st.labels.carried_refused == 1
     assert np.isclose(st.labelled.cumulative.positives, 1)
+
+
+def test_a_store_that_breaks_at_run_time_keeps_the_sidecar_serving(sidecar_factory) -> None:
+    """Every store call failing (here: its connection gone, as after an I/O error): Classify
+    answers, SubmitLabels refuses with UNAVAILABLE (nothing half-accepted), GetStatus and
+    /metrics still answer, and every failure is counted."""
+    sc = sidecar_factory()
+    traffic = Traffic(sc.grpc_target, "broken")
+    traffic.step()
+    sc.store._db.close()
+    with grpc.insecure_channel(sc.grpc_target) as ch:
+        stub = pb_grpc.MonitorStub(ch)
+        x = unit_rows(4)
+        res = stub.ClassifyBatch(
+            pb.ClassifyBatchRequest(
+                embeddings=pb.EmbeddingMatrix(rows=4, dim=DIM, f32le=x.tobytes()),
+                request_ids=["b1", "b2", "b3", "b4"],
+            ),
+            timeout=10,
+        )
+        assert len(res.p_unsafe) == 4
+        with pytest.raises(grpc.RpcError) as err:
+            stub.SubmitLabels(
+                # recorded before the break: its join must be written, and cannot be
+                pb.SubmitLabelsRequest(labels=[pb.Label(request_id="broken-0-0", unsafe=True)]),
+                timeout=10,
+            )
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "nothing in this request was accepted" in err.value.details()
+        st = stub.GetStatus(pb.GetStatusRequest(), timeout=10)
+    assert st.store.predictions_not_recorded == 4 and st.store.errors >= 2
+    assert st.store.entries == 32  # the failed record and the failed join changed nothing
+    assert metric(sc.metrics_url, "silentwatch_store_errors_total", '{op="join"}') == 1
+    assert metric(sc.metrics_url, "silentwatch_predictions_not_recorded_total") == 4
+    traffic.close()
