@@ -7,8 +7,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 import warnings
 from collections.abc import Iterator
 
@@ -26,6 +24,7 @@ from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 
 from .conftest import unit_rows
+from .test_process import serve
 
 TOKEN = "log-test-admin-token-0123456789"
 
@@ -146,29 +145,15 @@ def test_serve_log_format_json_makes_every_stderr_line_json(bundle_dir, tmp_path
     token = tmp_path / "admin.token"
     token.write_text(TOKEN + "\n")
     token.chmod(0o600)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "silentwatch",
-            "serve",
-            "--bundle",
-            str(bundle_dir),
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--log-format",
-            "json",
-            "--admin-enabled",
-            "true",
-            "--admin-token-file",
-            str(token),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ},
+    proc = serve(
+        "--bundle",
+        str(bundle_dir),
+        "--log-format",
+        "json",
+        "--admin-enabled",
+        "true",
+        "--admin-token-file",
+        str(token),
     )
     try:
         line = proc.stdout.readline()

@@ -24,13 +24,15 @@ from .conftest import unit_rows
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def serve(*args: str, env: dict | None = None) -> subprocess.Popen:
+def serve(*args: str, env: dict | None = None, drop_env: tuple[str, ...] = ()) -> subprocess.Popen:
+    """`silentwatch serve` on free ports; ``env`` adds variables, ``drop_env`` removes some."""
+    base = {k: v for k, v in os.environ.items() if k not in drop_env}
     return subprocess.Popen(
         [sys.executable, "-m", "silentwatch", "serve", "--port", "0", "--metrics-port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, **(env or {})},
+        env={**base, **(env or {})},
     )
 
 

@@ -6,10 +6,7 @@ import datetime as dt
 import ipaddress
 import json
 import logging
-import os
 import signal
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +19,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from silentwatch.monitor.config import ConfigError, load_settings
 from silentwatch.monitor.tls import server_credentials
+
+from .test_process import serve
 
 TIMEOUT = 10.0
 
@@ -274,32 +273,18 @@ def test_sidecar_start_refuses_a_bad_tls_setting(sidecar_factory, pki):
 
 def test_json_logs_stay_json_when_handshakes_fail(bundle_dir, pki):
     """A refused plaintext client makes gRPC's core log a handshake failure: not on stderr."""
-    env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "silentwatch",
-            "serve",
-            "--bundle",
-            str(bundle_dir),
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--log-format",
-            "json",
-            "--tls-cert-file",
-            str(pki.server.cert),
-            "--tls-key-file",
-            str(pki.server.key),
-            "--tls-client-ca-file",
-            str(pki.ca.cert),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
+    proc = serve(
+        "--bundle",
+        str(bundle_dir),
+        "--log-format",
+        "json",
+        "--tls-cert-file",
+        str(pki.server.cert),
+        "--tls-key-file",
+        str(pki.server.key),
+        "--tls-client-ca-file",
+        str(pki.ca.cert),
+        drop_env=("GRPC_VERBOSITY",),
     )
     try:
         line = proc.stdout.readline()
