@@ -163,12 +163,10 @@ class Sidecar:
         self.pipeline = Pipeline(
             [self.traffic, *engine_sinks, *self.extra_sinks], max_queued_rows=s.max_queued_rows
         )
-        self.persister: StatePersister | None = None
-        if self.store.durable and self.engine is not None:
-            self.persister = StatePersister(
-                self.store, self.engine, max_age_seconds=s.snapshot_max_age_seconds
-            )
-            self.persister.restore()  # before any traffic: replayed labels come first
+        persister = self._persister_for(self.engine)
+        if persister is not None:
+            persister.restore()  # before any traffic: replayed labels come first
+        if self.store.durable:  # a no-op while no engine has a persister (detection off)
             self.pipeline.add_periodic(s.snapshot_interval_seconds, self._snapshot)
         self._reload_lock = threading.Lock()
         self.reloads = {"ok": 0, "unchanged": 0, "refused": 0}
@@ -183,10 +181,8 @@ class Sidecar:
             detection_disabled_reason=reason,
             text_embedder=self.text_embedder,
             canary=self.canary,
+            persister=persister,
         )
-        self.service.persister = self.persister
-        self.service.restore_report = None if self.persister is None else self.persister.report
-        self.store_open_error = getattr(self, "store_open_error", "")
         m = self.bundle.manifest
         self._info = self._bundle_info(self.bundle)
         self._holdout = dict(m.training.holdout_metrics)
@@ -233,6 +229,19 @@ class Sidecar:
                     self.store_open_error,
                 )
         return PredictionStore(s.store_capacity, s.store_ttl_seconds)
+
+    def _persister_for(self, engine: DetectionEngine | None) -> StatePersister | None:
+        """Snapshots need a durable store and an engine whose state they save."""
+        if engine is None or not self.store.durable:
+            return None
+        return StatePersister(
+            self.store, engine, max_age_seconds=self.settings.snapshot_max_age_seconds
+        )
+
+    @property
+    def persister(self) -> StatePersister | None:
+        """The service holds it (GetStatus reads it); one place, swapped on reload."""
+        return self.service.persister
 
     def _snapshot(self) -> bool:
         """Periodic task on the pipeline worker (the engine's thread)."""
@@ -282,25 +291,19 @@ class Sidecar:
                 return False, self.bundle
 
             def swap_sinks() -> None:
-                # On the worker thread: batches queued before the swap reach the old engine.
+                # On the worker thread: batches queued before the swap reach the old engine,
+                # and no snapshot of the old engine runs after it.
                 sinks = [self.traffic, *([engine] if engine is not None else []), *self.extra_sinks]
                 self.pipeline.sinks = sinks
-                if self.persister is not None and engine is not None:
-                    self.persister.engine = engine
-                elif engine is not None and self.store.durable:
-                    self.persister = StatePersister(
-                        self.store, engine, max_age_seconds=self.settings.snapshot_max_age_seconds
-                    )
-                    self.pipeline.add_periodic(
-                        self.settings.snapshot_interval_seconds, self._snapshot
-                    )
+                old = self.service.persister
+                if old is not None and engine is not None:
+                    old.engine = engine  # keeps its exported snapshot counters
                 else:
-                    self.persister = None
+                    self.service.persister = self._persister_for(engine)
 
             dropped = self.store.rebind(new.sha256)
             self.pipeline.run_on_worker(swap_sinks)
             self.traffic.flag_threshold = new.manifest.thresholds.flag
-            self.service.persister = self.persister
             self.service.swap(Served(new, engine, reason))
             self.bundle, self.engine = new, engine
             self._info.clear()

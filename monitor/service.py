@@ -26,6 +26,7 @@ from .config import ServeSettings
 from .engine import DetectionEngine
 from .errors import RequestError, invalid, precondition
 from .metrics import RequestMetrics, TrafficSink
+from .persistence import StatePersister
 from .pipeline import LabelBatch, Pipeline, PredictionBatch
 from .predictions import DuplicateRequestIds, PredictionStore
 from .scoring import confidence
@@ -172,6 +173,7 @@ class MonitorService(pb_grpc.MonitorServicer):
         detection_disabled_reason: str = "",
         text_embedder: TextEmbedder | None = None,
         canary: CanaryMonitor | None = None,
+        persister: StatePersister | None = None,
     ) -> None:
         self.served = Served(bundle, engine, detection_disabled_reason)
         self.settings = settings
@@ -190,8 +192,8 @@ class MonitorService(pb_grpc.MonitorServicer):
         self.predictions_not_recorded = 0
         self.carried_refused = 0
         self._last_store_log = float("-inf")
-        self.persister = None  # set by the Sidecar when the store is durable
-        self.restore_report = None
+        # Snapshots of the engine's state (durable store only); the Sidecar swaps it on reload.
+        self.persister = persister
 
     # The bundle-derived views, for callers outside the request path.
     @property
@@ -463,17 +465,12 @@ class MonitorService(pb_grpc.MonitorServicer):
     # -- status ----------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """Plain-dict snapshot shared by GetStatus and the Prometheus collector."""
-        try:
-            self.store.expire()
-        except StoreUnavailable as exc:
-            # A status read must not fail because the disk did; the failure is counted.
-            self.store_errors["expire"] = self.store_errors.get("expire", 0) + 1
-            self._log_store_error(exc, "expired predictions are not being evicted")
+        self.store.expire()  # in memory for both stores: never fails on the disk
         c = self.store.counters
         t = self.traffic
         now = time.time()
         ago = None if self.last_mismatch_at is None else now - self.last_mismatch_at
-        pers, rep = self.persister, self.restore_report
+        pers = self.persister
         last_snap = None if pers is None else pers.last_snapshot_at
         return {
             "identity": {
@@ -512,7 +509,7 @@ class MonitorService(pb_grpc.MonitorServicer):
                 "snapshots_written": 0 if pers is None else pers.snapshots_written,
                 "snapshot_errors": 0 if pers is None else pers.errors,
                 "last_snapshot_seconds_ago": None if last_snap is None else now - last_snap,
-                "labels_replayed_at_start": 0 if rep is None else rep.labels_replayed,
+                "labels_replayed_at_start": 0 if pers is None else pers.report.labels_replayed,
                 "predictions_not_recorded": self.predictions_not_recorded,
             },
             "pipeline": {

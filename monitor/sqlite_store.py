@@ -212,11 +212,10 @@ class SqliteStore:
             db.execute(f"PRAGMA max_page_count={max(16, int(max_bytes) // page)}")
         self._check_owner(bundle_sha256)
 
-    def _check_owner(self, bundle_sha256: str) -> int:
-        """Drop state written for another bundle; returns the journal rows dropped."""
+    def _check_owner(self, bundle_sha256: str) -> None:
+        """At open: drop state written for another bundle, then claim the store."""
         db = self._db
         row = db.execute("SELECT value FROM meta WHERE key='bundle_sha256'").fetchone()
-        dropped = 0
         if row is not None and row[0] != bundle_sha256:
             dropped = db.execute("SELECT coalesce(sum(n), 0) FROM batches").fetchone()[0]
             log.warning(
@@ -231,17 +230,20 @@ class SqliteStore:
             labelled = {r[0] for r in db.execute("SELECT request_id FROM labelled")}
             for (ids,) in db.execute("SELECT ids FROM batches ORDER BY seq_start"):
                 self.mem._bury_many([i for i in json.loads(ids) if i not in labelled])
-            db.execute("BEGIN IMMEDIATE")
+        self._claim(bundle_sha256, drop=row is not None and row[0] != bundle_sha256)
+
+    def _claim(self, bundle_sha256: str, *, drop: bool) -> None:
+        """Record the served bundle; with ``drop``, delete the previous bundle's state."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        if drop:
             for table in ("batches", "labelled", "labels", "snapshots"):
                 db.execute(f"DELETE FROM {table}")
-            db.execute("COMMIT")
-        db.execute("BEGIN IMMEDIATE")
         db.execute(
             "INSERT OR REPLACE INTO meta VALUES ('bundle_sha256', ?), ('schema', ?)",
             (bundle_sha256, str(SCHEMA_VERSION)),
         )
         db.execute("COMMIT")
-        return dropped
 
     def _replay(self) -> None:
         """Rebuild the in-memory store from the journal, then forget the labelled ids."""
@@ -271,7 +273,8 @@ class SqliteStore:
         expired), unfolded labels and snapshots, which all describe the old classifier.
         Returns the number of predictions dropped."""
         with self._lock:
-            self._check_owner(bundle_sha256)
+            self._claim(bundle_sha256, drop=True)
+            # Buries the pending ids as expired; the journal's others left with a tombstone.
             return self.mem.rebind(bundle_sha256)
 
     def close(self) -> None:
