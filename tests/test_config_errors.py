@@ -17,9 +17,11 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from silentwatch.monitor.config import ConfigError, ServeSettings, load_settings
+
+from .fuzzing import examples
 
 BUNDLE = "/nonexistent/bundle"  # load_settings never opens the bundle
 KEYS = sorted(ServeSettings.model_fields)
@@ -215,13 +217,7 @@ hostile = st.one_of(
 )
 
 
-@settings(
-    max_examples=int(os.environ.get("SILENTWATCH_FUZZ_EXAMPLES") or 150),
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+@examples(150)
 @given(
     key=st.one_of(st.sampled_from(KEYS), st.text(min_size=1, max_size=12)),
     value=hostile,

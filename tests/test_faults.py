@@ -22,7 +22,7 @@ from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 
 from .conftest import DIM, unit_rows
-from .test_process import serve, wait_serving
+from .test_process import serve, stop, wait_serving
 
 TOKEN = "admin-token-for-tests-0123456789"
 
@@ -95,11 +95,11 @@ def test_kill_9_mid_stream_loses_no_accepted_label(bundle_dir: Path, tmp_path: P
     proc = serve(*args)
     target = wait_serving(proc)["grpc"]
     traffic = Traffic(target, "k9")
-    stop = threading.Event()
+    halt = threading.Event()
     errors: list[grpc.RpcError] = []
 
     def stream() -> None:
-        while not stop.is_set():
+        while not halt.is_set():
             try:
                 traffic.step()
             except grpc.RpcError as exc:  # the kill lands mid-call: not accepted, not counted
@@ -118,7 +118,7 @@ def test_kill_9_mid_stream_loses_no_accepted_label(bundle_dir: Path, tmp_path: P
     assert before.store.durable and before.store.backend == "sqlite"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    stop.set()
+    halt.set()
     t.join(timeout=30)
     traffic.close()
     assert traffic.joined > 0
@@ -145,8 +145,7 @@ def test_kill_9_mid_stream_loses_no_accepted_label(bundle_dir: Path, tmp_path: P
             assert time.monotonic() < deadline
             time.sleep(0.05)
     finally:
-        proc2.send_signal(signal.SIGTERM)
-        proc2.communicate(timeout=30)
+        stop(proc2)
 
 
 def test_sigterm_drains_and_writes_a_final_snapshot(bundle_dir: Path, tmp_path: Path) -> None:
@@ -166,8 +165,7 @@ def test_sigterm_drains_and_writes_a_final_snapshot(bundle_dir: Path, tmp_path: 
     for _ in range(20):
         traffic.step()
     traffic.close()
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    err = stop(proc, timeout=60)
     assert proc.returncode == 0, err
     proc2 = serve(*args)
     try:
@@ -176,8 +174,7 @@ def test_sigterm_drains_and_writes_a_final_snapshot(bundle_dir: Path, tmp_path: 
         assert after.store.labels_replayed_at_start == 0
         assert after.detection.windows_evaluated > 0  # the windows came back too
     finally:
-        proc2.send_signal(signal.SIGTERM)
-        proc2.communicate(timeout=30)
+        stop(proc2)
 
 
 def test_an_old_window_snapshot_is_discarded_and_logged_but_labels_stay(
@@ -316,14 +313,14 @@ def test_reload_refuses_a_broken_bundle_and_swaps_a_good_one_atomically(
     good = _second_bundle(tmp_path, world)
     errors: list[grpc.RpcError] = []
     versions: set[str] = set()
-    stop = threading.Event()
+    halt = threading.Event()
 
     def hammer() -> None:
         # Requests during the reloads: every one answered, by one bundle or the other.
         with grpc.insecure_channel(sc.grpc_target) as ch:
             stub = pb_grpc.MonitorStub(ch)
             x = unit_rows(8, seed=5)
-            while not stop.is_set():
+            while not halt.is_set():
                 try:
                     r = stub.ClassifyBatch(
                         pb.ClassifyBatchRequest(
@@ -356,7 +353,7 @@ def test_reload_refuses_a_broken_bundle_and_swaps_a_good_one_atomically(
         assert not same.reloaded
         time.sleep(0.3)
     finally:
-        stop.set()
+        halt.set()
         t.join(timeout=30)
         ch.close()
     assert errors == []
@@ -392,8 +389,7 @@ def test_sighup_reloads_and_a_broken_bundle_keeps_the_old_one(
             assert time.monotonic() < deadline, "SIGHUP did not reload the bundle"
             time.sleep(0.1)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
+        err = stop(proc)
     assert "bundle reload refused" in err and "classifier.npz" in err
     assert "bundle reloaded" in err
 

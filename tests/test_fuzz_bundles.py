@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -33,7 +32,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 from silentwatch.monitor.bundle import BundleError, LoadedBundle, load_bundle
 from silentwatch.monitor.config import ServeSettings, load_settings
@@ -43,22 +42,12 @@ from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 
 from .conftest import DIM, unit_rows
+from .fuzzing import examples
 
 MANIFEST = "manifest.json"
 CLASSIFIER = "classifier.npz"
 REFERENCE = "reference.npz"
 FILES = (MANIFEST, CLASSIFIER, REFERENCE)
-
-
-def examples(default: int) -> settings:
-    """Reproducible hypothesis settings; ``SILENTWATCH_FUZZ_EXAMPLES`` overrides the count."""
-    return settings(
-        max_examples=int(os.environ.get("SILENTWATCH_FUZZ_EXAMPLES") or default),
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    )
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -226,7 +215,7 @@ def test_random_damage_is_always_a_bundle_error(bundle_dir: Path, name: str, pin
     only the hash check) meets the damage; for the manifest it makes no difference."""
     original = (bundle_dir / name).read_bytes()
 
-    @examples(60)
+    @examples(60, HealthCheck.too_slow)
     @given(data=damaged(original))
     def run(data: bytes) -> None:
         with copy_of(bundle_dir) as b:
@@ -277,7 +266,7 @@ def test_structural_manifest_edits_are_refused_by_name(bundle_dir: Path) -> None
     pristine = read_manifest(bundle_dir)
     all_paths = paths(pristine)
 
-    @examples(120)
+    @examples(120, HealthCheck.too_slow)
     @given(
         path=st.sampled_from(all_paths),
         op=st.sampled_from(["delete", "replace", "add"]),

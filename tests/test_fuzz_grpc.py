@@ -24,7 +24,6 @@ examples per property.
 from __future__ import annotations
 
 import math
-import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -37,7 +36,7 @@ import numpy as np
 import pytest
 from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 from silentwatch.monitor.bundle import load_bundle
 from silentwatch.monitor.config import ServeSettings, load_settings
@@ -49,6 +48,7 @@ from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 
 from .conftest import DIM, unit_rows
+from .fuzzing import examples
 
 MAX_ROWS = 48  # small limits so that the fuzz reaches them cheaply
 MAX_ID = 128
@@ -93,19 +93,8 @@ ALLOWED: dict[str, frozenset[Code]] = {
 }
 
 
-def examples(default: int) -> settings:
-    """Hypothesis settings: reproducible, ``SILENTWATCH_FUZZ_EXAMPLES`` overrides the count."""
-    return settings(
-        max_examples=int(os.environ.get("SILENTWATCH_FUZZ_EXAMPLES") or default),
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=[
-            HealthCheck.function_scoped_fixture,
-            HealthCheck.too_slow,
-            HealthCheck.data_too_large,
-        ],
-    )
+# Real gRPC calls per example: slow, and some messages are large by design.
+GRPC_SLOW = (HealthCheck.too_slow, HealthCheck.data_too_large)
 
 
 # -- strategies ----------------------------------------------------------------------------
@@ -532,7 +521,7 @@ def test_hostile_messages_get_ok_or_a_precise_refusal(
     before = request_counts(fuzz_sidecar)
     seen: Counter[str] = Counter()
 
-    @examples(100 if rpc != "GetStatus" else 5)
+    @examples(100 if rpc != "GetStatus" else 5, *GRPC_SLOW)
     @given(request=STRATEGIES[rpc])
     def run(request: Message) -> None:
         try:
@@ -570,7 +559,7 @@ def test_raw_bytes_get_a_precise_status(
     before = request_counts(fuzz_sidecar)
     undecodable = 0
 
-    @examples(40)
+    @examples(40, *GRPC_SLOW)
     @given(payload=raw_payloads(rpc))
     def run(payload: bytes) -> None:
         nonlocal undecodable

@@ -6,7 +6,6 @@ import io
 import json
 import logging
 import os
-import signal
 import warnings
 from collections.abc import Iterator
 
@@ -24,7 +23,7 @@ from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 
 from .conftest import unit_rows
-from .test_process import serve
+from .test_process import serve, stop
 
 TOKEN = "log-test-admin-token-0123456789"
 
@@ -166,12 +165,8 @@ def test_serve_log_format_json_makes_every_stderr_line_json(bundle_dir, tmp_path
                 pb.ClassifyBatchRequest(embeddings=pb.EmbeddingMatrix(rows=8, dim=32, f32le=x)),
                 timeout=10,
             )
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=10)
+        err = stop(proc)
     assert proc.returncode == 0, err
     records = [json.loads(line) for line in err.splitlines()]  # every line is JSON
     msgs = " | ".join(r["msg"] for r in records)

@@ -36,6 +36,18 @@ def serve(*args: str, env: dict | None = None, drop_env: tuple[str, ...] = ()) -
     )
 
 
+def stop(proc: subprocess.Popen, timeout: float = 30.0) -> str:
+    """SIGTERM, wait for the exit and return stderr; a process that does not exit in
+    ``timeout`` is killed (and the timeout raised), so no test leaves one behind."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate(timeout=10)
+        raise
+
+
 def wait_serving(proc: subprocess.Popen) -> dict:
     line = proc.stdout.readline()
     assert line, proc.stderr.read()

@@ -6,7 +6,6 @@ import datetime as dt
 import ipaddress
 import json
 import logging
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from silentwatch.monitor.config import ConfigError, load_settings
 from silentwatch.monitor.tls import server_credentials
 
-from .test_process import serve
+from .test_process import serve, stop
 
 TIMEOUT = 10.0
 
@@ -296,12 +295,8 @@ def test_json_logs_stay_json_when_handshakes_fail(bundle_dir, pki):
             _check(ch)
         with _tls_channel(target, pki, client=pki.client) as ch:
             assert _check(ch) == health_pb2.HealthCheckResponse.SERVING
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=10)
+        err = stop(proc)
     assert proc.returncode == 0, err
     records = [json.loads(line) for line in err.splitlines()]  # every stderr line is JSON
     assert any(r.get("event") == "mtls_on" for r in records)
