@@ -304,7 +304,7 @@ class Sidecar:
             dropped = self.store.rebind(new.sha256)
             self.pipeline.run_on_worker(swap_sinks)
             self.traffic.flag_threshold = new.manifest.thresholds.flag
-            self.service.swap(Served(new, engine, reason))
+            self.service.swap(Served.of(new, engine, reason))
             self.bundle, self.engine = new, engine
             self._info.clear()
             self._info.update(self._bundle_info(new))

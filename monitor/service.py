@@ -11,7 +11,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -136,28 +136,31 @@ def rpc(name: str) -> Callable[[Callable[..., R]], Callable[..., R]]:
 @dataclass(frozen=True)
 class Served:
     """Everything a request needs from the bundle, swapped as one reference on reload so
-    that no request ever sees half of one bundle and half of another."""
+    that no request ever sees half of one bundle and half of another. Plain fields: read on
+    every request."""
 
     bundle: LoadedBundle
     engine: DetectionEngine | None
     detection_disabled_reason: str
-    # Plain fields, not properties: read on every request.
-    scorer: Any = field(init=False)
-    dim: int = field(init=False)
-    normalize: bool = field(init=False)
-    threshold: float = field(init=False)
-    classifier_version: str = field(init=False)
+    scorer: Any
+    dim: int
+    normalize: bool
+    threshold: float
+    classifier_version: str
 
-    def __post_init__(self) -> None:
-        m = self.bundle.manifest
-        for name, value in (
-            ("scorer", self.bundle.scorer),
-            ("dim", m.embedding_dim),
-            ("normalize", m.embedder.normalized),
-            ("threshold", m.thresholds.flag),
-            ("classifier_version", m.classifier_version),
-        ):
-            object.__setattr__(self, name, value)
+    @classmethod
+    def of(cls, bundle: LoadedBundle, engine: DetectionEngine | None, reason: str) -> Served:
+        m = bundle.manifest
+        return cls(
+            bundle,
+            engine,
+            reason,
+            scorer=bundle.scorer,
+            dim=m.embedding_dim,
+            normalize=m.embedder.normalized,
+            threshold=m.thresholds.flag,
+            classifier_version=m.classifier_version,
+        )
 
 
 class MonitorService(pb_grpc.MonitorServicer):
@@ -175,7 +178,7 @@ class MonitorService(pb_grpc.MonitorServicer):
         canary: CanaryMonitor | None = None,
         persister: StatePersister | None = None,
     ) -> None:
-        self.served = Served(bundle, engine, detection_disabled_reason)
+        self.served = Served.of(bundle, engine, detection_disabled_reason)
         self.settings = settings
         self.store = store
         self.pipeline = pipeline
