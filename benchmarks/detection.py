@@ -40,14 +40,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from silentwatch.monitor import drift
-from silentwatch.monitor.bundle import EmbedderSpec, load_bundle, train_bundle
+from silentwatch.monitor.bundle import EmbedderSpec, load_bundle
 from silentwatch.monitor.bundle.manifest import DetectorSettings
-from silentwatch.monitor.calibration import accuracy, roc_auc
-from silentwatch.monitor.detectors.suite import DRIFT_DETECTORS, suite_for_bundle
-from silentwatch.monitor.engine import DetectionEngine, EngineOptions, WindowSpec
-from silentwatch.monitor.pipeline import PredictionBatch
+from silentwatch.monitor.detection.engine import DetectionEngine, EngineOptions, WindowSpec
+from silentwatch.monitor.detection.suite import DRIFT_DETECTORS, suite_for_bundle
+from silentwatch.monitor.evaluation.classification import accuracy, roc_auc
 from silentwatch.monitor.scoring import confidence
+from silentwatch.monitor.serving.pipeline import PredictionBatch
+from silentwatch.monitor.simulate import drift
+from silentwatch.monitor.training import train_bundle
 from sklearn.model_selection import train_test_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,9 +165,7 @@ def run_engine(suite, scorer, x: np.ndarray) -> dict:
     return {"windows": windows, "changes": changes}
 
 
-def summarise(
-    window_alarms: list[tuple[int, bool]], change_at: int
-) -> tuple[int, int, int | None]:
+def summarise(window_alarms: list[tuple[int, bool]], change_at: int) -> tuple[int, int, int | None]:
     """(pre-change windows, of them alarmed, delay of the first alarmed post-change window)."""
     pre = [a for end, a in window_alarms if end <= change_at]
     post = [end - change_at for end, a in window_alarms if end > change_at and a]
@@ -198,8 +197,9 @@ class CBPE:
         c = confidence(holdout_scores.astype(np.float64))
         self.ref = float(c.mean())
         wins = np.argsort(rng.random((2000, c.size)), axis=1)[:, :WINDOW]
-        self.threshold = float(np.quantile(self.ref - c[wins].mean(axis=1), 1 - ALPHA,
-                                           method="higher"))
+        self.threshold = float(
+            np.quantile(self.ref - c[wins].mean(axis=1), 1 - ALPHA, method="higher")
+        )
 
     def alarms(self, p: np.ndarray) -> list[tuple[int, bool]]:
         out = []
@@ -210,8 +210,15 @@ class CBPE:
 
 
 # -- peer -----------------------------------------------------------------------------------
-def run_peer(ref: np.ndarray, streams: dict[str, np.ndarray], seed: int, workdir: Path,
-             n_bootstraps: int, peer_window: int, alpha: float) -> dict | None:
+def run_peer(
+    ref: np.ndarray,
+    streams: dict[str, np.ndarray],
+    seed: int,
+    workdir: Path,
+    n_bootstraps: int,
+    peer_window: int,
+    alpha: float,
+) -> dict | None:
     py = ROOT / ".peer-alibi" / "bin" / "python"
     if not py.exists():
         print("alibi-detect peer not installed: bash benchmarks/peers/setup_alibi.sh")
@@ -224,10 +231,24 @@ def run_peer(ref: np.ndarray, streams: dict[str, np.ndarray], seed: int, workdir
         np.savez(f, x=x, change_at=-1 if name.startswith("none") else PRE)
         files.append(str(f))
     out = workdir / "alibi.json"
-    cmd = [str(py), str(ROOT / "benchmarks" / "peers" / "alibi_mmd_online.py"),
-           "--reference", str(workdir / "ref.npy"), "--streams", *files,
-           "--ert", str(WINDOW / alpha), "--window-size", str(peer_window),
-           "--n-bootstraps", str(n_bootstraps), "--seed", str(seed), "--out", str(out)]
+    cmd = [
+        str(py),
+        str(ROOT / "benchmarks" / "peers" / "alibi_mmd_online.py"),
+        "--reference",
+        str(workdir / "ref.npy"),
+        "--streams",
+        *files,
+        "--ert",
+        str(WINDOW / alpha),
+        "--window-size",
+        str(peer_window),
+        "--n-bootstraps",
+        str(n_bootstraps),
+        "--seed",
+        str(seed),
+        "--out",
+        str(out),
+    ]
     subprocess.run(cmd, check=True)
     return json.loads(out.read_text())
 
@@ -255,38 +276,47 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="sw-detect-"))
     t0 = time.perf_counter()
     train_bundle(
-        emb["minilm-l6"][train], y[train], tmp / "bundle",
+        emb["minilm-l6"][train],
+        y[train],
+        tmp / "bundle",
         embedder=EmbedderSpec(name="sentence-transformers/all-MiniLM-L6-v2", version="l6"),
         holdout_fraction=0.35,
         detectors=DetectorSettings(window_size=WINDOW, false_alarm_rate=ALPHA),
     )
     bundle = load_bundle(tmp / "bundle")
     cal = bundle.manifest.detectors
-    print(f"bundle: {len(train)} rows, {cal.holdout_rows} held out; thresholds calibrated in "
-          f"{cal.seconds:.1f} s; train+calibrate {time.perf_counter() - t0:.1f} s")
+    print(
+        f"bundle: {len(train)} rows, {cal.holdout_rows} held out; thresholds calibrated in "
+        f"{cal.seconds:.1f} s; train+calibrate {time.perf_counter() - t0:.1f} s"
+    )
     suite = suite_for_bundle(bundle)
     scorer = bundle.scorer
     # The same bundle recalibrated at the peer's false-alarm setting.
     train_bundle(
-        emb["minilm-l6"][train], y[train], tmp / "bundle-peer",
+        emb["minilm-l6"][train],
+        y[train],
+        tmp / "bundle-peer",
         embedder=EmbedderSpec(name="sentence-transformers/all-MiniLM-L6-v2", version="l6"),
         holdout_fraction=0.35,
         detectors=DetectorSettings(window_size=WINDOW, false_alarm_rate=args.peer_alpha),
     )
     suite_peer = suite_for_bundle(load_bundle(tmp / "bundle-peer"))
     ours_at_peer: list[tuple[str, int, int | None]] = []
-    _, ho = train_test_split(np.arange(len(train)), test_size=0.35, stratify=y[train],
-                             random_state=42)
+    _, ho = train_test_split(
+        np.arange(len(train)), test_size=0.35, stratify=y[train], random_state=42
+    )
     cbpe = CBPE(scorer.predict_proba(emb["minilm-l6"][train][ho]), np.random.default_rng(0))
 
     live_fa = clean_false_alarms(suite, scorer, emb["minilm-l6"][live], args.fa_windows, 7)
     if args.fa_only:
-        gap = float(confidence(scorer.predict_proba(emb["minilm-l6"][live])).mean()) - (
-            cal.reference_confidence["mean_confidence"]
+        gap = (
+            float(confidence(scorer.predict_proba(emb["minilm-l6"][live])).mean())
+            - (cal.reference_confidence["mean_confidence"])
         )
-        print(f"split seed {args.split_seed}: live - held-out mean confidence {gap:+.4f}; "
-              "false alarms per window: "
-              + ", ".join(f"{k} {v:.3f}" for k, v in live_fa.items()))
+        print(
+            f"split seed {args.split_seed}: live - held-out mean confidence {gap:+.4f}; "
+            "false alarms per window: " + ", ".join(f"{k} {v:.3f}" for k, v in live_fa.items())
+        )
         return 0
     names = [*DRIFT_DETECTORS, "confidence_shift"]
     per: dict[str, dict[str, list]] = {}
@@ -309,47 +339,69 @@ def main() -> int:
             rows = per.setdefault(label, {})
             for name in names:
                 rows.setdefault(name, []).append(
-                    summarise([(e, a.get(name, False)) for e, a, _ in res["windows"]], change_at))
+                    summarise([(e, a.get(name, False)) for e, a, _ in res["windows"]], change_at)
+                )
             rows.setdefault("any drift detector", []).append(
-                summarise([(e, d) for e, _, d in res["windows"]], change_at))
+                summarise([(e, d) for e, _, d in res["windows"]], change_at)
+            )
             rows.setdefault("CBPE (label-free estimate)", []).append(
-                summarise(cbpe.alarms(p), change_at))
+                summarise(cbpe.alarms(p), change_at)
+            )
             for key, ends in sorted(res["changes"].items()):
                 false = [e for e in ends if e <= change_at]
                 hit = [e - change_at for e in ends if e > change_at]
                 rows.setdefault(f"river {key}", []).append(
-                    (1, int(bool(false)), hit[0] if hit else None))
+                    (1, int(bool(false)), hit[0] if hit else None)
+                )
             pa, ya = p[PRE:], y[post]
-            quality.setdefault(label, []).append((
-                angle, roc_auc(pa, ya), accuracy(pa, ya),
-                float(confidence(pa).mean()), float(confidence(p[:PRE]).mean()),
-                float(confidence(pa).mean()),
-            ))
+            quality.setdefault(label, []).append(
+                (
+                    angle,
+                    roc_auc(pa, ya),
+                    accuracy(pa, ya),
+                    float(confidence(pa).mean()),
+                    float(confidence(p[:PRE]).mean()),
+                    float(confidence(pa).mean()),
+                )
+            )
         if not args.no_peer and rep < args.peer_reps:
-            pr = run_peer(bundle.reference.embeddings, streams, rep, tmp / f"peer{rep}",
-                          args.peer_bootstraps, args.peer_window, args.peer_alpha)
+            pr = run_peer(
+                bundle.reference.embeddings,
+                streams,
+                rep,
+                tmp / f"peer{rep}",
+                args.peer_bootstraps,
+                args.peer_window,
+                args.peer_alpha,
+            )
             if pr:
                 peer_results.append(pr)
 
     # -- report ---------------------------------------------------------------------------
-    print(f"\nPlatform: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"Python {sys.version.split()[0]}; {args.reps} streams per scenario; window {WINDOW}, "
-          f"alpha {ALPHA} per window\n")
+    print(
+        f"\nPlatform: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {sys.version.split()[0]}; {args.reps} streams per scenario; window {WINDOW}, "
+        f"alpha {ALPHA} per window\n"
+    )
     print("Classifier on the post-change rows (labels known here, not to the detectors):\n")
     print("| scenario | mean angle (deg) | ROC-AUC | accuracy | mean confidence pre -> post |")
     print("|---|---|---|---|---|")
     for label, vals in quality.items():
         v = np.nanmean(np.array(vals, dtype=float), axis=0)
         print(f"| {label} | {v[0]:.1f} | {v[1]:.3f} | {v[2]:.3f} | {v[3 + 1]:.3f} -> {v[3]:.3f} |")
-    print(f"\nPer-window false-alarm rate on {args.fa_windows} random windows of {WINDOW} clean "
-          f"live rows ({len(live)} rows the calibration never saw; alpha {ALPHA}):\n")
+    print(
+        f"\nPer-window false-alarm rate on {args.fa_windows} random windows of {WINDOW} clean "
+        f"live rows ({len(live)} rows the calibration never saw; alpha {ALPHA}):\n"
+    )
     print("| detector | rate |")
     print("|---|---|")
     for det, rate in live_fa.items():
         print(f"| {det} | {rate:.3f} |")
     # False alarms pooled over every stream's pre-change windows.
-    print("\nPre-change windows of the streams (the 12 streams of one seed share their "
-          "pre-change rows, so these are strongly correlated):\n")
+    print(
+        "\nPre-change windows of the streams (the 12 streams of one seed share their "
+        "pre-change rows, so these are strongly correlated):\n"
+    )
     fa = {}
     for det in next(iter(per.values())):
         tot = sum(r[0] for rows in per.values() for r in rows.get(det, []))
@@ -359,8 +411,10 @@ def main() -> int:
     print("|---|---|---|")
     for det, (hit, tot) in fa.items():
         print(f"| {det} | {hit} / {tot} | {hit / max(tot, 1):.3f} |")
-    print("\nDetection delay in samples after the change (median over streams; "
-          "'-' = missed in every stream; k/n = streams detected within 1024):\n")
+    print(
+        "\nDetection delay in samples after the change (median over streams; "
+        "'-' = missed in every stream; k/n = streams detected within 1024):\n"
+    )
     dets = list(next(iter(per.values())))
     print("| scenario | " + " | ".join(dets) + " |")
     print("|---|" + "---|" * len(dets))
@@ -374,19 +428,23 @@ def main() -> int:
             cells.append(f"{int(np.median(got))} ({len(got)}/{len(delays)})" if got else "-")
         print(f"| {label} | " + " | ".join(cells) + " |")
     if peer_results:
-        print(f"\nalibi-detect MMDDriftOnline (ERT {WINDOW / args.peer_alpha:.0f}, window "
-              f"{peer_results[0]['window_size']}, {peer_results[0]['n_bootstraps']} bootstraps; "
-              f"configure {np.mean([r['config_seconds'] for r in peer_results]):.0f} s, "
-              f"{np.mean([s['ms_per_update'] for r in peer_results for s in r['streams']]):.2f} "
-              "ms per update):\n")
-        print("| scenario | alibi: streams with a false alarm before the change | alibi delay "
-              f"(median) | silentwatch mmd at alpha {args.peer_alpha}: false alarm | delay |")
+        print(
+            f"\nalibi-detect MMDDriftOnline (ERT {WINDOW / args.peer_alpha:.0f}, window "
+            f"{peer_results[0]['window_size']}, {peer_results[0]['n_bootstraps']} bootstraps; "
+            f"configure {np.mean([r['config_seconds'] for r in peer_results]):.0f} s, "
+            f"{np.mean([s['ms_per_update'] for r in peer_results for s in r['streams']]):.2f} "
+            "ms per update):\n"
+        )
+        print(
+            "| scenario | alibi: streams with a false alarm before the change | alibi delay "
+            f"(median) | silentwatch mmd at alpha {args.peer_alpha}: false alarm | delay |"
+        )
         print("|---|---|---|---|---|")
         by: dict[str, list] = {}
         for r in peer_results:
             for s in r["streams"]:
                 by.setdefault(s["name"], []).append(s)
-        for (label, kind, mag) in SCENARIOS:
+        for label, kind, mag in SCENARIOS:
             ss = by.get(f"{kind}-{mag}", [])
             fa_n = sum(s["false_alarm_at"] is not None for s in ss)
             got = [s["delay"] for s in ss if s["delay"] is not None]
@@ -396,11 +454,17 @@ def main() -> int:
             m_got = [r[2] for r in mine if r[2] is not None]
             m_d = f"{int(np.median(m_got))} ({len(m_got)}/{len(mine)})" if m_got else "-"
             na = kind == "none"
-            print(f"| {label} | {fa_n}/{len(ss)} | {'n/a' if na else d} | {m_fa}/{len(mine)} | "
-                  f"{'n/a' if na else m_d} |")
+            print(
+                f"| {label} | {fa_n}/{len(ss)} | {'n/a' if na else d} | {m_fa}/{len(mine)} | "
+                f"{'n/a' if na else m_d} |"
+            )
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"per": per, "quality": quality, "fa": fa, "live_fa": live_fa,
-                                     "peer": peer_results}, default=str))
+    args.json.write_text(
+        json.dumps(
+            {"per": per, "quality": quality, "fa": fa, "live_fa": live_fa, "peer": peer_results},
+            default=str,
+        )
+    )
     print(f"\nraw results: {args.json}")
     return 0
 

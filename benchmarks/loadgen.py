@@ -71,7 +71,7 @@ WORLD_SEED = 11
 TRAIN_ROWS = 6000  # enough held-out rows to calibrate the default window of 256
 POOL_ROWS = 8192  # distinct embeddings the traffic cycles through
 # Non-OK codes that prove the sidecar recorded nothing: the servicer refuses before it
-# records or enqueues (monitor/service.py). Any other failure (a deadline, a dropped
+# records or enqueues (monitor/serving/service.py). Any other failure (a deadline, a dropped
 # connection, INTERNAL) leaves it open whether the rows reached the pipeline.
 DEFINITE_REFUSALS = frozenset(
     {
@@ -414,9 +414,9 @@ class SidecarProcess:
 
 def build_bundle(out: Path, dim: int = DEFAULT_DIM, rows: int = TRAIN_ROWS) -> Path:
     """A bundle on the demo's synthetic embedding world, detectors calibrated (~10-20 s)."""
-    from silentwatch.monitor.bundle import EmbedderSpec, train_bundle
-
-    from silentwatch.demo.world import SyntheticWorld
+    from silentwatch.monitor.bundle import EmbedderSpec
+    from silentwatch.monitor.simulate.world import SyntheticWorld
+    from silentwatch.monitor.training import train_bundle
 
     x, y = SyntheticWorld(dim=dim, seed=WORLD_SEED).sample(rows)
     train_bundle(x, y, out, embedder=EmbedderSpec(name="loadgen/world", version="v1"))
@@ -464,7 +464,7 @@ class Traffic:
     """
 
     def __init__(self, dim: int, embedder_version: str, seed: int = 0) -> None:
-        from silentwatch.demo.world import SyntheticWorld
+        from silentwatch.monitor.simulate.world import SyntheticWorld
 
         # Rows after the ones a bundle built here was trained on: clean, unseen traffic.
         x, y = SyntheticWorld(dim=dim, seed=WORLD_SEED).sample(TRAIN_ROWS + POOL_ROWS)

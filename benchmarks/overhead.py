@@ -23,7 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from serving import bench_batch, machine, start_server, unit
-from silentwatch.monitor.bundle import EmbedderSpec, train_bundle
+from silentwatch.monitor.bundle import EmbedderSpec
+from silentwatch.monitor.training import train_bundle
 
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
@@ -80,8 +81,10 @@ def main() -> int:
     print()
     for d in a.dims:
         cost = 1 - best[(d, True)] / best[(d, False)]
-        print(f"detection cost at d={d}: {cost:.1%} of throughput per server CPU-second "
-              "(best of each)")
+        print(
+            f"detection cost at d={d}: {cost:.1%} of throughput per server CPU-second "
+            "(best of each)"
+        )
     return 0
 
 

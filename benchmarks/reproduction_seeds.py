@@ -14,7 +14,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from silentwatch.monitor.bundle import fit_classifier
+from silentwatch.monitor.training import fit_classifier
 from silentwatch.offline.embedders import embed_cached, open_embedder
 from silentwatch.offline.evalset import DataSettings, load_evalset
 from silentwatch.offline.gate.run import scorer_from_arrays

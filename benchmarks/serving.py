@@ -26,7 +26,8 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from silentwatch.monitor.bundle import EmbedderSpec, train_bundle
+from silentwatch.monitor.bundle import EmbedderSpec
+from silentwatch.monitor.training import train_bundle
 
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from silentwatch.monitor.predictions import PredictionStore
-from silentwatch.monitor.sqlite_store import SqliteStore
+from silentwatch.monitor.state.memory import PredictionStore
+from silentwatch.monitor.state.sqlite import SqliteStore
 
 
 def _median_us(samples: list[float]) -> float:

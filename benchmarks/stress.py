@@ -17,8 +17,8 @@ import statistics
 import time
 
 import numpy as np
-from silentwatch.monitor.bundle import fit_classifier
-from silentwatch.monitor.drift import normalise
+from silentwatch.monitor.simulate.drift import normalise
+from silentwatch.monitor.training import fit_classifier
 from silentwatch.offline.gate.run import scorer_from_arrays
 from silentwatch.offline.stress import StressModel, StressSettings, run_stress
 

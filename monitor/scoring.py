@@ -14,6 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import expit
 
+#: Flag a prediction when P(unsafe) >= this (the bundle's ``thresholds.flag`` default).
+FLAG_THRESHOLD = 0.5
+#: Paper A (arXiv 2603.01297, section 3.3): an error made with top-label confidence
+#: ``max(p, 1 - p)`` above this is a *silent* failure (the bundle's
+#: ``thresholds.high_confidence`` default).
+HIGH_CONFIDENCE = 0.8
+
 
 @dataclass(frozen=True)
 class LinearScorer:

@@ -140,11 +140,11 @@ def open_embedder(
     """
     common = {"batch_size": batch_size, "max_length": max_length}
     if spec in ("minilm-int8", "paraphrase-l3"):
-        from .onnx_embedding import load_onnx_embedder
+        from silentwatch.offline.onnx_embedding import load_onnx_embedder
 
         return load_onnx_embedder(spec, providers=_onnx_providers(device), **common)
     if spec.startswith("onnx:"):
-        from .onnx_embedding import OnnxEmbedder, file_sha256
+        from silentwatch.offline.onnx_embedding import OnnxEmbedder, file_sha256
 
         path, tokenizer = _parse_onnx(spec)
         if not path.is_file():
@@ -164,7 +164,7 @@ def open_embedder(
     if spec.startswith("hf:"):
         # A hub id the user can reach (downloads with their credentials); explicit, so a
         # typo in a local path never turns into a network call.
-        from .embedding import TransformerEmbedder
+        from silentwatch.offline.embedding import TransformerEmbedder
 
         hub_id = spec.removeprefix("hf:").strip()
         if not hub_id:
@@ -187,7 +187,7 @@ def open_embedder(
         # Decided before torch is imported: a typo costs no model load.
         raise ValueError(f"unknown embedder {spec!r}; choose one of: {_choices()}")
 
-    from .embedding import TransformerEmbedder, load_embedder
+    from silentwatch.offline.embedding import TransformerEmbedder, load_embedder
 
     kw: dict[str, Any] = {"device": device, "dtype": dtype, **common}
     if spec in ("minilm", "sentence-transformers/all-MiniLM-L6-v2", "smollm2"):
@@ -206,7 +206,7 @@ def _has_tokenizer(folder: Path) -> bool:
 
 
 def _minilm() -> str:
-    from .embedding import minilm_path
+    from silentwatch.offline.embedding import minilm_path
 
     return minilm_path()
 

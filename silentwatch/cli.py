@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import __version__
+from silentwatch import __version__
 
 EXIT_ERROR = 2
 
@@ -43,11 +43,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         settings = load_settings(args.config, **flags)
     except ConfigError as exc:
         raise UserError(str(exc)) from None
-    from silentwatch.monitor.logs import configure_logging
+    from silentwatch.monitor.telemetry.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
     # Only now: gRPC's C core reads GRPC_VERBOSITY (set by configure_logging) when imported.
-    from silentwatch.monitor.server import Sidecar
+    from silentwatch.monitor.serving.server import Sidecar
 
     try:
         text_embedder = None
@@ -205,7 +205,7 @@ def _load_xy(args: argparse.Namespace):
             if missing:
                 raise UserError(f"{args.data} lacks arrays {sorted(missing)} (it has {z.files})")
             return z["embeddings"], z["labels"], None
-    from silentwatch.monitor.datasets import load_labelled_texts
+    from silentwatch.monitor.training.datasets import load_labelled_texts
 
     table = load_labelled_texts(
         args.data,
@@ -230,14 +230,9 @@ def _load_xy(args: argparse.Namespace):
 def _cmd_bundle_train(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from silentwatch.monitor.bundle import (
-        BundleError,
-        EmbedderSpec,
-        Thresholds,
-        load_bundle,
-        train_bundle,
-    )
+    from silentwatch.monitor.bundle import BundleError, EmbedderSpec, Thresholds, load_bundle
     from silentwatch.monitor.bundle.manifest import DetectorSettings
+    from silentwatch.monitor.training import train_bundle
 
     try:
         detectors: DetectorSettings | str | None = None
@@ -279,7 +274,7 @@ def _cmd_bundle_train(args: argparse.Namespace) -> int:
             )
         canaries = None
         if args.canary_file is not None:
-            from silentwatch.monitor.datasets import load_labelled_texts
+            from silentwatch.monitor.training.datasets import load_labelled_texts
 
             ct = load_labelled_texts(
                 args.canary_file,
@@ -506,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_bundle(sub)
     _add_demo(sub)
-    from .offline_cli import add_offline_commands
+    from silentwatch.offline_cli import add_offline_commands
 
     add_offline_commands(sub)
     return p

@@ -105,7 +105,7 @@ def _cmd_stress(args: argparse.Namespace) -> int:
         return _err(msg)
     from pydantic import ValidationError
 
-    from silentwatch.monitor.bundle import fit_classifier
+    from silentwatch.monitor.training import fit_classifier
     from silentwatch.offline.embedders import embed_cached
     from silentwatch.offline.evalset import DataSettings, load_evalset
     from silentwatch.offline.gate.config import EmbeddingSettings

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from silentwatch.monitor.server import Sidecar
+from silentwatch.monitor.serving.server import Sidecar
 
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 from scipy.stats import binom
-from silentwatch.monitor.engine import RECENT_WINDOWS
-from silentwatch.monitor.server import Sidecar
+from silentwatch.monitor.detection.engine import RECENT_WINDOWS
+from silentwatch.monitor.serving.server import Sidecar
 
 from .prometheus_bin import prometheus_binary
 from .promql import PROMETHEUS_BUILTINS, live_metric_names, metric_names, recording_rule_names

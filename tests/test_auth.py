@@ -1,4 +1,4 @@
-"""The admin bearer-token check (monitor/auth.py, docs/security.md)."""
+"""The admin bearer-token check (monitor/serving/auth.py, docs/security.md)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from silentwatch.monitor import auth as auth_module
-from silentwatch.monitor.auth import DISABLED_MESSAGE, AdminAuth
 from silentwatch.monitor.config import ConfigError, load_settings
-from silentwatch.monitor.errors import RequestError
+from silentwatch.monitor.serving import auth as auth_module
+from silentwatch.monitor.serving.auth import DISABLED_MESSAGE, AdminAuth
+from silentwatch.monitor.serving.errors import RequestError
 
 TOKEN = "s3cret-admin-token-0123456789"
 

@@ -18,19 +18,18 @@ from silentwatch.monitor.bundle import (
     EmbedderSpec,
     LoadedBundle,
     Thresholds,
-    fit_classifier,
     load_bundle,
-    train_bundle,
     write_bundle,
 )
 from silentwatch.monitor.bundle.manifest import TrainingSummary
+from silentwatch.monitor.simulate.world import SyntheticWorld
+from silentwatch.monitor.training import fit_classifier, train_bundle
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from silentwatch.cli import main
-from silentwatch.demo.world import SyntheticWorld
 
 from .conftest import SHARED_DATA
 

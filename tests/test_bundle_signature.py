@@ -170,7 +170,7 @@ def test_sidecar_with_a_public_key_refuses_an_unsigned_bundle(sidecar_factory, k
 
 def test_sidecar_with_a_public_key_serves_a_signed_bundle(bundle, keys):
     from silentwatch.monitor.config import load_settings
-    from silentwatch.monitor.server import Sidecar
+    from silentwatch.monitor.serving.server import Sidecar
 
     sign_bundle(bundle, keys[0])
     settings = load_settings(bundle=bundle, port=0, metrics_port=0, bundle_public_key=keys[1])

@@ -1,4 +1,4 @@
-"""Unit tests for silentwatch.monitor.calibration (paper A's labelled-sample metrics)."""
+"""Unit tests for silentwatch.monitor.evaluation.classification (paper A's metrics)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from silentwatch.monitor import calibration as cal
-from silentwatch.monitor.calibration import (
+from silentwatch.monitor.evaluation import classification as cal
+from silentwatch.monitor.evaluation.classification import (
     accuracy,
     expected_calibration_error,
     mean_confidence,

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from silentwatch.monitor.server import Sidecar
+from silentwatch.monitor.serving.server import Sidecar
 
 from .prometheus_bin import prometheus_binary
 from .promql import (

@@ -37,7 +37,7 @@ from typing import Any
 import pytest
 import yaml
 from silentwatch.monitor.config import ServeSettings
-from silentwatch.monitor.server import SERVICE_NAME
+from silentwatch.monitor.serving.server import SERVICE_NAME
 
 from silentwatch.cli import build_parser
 

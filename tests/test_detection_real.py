@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from silentwatch.monitor import drift
 from silentwatch.monitor.bundle.manifest import DetectorSettings
-from silentwatch.monitor.detectors import ReferenceSample
-from silentwatch.monitor.detectors.suite import DetectorSuite
+from silentwatch.monitor.detection.detectors import ReferenceSample
+from silentwatch.monitor.detection.suite import DetectorSuite
+from silentwatch.monitor.simulate import drift
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.offline, pytest.mark.slow]
 def minilm_xy() -> tuple[np.ndarray, np.ndarray]:
     if not CIVIL.exists():
         pytest.skip(f"{CIVIL} not found (set SILENTWATCH_SHARED_DATA)")
-    from silentwatch.monitor.datasets import load_labelled_texts
+    from silentwatch.monitor.training.datasets import load_labelled_texts
     from silentwatch.offline.embedding import load_embedder
 
     table = load_labelled_texts(CIVIL, text_column="text", label_column="toxicity")

@@ -5,17 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy.stats import ks_2samp
-from silentwatch.monitor import drift
 from silentwatch.monitor.bundle.manifest import DetectorSettings
-from silentwatch.monitor.detectors import ReferenceSample
-from silentwatch.monitor.detectors.base import window_means
-from silentwatch.monitor.detectors.centroid import centroid_angle_degrees
-from silentwatch.monitor.detectors.changepoints import ChangeTracker
-from silentwatch.monitor.detectors.mmd import MMDDetector, mmd2_unbiased, rbf_kernel
-from silentwatch.monitor.detectors.pca import PCABasis
-from silentwatch.monitor.detectors.score_shift import ks_statistic
-from silentwatch.monitor.detectors.suite import CalibrationError, DetectorSuite, window_grid
-from silentwatch.monitor.windows import WindowBuffer
+from silentwatch.monitor.detection.detectors import ReferenceSample
+from silentwatch.monitor.detection.detectors.base import window_means
+from silentwatch.monitor.detection.detectors.centroid import centroid_angle_degrees
+from silentwatch.monitor.detection.detectors.changepoints import ChangeTracker
+from silentwatch.monitor.detection.detectors.mmd import MMDDetector, mmd2_unbiased, rbf_kernel
+from silentwatch.monitor.detection.detectors.pca import PCABasis
+from silentwatch.monitor.detection.detectors.score_shift import ks_statistic
+from silentwatch.monitor.detection.suite import CalibrationError, DetectorSuite, window_grid
+from silentwatch.monitor.detection.windows import WindowBuffer
+from silentwatch.monitor.simulate import drift
 from sklearn.decomposition import PCA
 
 from tests.conftest import unit_rows

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from silentwatch.monitor.predictions import PredictionStore
-from silentwatch.monitor.sqlite_store import SqliteStore, StoreUnavailable
+from silentwatch.monitor.state.memory import PredictionStore
+from silentwatch.monitor.state.sqlite import SqliteStore, StoreUnavailable
 
 
 def sqlite(tmp_path: Path, **kw) -> SqliteStore:
@@ -48,7 +48,7 @@ def test_both_stores_join_the_same_way(store) -> None:
 
 
 def test_both_stores_refuse_pending_duplicates_and_keep_nothing(store) -> None:
-    from silentwatch.monitor.predictions import DuplicateRequestIds
+    from silentwatch.monitor.state.memory import DuplicateRequestIds
 
     store.record(["a"], f32(0.5))
     with pytest.raises(DuplicateRequestIds):

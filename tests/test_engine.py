@@ -7,21 +7,22 @@ import math
 import grpc
 import numpy as np
 import pytest
-from silentwatch.monitor import drift
-from silentwatch.monitor.bundle import EmbedderSpec, load_bundle, train_bundle
-from silentwatch.monitor.calibration import labelled_metrics
+from silentwatch.monitor.bundle import EmbedderSpec, load_bundle
 from silentwatch.monitor.config import load_settings
-from silentwatch.monitor.detectors.suite import suite_for_bundle
-from silentwatch.monitor.engine import (
+from silentwatch.monitor.detection.engine import (
     RECENT_WINDOWS,
     DetectionEngine,
     EngineOptions,
     WindowSpec,
 )
-from silentwatch.monitor.pipeline import PredictionBatch
-from silentwatch.monitor.server import Sidecar
+from silentwatch.monitor.detection.suite import suite_for_bundle
+from silentwatch.monitor.evaluation.classification import labelled_metrics
+from silentwatch.monitor.serving.pipeline import PredictionBatch
+from silentwatch.monitor.serving.server import Sidecar
+from silentwatch.monitor.simulate import drift
+from silentwatch.monitor.simulate.world import SyntheticWorld
+from silentwatch.monitor.training import train_bundle
 
-from silentwatch.demo.world import SyntheticWorld
 from silentwatch.scrape import scrape
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
@@ -52,12 +53,18 @@ def test_status_before_traffic_names_every_detector_with_its_calibration(fast):
     assert d.window.mode == "count" and d.window.size == 32 == d.window.stride
     names = {r.name for r in d.detectors}
     assert names == {
-        "mmd", "mmd_rff", "bbsd_ks", "domain_auc", "pca_reconstruction", "centroid_angle",
+        "mmd",
+        "mmd_rff",
+        "bbsd_ks",
+        "domain_auc",
+        "pca_reconstruction",
+        "centroid_angle",
         "confidence_shift",
     }
     assert all(math.isnan(r.statistic) and not r.alarm for r in d.detectors)
     assert {(c.detector, c.stream) for c in d.change_points} == {
-        ("adwin", "score"), ("adwin", "reconstruction_error"),
+        ("adwin", "score"),
+        ("adwin", "reconstruction_error"),
         ("page_hinkley", "reconstruction_error"),
     }
 
@@ -164,8 +171,9 @@ def test_recent_ring_counts_the_last_ten_windows_for_k_of_n_alerts(bundle_dir, w
 def test_time_windows_evaluate_by_arrival_time(bundle_dir, world):
     bundle = load_bundle(bundle_dir)
     spec = WindowSpec(mode="time", seconds=10.0, stride_seconds=5.0, max_rows=256)
-    engine = DetectionEngine(suite_for_bundle(bundle), EngineOptions(window=spec,
-                             max_evaluations_per_second=0))
+    engine = DetectionEngine(
+        suite_for_bundle(bundle), EngineOptions(window=spec, max_evaluations_per_second=0)
+    )
 
     def push(n: int, at: float) -> None:
         x, _ = world.sample(n)
@@ -239,8 +247,9 @@ def test_detection_off_and_bad_detector_options(sidecar_factory, bundle_dir):
 def test_bundle_without_thresholds_is_calibrated_at_startup(tmp_path, world):
     x, y = world.sample(800)
     out = tmp_path / "old"
-    train_bundle(x, y, out, embedder=EmbedderSpec(name="t", version="v1"), detectors=None,
-                 reference_size=400)
+    train_bundle(
+        x, y, out, embedder=EmbedderSpec(name="t", version="v1"), detectors=None, reference_size=400
+    )
     b = load_bundle(out)
     assert b.manifest.detectors is None
     suite = suite_for_bundle(b)

@@ -15,8 +15,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from silentwatch.monitor.bundle import EmbedderSpec, train_bundle
+from silentwatch.monitor.bundle import EmbedderSpec
 from silentwatch.monitor.bundle.manifest import DetectorSettings
+from silentwatch.monitor.training import train_bundle
 
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc

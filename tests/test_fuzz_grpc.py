@@ -10,7 +10,7 @@ size limit) and also sends random and corrupted raw bytes to every method. What 
   set (never INTERNAL, UNKNOWN or a deadline), and every refusal carries a specific message;
 * bytes that are not protobuf at all are INVALID_ARGUMENT naming the expected message type,
   counted in the metrics: the sidecar installs
-  :class:`silentwatch.monitor.wire.MalformedRequestGuard`. Without it grpcio itself answers
+  :class:`silentwatch.monitor.serving.wire.MalformedRequestGuard`. Without it grpcio itself answers
   them, before any servicer code runs, with ``INTERNAL "Exception deserializing request!"``
   (grpcio 1.85, ``_server.py``) and logs a traceback;
 * afterwards the sidecar still answers GetStatus, health checks and a valid Classify, and
@@ -40,8 +40,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 from silentwatch.monitor.bundle import load_bundle
 from silentwatch.monitor.config import ServeSettings, load_settings
-from silentwatch.monitor.server import SERVICE_NAME, Sidecar
-from silentwatch.monitor.wire import MalformedRequestGuard
+from silentwatch.monitor.serving.server import SERVICE_NAME, Sidecar
+from silentwatch.monitor.serving.wire import MalformedRequestGuard
 
 from silentwatch.scrape import Samples, scrape
 from silentwatch.v1 import monitor_pb2 as pb

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 from silentwatch.monitor.bundle import EmbedderSpec, load_bundle
-from silentwatch.monitor.drift import normalise, rotation_drift, rotation_planes
+from silentwatch.monitor.simulate.drift import normalise, rotation_drift, rotation_planes
 
 pytest.importorskip("torch")
 from silentwatch.offline.embedders import EmbeddingInfo
@@ -226,7 +226,7 @@ def test_config_errors_are_clear(tmp_path: Path, data_file: Path) -> None:
 
 
 def test_a_deployed_bundle_is_judged_frozen(tmp_path: Path, data_file: Path) -> None:
-    from silentwatch.monitor.bundle import train_bundle
+    from silentwatch.monitor.training import train_bundle
 
     old = FakeEmbedder("old")
     y = np.arange(N) % 2

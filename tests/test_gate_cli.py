@@ -93,7 +93,7 @@ def _serve_and_classify(bundle_dir: Path, world: dict[str, Path]) -> None:
     import grpc
     import numpy as np
     from silentwatch.monitor.config import load_settings
-    from silentwatch.monitor.server import Sidecar
+    from silentwatch.monitor.serving.server import Sidecar
     from silentwatch.offline.embedders import open_embedder
 
     from silentwatch.v1 import monitor_pb2 as pb

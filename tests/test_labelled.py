@@ -1,4 +1,4 @@
-"""Unit tests for silentwatch.monitor.labelled.LabelledWindow (online labelled metrics)."""
+"""Unit tests for silentwatch.monitor.evaluation.labelled.LabelledWindow."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from silentwatch.monitor import calibration as cal
-from silentwatch.monitor import labelled as labelled_mod
-from silentwatch.monitor.labelled import LabelledWindow
+from silentwatch.monitor.evaluation import classification as cal
+from silentwatch.monitor.evaluation import labelled as labelled_mod
+from silentwatch.monitor.evaluation.labelled import LabelledWindow
 from sklearn import metrics as skm
 
 EXACT = [k for k in cal.METRIC_NAMES if k != "roc_auc"]  # cumulative ROC-AUC is binned

@@ -1,4 +1,4 @@
-"""Structured logs (monitor/logs.py, docs/security.md): JSON lines with request context."""
+"""Structured logs (monitor/telemetry/logs.py, docs/security.md): JSON lines, request context."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
-from silentwatch.monitor.logs import (
+from silentwatch.monitor.telemetry.logs import (
     JsonFormatter,
     TextFormatter,
     configure_logging,

@@ -8,13 +8,13 @@ import threading
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from silentwatch.monitor.metrics import UNIT_BUCKETS, ArrayHistogram, TrafficSink
-from silentwatch.monitor.pipeline import (
+from silentwatch.monitor.serving.pipeline import (
     LabelBatch,
     Pipeline,
     PredictionBatch,
     concat_predictions,
 )
+from silentwatch.monitor.telemetry.prometheus import UNIT_BUCKETS, ArrayHistogram, TrafficSink
 
 from silentwatch.scrape import parse, quantile
 

@@ -1,4 +1,4 @@
-"""Unit tests for silentwatch.monitor.predictions.PredictionStore."""
+"""Unit tests for silentwatch.monitor.state.memory.PredictionStore."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 import pytest
-from silentwatch.monitor.predictions import DuplicateRequestIds, JoinResult, PredictionStore
+from silentwatch.monitor.state.memory import DuplicateRequestIds, JoinResult, PredictionStore
 
 
 class FakeClock:

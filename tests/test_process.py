@@ -194,7 +194,7 @@ def test_generated_stubs_match_the_proto(tmp_path):
 
 def test_the_sidecar_never_imports_torch():
     code = (
-        "import sys, silentwatch.monitor.server, silentwatch.cli, silentwatch.demo.run; "
+        "import sys, silentwatch.monitor.serving.server, silentwatch.cli, silentwatch.demo.run; "
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
         "assert not bad, bad"
     )

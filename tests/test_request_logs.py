@@ -8,8 +8,8 @@ import logging
 import grpc
 import numpy as np
 import pytest
-from silentwatch.monitor import service
-from silentwatch.monitor.logs import JsonFormatter
+from silentwatch.monitor.serving import service
+from silentwatch.monitor.telemetry.logs import JsonFormatter
 
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
@@ -21,7 +21,7 @@ def test_a_refusal_is_one_json_line_with_the_request_id_and_no_embedding(
     sidecar, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(service, "_refusals", service._RefusalLog(every=3600))
-    caplog.set_level(logging.WARNING, logger="silentwatch.monitor.service")
+    caplog.set_level(logging.WARNING, logger="silentwatch.monitor.serving.service")
     x = np.full(DIM + 1, 0.123456, dtype=np.float32)  # wrong dimension
     with grpc.insecure_channel(sidecar.grpc_target) as ch:
         stub = pb_grpc.MonitorStub(ch)
@@ -53,7 +53,7 @@ def test_held_refusals_are_counted_into_the_next_line(
             return "ipv4:127.0.0.1:1"
 
     refusals = service._RefusalLog(every=0.0)
-    caplog.set_level(logging.WARNING, logger="silentwatch.monitor.service")
+    caplog.set_level(logging.WARNING, logger="silentwatch.monitor.serving.service")
     req = pb.ClassifyBatchRequest(request_ids=["a\nb", "c"])
     refusals("ClassifyBatch", grpc.StatusCode.INVALID_ARGUMENT, "bad", req, Ctx())
     rec = caplog.records[-1]

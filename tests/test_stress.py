@@ -6,8 +6,8 @@ import itertools
 
 import numpy as np
 import pytest
-from silentwatch.monitor.drift import normalise, rotation_matrix, rotation_planes
 from silentwatch.monitor.scoring import LinearScorer
+from silentwatch.monitor.simulate.drift import normalise, rotation_matrix, rotation_planes
 from silentwatch.offline.separability import class_overlap, fisher_ratio, separability
 from silentwatch.offline.similarity import linear_cka, row_angles_degrees
 from silentwatch.offline.splits import balanced_sample, stratified_split

@@ -7,10 +7,11 @@ import time
 import grpc
 import numpy as np
 import pytest
-from silentwatch.monitor.bundle import load_bundle, train_bundle
-from silentwatch.monitor.calibration import labelled_metrics
+from silentwatch.monitor.bundle import load_bundle
 from silentwatch.monitor.config import load_settings
-from silentwatch.monitor.server import Sidecar
+from silentwatch.monitor.evaluation.classification import labelled_metrics
+from silentwatch.monitor.serving.server import Sidecar
+from silentwatch.monitor.training import train_bundle
 
 from silentwatch.scrape import scrape
 from silentwatch.v1 import monitor_pb2 as pb
@@ -18,10 +19,18 @@ from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.offline
 
-RUDE = ["you are a {} idiot", "shut up, you {} moron", "what a {} pathetic loser you are",
-        "nobody wants your {} garbage opinion, get lost"]
-KIND = ["thanks for the {} update", "the {} meeting is on tuesday", "I enjoyed the {} article",
-        "great {} photo of the lake"]
+RUDE = [
+    "you are a {} idiot",
+    "shut up, you {} moron",
+    "what a {} pathetic loser you are",
+    "nobody wants your {} garbage opinion, get lost",
+]
+KIND = [
+    "thanks for the {} update",
+    "the {} meeting is on tuesday",
+    "I enjoyed the {} article",
+    "great {} photo of the lake",
+]
 WORDS = ["big", "little", "old", "new", "red", "quiet", "local", "weekly", "famous", "strange"]
 
 
@@ -45,8 +54,7 @@ def text_bundle(tmp_path_factory):
     texts, y = _texts()
     x = emb.embed(texts)
     out = tmp_path_factory.mktemp("text") / "b"
-    train_bundle(x, y, out, embedder=emb.spec("l6"), detectors=None,
-                 canaries=(texts[::4], y[::4]))
+    train_bundle(x, y, out, embedder=emb.spec("l6"), detectors=None, canaries=(texts[::4], y[::4]))
     return out, emb
 
 
@@ -57,8 +65,9 @@ def text_sidecar(text_bundle):
     out, _ = text_bundle
     bundle = load_bundle(out)
     assert bundle.canaries is not None and len(bundle.canaries.texts) == 20
-    settings = load_settings(bundle=out, port=0, metrics_port=0, text_mode=True,
-                             canary_interval_seconds=3600)
+    settings = load_settings(
+        bundle=out, port=0, metrics_port=0, text_mode=True, canary_interval_seconds=3600
+    )
     sc = Sidecar(settings, bundle=bundle, text_embedder=load_text_embedder(bundle)).start()
     yield sc
     sc.stop(grace=0.5)

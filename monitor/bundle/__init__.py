@@ -1,8 +1,11 @@
-"""The classifier bundle: the artifact the sidecar serves and the gate emits."""
+"""The classifier bundle's format: the artifact the sidecar serves and the gate emits.
 
-from .io import BundleError, LoadedBundle, load_bundle, write_bundle
-from .manifest import BundleManifest, EmbedderSpec, Thresholds
-from .train import TrainResult, fit_classifier, train_bundle
+Only the format lives here (manifest schema, reading and writing, signatures); building a
+bundle from data is :mod:`silentwatch.monitor.training`.
+"""
+
+from silentwatch.monitor.bundle.io import BundleError, LoadedBundle, load_bundle, write_bundle
+from silentwatch.monitor.bundle.manifest import BundleManifest, EmbedderSpec, Thresholds
 
 __all__ = [
     "BundleError",
@@ -10,9 +13,6 @@ __all__ = [
     "EmbedderSpec",
     "LoadedBundle",
     "Thresholds",
-    "TrainResult",
-    "fit_classifier",
     "load_bundle",
-    "train_bundle",
     "write_bundle",
 ]

@@ -22,9 +22,13 @@ from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
-
-from ..scoring import LinearScorer
-from .manifest import CANARY_FILE, CLASSIFIER_FILE, REFERENCE_FILE, BundleManifest
+from silentwatch.monitor.bundle.manifest import (
+    CANARY_FILE,
+    CLASSIFIER_FILE,
+    REFERENCE_FILE,
+    BundleManifest,
+)
+from silentwatch.monitor.scoring import LinearScorer
 
 MANIFEST_FILE = "manifest.json"
 

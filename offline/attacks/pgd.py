@@ -65,13 +65,17 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from silentwatch.offline.audit.judge import (
+    HarmlessnessScorer,
+    KeywordRefusalJudge,
+    RefusalHarmlessness,
+    RefusalJudge,
+)
+from silentwatch.offline.audit.lvs import LVSInput
+from silentwatch.offline.hooks import AddAtPrompt, capture, intervene, unwrap
+from silentwatch.offline.lm import LMBatch, encode, generate
+from silentwatch.offline.progress import Reporter
 from torch import nn
-
-from ..audit.judge import HarmlessnessScorer, KeywordRefusalJudge, RefusalHarmlessness, RefusalJudge
-from ..audit.lvs import LVSInput
-from ..hooks import AddAtPrompt, capture, intervene, unwrap
-from ..lm import LMBatch, encode, generate
-from ..progress import Reporter
 
 EpsMode = Literal["absolute", "relative"]
 RandomKind = Literal["sign", "gaussian"]

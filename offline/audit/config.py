@@ -11,13 +11,12 @@ import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from ..attacks.pgd import PGDSettings
-from ..yaml_config import read_yaml_mapping
-from .dissociation import DissociationSettings
-from .finetune import FinetuneSettings
-from .lvs import LVSSettings
-from .probe import ProbeSettings
+from silentwatch.offline.attacks.pgd import PGDSettings
+from silentwatch.offline.audit.dissociation import DissociationSettings
+from silentwatch.offline.audit.finetune import FinetuneSettings
+from silentwatch.offline.audit.lvs import LVSSettings
+from silentwatch.offline.audit.probe import ProbeSettings
+from silentwatch.offline.yaml_config import read_yaml_mapping
 
 
 class _Strict(BaseModel):

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from silentwatch.monitor.datasets import _rows as _table_rows
+from silentwatch.monitor.training.datasets import _rows as _table_rows
 
 # Label spellings accepted in a user's label column (besides 0/1 numbers and booleans).
 _SAFE = frozenset({"0", "safe", "false", "no", "harmless", "benign"})
@@ -102,7 +102,7 @@ def _open_text(path: Path) -> io.TextIOBase:
 
 def _records(path: Path) -> Iterator[Any]:
     """Rows of a data file: a ``.json`` list (optionally gzipped) here, the rest (CSV/TSV,
-    JSONL, parquet) through :mod:`silentwatch.monitor.datasets`."""
+    JSONL, parquet) through :mod:`silentwatch.monitor.training.datasets`."""
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
     if path.name.lower().removesuffix(".gz").endswith(".json"):

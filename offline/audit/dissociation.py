@@ -43,12 +43,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from silentwatch.offline.embedding import TORCH_DTYPES, resolve_dtype
+from silentwatch.offline.hooks import capture, layer_means, masked_mean, num_layers, unwrap
+from silentwatch.offline.lm import LMBatch, encode
+from silentwatch.offline.progress import Reporter
 from torch import nn
-
-from ..embedding import TORCH_DTYPES, resolve_dtype
-from ..hooks import capture, layer_means, masked_mean, num_layers, unwrap
-from ..lm import LMBatch, encode
-from ..progress import Reporter
 
 Phase = Literal["warmup", "joint", "consolidate", "refit"]
 PHASES: tuple[Phase, ...] = ("warmup", "joint", "consolidate", "refit")
@@ -764,7 +763,7 @@ def load_checkpoint(
     loaded); a full checkpoint loads with ``AutoModelForCausalLM.from_pretrained``. The
     monitor is rebuilt as a ``LatentMonitor`` from the saved state.
     """
-    from .monitor import LatentMonitor
+    from silentwatch.offline.audit.monitor import LatentMonitor
 
     path = Path(path)
     if (path / "adapter_config.json").exists():

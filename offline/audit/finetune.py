@@ -26,13 +26,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from silentwatch.offline.audit.dissociation import is_peft, sft_loss, wrap_lora
+from silentwatch.offline.audit.judge import KeywordRefusalJudge, RefusalJudge
+from silentwatch.offline.embedding import TORCH_DTYPES, resolve_dtype
+from silentwatch.offline.lm import encode, generate
+from silentwatch.offline.progress import Reporter
 from torch import nn
-
-from ..embedding import TORCH_DTYPES, resolve_dtype
-from ..lm import encode, generate
-from ..progress import Reporter
-from .dissociation import is_peft, sft_loss, wrap_lora
-from .judge import KeywordRefusalJudge, RefusalJudge
 
 __all__ = ["EpochRecord", "FinetuneSettings", "evaluate_refusal", "harmful_lora_sft"]
 

@@ -37,12 +37,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from silentwatch.offline.audit.judge import KeywordRefusalJudge, RefusalJudge
+from silentwatch.offline.audit.probe import auroc, monitor_logits
+from silentwatch.offline.lm import encode, generate
+from silentwatch.offline.progress import Reporter
 from torch import nn
-
-from ..lm import encode, generate
-from ..progress import Reporter
-from .judge import KeywordRefusalJudge, RefusalJudge
-from .probe import auroc, monitor_logits
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ one that changes nothing, also at ‖δ‖₂ = 0 with η = 0). Per layer
 (site) the paper reports the dataset **mean**; the authors' public code reports the
 **median**; :func:`lvs_table` gives both, and a percentile-bootstrap CI of the median.
 
-η: DESIGN.md gives the formula but no value of η for the paper; the authors' public code uses
-``1e-4`` (:data:`AUTHORS_ETA`), which is the default here — set :class:`LVSSettings` ``eta``
-to change it. η only matters when ‖δ‖₂ is tiny (log(1 + ‖δ‖₂) ≈ ‖δ‖₂ then).
+η: the default is the authors' public code's ``1e-4`` (:data:`AUTHORS_ETA`);
+set :class:`LVSSettings` ``eta`` to change it. η only matters when ‖δ‖₂ is tiny
+(log(1 + ‖δ‖₂) ≈ ‖δ‖₂ then).
 
 Pure numpy; the inputs come from the attack (``silentwatch.offline.attacks.pgd``).
 

@@ -35,13 +35,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from silentwatch.offline.audit.monitor import HIDDEN, LatentMonitor
+from silentwatch.offline.hooks import layer_means
+from silentwatch.offline.lm import encode
+from silentwatch.offline.progress import Reporter
 from sklearn.metrics import roc_auc_score
 from torch import nn
-
-from ..hooks import layer_means
-from ..lm import encode
-from ..progress import Reporter
-from .monitor import HIDDEN, LatentMonitor
 
 
 @dataclass
@@ -78,7 +77,7 @@ class ProbeFit:
 
 def auroc(scores: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> float:
     """ROC-AUC of raw scores (logits: no sigmoid, so no ties from saturation); equal to
-    :func:`silentwatch.monitor.calibration.roc_auc` on any monotone map of the scores.
+    :func:`silentwatch.monitor.evaluation.classification.roc_auc` on any monotone map of the scores.
 
     >>> auroc(np.array([-2.0, 0.5, 0.1, 3.0]), np.array([0, 0, 1, 1]))
     0.75

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .run import AuditReport, ModelSide
+from silentwatch.offline.audit.run import AuditReport, ModelSide
 
 
 def _f(v: Any, digits: int = 3) -> str:
@@ -133,7 +133,7 @@ def plot_layers(r: AuditReport, path: Path) -> Path | None:
     sides = [s for s in _sides(r) if s.pgd]
     if not sides:
         return None
-    from ..stress.plots import headless_pyplot
+    from silentwatch.offline.stress.plots import headless_pyplot
 
     plt = headless_pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
@@ -171,7 +171,7 @@ def plot_layers(r: AuditReport, path: Path) -> Path | None:
 
 
 def plot_probe(r: AuditReport, path: Path) -> Path:
-    from ..stress.plots import headless_pyplot
+    from silentwatch.offline.stress.plots import headless_pyplot
 
     plt = headless_pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))

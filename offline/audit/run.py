@@ -24,10 +24,9 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel
-
-from ..progress import Reporter
-from .config import AuditConfig
-from .judge import KeywordRefusalJudge
+from silentwatch.offline.audit.config import AuditConfig
+from silentwatch.offline.audit.judge import KeywordRefusalJudge
+from silentwatch.offline.progress import Reporter
 
 
 class AuditError(RuntimeError):
@@ -89,16 +88,15 @@ def run_audit(
     :func:`silentwatch.offline.lm.load_causal_lm` (tests pass tiny models).
     """
     import torch
-
-    from ..attacks.pgd import run_pgd_grid
-    from ..hooks import num_layers
-    from ..lm import load_causal_lm
-    from .data import load_prompts, load_response_pairs, split_by_prompt
-    from .dissociation import DissociationData, dissociate
-    from .finetune import harmful_lora_sft
-    from .gap import audit_gap, refusal_rate
-    from .lvs import lvs_table
-    from .probe import extract_features, train_probe
+    from silentwatch.offline.attacks.pgd import run_pgd_grid
+    from silentwatch.offline.audit.data import load_prompts, load_response_pairs, split_by_prompt
+    from silentwatch.offline.audit.dissociation import DissociationData, dissociate
+    from silentwatch.offline.audit.finetune import harmful_lora_sft
+    from silentwatch.offline.audit.gap import audit_gap, refusal_rate
+    from silentwatch.offline.audit.lvs import lvs_table
+    from silentwatch.offline.audit.probe import extract_features, train_probe
+    from silentwatch.offline.hooks import num_layers
+    from silentwatch.offline.lm import load_causal_lm
 
     rep = reporter or Reporter(enabled=False)
     load = loader or load_causal_lm

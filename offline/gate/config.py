@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from ..audit.config import AuditConfig
-from ..evalset import DataSettings
-from ..stress.sweep import StressSettings
-from ..yaml_config import read_yaml_mapping
+from silentwatch.offline.audit.config import AuditConfig
+from silentwatch.offline.evalset import DataSettings
+from silentwatch.offline.stress.sweep import StressSettings
+from silentwatch.offline.yaml_config import read_yaml_mapping
 
 
 class _Strict(BaseModel):
@@ -52,7 +51,7 @@ class EmbeddingSettings(_Strict):
     def open(self, spec: str, opener: Callable[..., Any] | None = None) -> Any:
         """The embedder named ``spec`` with these settings (``opener``: a test double)."""
         if opener is None:
-            from ..embedders import open_embedder as opener
+            from silentwatch.offline.embedders import open_embedder as opener
         return opener(
             spec,
             device=self.device,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..stress.plots import headless_pyplot, plot_stress
-from ..stress.report import fmt_cell as _f
-from .run import GateReport, SideMetrics
+from silentwatch.offline.gate.run import GateReport, SideMetrics
+from silentwatch.offline.stress.plots import headless_pyplot, plot_stress
+from silentwatch.offline.stress.report import fmt_cell as _f
 
 
 def plot_reliability(report: GateReport, path: Path) -> Path:
@@ -217,7 +217,7 @@ def write_report(report: GateReport, out_dir: Path) -> list[Path]:
     paths.append(plot_real_update(report, out_dir / "real_update.png"))
     paths.append(plot_reliability(report, out_dir / "reliability.png"))
     if report.representation is not None:
-        from ..audit.report import write_audit_report
+        from silentwatch.offline.audit.report import write_audit_report
 
         paths += write_audit_report(report.representation, out_dir / "representation")
     return paths

@@ -23,23 +23,17 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel
-from silentwatch.monitor.bundle import (
-    EmbedderSpec,
-    LoadedBundle,
-    fit_classifier,
-    load_bundle,
-    train_bundle,
-)
-from silentwatch.monitor.calibration import labelled_metrics
+from silentwatch.monitor.bundle import EmbedderSpec, LoadedBundle, load_bundle
+from silentwatch.monitor.evaluation.classification import labelled_metrics
 from silentwatch.monitor.scoring import LinearScorer
-
-from ..audit.run import AuditReport
-from ..evalset import load_evalset
-from ..progress import Reporter
-from ..separability import Separability, separability
-from ..similarity import linear_cka, row_angles_degrees
-from ..stress.sweep import StressModel, StressResult, cells, run_stress
-from .config import GateConfig
+from silentwatch.monitor.training import fit_classifier, train_bundle
+from silentwatch.offline.audit.run import AuditReport
+from silentwatch.offline.evalset import load_evalset
+from silentwatch.offline.gate.config import GateConfig
+from silentwatch.offline.progress import Reporter
+from silentwatch.offline.separability import Separability, separability
+from silentwatch.offline.similarity import linear_cka, row_angles_degrees
+from silentwatch.offline.stress.sweep import StressModel, StressResult, cells, run_stress
 
 
 class GateError(Exception):
@@ -305,7 +299,7 @@ def run_gate(
     ``reporter`` prints steps and progress bars (silent by default); ``open_embedder``
     replaces :func:`silentwatch.offline.embedders.open_embedder` (tests).
     """
-    from ..embedders import embed_cached
+    from silentwatch.offline.embedders import embed_cached
 
     rep = reporter or Reporter(enabled=False)
     say = rep.step
@@ -417,7 +411,7 @@ def run_gate(
 
     audit = None
     if cfg.representation is not None:
-        from ..audit.run import AuditError, run_audit
+        from silentwatch.offline.audit.run import AuditError, run_audit
 
         say("representation audit (paper B)")
         t = time.perf_counter()

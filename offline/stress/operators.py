@@ -1,6 +1,6 @@
 """Paper A's drift operators, prepared once per sweep and applied at any magnitude.
 
-The definitions are :mod:`silentwatch.monitor.drift`'s (arXiv 2603.01297, section 4):
+The definitions are :mod:`silentwatch.monitor.simulate.drift`'s (arXiv 2603.01297, section 4):
 
 * ``gaussian_per_dimension``: ``normalise(x + s n)``, ``n ~ N(0, I)`` (the paper's code);
 * ``gaussian_total_norm``: the same with ``||n|| = 1`` (the paper's "about 1 degree");
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from silentwatch.monitor.drift import (
+from silentwatch.monitor.simulate.drift import (
     PAPER_MAX_MAGNITUDE,
     gaussian_noise,
     magnitude_to_angle,

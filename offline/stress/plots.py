@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .sweep import StressResult
+from silentwatch.offline.stress.sweep import StressResult
 
 PANELS = (
     ("roc_auc", "ROC-AUC"),

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..separability import Separability
-from .plots import plot_stress
-from .sweep import StressResult
+from silentwatch.offline.separability import Separability
+from silentwatch.offline.stress.plots import plot_stress
+from silentwatch.offline.stress.sweep import StressResult
 
 
 def fmt_cell(v: float | None, fmt: str = ".3f") -> str:

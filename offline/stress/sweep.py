@@ -4,7 +4,7 @@ Protocol (arXiv 2603.01297, sections 3-4): the classifier is trained once on cle
 embeddings and frozen; each drift type is applied to the *test* embeddings at 8
 checkpoints from 0 to 0.15 (:data:`PAPER_CHECKPOINTS`), plus a finer sensitivity sweep,
 and the classifier's metrics are recorded at each. The metrics are
-:func:`silentwatch.monitor.calibration.labelled_metrics`
+:func:`silentwatch.monitor.evaluation.classification.labelled_metrics`
 (paper A's ROC-AUC, accuracy, mean confidence ``max(p, 1-p)``, silent-failure rate, ECE
 with 5 bins, high-confidence error share), so the sidecar and the gate agree.
 
@@ -31,11 +31,10 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
-from silentwatch.monitor.calibration import labelled_metrics
-from silentwatch.monitor.drift import normalise
+from silentwatch.monitor.evaluation.classification import labelled_metrics
 from silentwatch.monitor.scoring import LinearScorer
-
-from .operators import DRIFT_KINDS, DriftKind, DriftOperator, mean_angle
+from silentwatch.monitor.simulate.drift import normalise
+from silentwatch.offline.stress.operators import DRIFT_KINDS, DriftKind, DriftOperator, mean_angle
 
 # Eight checkpoints over paper A's range 0..0.15, denser where classifiers break and
 # including the paper's headline s = 0.02 (an even 8-point grid would skip it).

@@ -25,14 +25,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sklearn.metrics import roc_auc_score
 
-from silentwatch.monitor.bundle import EmbedderSpec, load_bundle, train_bundle
+from silentwatch.monitor.bundle import EmbedderSpec, load_bundle
 from silentwatch.monitor.config import load_settings
-from silentwatch.monitor.server import Sidecar
+from silentwatch.monitor.serving.server import Sidecar
+from silentwatch.monitor.simulate.drift import gaussian_drift
+from silentwatch.monitor.simulate.world import SyntheticWorld
+from silentwatch.monitor.training import train_bundle
 from silentwatch.scrape import Samples, quantile, scrape
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
-
-from .world import SyntheticWorld, gaussian_drift
 
 DEMO_EMBEDDER = EmbedderSpec(name="silentwatch/synthetic-world", version="v1", pooling="unknown")
 
@@ -147,7 +148,7 @@ def build_bundle(
         x_traffic, y_traffic = world.sample(20000)
         spec = DEMO_EMBEDDER
     else:
-        from silentwatch.monitor.datasets import load_labelled_texts
+        from silentwatch.monitor.training.datasets import load_labelled_texts
 
         try:
             from silentwatch.offline.embedding import load_embedder

@@ -1,0 +1,424 @@
+"""The detection engine: a pipeline sink that runs every detector over live windows.
+
+Runs on the pipeline's worker thread, never on the request path. Per prediction batch
+it pushes the rows into a bounded ring, feeds the per-sample change-point streams, and
+evaluates the window detectors at each window boundary (count windows: every
+``stride`` rows over the last ``size`` rows, tumbling when ``stride == size``; time
+windows: every ``stride_seconds`` over the rows of the last ``seconds``). Label
+batches update the rolling and cumulative calibration metrics.
+
+Readers (``GetStatus``, Prometheus scrapes) only ever see an immutable snapshot that
+the worker swaps in after each update, so reads are cheap and need no lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from silentwatch.monitor.detection.detectors.changepoints import ChangeTracker
+from silentwatch.monitor.detection.detectors.confidence import confidence_profile
+from silentwatch.monitor.detection.detectors.pca import ReconstructionDetector
+from silentwatch.monitor.detection.suite import DRIFT_DETECTORS, DetectorSuite
+from silentwatch.monitor.detection.windows import WindowBuffer
+from silentwatch.monitor.evaluation.labelled import LabelledWindow
+from silentwatch.monitor.serving.pipeline import LabelBatch, PredictionBatch
+from silentwatch.monitor.state.snapshots import SnapshotError, decode, encode, expect
+
+# Windows (per detector: evaluations) the k-of-n alert rules look back over.
+RECENT_WINDOWS = 10
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """How live traffic is cut into windows."""
+
+    mode: Literal["count", "time"] = "count"
+    size: int = 256  # rows (count mode)
+    stride: int = 256  # rows between evaluations (count mode); == size: tumbling
+    seconds: float = 60.0  # window length (time mode)
+    stride_seconds: float = 60.0  # time between evaluations (time mode)
+    max_rows: int = 2048  # most rows a time window keeps (the newest)
+
+    @property
+    def capacity(self) -> int:
+        return self.size if self.mode == "count" else self.max_rows
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One detector's latest window."""
+
+    statistic: float
+    threshold: float
+    alarm: bool
+    window_rows: int
+    at: float
+
+
+@dataclass
+class EngineOptions:
+    window: WindowSpec = field(default_factory=WindowSpec)
+    detectors: tuple[str, ...] = (
+        "mmd",
+        "mmd_rff",
+        "bbsd_ks",
+        "domain_auc",
+        "pca_reconstruction",
+        "centroid_angle",
+        "confidence_shift",
+    )
+    domain_every: int = 4  # run the domain classifier every k-th window
+    max_evaluations_per_second: float = 5.0  # 0: no limit
+    # River's detectors are sequential Python loops (~0.5 us per sample each); above this
+    # rate their streams are thinned evenly, and the thinning is counted.
+    change_max_samples_per_second: float = 5000.0  # 0: no limit
+    confidence_band: float = 0.2  # a relative fall of mean confidence up to this is "steady"
+    label_window: int = 1000
+    change_pairs: tuple[tuple[str, str], ...] = (
+        ("adwin", "score"),
+        ("adwin", "reconstruction_error"),
+        ("page_hinkley", "reconstruction_error"),
+    )
+    flag: float = 0.5
+    high_confidence: float = 0.8
+
+
+class DetectionEngine:
+    """Sink for :class:`~silentwatch.monitor.serving.pipeline.Pipeline` (module docstring)."""
+
+    def __init__(
+        self, suite: DetectorSuite, options: EngineOptions, *, normalize: bool = True
+    ) -> None:
+        self.suite = suite
+        self.options = options
+        self.normalize = normalize
+        unknown = set(options.detectors) - set(suite.detectors)
+        if unknown:
+            raise ValueError(
+                f"unknown detectors {sorted(unknown)}; choose from {sorted(suite.detectors)}"
+            )
+        w = options.window
+        smallest = suite.sizes[0]
+        if w.mode == "count" and w.size < smallest:
+            raise ValueError(
+                f"window size {w.size} is below the smallest calibrated size {smallest}"
+            )
+        self._recon = suite.detectors["pca_reconstruction"]
+        assert isinstance(self._recon, ReconstructionDetector)
+        self.buffer = WindowBuffer(w.capacity, self._recon.basis.components.shape[1])
+        stats = suite.calibration.stream_stats
+        self.trackers = [
+            ChangeTracker(kind, stream, *stats[stream]) for kind, stream in options.change_pairs
+        ]
+        self.labelled = LabelledWindow(
+            options.label_window, threshold=options.flag, high_confidence=options.high_confidence
+        )
+        self.readings: dict[str, Reading] = {}
+        self.alarms_total = {name: 0 for name in options.detectors}
+        self.evaluations_total = {name: 0 for name in options.detectors}
+        # k-of-n alerting (deploy/prometheus/rules): the last RECENT_WINDOWS outcomes, so an
+        # alert counts windows, not minutes, and its false-alarm rate does not depend on traffic.
+        self.recent_alarms = {name: deque(maxlen=RECENT_WINDOWS) for name in options.detectors}
+        self.recent_suspected: deque[bool] = deque(maxlen=RECENT_WINDOWS)
+        self.windows_evaluated = 0
+        self.windows_skipped = 0
+        self._pending = 0  # rows since the last count-window boundary
+        self._change_budget = 0.0
+        self._change_clock: float | None = None
+        self.change_thinned_rows = 0
+        self._last_eval_wall = 0.0
+        self._last_eval_at = float("-inf")  # traffic time of the last time-window evaluation
+        self._window_profile: dict[str, float] | None = None
+        self._drift_alarm = False
+        self._suspected = False
+        self._suspected_total = 0
+        self.labels_seq = -1  # the last durable label folded into self.labelled
+        self._snapshot: dict[str, Any] = self._build_snapshot()
+        self._labels_snapshot: dict[str, Any] = self._build_labels_snapshot()
+
+    # -- sink -------------------------------------------------------------------------
+    def on_predictions(self, batch: PredictionBatch) -> None:
+        x, s, m = batch.embeddings, batch.scores, batch.rows
+
+        def unit(lo: int, hi: int) -> np.ndarray:
+            # Only rows a detector will read are normalised: at high traffic that is a
+            # small share of the batch.
+            return x[lo:hi] / batch.norms[lo:hi, None] if self.normalize else x[lo:hi]
+
+        if self.trackers:
+            keep = self._change_rows(m)
+            if keep.size:
+                xs = x[keep] / batch.norms[keep, None] if self.normalize else x[keep]
+                streams = {"score": s[keep], "reconstruction_error": self._recon.errors(xs)}
+                for t in self.trackers:
+                    t.update(streams[t.stream])
+        w = self.options.window
+        if w.mode == "count":
+            first = w.stride - self._pending  # rows of this batch up to the first boundary
+            ends = list(range(first, m + 1, w.stride))
+            self._pending = (self._pending + m) % w.stride
+            if self.options.max_evaluations_per_second > 0 and len(ends) > 1:
+                # Rate-capped: only the newest boundary can run; the rest are counted.
+                self.windows_skipped += len(ends) - 1
+                ends = ends[-1:]
+            for end in ends:
+                if self.buffer.total + end < w.size:
+                    continue  # not a full window yet
+                if not self._evaluation_allowed():
+                    continue
+                if end >= w.size:
+                    xw, sw = unit(end - w.size, end), s[end - w.size : end]
+                else:  # the window starts in earlier batches
+                    xr, sr = self.buffer.last(w.size - end)
+                    xw, sw = np.concatenate([xr, unit(0, end)]), np.concatenate([sr, s[:end]])
+                self.evaluate(xw, sw, batch.received_at)
+            tail = max(0, m - self.buffer.capacity)
+            self.buffer.push(unit(tail, m), s[tail:], batch.received_at)
+            self.buffer.total += tail  # rows that went straight past the ring
+        else:
+            tail = max(0, m - self.buffer.capacity)
+            self.buffer.push(unit(tail, m), s[tail:], batch.received_at)
+            self.buffer.total += tail  # rows that went straight past the ring
+            now = batch.received_at
+            if now - self._last_eval_at >= w.stride_seconds:
+                self._last_eval_at = now
+                xw, sw = self.buffer.since(now - w.seconds)
+                if xw.shape[0] >= self.suite.sizes[0] and self._evaluation_allowed():
+                    self.evaluate(xw, sw, now)
+
+    def _change_rows(self, n: int) -> np.ndarray:
+        """Rows of this batch the change-point streams get (a token bucket on wall time)."""
+        rate = self.options.change_max_samples_per_second
+        if rate <= 0:
+            return np.arange(n)
+        now = time.monotonic()
+        if self._change_clock is None:
+            self._change_budget = rate  # one second's worth to start
+        else:
+            self._change_budget = min(rate, self._change_budget + rate * (now - self._change_clock))
+        self._change_clock = now
+        take = min(n, int(self._change_budget))
+        self._change_budget -= take
+        self.change_thinned_rows += n - take
+        if take == n:
+            return np.arange(n)
+        return np.linspace(0, n - 1, take).astype(np.int64)
+
+    def on_labels(self, batch: LabelBatch) -> None:
+        self.labelled.update(batch.scores, batch.labels)
+        self.labels_seq = max(self.labels_seq, batch.last_seq)
+        self._labels_snapshot = self._build_labels_snapshot()
+
+    # -- evaluation -------------------------------------------------------------------
+    def _evaluation_allowed(self) -> bool:
+        rate = self.options.max_evaluations_per_second
+        wall = time.monotonic()
+        if rate > 0 and wall - self._last_eval_wall < 1.0 / rate:
+            self.windows_skipped += 1  # counted and exported: never a silent gap
+            return False
+        self._last_eval_wall = wall
+        return True
+
+    def evaluate(self, x: np.ndarray, s: np.ndarray, at: float) -> dict[str, Reading]:
+        """Run every enabled detector on one window (rows already unit-normalised)."""
+        n = x.shape[0]
+        suite = self.suite
+        for name in self.options.detectors:
+            if name == "domain_auc" and self.windows_evaluated % self.options.domain_every:
+                continue  # periodic: the previous reading stands until the next run
+            stat = suite.detectors[name].statistic(x, s)
+            thr = suite.threshold(name, n)
+            alarm = bool(stat > thr)
+            self.readings[name] = Reading(stat, thr, alarm, n, at)
+            self.alarms_total[name] += alarm
+            self.evaluations_total[name] += 1
+            self.recent_alarms[name].append(alarm)
+        self.windows_evaluated += 1
+        self._window_profile = confidence_profile(
+            s, flag=self.options.flag, high_confidence=self.options.high_confidence
+        ).as_dict()
+        self._drift_alarm = any(
+            r.alarm for name, r in self.readings.items() if name in DRIFT_DETECTORS
+        )
+        rel = self.confidence_relative_change()
+        # Paper A's signature: inputs drifted but confidence did not fall (much). A rise
+        # counts too: confidently wrong is no less silent.
+        self._suspected = bool(
+            self._drift_alarm and np.isfinite(rel) and rel >= -self.options.confidence_band
+        )
+        self._suspected_total += self._suspected
+        self.recent_suspected.append(self._suspected)
+        self._snapshot = self._build_snapshot()
+        return dict(self.readings)
+
+    def confidence_relative_change(self) -> float:
+        """``(mean conf(window) - mean conf(reference)) / mean conf(reference)``."""
+        if self._window_profile is None:
+            return float("nan")
+        ref = self.suite.calibration.reference_confidence["mean_confidence"]
+        return (self._window_profile["mean_confidence"] - ref) / ref
+
+    # -- persistence (monitor/state/persistence.py) ------------------------------------------
+    def _fingerprint(self) -> dict[str, Any]:
+        w = self.options.window
+        return {
+            "detectors": list(self.options.detectors),
+            "window": [w.mode, w.size, w.stride, w.capacity],
+            "dim": int(self.buffer.x.shape[1]),
+        }
+
+    def window_state(self) -> bytes:
+        """Detector windows and their counters as bytes (river's change trackers excluded:
+        they hold Python objects; they restart empty)."""
+        readings = {
+            k: [r.statistic, r.threshold, r.alarm, r.window_rows, r.at]
+            for k, r in self.readings.items()
+        }
+        header = {
+            "fingerprint": self._fingerprint(),
+            "readings": readings,
+            "alarms_total": self.alarms_total,
+            "evaluations_total": self.evaluations_total,
+            "recent_alarms": {k: list(v) for k, v in self.recent_alarms.items()},
+            "recent_suspected": list(self.recent_suspected),
+            "windows_evaluated": self.windows_evaluated,
+            "windows_skipped": self.windows_skipped,
+            "pending": self._pending,
+            "change_thinned_rows": self.change_thinned_rows,
+            "last_eval_at": self._last_eval_at,
+            "window_profile": self._window_profile,
+            "drift_alarm": self._drift_alarm,
+            "suspected": self._suspected,
+            "suspected_total": self._suspected_total,
+        }
+        return encode(self.buffer.state(), header)
+
+    def load_window_state(self, data: bytes) -> None:
+        """Restore :meth:`window_state`; raises SnapshotError if it was taken under other
+        settings (window, detectors, dimension)."""
+        arrays, h = decode(data)
+        if h.get("fingerprint") != self._fingerprint():
+            raise SnapshotError(
+                f"taken with {h.get('fingerprint')}, now {self._fingerprint()} (settings changed)"
+            )
+        cap, dim = self.buffer.x.shape
+        try:
+            state = {
+                "x": expect(arrays, "x", (cap, dim)),
+                "scores": expect(arrays, "scores", (cap,)),
+                "times": expect(arrays, "times", (cap,)),
+                "counts": expect(arrays, "counts", (3,)),
+            }
+            self.buffer.load_state(state)
+            names = self.options.detectors
+            self.readings = {
+                k: Reading(float(v[0]), float(v[1]), bool(v[2]), int(v[3]), float(v[4]))
+                for k, v in h["readings"].items()
+                if k in names
+            }
+            self.alarms_total = {k: int(h["alarms_total"][k]) for k in names}
+            self.evaluations_total = {k: int(h["evaluations_total"][k]) for k in names}
+            for k in names:
+                self.recent_alarms[k].clear()
+                self.recent_alarms[k].extend(bool(a) for a in h["recent_alarms"][k])
+            self.recent_suspected.clear()
+            self.recent_suspected.extend(bool(a) for a in h["recent_suspected"])
+            self.windows_evaluated = int(h["windows_evaluated"])
+            self.windows_skipped = int(h["windows_skipped"])
+            self._pending = int(h["pending"]) % self.options.window.stride
+            self.change_thinned_rows = int(h["change_thinned_rows"])
+            self._last_eval_at = float(h["last_eval_at"])
+            prof = h["window_profile"]
+            self._window_profile = None if prof is None else {k: float(v) for k, v in prof.items()}
+            self._drift_alarm = bool(h["drift_alarm"])
+            self._suspected = bool(h["suspected"])
+            self._suspected_total = int(h["suspected_total"])
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise SnapshotError(
+                f"malformed window snapshot ({type(exc).__name__}: {exc})"
+            ) from None
+        self._snapshot = self._build_snapshot()
+
+    def labelled_state(self) -> bytes:
+        """The labelled calibration state (rolling ring + cumulative sums) as bytes."""
+        arrays, numbers = self.labelled.state()
+        header = {
+            "numbers": numbers,
+            "window_size": self.labelled.window_size,
+            "labels_seq": self.labels_seq,
+        }
+        return encode(arrays, header)
+
+    def load_labelled_state(self, data: bytes) -> None:
+        """Restore :meth:`labelled_state`; raises SnapshotError when it does not fit."""
+        arrays, h = decode(data)
+        try:
+            self.labelled.load_state(arrays, h["numbers"])
+            self.labels_seq = int(h["labels_seq"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SnapshotError(f"labelled snapshot does not fit ({exc})") from None
+        self._labels_snapshot = self._build_labels_snapshot()
+
+    # -- snapshots --------------------------------------------------------------------
+    def _build_snapshot(self) -> dict[str, Any]:
+        cal = self.suite.calibration
+        ref_conf = dict(cal.reference_confidence)
+        win = self._window_profile
+        angle = self.readings.get("centroid_angle")
+        return {
+            "calibration_source": cal.source,
+            "false_alarm_rate": cal.settings.false_alarm_rate,
+            "window": self.options.window,
+            "windows_evaluated": self.windows_evaluated,
+            "windows_skipped": self.windows_skipped,
+            "detectors": {
+                name: (self.readings.get(name), self.alarms_total[name])
+                for name in self.options.detectors
+            },
+            "evaluations": dict(self.evaluations_total),
+            "centroid_angle_degrees": angle.statistic if angle else float("nan"),
+            "confidence": {
+                "window": win,
+                "reference": ref_conf,
+                "mean_confidence_change": (
+                    win["mean_confidence"] - ref_conf["mean_confidence"] if win else float("nan")
+                ),
+                "mean_confidence_relative_change": self.confidence_relative_change(),
+                "band": self.options.confidence_band,
+            },
+            "null_change_points_per_10k": dict(cal.null_change_points_per_10k),
+            "drift_alarm": self._drift_alarm,
+            "silent_failure_suspected": self._suspected,
+            "silent_failure_suspected_windows": self._suspected_total,
+            "recent_windows": len(self.recent_suspected),
+            "recent_suspected_windows": sum(self.recent_suspected),
+            "recent_alarms": {k: (sum(v), len(v)) for k, v in self.recent_alarms.items()},
+        }
+
+    def _build_labels_snapshot(self) -> dict[str, Any]:
+        return {
+            "window_size": self.options.label_window,
+            "rolling": self.labelled.rolling(),
+            "cumulative": self.labelled.cumulative(),
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        """The last evaluation's snapshot plus live counters (plain int reads, no lock)."""
+        return {
+            **self._snapshot,
+            "windows_skipped": self.windows_skipped,
+            "rows_seen": self.buffer.total,
+            "change_points": {
+                f"{t.kind}:{t.stream}": (t.change_points, t.last_change_at, t.samples)
+                for t in self.trackers
+            },
+            "change_thinned_rows": self.change_thinned_rows,
+            "labelled": self._labels_snapshot,
+        }

@@ -1,0 +1,245 @@
+"""The detector set, its calibration on held-out data, and its storage in the bundle.
+
+Calibration (at ``bundle train`` time, never on live traffic): for each window size
+``n`` on a grid, draw ``B`` windows of ``n`` rows *without replacement* from held-out
+clean data the classifier never trained on, compute every detector's statistic against
+the reference sample, and take the ``1 - alpha`` empirical quantile (``method="higher"``,
+so the rate is not undershot by interpolation) as the threshold. A window of ``n`` live
+rows is judged against the threshold of the largest calibrated size ``<= n``: every
+statistic's null spread shrinks with ``n``, so this errs towards fewer false alarms.
+
+Windows are drawn from a finite pool, so sizes are capped at a quarter of the held-out
+rows, and the quantile's distance from the null median is widened by
+``sqrt(1 + n / pool)``: every window from one pool shares the pool's own offset from the
+population (variance ~ sigma^2 / pool) on top of its own (sigma^2 / n), and live windows
+do not share it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from silentwatch.monitor.bundle.io import LoadedBundle
+from silentwatch.monitor.bundle.manifest import DetectorCalibration, DetectorSettings
+from silentwatch.monitor.detection.detectors.base import ReferenceSample, WindowDetector
+from silentwatch.monitor.detection.detectors.centroid import CentroidAngleDetector
+from silentwatch.monitor.detection.detectors.changepoints import ALL_PAIRS, null_change_rate
+from silentwatch.monitor.detection.detectors.confidence import ConfidenceShiftDetector
+from silentwatch.monitor.detection.detectors.domain import DomainClassifierDetector
+from silentwatch.monitor.detection.detectors.mmd import MMDDetector, median_bandwidth
+from silentwatch.monitor.detection.detectors.pca import ReconstructionDetector
+from silentwatch.monitor.detection.detectors.rff import RFFMMDDetector
+from silentwatch.monitor.detection.detectors.score_shift import ScoreKSDetector
+
+#: Detectors whose alarm means "the inputs drifted" (the composite signal's trigger).
+DRIFT_DETECTORS = (
+    "mmd",
+    "mmd_rff",
+    "bbsd_ks",
+    "domain_auc",
+    "pca_reconstruction",
+    "centroid_angle",
+)
+ALL_DETECTORS = (*DRIFT_DETECTORS, "confidence_shift")
+MIN_WINDOW = 16
+POOL_FRACTION = 4  # window sizes up to held-out rows / 4
+ARRAY_PREFIX = "det_"
+
+
+class CalibrationError(ValueError):
+    """Not enough held-out data for the requested windows; the message says what to do."""
+
+
+def window_grid(window_size: int, holdout_rows: int) -> list[int]:
+    """Calibrated sizes: powers of two from 16 up to the cap, plus ``window_size``.
+
+    >>> window_grid(256, 2000)
+    [16, 32, 64, 128, 256, 500]
+    """
+    cap = holdout_rows // POOL_FRACTION
+    if window_size > cap:
+        raise CalibrationError(
+            f"window size {window_size} needs at least {window_size * POOL_FRACTION} held-out "
+            f"rows to calibrate its thresholds, but only {holdout_rows} are available; lower "
+            "the window size or train on more data"
+        )
+    sizes = {window_size, cap}
+    n = MIN_WINDOW
+    while n < cap:
+        sizes.add(n)
+        n *= 2
+    return sorted(s for s in sizes if s >= MIN_WINDOW)
+
+
+@dataclass
+class DetectorSuite:
+    """Fitted detectors plus their thresholds: everything the engine needs."""
+
+    detectors: dict[str, WindowDetector]
+    calibration: DetectorCalibration
+
+    # -- building ---------------------------------------------------------------------
+    @staticmethod
+    def build(
+        settings: DetectorSettings,
+        reference: ReferenceSample,
+        *,
+        sigma: float | None = None,
+        flag: float = 0.5,
+        high_confidence: float = 0.8,
+    ) -> dict[str, WindowDetector]:
+        sigma = sigma or median_bandwidth(reference.embeddings, seed=settings.seed)
+        dets: list[WindowDetector] = [
+            MMDDetector(sigma=sigma, seed=settings.seed),
+            RFFMMDDetector(settings.rff_features, sigma=sigma, seed=settings.seed),
+            ScoreKSDetector(),
+            DomainClassifierDetector(settings.pca_components, seed=settings.seed),
+            ReconstructionDetector(settings.pca_components),
+            CentroidAngleDetector(),
+            ConfidenceShiftDetector(flag=flag, high_confidence=high_confidence),
+        ]
+        return {d.name: d.fit(reference) for d in dets}
+
+    @classmethod
+    def calibrate(
+        cls,
+        settings: DetectorSettings,
+        reference: ReferenceSample,
+        holdout: ReferenceSample,
+        *,
+        source: str = "bundle-train",
+        flag: float = 0.5,
+        high_confidence: float = 0.8,
+    ) -> DetectorSuite:
+        """Fit on ``reference``; set thresholds from windows of ``holdout``."""
+        t0 = time.perf_counter()
+        sizes = window_grid(settings.window_size, holdout.size)
+        sigma = median_bandwidth(reference.embeddings, seed=settings.seed)
+        dets = cls.build(
+            settings, reference, sigma=sigma, flag=flag, high_confidence=high_confidence
+        )
+        hx, hs = holdout.embeddings, holdout.scores
+        for d in dets.values():
+            d.fit_holdout(hx, hs)
+        rng = np.random.default_rng(settings.seed)
+        thresholds: dict[str, dict[str, float]] = {name: {} for name in dets}
+        q = 1.0 - settings.false_alarm_rate
+        for n in sizes:
+            windows = np.argsort(rng.random((settings.calibration_windows, holdout.size)), axis=1)
+            windows = windows[:, :n]
+            # Windows from one finite pool share its offset from the population; live
+            # windows do not. Widen the null around its median by sqrt(1 + n / pool) (the
+            # pool mean's variance sigma^2 / pool added to the window's sigma^2 / n).
+            widen = np.sqrt(1.0 + n / holdout.size)
+            for name, d in dets.items():
+                null = d.null_statistics(hx, hs, windows)
+                mid = float(np.median(null))
+                top = float(np.quantile(null, q, method="higher"))
+                thresholds[name][str(n)] = mid + (top - mid) * widen
+        recon = dets["pca_reconstruction"]
+        assert isinstance(recon, ReconstructionDetector)
+        streams = {"score": hs.astype(np.float64), "reconstruction_error": recon.errors(hx)}
+        stream_stats = {k: (float(v.mean()), float(v.std())) for k, v in streams.items()}
+        conf = dets["confidence_shift"]
+        assert isinstance(conf, ConfidenceShiftDetector)
+        calibration = DetectorCalibration(
+            settings=settings,
+            source=source,  # type: ignore[arg-type]
+            holdout_rows=holdout.size,
+            mmd_sigma=sigma,
+            thresholds=thresholds,
+            reference_confidence=conf.reference.as_dict(),
+            stream_stats=stream_stats,
+            null_change_points_per_10k=null_change_rate(
+                ALL_PAIRS, streams, stream_stats, seed=settings.seed
+            ),
+            seconds=time.perf_counter() - t0,
+        )
+        return cls(dets, calibration)
+
+    @classmethod
+    def restore(
+        cls,
+        calibration: DetectorCalibration,
+        reference: ReferenceSample,
+        arrays: dict[str, np.ndarray],
+        *,
+        flag: float = 0.5,
+        high_confidence: float = 0.8,
+    ) -> DetectorSuite:
+        """Rebuild from a bundle: refit the deterministic parts, load the stored ones."""
+        dets = cls.build(
+            calibration.settings,
+            reference,
+            sigma=calibration.mmd_sigma,
+            flag=flag,
+            high_confidence=high_confidence,
+        )
+        for name, d in dets.items():
+            prefix = f"{ARRAY_PREFIX}{name}_"
+            mine = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+            if not d.load_arrays(mine):
+                raise CalibrationError(
+                    f"the bundle's reference.npz lacks the fitted state of detector {name!r}; "
+                    "rebuild the bundle with `silentwatch bundle train`"
+                )
+        return cls(dets, calibration)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Fitted state to write into ``reference.npz`` (prefixed ``det_<name>_``)."""
+        return {
+            f"{ARRAY_PREFIX}{name}_{k}": v
+            for name, d in self.detectors.items()
+            for k, v in d.arrays().items()
+        }
+
+    # -- use --------------------------------------------------------------------------
+    @property
+    def sizes(self) -> list[int]:
+        return sorted(int(k) for k in next(iter(self.calibration.thresholds.values())))
+
+    def threshold(self, name: str, n: int) -> float:
+        """Threshold for a window of ``n`` rows: that of the largest calibrated size ``<= n``."""
+        table = self.calibration.thresholds[name]
+        usable = [s for s in self.sizes if s <= n]
+        if not usable:
+            return float("nan")
+        return table[str(usable[-1])]
+
+
+def suite_for_bundle(bundle: LoadedBundle, *, min_window: int = 256) -> DetectorSuite:
+    """The bundle's calibrated detectors, or a start-up calibration when it has none.
+
+    Bundles written before the detection engine carry no thresholds: the reference
+    sample is then split in half (a seeded permutation), one half the reference and
+    the other the held-out pool, and ``calibration.source`` says ``"startup-split"``.
+    Raises :class:`CalibrationError` when the reference is too small even for that.
+    """
+    m = bundle.manifest
+    ref = bundle.reference
+    flag, high = m.thresholds.flag, m.thresholds.high_confidence
+    if m.detectors is not None:
+        sample = ReferenceSample(ref.embeddings, ref.scores)
+        return DetectorSuite.restore(
+            m.detectors, sample, ref.extra, flag=flag, high_confidence=high
+        )
+    perm = np.random.default_rng(0).permutation(ref.embeddings.shape[0])
+    half = perm.size // 2
+    a, b = np.sort(perm[:half]), np.sort(perm[half:])
+    size = min(min_window, b.size // POOL_FRACTION)
+    if size < MIN_WINDOW:
+        raise CalibrationError(
+            f"bundle {bundle.path} has no calibrated detector thresholds and its reference "
+            f"sample ({ref.embeddings.shape[0]} rows) is too small to calibrate at start-up "
+            f"(need {2 * POOL_FRACTION * MIN_WINDOW}); rebuild it with `silentwatch bundle train`"
+        )
+    return DetectorSuite.calibrate(
+        DetectorSettings(window_size=size),
+        ReferenceSample(ref.embeddings[a], ref.scores[a]),
+        ReferenceSample(ref.embeddings[b], ref.scores[b]),
+        source="startup-split",
+        flag=flag,
+        high_confidence=high,
+    )

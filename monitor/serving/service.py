@@ -1,0 +1,711 @@
+"""The ``silentwatch.v1.Monitor`` servicer: the request path.
+
+Per call: validate, decode with one ``numpy.frombuffer``, one matrix-vector
+product, record ids for the label join, enqueue for the pipeline, reply. All
+statistics happen in the pipeline worker (:mod:`.pipeline`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+from silentwatch.monitor.bundle import LoadedBundle
+from silentwatch.monitor.config import ServeSettings
+from silentwatch.monitor.detection.canary import CanaryMonitor, TextEmbedder
+from silentwatch.monitor.detection.engine import DetectionEngine
+from silentwatch.monitor.scoring import confidence
+from silentwatch.monitor.serving.errors import RequestError, invalid, precondition
+from silentwatch.monitor.serving.pipeline import LabelBatch, Pipeline, PredictionBatch
+from silentwatch.monitor.serving.wire import (
+    check_request_ids,
+    checked_norms,
+    decode_embedding,
+    decode_matrix,
+)
+from silentwatch.monitor.state.memory import DuplicateRequestIds, PredictionStore
+from silentwatch.monitor.state.persistence import StatePersister
+from silentwatch.monitor.state.sqlite import SqliteStore, StoreUnavailable
+from silentwatch.monitor.telemetry.prometheus import RequestMetrics, TrafficSink
+
+from silentwatch.v1 import monitor_pb2 as pb
+from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+
+def request_id_of(request: Any, context: grpc.ServicerContext, limit: int = 128) -> str:
+    """The id a log line carries: the caller's ``x-request-id`` metadata, else the first
+    request id in the message ("" when neither). Printable, at most ``limit`` characters."""
+    rid = ""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str):
+            rid = value
+            break
+    if not rid:
+        rid = getattr(request, "request_id", "") or ""
+    if not rid:
+        ids = getattr(request, "request_ids", None) or ()
+        labels = getattr(request, "labels", None) or ()
+        rid = ids[0] if len(ids) else (labels[0].request_id if len(labels) else "")
+    return "".join(c if c.isprintable() else "?" for c in rid[:limit])
+
+
+class _RefusalLog:
+    """Log refused requests with their request id, at most once per ``every`` seconds per
+    (rpc, code); the lines in between are counted into the next one (never a log flood)."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self._last: dict[tuple[str, grpc.StatusCode], float] = {}
+        self._held: dict[tuple[str, grpc.StatusCode], int] = {}
+
+    def __call__(
+        self, name: str, code: grpc.StatusCode, message: str, request: Any, context: Any
+    ) -> None:
+        key = (name, code)
+        now = time.monotonic()
+        if now - self._last.get(key, float("-inf")) < self.every:
+            self._held[key] = self._held.get(key, 0) + 1
+            return
+        self._last[key] = now
+        held = self._held.pop(key, 0)
+        log.warning(
+            "%s refused (%s): %s%s",
+            name,
+            code.name,
+            message,
+            f" [+{held} more like it since the last line]" if held else "",
+            extra={
+                "rpc": name,
+                "code": code,
+                "request_id": request_id_of(request, context),
+                "peer": context.peer(),
+                "event": "request_refused",
+            },
+        )
+
+
+_refusals = _RefusalLog()
+
+
+def rpc(name: str) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Time the call, count it by status code, and turn refusals into gRPC statuses.
+
+    Refusals are logged (rate-limited) with the request id; unexpected exceptions always,
+    with their traceback. Payloads (embeddings, texts) never reach a log line.
+    """
+
+    def deco(fn: Callable[..., R]) -> Callable[..., R]:
+        @functools.wraps(fn)
+        def wrapper(self: MonitorService, request: Any, context: grpc.ServicerContext) -> R:
+            t0 = time.perf_counter()
+            code = grpc.StatusCode.OK
+            rows = 0
+            try:
+                result, rows = fn(self, request, context)
+                return result
+            except RequestError as exc:
+                code = exc.code
+                _refusals(name, code, exc.message, request, context)
+                context.abort(exc.code, exc.message)
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                log.exception(
+                    "%s failed",
+                    name,
+                    extra={
+                        "rpc": name,
+                        "code": code,
+                        "request_id": request_id_of(request, context),
+                        "event": "request_failed",
+                    },
+                )
+                context.abort(code, f"{name} failed inside the sidecar; see its logs")
+            finally:
+                self.metrics.observe(name, code, time.perf_counter() - t0, rows)
+
+        return wrapper  # type: ignore[return-value]
+
+    return deco
+
+
+@dataclass(frozen=True)
+class Served:
+    """Everything a request needs from the bundle, swapped as one reference on reload so
+    that no request ever sees half of one bundle and half of another. Plain fields: read on
+    every request."""
+
+    bundle: LoadedBundle
+    engine: DetectionEngine | None
+    detection_disabled_reason: str
+    scorer: Any
+    dim: int
+    normalize: bool
+    threshold: float
+    classifier_version: str
+
+    @classmethod
+    def of(cls, bundle: LoadedBundle, engine: DetectionEngine | None, reason: str) -> Served:
+        m = bundle.manifest
+        return cls(
+            bundle,
+            engine,
+            reason,
+            scorer=bundle.scorer,
+            dim=m.embedding_dim,
+            normalize=m.embedder.normalized,
+            threshold=m.thresholds.flag,
+            classifier_version=m.classifier_version,
+        )
+
+
+class MonitorService(pb_grpc.MonitorServicer):
+    def __init__(
+        self,
+        bundle: LoadedBundle,
+        settings: ServeSettings,
+        store: PredictionStore | SqliteStore,
+        pipeline: Pipeline,
+        metrics: RequestMetrics,
+        traffic: TrafficSink,
+        engine: DetectionEngine | None = None,
+        detection_disabled_reason: str = "",
+        text_embedder: TextEmbedder | None = None,
+        canary: CanaryMonitor | None = None,
+        persister: StatePersister | None = None,
+    ) -> None:
+        self.served = Served.of(bundle, engine, detection_disabled_reason)
+        self.settings = settings
+        self.store = store
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.traffic = traffic
+        self.text_embedder = text_embedder
+        self.canary = canary
+        self.started_at = time.time()
+        self.version_mismatches = 0
+        self.last_mismatch_at: float | None = None
+        self._recording = settings.recording
+        # Durable-store failures: counted by operation, logged at most every 10 s.
+        self.store_errors = {"record": 0, "join": 0}
+        self.predictions_not_recorded = 0
+        self.carried_refused = 0
+        self._last_store_log = float("-inf")
+        # Snapshots of the engine's state (durable store only); the Sidecar swaps it on reload.
+        self.persister = persister
+
+    # The bundle-derived views, for callers outside the request path.
+    @property
+    def bundle(self) -> LoadedBundle:
+        return self.served.bundle
+
+    @property
+    def engine(self) -> DetectionEngine | None:
+        return self.served.engine
+
+    @property
+    def detection_disabled_reason(self) -> str:
+        return self.served.detection_disabled_reason
+
+    def swap(self, served: Served) -> None:
+        """Serve another bundle from the next request on (one reference assignment)."""
+        self.served = served
+
+    # -- shared checks --------------------------------------------------------------
+    def _check_identity(
+        self, sv: Served, embedder_version: str, classifier_version: str = ""
+    ) -> None:
+        if classifier_version and classifier_version != sv.classifier_version:
+            raise precondition(
+                f"request expects classifier {classifier_version!r} but this sidecar serves "
+                f"{sv.classifier_version!r}; deploy the matching bundle or drop "
+                "classifier_version from the request"
+            )
+        spec = sv.bundle.manifest.embedder
+        if not embedder_version:
+            if self.settings.require_embedder_version:
+                raise invalid(
+                    f"embedder_version is required; send the version of {spec.name} that "
+                    f"produced the embedding (this bundle is validated for {spec.version!r})"
+                )
+            return
+        if spec.accepts(embedder_version):
+            return
+        self.version_mismatches += 1
+        self.last_mismatch_at = time.time()
+        self.metrics.version_mismatch.inc()
+        if self.settings.embedder_version_policy == "reject":
+            accepted = [spec.version, *spec.accepted_versions]
+            raise precondition(
+                f"embedder_version {embedder_version!r} is not one this bundle was validated for "
+                f"({accepted}); a classifier can collapse silently on another embedder version: "
+                "run `silentwatch gate` for it, or roll the embedder back"
+            )
+
+    def _embed_texts(self, sv: Served, texts: list[str]) -> np.ndarray:
+        """Text mode: embed with the bundle's own embedder (on the request path: ~ms per text)."""
+        if self.text_embedder is None:
+            raise precondition(
+                "this sidecar does not embed text: start it with --text-mode (needs the offline "
+                "extra, pip install 'silentwatch[offline]'), or send embeddings"
+            )
+        if len(texts) > self.settings.max_batch_rows:
+            raise invalid(
+                f"{len(texts)} texts in one request, more than the limit of "
+                f"{self.settings.max_batch_rows}; split them"
+            )
+        limit = self.settings.max_text_chars
+        for i, t in enumerate(texts):
+            if not t.strip():
+                raise invalid(f"text {i} is empty; send the text to classify")
+            if len(t) > limit:
+                raise invalid(f"text {i} has {len(t)} characters, more than the limit of {limit}")
+        x = np.ascontiguousarray(self.text_embedder(texts), dtype=np.float32)
+        if x.shape != (len(texts), sv.dim):
+            raise RequestError(
+                grpc.StatusCode.INTERNAL,
+                f"the text embedder returned shape {x.shape}, expected ({len(texts)}, {sv.dim})",
+            )
+        return x
+
+    def _record(self, ids: list[str], scores: np.ndarray) -> None:
+        if not ids or not self._recording:
+            return
+        try:
+            self.store.record(ids, scores)
+        except StoreUnavailable as exc:
+            # Serving continues; the loss is counted and logged, never silent.
+            self.store_errors["record"] += 1
+            self.predictions_not_recorded += len(ids)
+            self._log_store_error(exc, "predictions are not being recorded for the label join")
+        except DuplicateRequestIds as exc:
+            if exc.within_batch:
+                raise RequestError(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"request id {exc.ids[0]!r} appears twice in this batch; request ids must be "
+                    "unique, nothing in this request was recorded",
+                ) from None
+            raise RequestError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"request id {exc.ids[0]!r} is already recorded and awaiting a label"
+                + (f" (and {len(exc.ids) - 1} more)" if len(exc.ids) > 1 else "")
+                + "; request ids must be unique, nothing in this request was recorded",
+            ) from None
+
+    def _log_store_error(self, exc: Exception, consequence: str) -> None:
+        now = time.monotonic()
+        if now - self._last_store_log >= 10.0:
+            self._last_store_log = now
+            log.error(
+                "%s: %s; free disk space, fix the permissions of state_dir or raise "
+                "store_max_bytes (silentwatch_store_errors_total counts every failure)",
+                exc,
+                consequence,
+            )
+
+    def _enqueue(
+        self, x: np.ndarray, norms: np.ndarray, p: np.ndarray, source: str, ev: str
+    ) -> None:
+        if not self._recording:
+            return
+        self.pipeline.submit_predictions(PredictionBatch(x, norms, p, source, ev, time.time()))
+
+    # -- RPCs -------------------------------------------------------------------------
+    @rpc("Classify")
+    def Classify(self, request: pb.ClassifyRequest, context: grpc.ServicerContext):
+        sv = self.served
+        ev = request.embedder_version
+        if request.text:
+            if request.HasField("embedding"):
+                raise invalid("send text or an embedding, not both")
+            self._check_identity(sv, "", request.classifier_version)
+            x = self._embed_texts(sv, [request.text])
+            ev = sv.bundle.manifest.embedder.version  # the sidecar's own embedder
+        else:
+            self._check_identity(sv, ev, request.classifier_version)
+            x = decode_embedding(request.embedding, sv.dim)
+        rid = request.request_id
+        if rid:
+            check_request_ids([rid], 1, self.settings.max_request_id_length)
+        norms = checked_norms(x, need_nonzero=sv.normalize)
+        p = sv.scorer.predict_proba(x, norms)
+        self._record([rid] if rid else [], p)
+        self._enqueue(x, norms, p, "classify", ev)
+        p0 = float(p[0])
+        return (
+            pb.ClassifyResponse(
+                request_id=rid,
+                p_unsafe=p0,
+                flagged=p0 >= sv.threshold,
+                confidence=max(p0, 1.0 - p0),
+                classifier_version=sv.classifier_version,
+            ),
+            1,
+        )
+
+    @rpc("ClassifyBatch")
+    def ClassifyBatch(self, request: pb.ClassifyBatchRequest, context: grpc.ServicerContext):
+        sv = self.served
+        ev = request.embedder_version
+        if len(request.texts):
+            if request.HasField("embeddings"):
+                raise invalid("send texts or embeddings, not both")
+            self._check_identity(sv, "", request.classifier_version)
+            x = self._embed_texts(sv, list(request.texts))
+            ev = sv.bundle.manifest.embedder.version
+        else:
+            self._check_identity(sv, ev, request.classifier_version)
+            x = decode_matrix(request.embeddings, sv.dim, self.settings.max_batch_rows)
+        ids = list(request.request_ids)
+        check_request_ids(ids, x.shape[0], self.settings.max_request_id_length)
+        norms = checked_norms(x, need_nonzero=sv.normalize)
+        p = sv.scorer.predict_proba(x, norms)
+        self._record(ids, p)
+        self._enqueue(x, norms, p, "classify", ev)
+        resp = pb.ClassifyBatchResponse(classifier_version=sv.classifier_version)
+        resp.p_unsafe.extend(p.tolist())
+        resp.flagged.extend((p >= sv.threshold).tolist())
+        resp.confidence.extend(confidence(p).tolist())
+        return resp, x.shape[0]
+
+    @rpc("Observe")
+    def Observe(self, request: pb.ObserveRequest, context: grpc.ServicerContext):
+        sv = self.served
+        self._check_identity(sv, request.embedder_version)
+        x = decode_matrix(request.embeddings, sv.dim, self.settings.max_batch_rows)
+        n = x.shape[0]
+        ids = list(request.request_ids)
+        check_request_ids(ids, n, self.settings.max_request_id_length)
+        norms = checked_norms(x, need_nonzero=sv.normalize)
+        if len(request.p_unsafe):
+            if len(request.p_unsafe) != n:
+                raise invalid(
+                    f"{len(request.p_unsafe)} p_unsafe values for {n} rows; "
+                    "send one per row, or none"
+                )
+            p = np.asarray(request.p_unsafe, dtype=np.float32)
+            if not (np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()):
+                raise invalid("p_unsafe values must be probabilities in [0, 1]")
+        else:
+            p = sv.scorer.predict_proba(x, norms)
+        self._record(ids, p)
+        self._enqueue(x, norms, p, "observe", request.embedder_version)
+        return pb.ObserveResponse(accepted=n), n
+
+    @rpc("SubmitLabels")
+    def SubmitLabels(self, request: pb.SubmitLabelsRequest, context: grpc.ServicerContext):
+        sv = self.served
+        labels = request.labels
+        if len(labels) > self.settings.max_batch_rows:
+            raise invalid(
+                f"{len(labels)} labels in one request, more than the limit of "
+                f"{self.settings.max_batch_rows}; split them"
+            )
+        ids = [lab.request_id for lab in labels]
+        y = np.fromiter((lab.unsafe for lab in labels), dtype=np.int8, count=len(labels))
+        carried, refused = self._carried_scores(sv, labels)
+        try:
+            res = self.store.join(ids, y, carried)
+        except StoreUnavailable as exc:
+            self.store_errors["join"] += 1
+            self._log_store_error(exc, "labels are being refused with UNAVAILABLE")
+            raise RequestError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"the label store cannot be written ({exc}); nothing in this request was "
+                "accepted: retry later",
+            ) from None
+        self.carried_refused += refused
+        if res.joined:
+            self.pipeline.submit_labels(
+                LabelBatch(res.scores, res.labels, time.time(), last_seq=res.label_seq)
+            )
+        return (
+            pb.SubmitLabelsResponse(
+                received=len(ids),
+                joined=res.joined,
+                unknown=res.unknown,
+                expired=res.expired,
+                already_labelled=res.already_labelled,
+                unmatched_request_ids=res.unmatched_ids,
+                joined_carried=res.carried,
+                carried_refused=refused,
+            ),
+            0,
+        )
+
+    def _carried_scores(self, sv: Served, labels) -> tuple[np.ndarray | None, int]:
+        """Scores labels carry for the stateless path (NaN: none or refused), and how many
+        were refused for another embedder or classifier version."""
+        if not any(lab.HasField("p_unsafe") for lab in labels):
+            return None, 0
+        spec = sv.bundle.manifest.embedder
+        out = np.full(len(labels), np.nan, dtype=np.float32)
+        refused = 0
+        for i, lab in enumerate(labels):
+            if not lab.HasField("p_unsafe"):
+                continue
+            p = lab.p_unsafe
+            if not (0.0 <= p <= 1.0):  # also false for NaN
+                raise invalid(
+                    f"label {i} ({lab.request_id!r}) carries p_unsafe={p}, not a probability "
+                    "in [0, 1]; send the score the sidecar returned, or none"
+                )
+            ev, cv = lab.embedder_version, lab.classifier_version
+            if (ev and not spec.accepts(ev)) or (cv and cv != sv.classifier_version):
+                refused += 1  # a score from another model says nothing about this one
+                continue
+            out[i] = p
+        return out, refused
+
+    @rpc("GetStatus")
+    def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext):
+        return self.status(), 0
+
+    # -- status ----------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Plain-dict snapshot shared by GetStatus and the Prometheus collector."""
+        self.store.expire()  # in memory for both stores: never fails on the disk
+        c = self.store.counters
+        t = self.traffic
+        now = time.time()
+        ago = None if self.last_mismatch_at is None else now - self.last_mismatch_at
+        pers = self.persister
+        last_snap = None if pers is None else pers.last_snapshot_at
+        return {
+            "identity": {
+                "embedder_version_mismatch": ago is not None
+                and ago <= self.settings.mismatch_hold_seconds,
+                "last_mismatch_seconds_ago": ago,
+            },
+            "detection": None if self.engine is None else self.engine.snapshot(),
+            "canary": None if self.canary is None else self.canary.snapshot(),
+            "detection_disabled_reason": self.detection_disabled_reason,
+            "uptime_seconds": time.time() - self.started_at,
+            "traffic": {
+                "predictions": dict(t.predictions),
+                "flagged": dict(t.flagged),
+                "version_mismatches": self.version_mismatches,
+            },
+            "labels": {
+                "received": c.labels_received,
+                "joined": c.labels_joined,
+                "unknown": c.labels_unknown,
+                "expired": c.labels_expired,
+                "already_labelled": c.labels_already_labelled,
+                "joined_carried": c.labels_carried,
+                "carried_refused": self.carried_refused,
+            },
+            "store": {
+                "entries": len(self.store),
+                "capacity": self.store.capacity,
+                "ttl_seconds": self.store.ttl_seconds,
+                "evicted_capacity": c.evicted_capacity,
+                "evicted_ttl": c.evicted_ttl,
+                "durable": self.store.durable,
+                "backend": "sqlite" if self.store.durable else "memory",
+                "unfolded_labels": self._unfolded_labels(),
+                "errors": dict(self.store_errors),
+                "snapshots_written": 0 if pers is None else pers.snapshots_written,
+                "snapshot_errors": 0 if pers is None else pers.errors,
+                "last_snapshot_seconds_ago": None if last_snap is None else now - last_snap,
+                "labels_replayed_at_start": 0 if pers is None else pers.report.labels_replayed,
+                "predictions_not_recorded": self.predictions_not_recorded,
+            },
+            "pipeline": {
+                "queued": self.pipeline.queued_batches,
+                "processed_rows": self.pipeline.processed_rows,
+                "sampled_out_rows": self.pipeline.sampled_out_rows,
+                "sink_errors": self.pipeline.sink_errors,
+            },
+        }
+
+    def _unfolded_labels(self) -> int:
+        if not self.store.durable:
+            return 0
+        try:
+            return self.store.unfolded_labels()
+        except Exception:  # a status read must not fail because the disk did
+            return -1
+
+    def status(self) -> pb.GetStatusResponse:
+        s = self.state()
+        m = self.bundle.manifest
+        e = m.embedder
+        t, lab, st, pl = s["traffic"], s["labels"], s["store"], s["pipeline"]
+        return pb.GetStatusResponse(
+            classifier_version=m.classifier_version,
+            embedder=pb.EmbedderIdentity(
+                name=e.name,
+                version=e.version,
+                weights_sha256=e.weights_sha256 or "",
+                pooling=e.pooling,
+                accepted_versions=list(e.accepted_versions),
+            ),
+            embedding_dim=m.embedding_dim,
+            flag_threshold=m.thresholds.flag,
+            uptime_seconds=s["uptime_seconds"],
+            traffic=pb.TrafficStatus(
+                predictions=t["predictions"]["classify"],
+                observed=t["predictions"]["observe"],
+                flagged=sum(t["flagged"].values()),
+                embedder_version_mismatches=t["version_mismatches"],
+            ),
+            labels=pb.LabelStatus(**lab),
+            store=pb.PredictionStoreStatus(
+                entries=st["entries"],
+                capacity=st["capacity"],
+                ttl_seconds=st["ttl_seconds"],
+                evicted_capacity=st["evicted_capacity"],
+                evicted_ttl=st["evicted_ttl"],
+                durable=st["durable"],
+                backend=st["backend"],
+                unfolded_labels=max(0, st["unfolded_labels"]),
+                errors=sum(st["errors"].values()) + st["snapshot_errors"],
+                snapshots_written=st["snapshots_written"],
+                last_snapshot_seconds_ago=(
+                    -1.0
+                    if st["last_snapshot_seconds_ago"] is None
+                    else st["last_snapshot_seconds_ago"]
+                ),
+                labels_replayed_at_start=st["labels_replayed_at_start"],
+                predictions_not_recorded=st["predictions_not_recorded"],
+            ),
+            pipeline=pb.PipelineStatus(
+                queued=pl["queued"],
+                processed_rows=pl["processed_rows"],
+                sampled_out_rows=pl["sampled_out_rows"],
+            ),
+            bundle_sha256=self.bundle.sha256,
+            detection=self._detection_status(s),
+            labelled=self._labelled_status(s),
+            canary=self._canary_status(s),
+            identity=pb.IdentityStatus(
+                embedder_version_mismatch=s["identity"]["embedder_version_mismatch"],
+                last_mismatch_seconds_ago=(
+                    -1.0
+                    if s["identity"]["last_mismatch_seconds_ago"] is None
+                    else s["identity"]["last_mismatch_seconds_ago"]
+                ),
+            ),
+        )
+
+    @staticmethod
+    def _detection_status(s: dict[str, Any]) -> pb.DetectionStatus:
+        d = s["detection"]
+        if d is None:
+            return pb.DetectionStatus(enabled=False, disabled_reason=s["detection_disabled_reason"])
+        w = d["window"]
+        nan = float("nan")
+        readings = []
+        for name, (r, total) in d["detectors"].items():
+            if r is None:
+                readings.append(
+                    pb.DetectorReading(name=name, statistic=nan, threshold=nan, alarms_total=0)
+                )
+            else:
+                readings.append(
+                    pb.DetectorReading(
+                        name=name,
+                        statistic=r.statistic,
+                        threshold=r.threshold,
+                        alarm=r.alarm,
+                        window_rows=r.window_rows,
+                        alarms_total=total,
+                        evaluated_at=r.at,
+                    )
+                )
+        c = d["confidence"]
+        null = d["null_change_points_per_10k"]
+        change_points = []
+        for key, (count, last, samples) in d["change_points"].items():
+            kind, stream = key.split(":")
+            change_points.append(
+                pb.ChangePointStatus(
+                    detector=kind,
+                    stream=stream,
+                    change_points=count,
+                    last_change_at=-1 if last is None else last,
+                    samples=samples,
+                    null_change_points_per_10k=null.get(key, nan),
+                )
+            )
+
+        def profile(p: dict[str, float] | None) -> pb.ConfidenceProfile:
+            if p is None:
+                return pb.ConfidenceProfile(
+                    mean_confidence=nan, high_confidence_share=nan, positive_rate=nan
+                )
+            return pb.ConfidenceProfile(**p)
+
+        return pb.DetectionStatus(
+            enabled=True,
+            calibration_source=d["calibration_source"],
+            false_alarm_rate=d["false_alarm_rate"],
+            window=pb.WindowConfig(
+                mode=w.mode,
+                size=w.size,
+                stride=w.stride,
+                seconds=w.seconds,
+                stride_seconds=w.stride_seconds,
+                max_rows=w.max_rows,
+            ),
+            windows_evaluated=d["windows_evaluated"],
+            windows_skipped=d["windows_skipped"],
+            rows_seen=d["rows_seen"],
+            detectors=readings,
+            centroid_angle_degrees=d["centroid_angle_degrees"],
+            confidence=pb.ConfidenceStatus(
+                window=profile(c["window"]),
+                reference=profile(c["reference"]),
+                mean_confidence_change=c["mean_confidence_change"],
+                mean_confidence_relative_change=c["mean_confidence_relative_change"],
+                band=c["band"],
+            ),
+            change_points=change_points,
+            drift_alarm=d["drift_alarm"],
+            silent_failure_suspected=d["silent_failure_suspected"],
+            silent_failure_suspected_windows=d["silent_failure_suspected_windows"],
+            change_thinned_rows=d["change_thinned_rows"],
+        )
+
+    @staticmethod
+    def _canary_status(s: dict[str, Any]) -> pb.CanaryStatus:
+        c = s["canary"]
+        if c is None:
+            return pb.CanaryStatus(enabled=False)
+        fields = pb.CalibrationMetrics.DESCRIPTOR.fields_by_name
+        return pb.CanaryStatus(
+            enabled=True,
+            size=c["size"],
+            runs=c["runs"],
+            last_run_at=c["last_run_at"],
+            last_run_seconds=c["last_run_seconds"],
+            metrics=pb.CalibrationMetrics(**{k: v for k, v in c["metrics"].items() if k in fields}),
+            last_error=c["last_error"],
+        )
+
+    @staticmethod
+    def _labelled_status(s: dict[str, Any]) -> pb.LabelledStatus:
+        d = s["detection"]
+        if d is None:
+            return pb.LabelledStatus()
+        lab = d["labelled"]
+
+        fields = pb.CalibrationMetrics.DESCRIPTOR.fields_by_name
+
+        def metrics(m: dict[str, float]) -> pb.CalibrationMetrics:
+            return pb.CalibrationMetrics(**{k: v for k, v in m.items() if k in fields})
+
+        return pb.LabelledStatus(
+            window_size=lab["window_size"],
+            rolling=metrics(lab["rolling"]),
+            cumulative=metrics(lab["cumulative"]),
+        )

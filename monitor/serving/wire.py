@@ -1,0 +1,211 @@
+"""Decode and validate requests from the wire: one ``numpy.frombuffer`` per message.
+
+Also :class:`MalformedRequestGuard`, which turns bytes that are not protobuf into
+INVALID_ARGUMENT instead of grpcio's INTERNAL.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import numpy as np
+from silentwatch.monitor.scoring import row_norms
+from silentwatch.monitor.serving.errors import invalid
+
+from silentwatch.v1 import monitor_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+_F32LE = np.dtype("<f4")
+
+
+def _hint(dim: int) -> str:
+    return f"send {dim} float32 values per embedding as packed little-endian bytes (f32le)"
+
+
+def decode_embedding(msg: pb.Embedding, dim: int) -> np.ndarray:
+    """One embedding as a (1, dim) float32 matrix."""
+    kind = msg.WhichOneof("data")
+    if kind == "f32le":
+        raw = msg.f32le
+        if len(raw) == 0:
+            raise invalid(f"embedding is empty; {_hint(dim)}")
+        if len(raw) != dim * 4:
+            got = f"{len(raw) // 4} values" if len(raw) % 4 == 0 else f"{len(raw)} bytes"
+            raise invalid(
+                f"embedding has {got} but this bundle expects dimension {dim} "
+                f"({dim * 4} bytes); check that the embedder matches the bundle"
+            )
+        return np.frombuffer(raw, dtype=_F32LE).reshape(1, dim)
+    if kind == "values":
+        n = len(msg.values.values)
+        if n == 0:
+            raise invalid(f"embedding is empty; {_hint(dim)}")
+        if n != dim:
+            raise invalid(
+                f"embedding has {n} values but this bundle expects dimension {dim}; "
+                "check that the embedder matches the bundle"
+            )
+        return np.asarray(msg.values.values, dtype=np.float32).reshape(1, dim)
+    raise invalid(f"embedding is missing; {_hint(dim)}")
+
+
+def decode_matrix(msg: pb.EmbeddingMatrix, dim: int, max_rows: int) -> np.ndarray:
+    """A batch as an (n, dim) float32 matrix (a read-only view on the request bytes)."""
+    if msg.dim != dim:
+        raise invalid(
+            f"embeddings.dim is {msg.dim} but this bundle expects dimension {dim}; "
+            "check that the embedder matches the bundle"
+        )
+    n = msg.rows
+    if n == 0:
+        raise invalid("embeddings.rows is 0; a batch needs at least one embedding")
+    if n > max_rows:
+        raise invalid(
+            f"batch has {n} rows, more than the limit of {max_rows}; split it into smaller "
+            "batches (or raise max_batch_rows)"
+        )
+    kind = msg.WhichOneof("data")
+    if kind == "f32le":
+        raw = msg.f32le
+        if len(raw) != n * dim * 4:
+            raise invalid(
+                f"embeddings.f32le has {len(raw)} bytes but rows={n} x dim={dim} needs "
+                f"{n * dim * 4}; pack rows contiguously as little-endian float32"
+            )
+        return np.frombuffer(raw, dtype=_F32LE).reshape(n, dim)
+    if kind == "values":
+        vals = msg.values.values
+        if len(vals) != n * dim:
+            raise invalid(
+                f"embeddings.values has {len(vals)} floats but rows={n} x dim={dim} needs {n * dim}"
+            )
+        return np.asarray(vals, dtype=np.float32).reshape(n, dim)
+    raise invalid(f"embeddings carry no data; {_hint(dim)}")
+
+
+def checked_norms(x: np.ndarray, *, need_nonzero: bool) -> np.ndarray:
+    """Row norms, refusing NaN/Inf (and zero rows when the bundle normalises).
+
+    A non-finite value makes its row's norm non-finite, so one vectorised pass
+    finds them; the slow per-row look happens only on the error path.
+    """
+    norms = row_norms(x)
+    if not np.isfinite(norms).all():
+        bad_rows = np.flatnonzero(~np.isfinite(norms))
+        really_bad = [int(r) for r in bad_rows if not np.isfinite(x[r]).all()]
+        if really_bad:
+            raise invalid(
+                f"embedding rows {really_bad[:5]}{' ...' if len(really_bad) > 5 else ''} contain "
+                "NaN or Inf; fix the embedder output before sending"
+            )
+        raise invalid(
+            f"embedding rows {bad_rows[:5].tolist()} overflow float32 when squared; "
+            "send unit-normalised embeddings"
+        )
+    if need_nonzero and not norms.all():
+        zero = np.flatnonzero(norms == 0)
+        tiny = [int(r) for r in zero if x[r].any()]
+        if tiny:
+            raise invalid(
+                f"embedding rows {tiny[:5]}{' ...' if len(tiny) > 5 else ''} are too small to be "
+                "put on the unit sphere (their squared length underflows float32); send "
+                "unit-normalised embeddings"
+            )
+        raise invalid(
+            f"embedding rows {zero[:5].tolist()} are all zeros and cannot be put on the unit "
+            "sphere; check the embedder output"
+        )
+    return norms
+
+
+def check_request_ids(ids: list[str], rows: int, max_len: int) -> None:
+    """Ids are optional, but when given: one per row, non-empty, bounded.
+
+    Uniqueness is the prediction store's to enforce (it must hold across requests too).
+    """
+    if not ids:
+        return
+    if len(ids) != rows:
+        raise invalid(f"{len(ids)} request_ids for {rows} rows; send one id per row, or none")
+    if "" in ids:
+        raise invalid(f"request_ids[{ids.index('')}] is empty; send a non-empty id or no ids")
+    longest = max(map(len, ids))
+    if longest > max_len:
+        raise invalid(
+            f"a request id is {longest} characters, more than the limit of {max_len}; use shorter "
+            "ids (or raise max_request_id_length)"
+        )
+
+
+class MalformedRequestGuard(grpc.ServerInterceptor):
+    """Answer a request that is not valid protobuf with INVALID_ARGUMENT, naming its type.
+
+    Left to itself grpcio parses the request before any servicer code runs and answers bytes
+    it cannot parse with ``INTERNAL "Exception deserializing request!"`` (and an ERROR
+    traceback in the log): a server fault, by its code, for what is the caller's mistake.
+    This interceptor hands the servicer's methods the raw bytes instead, parses them itself,
+    and refuses what does not parse with INVALID_ARGUMENT and a message naming the expected
+    message type; ``on_refused(rpc_name)`` lets the caller count the refusal (a metric).
+
+    Only unary-unary methods of the ``services`` named (full names) are wrapped; health and
+    reflection keep grpcio's handling. Install it last in ``grpc.server(interceptors=...)``
+    so that it wraps the servicer's own handler.
+    """
+
+    def __init__(self, *services: str, on_refused: Callable[[str], None] | None = None) -> None:
+        self._prefixes = tuple(f"/{service}/" for service in services)
+        self._on_refused = on_refused
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        # Wrapped per call, never cached: an interceptor further down (authentication) may
+        # answer the same method differently for different callers.
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if (
+            handler is None
+            or not method.startswith(self._prefixes)
+            or handler.unary_unary is None
+            or handler.request_deserializer is None
+            or handler.request_streaming
+            or handler.response_streaming
+        ):
+            return handler
+        return self._guard(method.rpartition("/")[2], handler)
+
+    def _guard(self, rpc: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        parse = handler.request_deserializer
+        behavior = handler.unary_unary
+        message_cls = getattr(parse, "__self__", None)
+        descriptor = getattr(message_cls, "DESCRIPTOR", None)
+        type_name = getattr(descriptor, "full_name", f"{rpc} request")
+        on_refused = self._on_refused
+
+        def unary_unary(raw: bytes, context: grpc.ServicerContext) -> Any:
+            try:
+                request = parse(raw)
+            except Exception as exc:  # DecodeError, or whatever a custom deserializer raises
+                reason = str(exc).rpartition(": ")[2] or type(exc).__name__
+                if on_refused is not None:
+                    try:
+                        on_refused(rpc)
+                    except Exception:  # a metric must not turn the refusal into UNKNOWN
+                        log.exception("counting a malformed %s request failed", rpc)
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the {len(raw)}-byte request is not a valid {type_name} protobuf message "
+                    f"({reason}); build requests with code generated from the sidecar's own "
+                    "proto/silentwatch/v1 files",
+                )
+            return behavior(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, request_deserializer=None, response_serializer=handler.response_serializer
+        )

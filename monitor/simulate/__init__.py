@@ -1,0 +1,1 @@
+"""Synthetic data: paper A's drift operators and the demo's embedding world."""

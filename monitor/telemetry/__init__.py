@@ -1,0 +1,1 @@
+"""What the sidecar tells the outside: Prometheus exposition and structured logs."""
