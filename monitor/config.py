@@ -16,6 +16,12 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from silentwatch.monitor.detection.registry import (
+    DEFAULT_CHANGE_PAIRS,
+    check_detector_names,
+    parse_change_pair,
+)
+
 MiB = 1024 * 1024
 
 
@@ -115,13 +121,17 @@ class ServeSettings(BaseSettings):
         2048, ge=16, description="most rows a time window keeps (the newest)"
     )
     detectors: Annotated[list[str] | None, NoDecode] = Field(
-        None, description="window detectors to run (default: all); see docs/detection.md"
+        None,
+        description="window detectors to run (default: every one the bundle calibrated); see "
+        "docs/detection.md",
     )
     change_detectors: Annotated[list[str], NoDecode] = Field(
-        ["adwin:score", "adwin:reconstruction_error", "page_hinkley:reconstruction_error"],
+        [f"{kind}:{stream}" for kind, stream in DEFAULT_CHANGE_PAIRS],
         description="river change detectors as kind:stream (kswin:score is available, slow)",
     )
-    domain_every: int = Field(4, ge=1, description="run the domain classifier every k-th window")
+    domain_every: int = Field(
+        4, ge=1, description="run the periodic detectors (the domain classifier) every k-th window"
+    )
     max_window_evaluations_per_second: float = Field(
         5.0, ge=0, description="skip (and count) window evaluations beyond this rate; 0: no limit"
     )
@@ -191,6 +201,18 @@ class ServeSettings(BaseSettings):
         # Flags and environment variables give "a,b"; YAML gives a list.
         if isinstance(v, str):
             return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @field_validator("detectors")
+    @classmethod
+    def _registered(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else list(check_detector_names(v))
+
+    @field_validator("change_detectors")
+    @classmethod
+    def _change_pairs(cls, v: list[str]) -> list[str]:
+        for item in v:
+            parse_change_pair(item)
         return v
 
     @classmethod

@@ -19,6 +19,7 @@ import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
+
 from silentwatch.monitor.config import ConfigError, ServeSettings, load_settings
 
 from .fuzzing import examples
@@ -68,6 +69,9 @@ def refusal(config_file: Path | None = None, **flags: Any) -> str:
         ("window_size", 8, "greater than or equal to 16"),
         ("recording", "perhaps", "valid boolean"),
         ("change_detectors", 5, "valid list"),
+        ("change_detectors", "kswin:reconstruction_error", "not a kind:stream pair"),
+        ("detectors", "mmd,nope", "unknown detector 'nope'"),
+        ("detectors", "mmd,mmd", "listed twice"),
     ],
 )
 def test_bad_flag_names_the_key(key: str, value: Any, needle: str) -> None:

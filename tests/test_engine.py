@@ -7,6 +7,7 @@ import math
 import grpc
 import numpy as np
 import pytest
+
 from silentwatch.monitor.bundle import EmbedderSpec, load_bundle
 from silentwatch.monitor.config import load_settings
 from silentwatch.monitor.detection.engine import (
@@ -22,7 +23,6 @@ from silentwatch.monitor.serving.server import Sidecar
 from silentwatch.monitor.simulate import drift
 from silentwatch.monitor.simulate.world import SyntheticWorld
 from silentwatch.monitor.training import train_bundle
-
 from silentwatch.scrape import scrape
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
@@ -234,7 +234,7 @@ def test_detection_off_and_bad_detector_options(sidecar_factory, bundle_dir):
     with grpc.insecure_channel(sc.grpc_target) as ch:
         d = pb_grpc.MonitorStub(ch).GetStatus(pb.GetStatusRequest()).detection
     assert not d.enabled and "detection: false" in d.disabled_reason
-    with pytest.raises(ValueError, match="unknown detectors"):
+    with pytest.raises(ValueError, match="unknown detector 'nope'; choose from mmd, "):
         Sidecar(load_settings(bundle=bundle_dir, port=0, metrics_port=0, detectors="mmd,nope"))
     with pytest.raises(ValueError, match="kind:stream"):
         Sidecar(load_settings(bundle=bundle_dir, port=0, metrics_port=0, change_detectors="x"))

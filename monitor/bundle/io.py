@@ -22,12 +22,14 @@ from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
+
 from silentwatch.monitor.bundle.manifest import (
     CANARY_FILE,
     CLASSIFIER_FILE,
     REFERENCE_FILE,
     BundleManifest,
 )
+from silentwatch.monitor.detection.registry import persisted_arrays
 from silentwatch.monitor.scoring import LinearScorer
 
 MANIFEST_FILE = "manifest.json"
@@ -241,30 +243,24 @@ def _check_vector(arr: np.ndarray, name: str, dim: int, fname: str) -> np.ndarra
     return arr
 
 
-# Fitted detector state in reference.npz (monitor.detectors; ``det_<detector>_<array>``):
-# expected shape by array, ``d`` the embedding dimension, ``m`` the random-feature count and
-# ``k`` the PCA components, which must agree across the arrays that share them.
-_EXTRA_SHAPES: dict[str, tuple[str, ...]] = {
-    "mean": ("d",),
-    "det_mmd_rff_w": ("m", "d"),
-    "det_mmd_rff_b": ("m",),
-    "det_mmd_rff_ref_mean": ("m",),
-    "det_pca_reconstruction_mean": ("d",),
-    "det_pca_reconstruction_components": ("k", "d"),
-    "det_confidence_shift_profile": ("3",),
-}
+# reference.npz's other arrays by expected shape: the training mean, and each registered
+# detector's fitted state (``det_<detector>_<array>``, declared in the detector registry).
+# ``d`` is the embedding dimension; other letters (random features, PCA components) must
+# agree across the arrays that share them.
+_EXTRA_SHAPES: dict[str, tuple[str, ...]] = {"mean": ("d",), **persisted_arrays()}
 
 
 def _check_extra(arrays: dict[str, np.ndarray], dim: int) -> None:
     """reference.npz's other arrays (detector state): numeric, finite, of consistent shapes."""
-    sizes: dict[str, int] = {"d": dim, "3": 3}
+    sizes: dict[str, int] = {"d": dim}
     for name, arr in sorted(arrays.items()):
         _check_numeric(arr, name, REFERENCE_FILE, kinds="fiub")
         expected = _EXTRA_SHAPES.get(name)
         if expected is not None:
             ok = arr.ndim == len(expected) and arr.size > 0
             for axis, symbol in enumerate(expected if ok else ()):
-                ok = ok and sizes.setdefault(symbol, arr.shape[axis]) == arr.shape[axis]
+                n = arr.shape[axis]
+                ok = ok and (int(symbol) if symbol.isdigit() else sizes.setdefault(symbol, n)) == n
             if not ok:
                 want = ", ".join(str(sizes.get(x, x)) for x in expected)
                 raise BundleError(

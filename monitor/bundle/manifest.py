@@ -7,6 +7,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+# A calibration must describe every change-point stream and the whole confidence profile.
+from silentwatch.monitor.detection.registry import CONFIDENCE_PROFILE, STREAMS
+from silentwatch.monitor.scoring import FLAG_THRESHOLD, HIGH_CONFIDENCE
+
 SCHEMA_VERSION = 1
 CLASSIFIER_FILE = "classifier.npz"
 REFERENCE_FILE = "reference.npz"
@@ -14,10 +18,6 @@ CANARY_FILE = "canaries.npz"  # optional: labelled texts the sidecar re-embeds (
 REQUIRED_FILES = (CLASSIFIER_FILE, REFERENCE_FILE)
 
 Pooling = Literal["mean", "last_token", "cls", "unknown"]
-# The per-sample streams of the change-point detectors and the confidence profile's keys
-# (monitor.detectors): a calibration must describe all of them.
-STREAMS = ("score", "reconstruction_error")
-CONFIDENCE_PROFILE = ("mean_confidence", "high_confidence_share", "positive_rate")
 
 
 class _Strict(BaseModel):
@@ -40,9 +40,11 @@ class EmbedderSpec(_Strict):
 
 
 class Thresholds(_Strict):
-    flag: float = Field(default=0.5, gt=0.0, lt=1.0, description="flag when P(unsafe) >= flag")
+    flag: float = Field(
+        default=FLAG_THRESHOLD, gt=0.0, lt=1.0, description="flag when P(unsafe) >= flag"
+    )
     high_confidence: float = Field(
-        default=0.8,
+        default=HIGH_CONFIDENCE,
         ge=0.5,
         lt=1.0,
         description="paper A: an error with max(p, 1-p) above this is a silent failure",

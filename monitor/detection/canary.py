@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
 from silentwatch.monitor.bundle.io import Canaries
 from silentwatch.monitor.evaluation.classification import empty_metrics, labelled_metrics
 from silentwatch.monitor.scoring import LinearScorer

@@ -16,16 +16,24 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
+
+from silentwatch.monitor.detection.detectors.base import WindowDetector
 from silentwatch.monitor.detection.detectors.changepoints import ChangeTracker
 from silentwatch.monitor.detection.detectors.confidence import confidence_profile
-from silentwatch.monitor.detection.detectors.pca import ReconstructionDetector
-from silentwatch.monitor.detection.suite import DRIFT_DETECTORS, DetectorSuite
+from silentwatch.monitor.detection.registry import (
+    CENTROID_ANGLE,
+    DEFAULT_CHANGE_PAIRS,
+    REGISTRY,
+    check_detector_names,
+)
+from silentwatch.monitor.detection.suite import DetectorSuite
 from silentwatch.monitor.detection.windows import WindowBuffer
 from silentwatch.monitor.evaluation.labelled import LabelledWindow
+from silentwatch.monitor.scoring import FLAG_THRESHOLD, HIGH_CONFIDENCE
 from silentwatch.monitor.serving.pipeline import LabelBatch, PredictionBatch
 from silentwatch.monitor.state.snapshots import SnapshotError, decode, encode, expect
 
@@ -65,29 +73,19 @@ class Reading:
 @dataclass
 class EngineOptions:
     window: WindowSpec = field(default_factory=WindowSpec)
-    detectors: tuple[str, ...] = (
-        "mmd",
-        "mmd_rff",
-        "bbsd_ks",
-        "domain_auc",
-        "pca_reconstruction",
-        "centroid_angle",
-        "confidence_shift",
-    )
-    domain_every: int = 4  # run the domain classifier every k-th window
+    # Registered detector names to run; None: every detector the bundle calibrated.
+    detectors: tuple[str, ...] | None = None
+    # Run "periodic" detectors (registry cadence; the domain classifier) every k-th window.
+    domain_every: int = 4
     max_evaluations_per_second: float = 5.0  # 0: no limit
     # River's detectors are sequential Python loops (~0.5 us per sample each); above this
     # rate their streams are thinned evenly, and the thinning is counted.
     change_max_samples_per_second: float = 5000.0  # 0: no limit
     confidence_band: float = 0.2  # a relative fall of mean confidence up to this is "steady"
     label_window: int = 1000
-    change_pairs: tuple[tuple[str, str], ...] = (
-        ("adwin", "score"),
-        ("adwin", "reconstruction_error"),
-        ("page_hinkley", "reconstruction_error"),
-    )
-    flag: float = 0.5
-    high_confidence: float = 0.8
+    change_pairs: tuple[tuple[str, str], ...] = DEFAULT_CHANGE_PAIRS
+    flag: float = FLAG_THRESHOLD
+    high_confidence: float = HIGH_CONFIDENCE
 
 
 class DetectionEngine:
@@ -97,23 +95,31 @@ class DetectionEngine:
         self, suite: DetectorSuite, options: EngineOptions, *, normalize: bool = True
     ) -> None:
         self.suite = suite
-        self.options = options
         self.normalize = normalize
-        unknown = set(options.detectors) - set(suite.detectors)
-        if unknown:
-            raise ValueError(
-                f"unknown detectors {sorted(unknown)}; choose from {sorted(suite.detectors)}"
-            )
+        self.names = self._check_detectors(suite, options.detectors)
+        self.options = replace(options, detectors=self.names)
+        self._drift_names = frozenset(n for n in self.names if REGISTRY[n].raises_drift_alarm)
+        self._periodic = frozenset(n for n in self.names if REGISTRY[n].cadence == "periodic")
         w = options.window
         smallest = suite.sizes[0]
         if w.mode == "count" and w.size < smallest:
             raise ValueError(
                 f"window size {w.size} is below the smallest calibrated size {smallest}"
             )
-        self._recon = suite.detectors["pca_reconstruction"]
-        assert isinstance(self._recon, ReconstructionDetector)
-        self.buffer = WindowBuffer(w.capacity, self._recon.basis.components.shape[1])
+        self.buffer = WindowBuffer(w.capacity, suite.dim)
         stats = suite.calibration.stream_stats
+        self._stream_sources: dict[str, WindowDetector] = {}
+        for _, stream in options.change_pairs:
+            if stream == "score" or stream in self._stream_sources:
+                continue
+            source = suite.stream_source(stream)
+            if source is None or stream not in stats:
+                raise ValueError(
+                    f"the change-point stream {stream!r} needs a detector this bundle did not "
+                    "calibrate; drop it from change_detectors or rebuild the bundle with "
+                    "`silentwatch bundle train`"
+                )
+            self._stream_sources[stream] = source
         self.trackers = [
             ChangeTracker(kind, stream, *stats[stream]) for kind, stream in options.change_pairs
         ]
@@ -121,11 +127,13 @@ class DetectionEngine:
             options.label_window, threshold=options.flag, high_confidence=options.high_confidence
         )
         self.readings: dict[str, Reading] = {}
-        self.alarms_total = {name: 0 for name in options.detectors}
-        self.evaluations_total = {name: 0 for name in options.detectors}
+        self.alarms_total = dict.fromkeys(self.names, 0)
+        self.evaluations_total = dict.fromkeys(self.names, 0)
         # k-of-n alerting (deploy/prometheus/rules): the last RECENT_WINDOWS outcomes, so an
         # alert counts windows, not minutes, and its false-alarm rate does not depend on traffic.
-        self.recent_alarms = {name: deque(maxlen=RECENT_WINDOWS) for name in options.detectors}
+        self.recent_alarms: dict[str, deque[bool]] = {
+            name: deque(maxlen=RECENT_WINDOWS) for name in self.names
+        }
         self.recent_suspected: deque[bool] = deque(maxlen=RECENT_WINDOWS)
         self.windows_evaluated = 0
         self.windows_skipped = 0
@@ -143,6 +151,21 @@ class DetectionEngine:
         self._snapshot: dict[str, Any] = self._build_snapshot()
         self._labels_snapshot: dict[str, Any] = self._build_labels_snapshot()
 
+    @staticmethod
+    def _check_detectors(suite: DetectorSuite, wanted: tuple[str, ...] | None) -> tuple[str, ...]:
+        """The detectors to run: registered, and calibrated by this bundle."""
+        if wanted is None:
+            return tuple(suite.detectors)
+        names = check_detector_names(wanted)
+        missing = [n for n in names if n not in suite.detectors]
+        if missing:
+            raise ValueError(
+                f"detector {missing[0]!r} is registered but this bundle did not calibrate it "
+                f"(it calibrated {', '.join(suite.detectors)}); drop it from `detectors` or "
+                "rebuild the bundle with `silentwatch bundle train`"
+            )
+        return names
+
     # -- sink -------------------------------------------------------------------------
     def on_predictions(self, batch: PredictionBatch) -> None:
         x, s, m = batch.embeddings, batch.scores, batch.rows
@@ -156,7 +179,9 @@ class DetectionEngine:
             keep = self._change_rows(m)
             if keep.size:
                 xs = x[keep] / batch.norms[keep, None] if self.normalize else x[keep]
-                streams = {"score": s[keep], "reconstruction_error": self._recon.errors(xs)}
+                streams = {"score": s[keep]}
+                for stream, source in self._stream_sources.items():
+                    streams[stream] = source.stream(stream, xs)
                 for t in self.trackers:
                     t.update(streams[t.stream])
         w = self.options.window
@@ -230,8 +255,8 @@ class DetectionEngine:
         """Run every enabled detector on one window (rows already unit-normalised)."""
         n = x.shape[0]
         suite = self.suite
-        for name in self.options.detectors:
-            if name == "domain_auc" and self.windows_evaluated % self.options.domain_every:
+        for name in self.names:
+            if name in self._periodic and self.windows_evaluated % self.options.domain_every:
                 continue  # periodic: the previous reading stands until the next run
             stat = suite.detectors[name].statistic(x, s)
             thr = suite.threshold(name, n)
@@ -245,7 +270,7 @@ class DetectionEngine:
             s, flag=self.options.flag, high_confidence=self.options.high_confidence
         ).as_dict()
         self._drift_alarm = any(
-            r.alarm for name, r in self.readings.items() if name in DRIFT_DETECTORS
+            r.alarm for name, r in self.readings.items() if name in self._drift_names
         )
         rel = self.confidence_relative_change()
         # Paper A's signature: inputs drifted but confidence did not fall (much). A rise
@@ -269,7 +294,7 @@ class DetectionEngine:
     def _fingerprint(self) -> dict[str, Any]:
         w = self.options.window
         return {
-            "detectors": list(self.options.detectors),
+            "detectors": list(self.names),
             "window": [w.mode, w.size, w.stride, w.capacity],
             "dim": int(self.buffer.x.shape[1]),
         }
@@ -317,7 +342,7 @@ class DetectionEngine:
                 "counts": expect(arrays, "counts", (3,)),
             }
             self.buffer.load_state(state)
-            names = self.options.detectors
+            names = self.names
             self.readings = {
                 k: Reading(float(v[0]), float(v[1]), bool(v[2]), int(v[3]), float(v[4]))
                 for k, v in h["readings"].items()
@@ -371,7 +396,7 @@ class DetectionEngine:
         cal = self.suite.calibration
         ref_conf = dict(cal.reference_confidence)
         win = self._window_profile
-        angle = self.readings.get("centroid_angle")
+        angle = self.readings.get(CENTROID_ANGLE)
         return {
             "calibration_source": cal.source,
             "false_alarm_rate": cal.settings.false_alarm_rate,
@@ -379,8 +404,7 @@ class DetectionEngine:
             "windows_evaluated": self.windows_evaluated,
             "windows_skipped": self.windows_skipped,
             "detectors": {
-                name: (self.readings.get(name), self.alarms_total[name])
-                for name in self.options.detectors
+                name: (self.readings.get(name), self.alarms_total[name]) for name in self.names
             },
             "evaluations": dict(self.evaluations_total),
             "centroid_angle_degrees": angle.statistic if angle else float("nan"),

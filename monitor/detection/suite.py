@@ -17,39 +17,47 @@ do not share it.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
 import numpy as np
+
 from silentwatch.monitor.bundle.io import LoadedBundle
 from silentwatch.monitor.bundle.manifest import DetectorCalibration, DetectorSettings
 from silentwatch.monitor.detection.detectors.base import ReferenceSample, WindowDetector
-from silentwatch.monitor.detection.detectors.centroid import CentroidAngleDetector
-from silentwatch.monitor.detection.detectors.changepoints import ALL_PAIRS, null_change_rate
-from silentwatch.monitor.detection.detectors.confidence import ConfidenceShiftDetector
-from silentwatch.monitor.detection.detectors.domain import DomainClassifierDetector
-from silentwatch.monitor.detection.detectors.mmd import MMDDetector, median_bandwidth
-from silentwatch.monitor.detection.detectors.pca import ReconstructionDetector
-from silentwatch.monitor.detection.detectors.rff import RFFMMDDetector
-from silentwatch.monitor.detection.detectors.score_shift import ScoreKSDetector
-
-#: Detectors whose alarm means "the inputs drifted" (the composite signal's trigger).
-DRIFT_DETECTORS = (
-    "mmd",
-    "mmd_rff",
-    "bbsd_ks",
-    "domain_auc",
-    "pca_reconstruction",
-    "centroid_angle",
+from silentwatch.monitor.detection.detectors.changepoints import null_change_rate
+from silentwatch.monitor.detection.detectors.confidence import confidence_profile
+from silentwatch.monitor.detection.detectors.mmd import median_bandwidth
+from silentwatch.monitor.detection.registry import (
+    ALL_CHANGE_PAIRS,
+    ALL_DETECTORS,
+    ARRAY_PREFIX,
+    REGISTRY,
+    BuildContext,
+    stream_providers,
 )
-ALL_DETECTORS = (*DRIFT_DETECTORS, "confidence_shift")
+from silentwatch.monitor.scoring import FLAG_THRESHOLD, HIGH_CONFIDENCE
+
 MIN_WINDOW = 16
 POOL_FRACTION = 4  # window sizes up to held-out rows / 4
-ARRAY_PREFIX = "det_"
+
+log = logging.getLogger(__name__)
 
 
 class CalibrationError(ValueError):
     """Not enough held-out data for the requested windows; the message says what to do."""
+
+
+def max_window_size(holdout_rows: int) -> int:
+    """The largest window ``holdout_rows`` held-out rows can calibrate: a quarter of them.
+
+    Below :data:`MIN_WINDOW` no window can be calibrated at all.
+
+    >>> max_window_size(2000)
+    500
+    """
+    return holdout_rows // POOL_FRACTION
 
 
 def window_grid(window_size: int, holdout_rows: int) -> list[int]:
@@ -58,7 +66,7 @@ def window_grid(window_size: int, holdout_rows: int) -> list[int]:
     >>> window_grid(256, 2000)
     [16, 32, 64, 128, 256, 500]
     """
-    cap = holdout_rows // POOL_FRACTION
+    cap = max_window_size(holdout_rows)
     if window_size > cap:
         raise CalibrationError(
             f"window size {window_size} needs at least {window_size * POOL_FRACTION} held-out "
@@ -73,35 +81,36 @@ def window_grid(window_size: int, holdout_rows: int) -> list[int]:
     return sorted(s for s in sizes if s >= MIN_WINDOW)
 
 
+def build_detectors(
+    names: tuple[str, ...],
+    settings: DetectorSettings,
+    reference: ReferenceSample,
+    *,
+    sigma: float,
+    flag: float = FLAG_THRESHOLD,
+    high_confidence: float = HIGH_CONFIDENCE,
+) -> dict[str, WindowDetector]:
+    """The registered detectors ``names``, built from ``settings`` and fitted on ``reference``."""
+    ctx = BuildContext(
+        seed=settings.seed,
+        rff_features=settings.rff_features,
+        pca_components=settings.pca_components,
+        sigma=sigma,
+        flag=flag,
+        high_confidence=high_confidence,
+    )
+    return {name: REGISTRY[name].build(ctx).fit(reference) for name in names}
+
+
 @dataclass
 class DetectorSuite:
     """Fitted detectors plus their thresholds: everything the engine needs."""
 
     detectors: dict[str, WindowDetector]
     calibration: DetectorCalibration
+    dim: int
 
     # -- building ---------------------------------------------------------------------
-    @staticmethod
-    def build(
-        settings: DetectorSettings,
-        reference: ReferenceSample,
-        *,
-        sigma: float | None = None,
-        flag: float = 0.5,
-        high_confidence: float = 0.8,
-    ) -> dict[str, WindowDetector]:
-        sigma = sigma or median_bandwidth(reference.embeddings, seed=settings.seed)
-        dets: list[WindowDetector] = [
-            MMDDetector(sigma=sigma, seed=settings.seed),
-            RFFMMDDetector(settings.rff_features, sigma=sigma, seed=settings.seed),
-            ScoreKSDetector(),
-            DomainClassifierDetector(settings.pca_components, seed=settings.seed),
-            ReconstructionDetector(settings.pca_components),
-            CentroidAngleDetector(),
-            ConfidenceShiftDetector(flag=flag, high_confidence=high_confidence),
-        ]
-        return {d.name: d.fit(reference) for d in dets}
-
     @classmethod
     def calibrate(
         cls,
@@ -110,15 +119,20 @@ class DetectorSuite:
         holdout: ReferenceSample,
         *,
         source: str = "bundle-train",
-        flag: float = 0.5,
-        high_confidence: float = 0.8,
+        flag: float = FLAG_THRESHOLD,
+        high_confidence: float = HIGH_CONFIDENCE,
     ) -> DetectorSuite:
-        """Fit on ``reference``; set thresholds from windows of ``holdout``."""
+        """Fit every registered detector on ``reference``; set thresholds from ``holdout``."""
         t0 = time.perf_counter()
         sizes = window_grid(settings.window_size, holdout.size)
         sigma = median_bandwidth(reference.embeddings, seed=settings.seed)
-        dets = cls.build(
-            settings, reference, sigma=sigma, flag=flag, high_confidence=high_confidence
+        dets = build_detectors(
+            ALL_DETECTORS,
+            settings,
+            reference,
+            sigma=sigma,
+            flag=flag,
+            high_confidence=high_confidence,
         )
         hx, hs = holdout.embeddings, holdout.scores
         for d in dets.values():
@@ -138,26 +152,26 @@ class DetectorSuite:
                 mid = float(np.median(null))
                 top = float(np.quantile(null, q, method="higher"))
                 thresholds[name][str(n)] = mid + (top - mid) * widen
-        recon = dets["pca_reconstruction"]
-        assert isinstance(recon, ReconstructionDetector)
-        streams = {"score": hs.astype(np.float64), "reconstruction_error": recon.errors(hx)}
+        streams = {"score": hs.astype(np.float64)}
+        for stream, provider in stream_providers().items():
+            streams[stream] = dets[provider].stream(stream, hx)
         stream_stats = {k: (float(v.mean()), float(v.std())) for k, v in streams.items()}
-        conf = dets["confidence_shift"]
-        assert isinstance(conf, ConfidenceShiftDetector)
         calibration = DetectorCalibration(
             settings=settings,
             source=source,  # type: ignore[arg-type]
             holdout_rows=holdout.size,
             mmd_sigma=sigma,
             thresholds=thresholds,
-            reference_confidence=conf.reference.as_dict(),
+            reference_confidence=confidence_profile(
+                hs, flag=flag, high_confidence=high_confidence
+            ).as_dict(),
             stream_stats=stream_stats,
             null_change_points_per_10k=null_change_rate(
-                ALL_PAIRS, streams, stream_stats, seed=settings.seed
+                ALL_CHANGE_PAIRS, streams, stream_stats, seed=settings.seed
             ),
             seconds=time.perf_counter() - t0,
         )
-        return cls(dets, calibration)
+        return cls(dets, calibration, reference.dim)
 
     @classmethod
     def restore(
@@ -166,11 +180,25 @@ class DetectorSuite:
         reference: ReferenceSample,
         arrays: dict[str, np.ndarray],
         *,
-        flag: float = 0.5,
-        high_confidence: float = 0.8,
+        flag: float = FLAG_THRESHOLD,
+        high_confidence: float = HIGH_CONFIDENCE,
     ) -> DetectorSuite:
-        """Rebuild from a bundle: refit the deterministic parts, load the stored ones."""
-        dets = cls.build(
+        """Rebuild from a bundle: refit the deterministic parts, load the stored ones.
+
+        Only the detectors the bundle calibrated are restored (a detector registered after
+        the bundle was written has no thresholds in it); one this version does not know is
+        skipped with a log line.
+        """
+        names = tuple(n for n in ALL_DETECTORS if n in calibration.thresholds)
+        unknown = sorted(set(calibration.thresholds) - set(REGISTRY))
+        if unknown:
+            log.warning(
+                "the bundle calibrated detectors %s that this silentwatch does not know; they "
+                "are not run (upgrade silentwatch to run them)",
+                unknown,
+            )
+        dets = build_detectors(
+            names,
             calibration.settings,
             reference,
             sigma=calibration.mmd_sigma,
@@ -179,13 +207,17 @@ class DetectorSuite:
         )
         for name, d in dets.items():
             prefix = f"{ARRAY_PREFIX}{name}_"
-            mine = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
-            if not d.load_arrays(mine):
+            declared = REGISTRY[name].arrays
+            missing = [k for k in declared if prefix + k not in arrays]
+            if missing:
                 raise CalibrationError(
-                    f"the bundle's reference.npz lacks the fitted state of detector {name!r}; "
-                    "rebuild the bundle with `silentwatch bundle train`"
+                    f"the bundle's reference.npz lacks the fitted state of detector {name!r} "
+                    f"({', '.join(prefix + k for k in missing)}); rebuild the bundle with "
+                    "`silentwatch bundle train`"
                 )
-        return cls(dets, calibration)
+            if declared:
+                d.load_arrays({k: arrays[prefix + k] for k in declared})
+        return cls(dets, calibration, reference.dim)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Fitted state to write into ``reference.npz`` (prefixed ``det_<name>_``)."""
@@ -208,6 +240,11 @@ class DetectorSuite:
             return float("nan")
         return table[str(usable[-1])]
 
+    def stream_source(self, stream: str) -> WindowDetector | None:
+        """The fitted detector computing a change-point ``stream`` (None: not in this suite)."""
+        provider = stream_providers().get(stream)
+        return None if provider is None else self.detectors.get(provider)
+
 
 def suite_for_bundle(bundle: LoadedBundle, *, min_window: int = 256) -> DetectorSuite:
     """The bundle's calibrated detectors, or a start-up calibration when it has none.
@@ -228,7 +265,7 @@ def suite_for_bundle(bundle: LoadedBundle, *, min_window: int = 256) -> Detector
     perm = np.random.default_rng(0).permutation(ref.embeddings.shape[0])
     half = perm.size // 2
     a, b = np.sort(perm[:half]), np.sort(perm[half:])
-    size = min(min_window, b.size // POOL_FRACTION)
+    size = min(min_window, max_window_size(b.size))
     if size < MIN_WINDOW:
         raise CalibrationError(
             f"bundle {bundle.path} has no calibrated detector thresholds and its reference "

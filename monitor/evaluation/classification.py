@@ -17,6 +17,7 @@ accuracy, balanced accuracy, Brier score and log loss.
 from __future__ import annotations
 
 import numpy as np
+
 from silentwatch.monitor.scoring import confidence
 
 _NAN = float("nan")

@@ -10,6 +10,7 @@ keeps running sums plus fixed-size histograms.
 from __future__ import annotations
 
 import numpy as np
+
 from silentwatch.monitor.evaluation.classification import (
     _auc_from_counts,
     _balanced_from_counts,

@@ -10,10 +10,10 @@ import logging
 from typing import TYPE_CHECKING
 
 import grpc
+
 from silentwatch.monitor.bundle import BundleError
 from silentwatch.monitor.serving.errors import RequestError, precondition
 from silentwatch.monitor.serving.service import rpc
-
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 

@@ -14,6 +14,7 @@ import logging
 from typing import NoReturn, Protocol
 
 import grpc
+
 from silentwatch.monitor.config import ConfigError, ServeSettings
 from silentwatch.monitor.serving.errors import RequestError
 from silentwatch.monitor.serving.secretfile import read_setting_file

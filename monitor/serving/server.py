@@ -19,11 +19,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import start_http_server
+
 from silentwatch.monitor.bundle import BundleError, LoadedBundle, load_bundle
 from silentwatch.monitor.bundle.signature import verify_bundle_signature
 from silentwatch.monitor.config import ServeSettings
 from silentwatch.monitor.detection.canary import CanaryMonitor, TextEmbedder
 from silentwatch.monitor.detection.engine import DetectionEngine, EngineOptions, WindowSpec
+from silentwatch.monitor.detection.registry import parse_change_pair
 from silentwatch.monitor.detection.suite import CalibrationError, suite_for_bundle
 from silentwatch.monitor.serving.admin import ADMIN_SERVICE_NAME, AdminService
 from silentwatch.monitor.serving.auth import AdminAuth
@@ -35,7 +37,6 @@ from silentwatch.monitor.state.memory import PredictionStore
 from silentwatch.monitor.state.persistence import StatePersister
 from silentwatch.monitor.state.sqlite import SqliteStore, StoreUnavailable
 from silentwatch.monitor.telemetry.prometheus import RequestMetrics, StateCollector, TrafficSink
-
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 
@@ -76,29 +77,16 @@ def build_engine(bundle: LoadedBundle, s: ServeSettings) -> tuple[DetectionEngin
         stride_seconds=s.window_stride_seconds or s.window_seconds,
         max_rows=s.max_window_rows,
     )
-    pairs = []
-    for item in s.change_detectors:
-        kind, _, stream = item.partition(":")
-        if stream not in ("score", "reconstruction_error") or kind not in (
-            "adwin",
-            "page_hinkley",
-            "kswin",
-        ):
-            raise ValueError(
-                f"change detector {item!r} is not kind:stream with kind adwin, page_hinkley or "
-                "kswin and stream score or reconstruction_error"
-            )
-        pairs.append((kind, stream))
     m = bundle.manifest
     options = EngineOptions(
         window=window,
-        detectors=tuple(s.detectors) if s.detectors is not None else tuple(suite.detectors),
+        detectors=None if s.detectors is None else tuple(s.detectors),
         domain_every=s.domain_every,
         max_evaluations_per_second=s.max_window_evaluations_per_second,
         change_max_samples_per_second=s.change_max_samples_per_second,
         confidence_band=s.confidence_band,
         label_window=s.label_window,
-        change_pairs=tuple(pairs),
+        change_pairs=tuple(parse_change_pair(item) for item in s.change_detectors),
         flag=m.thresholds.flag,
         high_confidence=m.thresholds.high_confidence,
     )

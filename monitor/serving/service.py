@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+
 from silentwatch.monitor.bundle import LoadedBundle
 from silentwatch.monitor.config import ServeSettings
 from silentwatch.monitor.detection.canary import CanaryMonitor, TextEmbedder
@@ -33,7 +34,6 @@ from silentwatch.monitor.state.memory import DuplicateRequestIds, PredictionStor
 from silentwatch.monitor.state.persistence import StatePersister
 from silentwatch.monitor.state.sqlite import SqliteStore, StoreUnavailable
 from silentwatch.monitor.telemetry.prometheus import RequestMetrics, TrafficSink
-
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 

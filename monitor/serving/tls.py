@@ -22,6 +22,7 @@ import grpc
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+
 from silentwatch.monitor.config import ConfigError, ServeSettings
 from silentwatch.monitor.serving.secretfile import read_setting_file
 

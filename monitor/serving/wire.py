@@ -12,9 +12,9 @@ from typing import Any
 
 import grpc
 import numpy as np
+
 from silentwatch.monitor.scoring import row_norms
 from silentwatch.monitor.serving.errors import invalid
-
 from silentwatch.v1 import monitor_pb2 as pb
 
 log = logging.getLogger(__name__)

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+
 from silentwatch.monitor.state.memory import JoinResult, PredictionStore, StoreCounters
 
 log = logging.getLogger(__name__)

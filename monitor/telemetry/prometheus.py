@@ -27,6 +27,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+
 from silentwatch.monitor.scoring import confidence
 from silentwatch.monitor.serving.pipeline import LabelBatch, PredictionBatch
 

@@ -10,6 +10,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
+
 from silentwatch.monitor.bundle.io import write_bundle
 from silentwatch.monitor.bundle.manifest import (
     DetectorSettings,
@@ -17,16 +22,19 @@ from silentwatch.monitor.bundle.manifest import (
     Thresholds,
     TrainingSummary,
 )
+from silentwatch.monitor.detection.detectors.base import ReferenceSample
+from silentwatch.monitor.detection.suite import (
+    MIN_WINDOW,
+    POOL_FRACTION,
+    DetectorSuite,
+    max_window_size,
+)
 from silentwatch.monitor.evaluation.classification import (
     accuracy,
     expected_calibration_error,
     mean_confidence,
 )
 from silentwatch.monitor.scoring import LinearScorer, row_norms
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import StandardScaler
 
 MIN_PER_CLASS = 10
 log = logging.getLogger(__name__)
@@ -201,16 +209,12 @@ def train_bundle(
         "labels": y[ref_idx],
         "mean": x[tr].mean(axis=0).astype(np.float32),
     }
-    # Imported here: the detectors import the bundle package that imports this module.
-    from silentwatch.monitor.detection.detectors import ReferenceSample
-    from silentwatch.monitor.detection.suite import MIN_WINDOW, POOL_FRACTION, DetectorSuite
-
     calibration = None
     if detectors == "auto":
-        size = DetectorSettings().window_size
-        while size > ho.size // POOL_FRACTION and size > MIN_WINDOW:
+        size, cap = DetectorSettings().window_size, max_window_size(ho.size)
+        while size > cap and size > MIN_WINDOW:
             size //= 2
-        if size <= ho.size // POOL_FRACTION:
+        if size <= cap:
             detectors = DetectorSettings(window_size=size, seed=seed)
         else:
             log.warning(

@@ -8,7 +8,9 @@ over windows of held-out clean data (:mod:`.calibrate`).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -58,14 +60,25 @@ def window_means(values: np.ndarray, windows: np.ndarray) -> np.ndarray:
 class WindowDetector:
     """Base class: ``fit(reference)`` once, then ``statistic(x, scores)`` per window.
 
-    ``null_statistics`` computes the statistic for many windows of held-out data given
-    as index arrays; subclasses override it when sharing work across windows is much
-    cheaper than calling :meth:`statistic` per window.
+    scikit-learn's conventions: constructor parameters are stored under their own names
+    and never changed by :meth:`fit`; what ``fit`` learns ends in ``_``. ``null_statistics``
+    computes the statistic for many windows of held-out data given as index arrays;
+    subclasses override it when sharing work across windows is much cheaper than calling
+    :meth:`statistic` per window. Each detector is declared once, in
+    :mod:`silentwatch.monitor.detection.registry`; ``check_detector`` in the tests holds
+    every registered one to these rules.
     """
 
     name: str = "base"
-    #: ``True`` when the detector looks only at scores (BBSD, confidence).
-    uses_embeddings: bool = True
+
+    def get_params(self) -> dict[str, Any]:
+        """Constructor parameters by name (scikit-learn's ``get_params``, shallow)."""
+        sig = inspect.signature(type(self).__init__)
+        return {
+            k: getattr(self, k)
+            for k, p in sig.parameters.items()
+            if k != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        }
 
     def fit(self, reference: ReferenceSample) -> WindowDetector:
         raise NotImplementedError
@@ -80,10 +93,18 @@ class WindowDetector:
         """Statistic of each window ``x[windows[i]]`` (``windows`` is (B, n) indices)."""
         return np.array([self.statistic(x[w], scores[w]) for w in windows], dtype=np.float64)
 
+    def stream(self, name: str, x: np.ndarray) -> np.ndarray:
+        """Per-sample values of a change-point stream this detector provides (registry:
+        ``streams``), for the rows ``x``."""
+        raise KeyError(f"detector {self.name!r} provides no stream {name!r}")
+
     def arrays(self) -> dict[str, np.ndarray]:
         """Fitted state to store in the bundle (``reference.npz``), keyed without prefix."""
         return {}
 
-    def load_arrays(self, arrays: dict[str, np.ndarray]) -> bool:
-        """Restore fitted state saved by :meth:`arrays`; False when it is not there."""
-        return not self.arrays()
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore the fitted state saved by :meth:`arrays` (after :meth:`fit`).
+
+        The suite passes every array the registry declares for this detector, checked for
+        presence and shape, so implementations only assign.
+        """

@@ -12,6 +12,7 @@ directional and rotational drift best).
 from __future__ import annotations
 
 import numpy as np
+
 from silentwatch.monitor.detection.detectors.base import (
     ReferenceSample,
     WindowDetector,
@@ -39,14 +40,17 @@ class CentroidAngleDetector(WindowDetector):
 
     name = "centroid_angle"
 
+    def __init__(self) -> None:
+        pass
+
     def fit(self, reference: ReferenceSample) -> CentroidAngleDetector:
-        self.mean = reference.embeddings.astype(np.float64).mean(axis=0)
+        self.mean_ = reference.embeddings.astype(np.float64).mean(axis=0)
         return self
 
     def statistic(self, x: np.ndarray, scores: np.ndarray) -> float:
-        return centroid_angle_degrees(np.asarray(x, dtype=np.float64).mean(axis=0), self.mean)
+        return centroid_angle_degrees(np.asarray(x, dtype=np.float64).mean(axis=0), self.mean_)
 
     def null_statistics(self, x: np.ndarray, scores: np.ndarray, windows: np.ndarray) -> np.ndarray:
         means = window_means(np.asarray(x, dtype=np.float64), windows)
-        cos = means @ self.mean / (np.linalg.norm(means, axis=1) * np.linalg.norm(self.mean))
+        cos = means @ self.mean_ / (np.linalg.norm(means, axis=1) * np.linalg.norm(self.mean_))
         return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))

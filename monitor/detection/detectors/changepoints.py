@@ -21,25 +21,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from river import drift
+from river import base, drift
 
-#: (detector, stream) pairs; streams are "score" and "reconstruction_error".
-DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (
-    ("adwin", "score"),
-    ("adwin", "reconstruction_error"),
-    ("page_hinkley", "reconstruction_error"),
-)
-ALL_PAIRS: tuple[tuple[str, str], ...] = (*DEFAULT_PAIRS, ("kswin", "score"))
+from silentwatch.monitor.detection.registry import CHANGE_KINDS
 
 
-def make_detector(kind: str, seed: int = 0):
+def make_detector(kind: str, seed: int = 0) -> base.DriftDetector:
+    """The river detector of ``kind`` (one of the registry's ``CHANGE_KINDS``)."""
     if kind == "adwin":
         return drift.ADWIN(delta=0.002)
     if kind == "page_hinkley":
         return drift.PageHinkley(min_instances=30, delta=0.05, threshold=50.0)
     if kind == "kswin":
         return drift.KSWIN(alpha=0.005, window_size=100, stat_size=30, seed=seed)
-    raise ValueError(f"unknown change detector {kind!r}; choose adwin, page_hinkley or kswin")
+    raise ValueError(f"unknown change detector {kind!r}; choose from {', '.join(CHANGE_KINDS)}")
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
 from silentwatch.monitor.detection.detectors.base import ReferenceSample, WindowDetector
 from silentwatch.monitor.scoring import confidence
 
@@ -55,39 +56,35 @@ class ConfidenceShiftDetector(WindowDetector):
     """
 
     name = "confidence_shift"
-    uses_embeddings = False
 
     def __init__(self, flag: float = 0.5, high_confidence: float = 0.8) -> None:
         self.flag = flag
         self.high_confidence = high_confidence
 
     def fit(self, reference: ReferenceSample) -> ConfidenceShiftDetector:
-        self.reference = confidence_profile(
+        self.reference_ = confidence_profile(
             reference.scores, flag=self.flag, high_confidence=self.high_confidence
         )
         return self
 
     def fit_holdout(self, x: np.ndarray, scores: np.ndarray) -> None:
-        self.reference = confidence_profile(
+        self.reference_ = confidence_profile(
             scores, flag=self.flag, high_confidence=self.high_confidence
         )
 
     def statistic(self, x: np.ndarray, scores: np.ndarray) -> float:
         return abs(
             float(confidence(np.asarray(scores, np.float64)).mean())
-            - self.reference.mean_confidence
+            - self.reference_.mean_confidence
         )
 
     def null_statistics(self, x: np.ndarray, scores: np.ndarray, windows: np.ndarray) -> np.ndarray:
         c = confidence(np.asarray(scores, dtype=np.float64))
-        return np.abs(c[windows].mean(axis=1) - self.reference.mean_confidence)
+        return np.abs(c[windows].mean(axis=1) - self.reference_.mean_confidence)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        r = self.reference
+        r = self.reference_
         return {"profile": np.array([r.mean_confidence, r.high_confidence_share, r.positive_rate])}
 
-    def load_arrays(self, arrays: dict[str, np.ndarray]) -> bool:
-        if "profile" not in arrays:
-            return False
-        self.reference = ConfidenceProfile(*(float(v) for v in arrays["profile"]))
-        return True
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        self.reference_ = ConfidenceProfile(*(float(v) for v in arrays["profile"]))

@@ -14,8 +14,11 @@ It costs a few milliseconds per window, so the engine runs it every few windows.
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 from scipy.special import expit
+
 from silentwatch.monitor.detection.detectors.base import ReferenceSample, WindowDetector
 from silentwatch.monitor.detection.detectors.pca import PCABasis
 from silentwatch.monitor.evaluation.classification import roc_auc
@@ -67,13 +70,12 @@ class DomainClassifierDetector(WindowDetector):
 
     def fit(self, reference: ReferenceSample) -> DomainClassifierDetector:
         k = max(1, min(self.n_components, reference.dim - 1, reference.size - 1))
-        self.basis = PCABasis(k).fit(reference.embeddings)
-        self._ref_features = self.features(reference.embeddings)
-        self._rng = np.random.default_rng(self.seed)
+        self.basis_ = PCABasis(k).fit(reference.embeddings)
+        self.ref_features_ = self.features(reference.embeddings)
         return self
 
     def features(self, x: np.ndarray) -> np.ndarray:
-        return np.column_stack([self.basis.project(x), self.basis.reconstruction_error(x)])
+        return np.column_stack([self.basis_.project(x), self.basis_.reconstruction_error(x)])
 
     def null_statistics(self, x: np.ndarray, scores: np.ndarray, windows: np.ndarray) -> np.ndarray:
         feats = self.features(x)  # once for the whole pool
@@ -83,9 +85,16 @@ class DomainClassifierDetector(WindowDetector):
         return self._auc(self.features(x))
 
     def _auc(self, window_features: np.ndarray) -> float:
+        # The reference rows and the folds are drawn from a generator seeded by the window's
+        # own bytes: the statistic is a function of the window alone (the same after a
+        # restart or a restore, and the same in calibration as live), yet windows still
+        # differ in their draws as the null distribution assumes.
+        window_features = np.ascontiguousarray(window_features)
+        rng = np.random.default_rng([self.seed, zlib.crc32(window_features.tobytes())])
         # As many reference rows as window rows: balanced classes keep the AUC's null
         # spread the same for every window size the threshold was calibrated at.
-        n = min(window_features.shape[0], self._ref_features.shape[0])
-        ref = self._ref_features[self._rng.choice(self._ref_features.shape[0], n, replace=False)]
-        seed = int(self._rng.integers(2**31))
+        pool = self.ref_features_
+        n = min(window_features.shape[0], pool.shape[0])
+        ref = pool[rng.choice(pool.shape[0], n, replace=False)]
+        seed = int(rng.integers(2**31))
         return domain_classifier_auc(ref, window_features, ridge=self.ridge, seed=seed)

@@ -14,6 +14,7 @@ term is constant, so it is computed once at fit time; a window of ``m`` rows cos
 from __future__ import annotations
 
 import numpy as np
+
 from silentwatch.monitor.detection.detectors.base import ReferenceSample, WindowDetector
 
 
@@ -86,20 +87,21 @@ class MMDDetector(WindowDetector):
         self.seed = seed
 
     def fit(self, reference: ReferenceSample) -> MMDDetector:
-        self._ref = np.ascontiguousarray(reference.embeddings, dtype=np.float32)
-        if self.sigma is None:
-            self.sigma = median_bandwidth(self._ref, seed=self.seed)
-        self._kyy = _mean_offdiag(rbf_kernel(self._ref, self._ref, self.sigma))
+        self.ref_ = np.ascontiguousarray(reference.embeddings, dtype=np.float32)
+        self.sigma_ = (
+            median_bandwidth(self.ref_, seed=self.seed) if self.sigma is None else self.sigma
+        )
+        self.kyy_ = _mean_offdiag(rbf_kernel(self.ref_, self.ref_, self.sigma_))
         return self
 
     def cross_means(self, x: np.ndarray) -> np.ndarray:
         """Per row of ``x``: mean kernel value against the reference."""
-        return rbf_kernel(np.asarray(x, dtype=np.float32), self._ref, self.sigma).mean(axis=1)
+        return rbf_kernel(np.asarray(x, dtype=np.float32), self.ref_, self.sigma_).mean(axis=1)
 
     def statistic(self, x: np.ndarray, scores: np.ndarray) -> float:
         x = np.asarray(x, dtype=np.float32)
-        kxx = _mean_offdiag(rbf_kernel(x, x, self.sigma))
-        return kxx + self._kyy - 2.0 * float(self.cross_means(x).mean())
+        kxx = _mean_offdiag(rbf_kernel(x, x, self.sigma_))
+        return kxx + self.kyy_ - 2.0 * float(self.cross_means(x).mean())
 
     def null_statistics(self, x: np.ndarray, scores: np.ndarray, windows: np.ndarray) -> np.ndarray:
         # One kernel matrix over the pool serves every window: O(B m^2) gathers, no matmuls.
@@ -107,10 +109,10 @@ class MMDDetector(WindowDetector):
         xp = np.asarray(x[pool], dtype=np.float32)
         where = np.searchsorted(pool, windows)
         cross = self.cross_means(xp)
-        kpp = rbf_kernel(xp, xp, self.sigma)
+        kpp = rbf_kernel(xp, xp, self.sigma_)
         m = windows.shape[1]
         out = np.empty(windows.shape[0], dtype=np.float64)
         for i, w in enumerate(where):
             kxx = (kpp[np.ix_(w, w)].sum() - m) / (m * (m - 1))  # diagonal is exactly 1
-            out[i] = kxx + self._kyy - 2.0 * cross[w].mean()
+            out[i] = kxx + self.kyy_ - 2.0 * cross[w].mean()
         return out

@@ -13,6 +13,7 @@ or rotates the embedding out of the subspace raises it.
 from __future__ import annotations
 
 import numpy as np
+
 from silentwatch.monitor.detection.detectors.base import ReferenceSample, WindowDetector
 
 
@@ -68,11 +69,18 @@ class ReconstructionDetector(WindowDetector):
 
     def fit(self, reference: ReferenceSample) -> ReconstructionDetector:
         k = max(1, min(self.n_components, reference.dim - 1, reference.size - 1))
-        self.basis = PCABasis(k).fit(reference.embeddings)
+        self.basis_ = PCABasis(k).fit(reference.embeddings)
         return self
 
     def errors(self, x: np.ndarray) -> np.ndarray:
-        return self.basis.reconstruction_error(x)
+        """Per-row reconstruction error: also the ``reconstruction_error`` change stream."""
+        return self.basis_.reconstruction_error(x)
+
+    def stream(self, name: str, x: np.ndarray) -> np.ndarray:
+        """The per-sample stream this detector provides (registry: ``streams``)."""
+        if name != "reconstruction_error":
+            raise KeyError(name)
+        return self.errors(x)
 
     def statistic(self, x: np.ndarray, scores: np.ndarray) -> float:
         return float(self.errors(x).mean())
@@ -81,10 +89,7 @@ class ReconstructionDetector(WindowDetector):
         return self.errors(x).astype(np.float64)[windows].mean(axis=1)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"mean": self.basis.mean, "components": self.basis.components}
+        return {"mean": self.basis_.mean, "components": self.basis_.components}
 
-    def load_arrays(self, arrays: dict[str, np.ndarray]) -> bool:
-        if not {"mean", "components"} <= arrays.keys():
-            return False
-        self.basis = PCABasis.from_arrays(arrays["mean"], arrays["components"])
-        return True
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        self.basis_ = PCABasis.from_arrays(arrays["mean"], arrays["components"])

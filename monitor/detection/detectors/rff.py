@@ -13,6 +13,7 @@ per window of ``m`` rows. The reference mean feature is computed once.
 from __future__ import annotations
 
 import numpy as np
+
 from silentwatch.monitor.detection.detectors.base import (
     ReferenceSample,
     WindowDetector,
@@ -61,29 +62,29 @@ class RFFMMDDetector(WindowDetector):
         self.seed = seed
 
     def fit(self, reference: ReferenceSample) -> RFFMMDDetector:
-        if self.sigma is None:
-            self.sigma = median_bandwidth(reference.embeddings, seed=self.seed)
-        self.features = RandomFourierFeatures(
-            reference.dim, self.n_features, self.sigma, seed=self.seed
+        self.sigma_ = (
+            median_bandwidth(reference.embeddings, seed=self.seed)
+            if self.sigma is None
+            else self.sigma
         )
-        self._ref_mean = self.features.transform(reference.embeddings).mean(axis=0)
+        self.features_ = RandomFourierFeatures(
+            reference.dim, self.n_features, self.sigma_, seed=self.seed
+        )
+        self.ref_mean_ = self.features_.transform(reference.embeddings).mean(axis=0)
         return self
 
     def statistic(self, x: np.ndarray, scores: np.ndarray) -> float:
-        diff = self.features.transform(x).mean(axis=0) - self._ref_mean
+        diff = self.features_.transform(x).mean(axis=0) - self.ref_mean_
         return float(diff @ diff)
 
     def null_statistics(self, x: np.ndarray, scores: np.ndarray, windows: np.ndarray) -> np.ndarray:
-        phi = self.features.transform(x)
-        diff = window_means(phi, windows) - self._ref_mean
+        phi = self.features_.transform(x)
+        diff = window_means(phi, windows) - self.ref_mean_
         return np.einsum("ij,ij->i", diff, diff).astype(np.float64)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"w": self.features.w, "b": self.features.b, "ref_mean": self._ref_mean}
+        return {"w": self.features_.w, "b": self.features_.b, "ref_mean": self.ref_mean_}
 
-    def load_arrays(self, arrays: dict[str, np.ndarray]) -> bool:
-        if not {"w", "b", "ref_mean"} <= arrays.keys():
-            return False
-        self.features = RandomFourierFeatures.from_arrays(arrays["w"], arrays["b"])
-        self._ref_mean = arrays["ref_mean"].astype(np.float32)
-        return True
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        self.features_ = RandomFourierFeatures.from_arrays(arrays["w"], arrays["b"])
+        self.ref_mean_ = arrays["ref_mean"].astype(np.float32)

@@ -13,6 +13,7 @@ KS is invariant to monotone maps, so testing P(unsafe) is testing the logit.
 from __future__ import annotations
 
 import numpy as np
+
 from silentwatch.monitor.detection.detectors.base import ReferenceSample, WindowDetector
 
 
@@ -41,11 +42,13 @@ class ScoreKSDetector(WindowDetector):
     """BBSD: KS distance between window scores and reference scores."""
 
     name = "bbsd_ks"
-    uses_embeddings = False
+
+    def __init__(self) -> None:
+        pass
 
     def fit(self, reference: ReferenceSample) -> ScoreKSDetector:
-        self._sorted = np.sort(reference.scores.astype(np.float64))
+        self.sorted_scores_ = np.sort(reference.scores.astype(np.float64))
         return self
 
     def statistic(self, x: np.ndarray, scores: np.ndarray) -> float:
-        return ks_statistic(scores, self._sorted)
+        return ks_statistic(scores, self.sorted_scores_)
