@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -21,12 +20,9 @@ from silentwatch.monitor.detection.registry import (
     check_detector_names,
     parse_change_pair,
 )
+from silentwatch.monitor.yaml_file import ConfigError, read_yaml_mapping
 
 MiB = 1024 * 1024
-
-
-class ConfigError(ValueError):
-    """A configuration problem, naming the offending key."""
 
 
 class ServeSettings(BaseSettings):
@@ -256,35 +252,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
-    """The YAML file's mapping; :class:`ConfigError` naming the file (and key) when it is
-    not UTF-8 YAML holding a mapping from setting names to values."""
-    try:
-        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"config file {path} is not valid YAML: not UTF-8 text (byte {exc.start})"
-        ) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
-    except OSError as exc:
-        raise ConfigError(f"config file {path} cannot be read ({exc.strerror})") from None
-    if raw is None:  # an empty file: nothing set
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(
-            f"config file {path} must hold a mapping of setting names to values "
-            f"(`port: 50051` lines), not a YAML {type(raw).__name__}"
-        )
-    for key in raw:
-        if not isinstance(key, str):
-            raise ConfigError(
-                f"config file {path}: key {key!r} is not a setting name (a {type(key).__name__}); "
-                "keys are names such as port or max_batch_rows"
-            )
-    return raw
+    return read_yaml_mapping(path, "config file", "setting names to values (`port: 50051` lines)")
 
 
 def _source(

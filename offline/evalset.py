@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 from silentwatch.monitor.training.datasets import load_labelled_texts
 from silentwatch.offline.splits import Split, balanced_sample, stratified_split
 

@@ -190,3 +190,22 @@ def layer_means(
             position_ids=position_ids(attention_mask),
         )
         return torch.stack([masked_mean(seen[s], attention_mask) for s in sites], dim=1)
+
+
+@contextmanager
+def frozen(module: nn.Module, *, eval_mode: bool = False) -> Iterator[None]:
+    """``requires_grad=False`` on every parameter of ``module`` inside the block (gradients
+    still flow through it to its inputs); with ``eval_mode`` also ``module.eval()``. Both
+    are restored afterwards, whatever happens inside."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    training = module.training
+    for p, _ in flags:
+        p.requires_grad_(False)
+    if eval_mode:
+        module.eval()
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        module.train(training)

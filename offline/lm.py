@@ -113,8 +113,9 @@ def load_causal_lm(
 
     dtype ``auto``: float32 on CPU, bfloat16 on CUDA. The tokenizer pads on the left.
     """
-    from silentwatch.offline.embedding import resolve_dtype
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from silentwatch.offline.dtypes import resolve_dtype
 
     kwargs: dict[str, Any] = {}
     if name == "smollm2":

@@ -13,6 +13,7 @@ with ``X_c``, ``Y_c`` column-centred.
 from __future__ import annotations
 
 import numpy as np
+
 from silentwatch.monitor.simulate.drift import row_angles_degrees
 
 __all__ = ["linear_cka", "row_angles_degrees"]

@@ -131,7 +131,9 @@ def _add_bundle(sub: argparse._SubParsersAction) -> None:
         help="do not put embeddings on the unit sphere (paper A does)",
     )
     fit = t.add_argument_group("fit")
-    fit.add_argument("--flag-threshold", type=float, default=0.5)
+    fit.add_argument(
+        "--flag-threshold", type=float, help="flag when P(unsafe) >= this (default 0.5)"
+    )
     fit.add_argument("--holdout-fraction", type=float, default=0.2)
     fit.add_argument("--reference-size", type=int, default=2000)
     fit.add_argument("--seed", type=int, default=42)
@@ -216,7 +218,7 @@ def _load_xy(args: argparse.Namespace):
         limit=args.limit,
     )
     try:
-        from silentwatch.offline.embedding import load_embedder
+        from silentwatch.offline.embedders import load_embedder
     except ImportError as exc:
         raise UserError(
             f"embedding texts needs the offline extra ({exc}); pip install 'silentwatch[offline]', "
@@ -292,7 +294,9 @@ def _cmd_bundle_train(args: argparse.Namespace) -> int:
             canaries=canaries,
             embedder=spec,
             classifier_version=args.classifier_version,
-            thresholds=Thresholds(flag=args.flag_threshold),
+            thresholds=Thresholds()
+            if args.flag_threshold is None
+            else Thresholds(flag=args.flag_threshold),
             holdout_fraction=args.holdout_fraction,
             reference_size=args.reference_size,
             seed=args.seed,

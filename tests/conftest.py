@@ -7,13 +7,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+
 from silentwatch.monitor.bundle import EmbedderSpec, load_bundle
 from silentwatch.monitor.bundle.manifest import DetectorSettings
 from silentwatch.monitor.config import load_settings
 from silentwatch.monitor.serving.server import Sidecar
 from silentwatch.monitor.simulate.world import SyntheticWorld
 from silentwatch.monitor.training import train_bundle
-
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 
 DIM = 32

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+
 from silentwatch.monitor.bundle import EmbedderSpec
 from silentwatch.monitor.bundle.manifest import DetectorSettings
 from silentwatch.monitor.simulate.drift import gaussian_drift
 from silentwatch.monitor.simulate.world import SyntheticWorld
 from silentwatch.monitor.training import train_bundle
-
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 

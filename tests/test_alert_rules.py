@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 from scipy.stats import binom
+
 from silentwatch.monitor.detection.engine import RECENT_WINDOWS
 from silentwatch.monitor.serving.server import Sidecar
 

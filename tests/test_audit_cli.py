@@ -11,10 +11,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
+from silentwatch.cli import main  # noqa: E402
 from silentwatch.offline.audit.config import load_audit_config  # noqa: E402
 from silentwatch.offline.audit.run import run_audit  # noqa: E402
-
-from silentwatch.cli import main  # noqa: E402
 
 from .tiny_lm import tiny_lm  # noqa: E402
 

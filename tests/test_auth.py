@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from silentwatch.monitor.config import ConfigError, load_settings
 from silentwatch.monitor.serving import auth as auth_module
 from silentwatch.monitor.serving.auth import DISABLED_MESSAGE, AdminAuth

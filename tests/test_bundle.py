@@ -13,6 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
+
+from silentwatch.cli import main
 from silentwatch.monitor.bundle import (
     BundleError,
     EmbedderSpec,
@@ -24,12 +30,6 @@ from silentwatch.monitor.bundle import (
 from silentwatch.monitor.bundle.manifest import TrainingSummary
 from silentwatch.monitor.simulate.world import SyntheticWorld
 from silentwatch.monitor.training import fit_classifier, train_bundle
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import StandardScaler
-
-from silentwatch.cli import main
 
 from .conftest import SHARED_DATA
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from silentwatch.cli import main
 from silentwatch.monitor.bundle import BundleError, load_bundle
 from silentwatch.monitor.bundle.signature import (
     SIGNATURE_FILE,
@@ -18,8 +20,6 @@ from silentwatch.monitor.bundle.signature import (
     sign_bundle,
     verify_bundle_signature,
 )
-
-from silentwatch.cli import main
 
 
 @pytest.fixture

@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sklearn import metrics as skm
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import accuracy_score
+
 from silentwatch.monitor.evaluation import classification as cal
 from silentwatch.monitor.evaluation.classification import (
     accuracy,
@@ -16,9 +20,6 @@ from silentwatch.monitor.evaluation.classification import (
     mean_confidence,
     silent_failure_rate,
 )
-from sklearn import metrics as skm
-from sklearn.calibration import calibration_curve
-from sklearn.metrics import accuracy_score
 
 
 def ece_loop(p: np.ndarray, y: np.ndarray, n_bins: int) -> float:

@@ -14,7 +14,7 @@ import pytest
 from silentwatch.monitor.bundle.io import _EXTRA_SHAPES
 from silentwatch.monitor.bundle.manifest import DetectorSettings
 from silentwatch.monitor.detection.detectors.base import ReferenceSample, WindowDetector
-from silentwatch.monitor.detection.engine import DetectionEngine, EngineOptions, WindowSpec
+from silentwatch.monitor.detection.engine import DetectionEngine, EngineOptions
 from silentwatch.monitor.detection.registry import (
     ALL_DETECTORS,
     ARRAY_PREFIX,
@@ -27,6 +27,7 @@ from silentwatch.monitor.detection.registry import (
     stream_providers,
 )
 from silentwatch.monitor.detection.suite import DetectorSuite
+from silentwatch.monitor.detection.windows import WindowSpec
 from silentwatch.monitor.simulate.drift import directional_drift, random_direction
 from silentwatch.monitor.simulate.world import SyntheticWorld
 

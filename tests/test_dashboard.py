@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from silentwatch.monitor.serving.server import Sidecar
 
 from .prometheus_bin import prometheus_binary

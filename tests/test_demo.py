@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 from rich.console import Console
-from silentwatch.monitor.simulate.drift import gaussian_drift
-from silentwatch.monitor.simulate.world import SyntheticWorld
 
 from silentwatch.cli import main
 from silentwatch.demo.run import run_demo
+from silentwatch.monitor.simulate.drift import gaussian_drift
+from silentwatch.monitor.simulate.world import SyntheticWorld
 
 
 def test_demo_shows_the_silent_failure(tmp_path):

@@ -36,10 +36,10 @@ from typing import Any
 
 import pytest
 import yaml
-from silentwatch.monitor.config import ServeSettings
-from silentwatch.monitor.serving.server import SERVICE_NAME
 
 from silentwatch.cli import build_parser
+from silentwatch.monitor.config import ServeSettings
+from silentwatch.monitor.serving.server import SERVICE_NAME
 
 from .prometheus_bin import prometheus_binary
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from silentwatch.monitor.bundle.manifest import DetectorSettings
-from silentwatch.monitor.detection.detectors import ReferenceSample
-from silentwatch.monitor.detection.suite import DetectorSuite
-from silentwatch.monitor.simulate import drift
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from silentwatch.monitor.bundle.manifest import DetectorSettings
+from silentwatch.monitor.detection.detectors import ReferenceSample
+from silentwatch.monitor.detection.suite import DetectorSuite
+from silentwatch.monitor.simulate import drift
 from tests.conftest import SHARED_DATA
 
 CIVIL = SHARED_DATA / "civil_comments" / "cody140_civil_comments_4900.csv"
@@ -29,7 +29,7 @@ def minilm_xy() -> tuple[np.ndarray, np.ndarray]:
     if not CIVIL.exists():
         pytest.skip(f"{CIVIL} not found (set SILENTWATCH_SHARED_DATA)")
     from silentwatch.monitor.training.datasets import load_labelled_texts
-    from silentwatch.offline.embedding import load_embedder
+    from silentwatch.offline.embedders.hf import load_embedder
 
     table = load_labelled_texts(CIVIL, text_column="text", label_column="toxicity")
     idx = np.random.default_rng(0).permutation(len(table.texts))[:N_TEXTS]

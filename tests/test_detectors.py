@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy.stats import ks_2samp
+from sklearn.decomposition import PCA
+
 from silentwatch.monitor.bundle.manifest import DetectorSettings
 from silentwatch.monitor.detection.detectors import ReferenceSample
 from silentwatch.monitor.detection.detectors.base import window_means
@@ -16,8 +18,6 @@ from silentwatch.monitor.detection.detectors.score_shift import ks_statistic
 from silentwatch.monitor.detection.suite import CalibrationError, DetectorSuite, window_grid
 from silentwatch.monitor.detection.windows import WindowBuffer
 from silentwatch.monitor.simulate import drift
-from sklearn.decomposition import PCA
-
 from tests.conftest import unit_rows
 
 

@@ -1,4 +1,4 @@
-"""offline/audit/dissociation.py and finetune.py (paper B): loss terms against hand
+"""offline/audit/dissociation/ and finetune.py (paper B): loss terms against hand
 computations, exact-zero KL for identical models, a few dissociation steps on tiny models,
 LoRA isolation, checkpoints, harmful LoRA SFT records."""
 
@@ -27,9 +27,9 @@ from silentwatch.offline.audit.dissociation import (  # noqa: E402
     wrap_lora,
 )
 from silentwatch.offline.audit.finetune import FinetuneSettings, harmful_lora_sft  # noqa: E402
-from silentwatch.offline.audit.judge import KeywordRefusalJudge  # noqa: E402
 from silentwatch.offline.audit.monitor import LatentMonitor  # noqa: E402
 from silentwatch.offline.hooks import layer_means  # noqa: E402
+from silentwatch.offline.judge import KeywordRefusalJudge  # noqa: E402
 from silentwatch.offline.lm import encode  # noqa: E402
 
 from .tiny_lm import HIDDEN, LAYERS, tiny_lm  # noqa: E402

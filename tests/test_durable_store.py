@@ -6,8 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from silentwatch.monitor.state.memory import PredictionStore
-from silentwatch.monitor.state.sqlite import SqliteStore, StoreUnavailable
+
+from silentwatch.monitor.state.memory import MemoryStore
+from silentwatch.monitor.state.sqlite import SqliteStore
+from silentwatch.monitor.state.store import StoreUnavailable
 
 
 def sqlite(tmp_path: Path, **kw) -> SqliteStore:
@@ -24,7 +26,7 @@ def f32(*v: float) -> np.ndarray:
 @pytest.fixture(params=["memory", "sqlite"])
 def store(request: pytest.FixtureRequest, tmp_path: Path):
     if request.param == "memory":
-        yield PredictionStore(capacity=3, ttl_seconds=3600)
+        yield MemoryStore(capacity=3, ttl_seconds=3600)
     else:
         s = sqlite(tmp_path, capacity=3)
         yield s
@@ -48,7 +50,7 @@ def test_both_stores_join_the_same_way(store) -> None:
 
 
 def test_both_stores_refuse_pending_duplicates_and_keep_nothing(store) -> None:
-    from silentwatch.monitor.state.memory import DuplicateRequestIds
+    from silentwatch.monitor.state.store import DuplicateRequestIds
 
     store.record(["a"], f32(0.5))
     with pytest.raises(DuplicateRequestIds):

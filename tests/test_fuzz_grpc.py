@@ -38,11 +38,11 @@ from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
+
 from silentwatch.monitor.bundle import load_bundle
 from silentwatch.monitor.config import ServeSettings, load_settings
 from silentwatch.monitor.serving.server import SERVICE_NAME, Sidecar
 from silentwatch.monitor.serving.wire import MalformedRequestGuard
-
 from silentwatch.scrape import Samples, scrape
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+
 from silentwatch.monitor.bundle import EmbedderSpec, load_bundle
 from silentwatch.monitor.simulate.drift import normalise, rotation_drift, rotation_planes
 

@@ -10,9 +10,8 @@ import pytest
 import yaml
 
 pytest.importorskip("torch")
-from silentwatch.monitor.bundle import load_bundle
-
 from silentwatch.cli import main
+from silentwatch.monitor.bundle import load_bundle
 
 from .tiny_models import save_tiny
 
@@ -92,10 +91,10 @@ def _serve_and_classify(bundle_dir: Path, world: dict[str, Path]) -> None:
     """The emitted bundle runs in the sidecar: real gRPC over loopback, same scores."""
     import grpc
     import numpy as np
+
     from silentwatch.monitor.config import load_settings
     from silentwatch.monitor.serving.server import Sidecar
     from silentwatch.offline.embedders import open_embedder
-
     from silentwatch.v1 import monitor_pb2 as pb
     from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 

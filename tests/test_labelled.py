@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sklearn import metrics as skm
+
 from silentwatch.monitor.evaluation import classification as cal
 from silentwatch.monitor.evaluation import labelled as labelled_mod
 from silentwatch.monitor.evaluation.labelled import LabelledWindow
-from sklearn import metrics as skm
 
 EXACT = [k for k in cal.METRIC_NAMES if k != "roc_auc"]  # cumulative ROC-AUC is binned
 

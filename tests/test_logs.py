@@ -12,13 +12,13 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
+
 from silentwatch.monitor.telemetry.logs import (
     JsonFormatter,
     TextFormatter,
     configure_logging,
     redact,
 )
-
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 

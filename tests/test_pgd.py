@@ -1,5 +1,6 @@
-"""offline/attacks/pgd.py and offline/audit/lvs.py: batched latent PGD (paper B) on tiny
-random LMs, its matched random baseline, and the latent vulnerability score."""
+"""offline/attacks/pgd.py, offline/audit/pgd_grid.py and offline/audit/lvs.py: batched latent
+PGD (paper B) on tiny random LMs, its matched random baseline, the grid over sites × ε, and
+the latent vulnerability score."""
 
 from __future__ import annotations
 
@@ -15,10 +16,8 @@ from silentwatch.offline.attacks.pgd import (  # noqa: E402
     pgd_one_at_a_time,
     random_baseline,
     random_directions,
-    run_pgd_grid,
     target_ids,
 )
-from silentwatch.offline.audit.judge import RefusalHarmlessness  # noqa: E402
 from silentwatch.offline.audit.lvs import (  # noqa: E402
     LVSInput,
     LVSSettings,
@@ -27,6 +26,8 @@ from silentwatch.offline.audit.lvs import (  # noqa: E402
     lvs_table,
     summarize,
 )
+from silentwatch.offline.audit.pgd_grid import run_pgd_grid  # noqa: E402
+from silentwatch.offline.judge import RefusalHarmlessness  # noqa: E402
 from silentwatch.offline.lm import encode, generate  # noqa: E402
 
 from .tiny_lm import tiny_lm  # noqa: E402

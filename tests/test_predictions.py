@@ -1,4 +1,4 @@
-"""Unit tests for silentwatch.monitor.state.memory.PredictionStore."""
+"""Unit tests for silentwatch.monitor.state.memory.MemoryStore."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import threading
 
 import numpy as np
 import pytest
-from silentwatch.monitor.state.memory import DuplicateRequestIds, JoinResult, PredictionStore
+
+from silentwatch.monitor.state.memory import MemoryStore
+from silentwatch.monitor.state.store import DuplicateRequestIds, JoinResult
 
 
 class FakeClock:
@@ -30,11 +32,11 @@ def _ids(prefix: str, n: int) -> list[str]:
 
 def test_capacity_must_be_positive():
     with pytest.raises(ValueError, match="capacity"):
-        PredictionStore(capacity=0, ttl_seconds=10)
+        MemoryStore(capacity=0, ttl_seconds=10)
 
 
 def test_record_and_join_returns_recorded_scores_in_label_order():
-    s = PredictionStore(capacity=10, ttl_seconds=60, clock=FakeClock())
+    s = MemoryStore(capacity=10, ttl_seconds=60, clock=FakeClock())
     s.record(["a", "b", "c"], _scores(0.1, 0.7, 0.9))
     assert len(s) == 3
     r = s.join(["c", "a"], np.array([1, 0]))
@@ -50,7 +52,7 @@ def test_record_and_join_returns_recorded_scores_in_label_order():
 
 
 def test_capacity_eviction_is_oldest_first_and_counted():
-    s = PredictionStore(capacity=3, ttl_seconds=60, clock=FakeClock())
+    s = MemoryStore(capacity=3, ttl_seconds=60, clock=FakeClock())
     s.record(["a", "b"], _scores(0.1, 0.2))
     s.record(["c", "d", "e"], _scores(0.3, 0.4, 0.5))
     assert len(s) == 3
@@ -65,7 +67,7 @@ def test_capacity_eviction_is_oldest_first_and_counted():
 
 
 def test_batch_larger_than_capacity_keeps_its_tail():
-    s = PredictionStore(capacity=2, ttl_seconds=60, tombstone_capacity=10, clock=FakeClock())
+    s = MemoryStore(capacity=2, ttl_seconds=60, tombstone_capacity=10, clock=FakeClock())
     s.record(_ids("r", 5), np.linspace(0, 1, 5).astype(np.float32))
     assert len(s) == 2
     assert s.counters.evicted_capacity == 3
@@ -76,7 +78,7 @@ def test_batch_larger_than_capacity_keeps_its_tail():
 
 def test_ttl_eviction_with_fake_clock():
     clock = FakeClock()
-    s = PredictionStore(capacity=100, ttl_seconds=10, clock=clock)
+    s = MemoryStore(capacity=100, ttl_seconds=10, clock=clock)
     s.record(["old1", "old2"], _scores(0.1, 0.2))
     clock.advance(6)
     s.record(["new"], _scores(0.3))
@@ -96,7 +98,7 @@ def test_ttl_eviction_with_fake_clock():
 
 def test_ttl_applied_on_record_and_join():
     clock = FakeClock()
-    s = PredictionStore(capacity=100, ttl_seconds=5, clock=clock)
+    s = MemoryStore(capacity=100, ttl_seconds=5, clock=clock)
     s.record(["a"], _scores(0.5))
     clock.advance(6)
     s.record(["b"], _scores(0.5))  # evicts "a" on the way
@@ -111,7 +113,7 @@ def test_ttl_applied_on_record_and_join():
 
 def test_join_outcomes_joined_unknown_expired_already_labelled():
     clock = FakeClock()
-    s = PredictionStore(capacity=2, ttl_seconds=60, tombstone_capacity=10, clock=clock)
+    s = MemoryStore(capacity=2, ttl_seconds=60, tombstone_capacity=10, clock=clock)
     s.record(["x", "y", "z"], _scores(0.2, 0.4, 0.6))  # "x" evicted for capacity
     first = s.join(["y"], np.array([0]))
     assert first.joined == 1
@@ -130,7 +132,7 @@ def test_join_outcomes_joined_unknown_expired_already_labelled():
 
 
 def test_same_id_twice_in_one_label_batch():
-    s = PredictionStore(capacity=10, ttl_seconds=60, clock=FakeClock())
+    s = MemoryStore(capacity=10, ttl_seconds=60, clock=FakeClock())
     s.record(["a"], _scores(0.8))
     r = s.join(["a", "a"], np.array([1, 0]))
     assert r.joined == 1
@@ -139,7 +141,7 @@ def test_same_id_twice_in_one_label_batch():
 
 
 def test_tombstone_capacity_defaults_to_capacity():
-    s = PredictionStore(capacity=2, ttl_seconds=60, clock=FakeClock())
+    s = MemoryStore(capacity=2, ttl_seconds=60, clock=FakeClock())
     s.record(_ids("r", 5), np.zeros(5, dtype=np.float32))
     r = s.join(["r0", "r1", "r2"], np.zeros(3, dtype=np.int8))
     # r0..r2 were evicted, but only the last two evictions are remembered.
@@ -148,7 +150,7 @@ def test_tombstone_capacity_defaults_to_capacity():
 
 
 def test_tombstones_are_bounded():
-    s = PredictionStore(capacity=10, ttl_seconds=60, tombstone_capacity=2, clock=FakeClock())
+    s = MemoryStore(capacity=10, ttl_seconds=60, tombstone_capacity=2, clock=FakeClock())
     s.record(["a", "b", "c"], _scores(0.1, 0.2, 0.3))
     s.join(["a", "b", "c"], np.array([0, 0, 0]))
     r = s.join(["a", "b", "c"], np.array([0, 0, 0]))
@@ -157,7 +159,7 @@ def test_tombstones_are_bounded():
 
 
 def test_duplicates_refused_atomically():
-    s = PredictionStore(capacity=10, ttl_seconds=60, clock=FakeClock())
+    s = MemoryStore(capacity=10, ttl_seconds=60, clock=FakeClock())
     s.record(["a", "b"], _scores(0.1, 0.2))
     with pytest.raises(DuplicateRequestIds) as exc:
         s.record(["c", "b", "d", "a"], _scores(0.3, 0.4, 0.5, 0.6))
@@ -172,7 +174,7 @@ def test_duplicates_refused_atomically():
 
 
 def test_labelled_id_may_be_recorded_again():
-    s = PredictionStore(capacity=10, ttl_seconds=60, clock=FakeClock())
+    s = MemoryStore(capacity=10, ttl_seconds=60, clock=FakeClock())
     s.record(["a"], _scores(0.1))
     s.join(["a"], np.array([0]))
     s.record(["a"], _scores(0.9))
@@ -181,7 +183,7 @@ def test_labelled_id_may_be_recorded_again():
 
 
 def test_unmatched_ids_capped_but_counts_complete():
-    s = PredictionStore(capacity=10, ttl_seconds=60, max_unmatched_reported=3, clock=FakeClock())
+    s = MemoryStore(capacity=10, ttl_seconds=60, max_unmatched_reported=3, clock=FakeClock())
     ids = _ids("u", 50)
     r = s.join(ids, np.zeros(50, dtype=np.int8))
     assert r.unknown == 50
@@ -192,7 +194,7 @@ def test_unmatched_ids_capped_but_counts_complete():
 
 
 def test_empty_join():
-    s = PredictionStore(capacity=10, ttl_seconds=60, clock=FakeClock())
+    s = MemoryStore(capacity=10, ttl_seconds=60, clock=FakeClock())
     r = s.join([], np.array([], dtype=np.int8))
     assert r.joined == 0
     assert r.scores.shape == (0,)
@@ -201,7 +203,7 @@ def test_empty_join():
 
 def test_thread_safety_smoke():
     n_threads, per_thread, batch = 8, 500, 20
-    s = PredictionStore(capacity=n_threads * per_thread, ttl_seconds=3600)
+    s = MemoryStore(capacity=n_threads * per_thread, ttl_seconds=3600)
     start = threading.Barrier(n_threads)
     errors: list[BaseException] = []
 
@@ -241,7 +243,7 @@ def test_thread_safety_smoke():
 
 def test_thread_safety_with_capacity_pressure():
     n_threads, per_thread = 6, 400
-    s = PredictionStore(capacity=100, ttl_seconds=3600)
+    s = MemoryStore(capacity=100, ttl_seconds=3600)
 
     def worker(t: int) -> None:
         for i in range(0, per_thread, 10):
@@ -259,7 +261,7 @@ def test_thread_safety_with_capacity_pressure():
 
 
 def test_an_id_twice_in_one_batch_is_refused_and_nothing_is_recorded():
-    s = PredictionStore(capacity=10, ttl_seconds=60)
+    s = MemoryStore(capacity=10, ttl_seconds=60)
     with pytest.raises(DuplicateRequestIds):
         s.record(["a", "b", "a"], np.array([0.1, 0.2, 0.3], dtype=np.float32))
     assert len(s) == 0 and s.counters.recorded == 0

@@ -14,8 +14,8 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from silentwatch.monitor.config import ConfigError, load_settings
 
+from silentwatch.monitor.config import ConfigError, load_settings
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 

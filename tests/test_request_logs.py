@@ -8,9 +8,9 @@ import logging
 import grpc
 import numpy as np
 import pytest
-from silentwatch.monitor.serving import service
-from silentwatch.monitor.telemetry.logs import JsonFormatter
 
+from silentwatch.monitor.serving import rpc
+from silentwatch.monitor.telemetry.logs import JsonFormatter
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 
@@ -20,8 +20,8 @@ from .conftest import DIM
 def test_a_refusal_is_one_json_line_with_the_request_id_and_no_embedding(
     sidecar, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(service, "_refusals", service._RefusalLog(every=3600))
-    caplog.set_level(logging.WARNING, logger="silentwatch.monitor.serving.service")
+    monkeypatch.setattr(rpc, "refusals", rpc.RefusalLog(every=3600))
+    caplog.set_level(logging.WARNING, logger="silentwatch.monitor.serving.rpc")
     x = np.full(DIM + 1, 0.123456, dtype=np.float32)  # wrong dimension
     with grpc.insecure_channel(sidecar.grpc_target) as ch:
         stub = pb_grpc.MonitorStub(ch)
@@ -52,13 +52,13 @@ def test_held_refusals_are_counted_into_the_next_line(
         def peer(self):
             return "ipv4:127.0.0.1:1"
 
-    refusals = service._RefusalLog(every=0.0)
-    caplog.set_level(logging.WARNING, logger="silentwatch.monitor.serving.service")
+    refusals = rpc.RefusalLog(every=0.0)
+    caplog.set_level(logging.WARNING, logger="silentwatch.monitor.serving.rpc")
     req = pb.ClassifyBatchRequest(request_ids=["a\nb", "c"])
     refusals("ClassifyBatch", grpc.StatusCode.INVALID_ARGUMENT, "bad", req, Ctx())
     rec = caplog.records[-1]
     assert rec.request_id == "a?b"  # control characters cannot forge log lines
-    slow = service._RefusalLog(every=3600)
+    slow = rpc.RefusalLog(every=3600)
     for _ in range(3):
         slow("Classify", grpc.StatusCode.INVALID_ARGUMENT, "bad", req, Ctx())
     slow._last.clear()

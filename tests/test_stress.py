@@ -6,6 +6,8 @@ import itertools
 
 import numpy as np
 import pytest
+from sklearn.metrics import accuracy_score, roc_auc_score, silhouette_score
+
 from silentwatch.monitor.scoring import LinearScorer
 from silentwatch.monitor.simulate.drift import normalise, rotation_matrix, rotation_planes
 from silentwatch.offline.separability import class_overlap, fisher_ratio, separability
@@ -14,7 +16,6 @@ from silentwatch.offline.splits import balanced_sample, stratified_split
 from silentwatch.offline.stress import DRIFT_KINDS, DriftOperator, StressModel, StressSettings
 from silentwatch.offline.stress.operators import mean_angle
 from silentwatch.offline.stress.sweep import StressPoint, run_stress, summarise
-from sklearn.metrics import accuracy_score, roc_auc_score, silhouette_score
 
 torch = pytest.importorskip("torch")
 

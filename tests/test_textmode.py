@@ -7,12 +7,12 @@ import time
 import grpc
 import numpy as np
 import pytest
+
 from silentwatch.monitor.bundle import load_bundle
 from silentwatch.monitor.config import load_settings
 from silentwatch.monitor.evaluation.classification import labelled_metrics
 from silentwatch.monitor.serving.server import Sidecar
 from silentwatch.monitor.training import train_bundle
-
 from silentwatch.scrape import scrape
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
@@ -48,7 +48,7 @@ def _texts() -> tuple[list[str], np.ndarray]:
 
 @pytest.fixture(scope="module")
 def text_bundle(tmp_path_factory):
-    from silentwatch.offline.embedding import load_embedder
+    from silentwatch.offline.embedders.hf import load_embedder
 
     emb = load_embedder("minilm")
     texts, y = _texts()
@@ -97,7 +97,7 @@ def test_text_scores_equal_the_embedding_path(text_sidecar, text_bundle):
             e.value.details()
         )
         # Still serving after the refusals.
-        assert stub.Classify(pb.ClassifyRequest(text="hello there")).p_unsafe >= 0
+        assert 0.0 <= stub.Classify(pb.ClassifyRequest(text="hello there")).p_unsafe <= 1.0
 
 
 def test_canaries_measure_accuracy_without_human_labels(text_sidecar, text_bundle):
@@ -132,8 +132,7 @@ def test_text_without_text_mode_and_a_foreign_embedder_are_refused(text_bundle, 
 
 def test_text_mode_refuses_weights_the_bundle_was_not_trained_on(tmp_path):
     from silentwatch.monitor.bundle import EmbedderSpec
-    from silentwatch.offline.embedding import MINILM_NAME
-
+    from silentwatch.offline.embedders import MINILM_NAME
     from silentwatch.textmode import TextModeError, load_text_embedder
 
     rng = np.random.default_rng(0)

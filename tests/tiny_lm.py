@@ -13,7 +13,6 @@ HIDDEN = 32
 def tiny_lm(kind: str = "llama", *, seed: int = 0, layers: int = LAYERS, hidden: int = HIDDEN):
     """``(model, tokenizer)``: a tiny causal LM of ``kind`` in eval mode, tokenizer left-padded."""
     import torch
-    from silentwatch.offline.embedding import minilm_path
     from transformers import (
         AutoTokenizer,
         GPT2Config,
@@ -23,6 +22,8 @@ def tiny_lm(kind: str = "llama", *, seed: int = 0, layers: int = LAYERS, hidden:
         Qwen2Config,
         Qwen2ForCausalLM,
     )
+
+    from silentwatch.offline.embedders import minilm_path
 
     tok = AutoTokenizer.from_pretrained(minilm_path())
     tok.padding_side = "left"

@@ -14,8 +14,9 @@ LAYERS = 2
 def save_tiny(kind: str, out: Path, *, seed: int = 0, hidden: int = 32) -> Path:
     """A tiny random ``kind`` ("bert" or "llama") model with MiniLM's tokenizer in ``out``."""
     import torch
-    from silentwatch.offline.embedding import minilm_path
     from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaModel
+
+    from silentwatch.offline.embedders import minilm_path
 
     tok = AutoTokenizer.from_pretrained(minilm_path())
     torch.manual_seed(seed)

@@ -13,16 +13,28 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
 from silentwatch.monitor.bundle.io import Canaries
 from silentwatch.monitor.evaluation.classification import empty_metrics, labelled_metrics
-from silentwatch.monitor.scoring import LinearScorer
+from silentwatch.monitor.scoring import FLAG_THRESHOLD, HIGH_CONFIDENCE, LinearScorer
 
 log = logging.getLogger(__name__)
 TextEmbedder = Callable[[list[str]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class CanaryStatus:
+    """The last canary run: when, how long, what it measured, and its error ("" if none)."""
+
+    size: int
+    runs: int
+    last_run_at: float
+    last_run_seconds: float
+    metrics: dict[str, float]
+    last_error: str
 
 
 class CanaryMonitor:
@@ -35,8 +47,8 @@ class CanaryMonitor:
         scorer: LinearScorer,
         *,
         interval: float = 300.0,
-        threshold: float = 0.5,
-        high_confidence: float = 0.8,
+        threshold: float = FLAG_THRESHOLD,
+        high_confidence: float = HIGH_CONFIDENCE,
     ) -> None:
         self.canaries = canaries
         self.embed = embed
@@ -45,18 +57,11 @@ class CanaryMonitor:
         self.threshold = threshold
         self.high_confidence = high_confidence
         self.runs = 0
-        self._snapshot: dict[str, Any] = {
-            "size": len(canaries.texts),
-            "runs": 0,
-            "last_run_at": 0.0,
-            "last_run_seconds": 0.0,
-            "metrics": empty_metrics(),
-            "last_error": "",
-        }
+        self._status = CanaryStatus(len(canaries.texts), 0, 0.0, 0.0, empty_metrics(), "")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def run_once(self) -> dict[str, Any]:
+    def run_once(self) -> CanaryStatus:
         t0 = time.perf_counter()
         try:
             x = np.ascontiguousarray(self.embed(self.canaries.texts), dtype=np.float32)
@@ -70,20 +75,20 @@ class CanaryMonitor:
             error = ""
         except Exception as exc:  # a failed run is reported, the sidecar keeps serving
             log.exception("canary run failed")
-            metrics, error = self._snapshot["metrics"], f"{type(exc).__name__}: {exc}"
+            metrics, error = self._status.metrics, f"{type(exc).__name__}: {exc}"
         self.runs += 1
-        self._snapshot = {
-            "size": len(self.canaries.texts),
-            "runs": self.runs,
-            "last_run_at": time.time(),
-            "last_run_seconds": time.perf_counter() - t0,
-            "metrics": metrics,
-            "last_error": error,
-        }
-        return self._snapshot
+        self._status = CanaryStatus(
+            size=len(self.canaries.texts),
+            runs=self.runs,
+            last_run_at=time.time(),
+            last_run_seconds=time.perf_counter() - t0,
+            metrics=metrics,
+            last_error=error,
+        )
+        return self._status
 
-    def snapshot(self) -> dict[str, Any]:
-        return self._snapshot
+    def snapshot(self) -> CanaryStatus:
+        return self._status
 
     def start(self) -> CanaryMonitor:
         def loop() -> None:

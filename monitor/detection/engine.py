@@ -17,21 +17,33 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from silentwatch.monitor.detection.detectors.base import WindowDetector
 from silentwatch.monitor.detection.detectors.changepoints import ChangeTracker
-from silentwatch.monitor.detection.detectors.confidence import confidence_profile
+from silentwatch.monitor.detection.detectors.confidence import (
+    ConfidenceProfile,
+    confidence_profile,
+)
 from silentwatch.monitor.detection.registry import (
     CENTROID_ANGLE,
     DEFAULT_CHANGE_PAIRS,
     REGISTRY,
     check_detector_names,
 )
+from silentwatch.monitor.detection.status import (
+    NAN,
+    ChangePointStatus,
+    ConfidenceStatus,
+    DetectorStatus,
+    EngineStatus,
+    LabelledStatus,
+    Reading,
+)
 from silentwatch.monitor.detection.suite import DetectorSuite
-from silentwatch.monitor.detection.windows import WindowBuffer
+from silentwatch.monitor.detection.windows import WindowBuffer, WindowSpec
 from silentwatch.monitor.evaluation.labelled import LabelledWindow
 from silentwatch.monitor.scoring import FLAG_THRESHOLD, HIGH_CONFIDENCE
 from silentwatch.monitor.serving.pipeline import LabelBatch, PredictionBatch
@@ -41,33 +53,6 @@ from silentwatch.monitor.state.snapshots import SnapshotError, decode, encode, e
 RECENT_WINDOWS = 10
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class WindowSpec:
-    """How live traffic is cut into windows."""
-
-    mode: Literal["count", "time"] = "count"
-    size: int = 256  # rows (count mode)
-    stride: int = 256  # rows between evaluations (count mode); == size: tumbling
-    seconds: float = 60.0  # window length (time mode)
-    stride_seconds: float = 60.0  # time between evaluations (time mode)
-    max_rows: int = 2048  # most rows a time window keeps (the newest)
-
-    @property
-    def capacity(self) -> int:
-        return self.size if self.mode == "count" else self.max_rows
-
-
-@dataclass(frozen=True)
-class Reading:
-    """One detector's latest window."""
-
-    statistic: float
-    threshold: float
-    alarm: bool
-    window_rows: int
-    at: float
 
 
 @dataclass
@@ -143,13 +128,14 @@ class DetectionEngine:
         self.change_thinned_rows = 0
         self._last_eval_wall = 0.0
         self._last_eval_at = float("-inf")  # traffic time of the last time-window evaluation
-        self._window_profile: dict[str, float] | None = None
+        self._window_profile: ConfidenceProfile | None = None
+        self._reference_profile = ConfidenceProfile(**suite.calibration.reference_confidence)
         self._drift_alarm = False
         self._suspected = False
         self._suspected_total = 0
         self.labels_seq = -1  # the last durable label folded into self.labelled
-        self._snapshot: dict[str, Any] = self._build_snapshot()
-        self._labels_snapshot: dict[str, Any] = self._build_labels_snapshot()
+        self._labelled_status = self._build_labelled_status()
+        self._status = self._build_status()
 
     @staticmethod
     def _check_detectors(suite: DetectorSuite, wanted: tuple[str, ...] | None) -> tuple[str, ...]:
@@ -239,7 +225,7 @@ class DetectionEngine:
     def on_labels(self, batch: LabelBatch) -> None:
         self.labelled.update(batch.scores, batch.labels)
         self.labels_seq = max(self.labels_seq, batch.last_seq)
-        self._labels_snapshot = self._build_labels_snapshot()
+        self._labelled_status = self._build_labelled_status()
 
     # -- evaluation -------------------------------------------------------------------
     def _evaluation_allowed(self) -> bool:
@@ -268,7 +254,7 @@ class DetectionEngine:
         self.windows_evaluated += 1
         self._window_profile = confidence_profile(
             s, flag=self.options.flag, high_confidence=self.options.high_confidence
-        ).as_dict()
+        )
         self._drift_alarm = any(
             r.alarm for name, r in self.readings.items() if name in self._drift_names
         )
@@ -280,15 +266,17 @@ class DetectionEngine:
         )
         self._suspected_total += self._suspected
         self.recent_suspected.append(self._suspected)
-        self._snapshot = self._build_snapshot()
+        self._status = self._build_status()
         return dict(self.readings)
+
+    def _confidence_status(self) -> ConfidenceStatus:
+        return ConfidenceStatus(
+            self._window_profile, self._reference_profile, self.options.confidence_band
+        )
 
     def confidence_relative_change(self) -> float:
         """``(mean conf(window) - mean conf(reference)) / mean conf(reference)``."""
-        if self._window_profile is None:
-            return float("nan")
-        ref = self.suite.calibration.reference_confidence["mean_confidence"]
-        return (self._window_profile["mean_confidence"] - ref) / ref
+        return self._confidence_status().mean_confidence_relative_change
 
     # -- persistence (monitor/state/persistence.py) ------------------------------------------
     def _fingerprint(self) -> dict[str, Any]:
@@ -318,7 +306,9 @@ class DetectionEngine:
             "pending": self._pending,
             "change_thinned_rows": self.change_thinned_rows,
             "last_eval_at": self._last_eval_at,
-            "window_profile": self._window_profile,
+            "window_profile": None
+            if self._window_profile is None
+            else self._window_profile.as_dict(),
             "drift_alarm": self._drift_alarm,
             "suspected": self._suspected,
             "suspected_total": self._suspected_total,
@@ -361,7 +351,11 @@ class DetectionEngine:
             self.change_thinned_rows = int(h["change_thinned_rows"])
             self._last_eval_at = float(h["last_eval_at"])
             prof = h["window_profile"]
-            self._window_profile = None if prof is None else {k: float(v) for k, v in prof.items()}
+            self._window_profile = (
+                None
+                if prof is None
+                else ConfidenceProfile(**{k: float(v) for k, v in prof.items()})
+            )
             self._drift_alarm = bool(h["drift_alarm"])
             self._suspected = bool(h["suspected"])
             self._suspected_total = int(h["suspected_total"])
@@ -369,7 +363,7 @@ class DetectionEngine:
             raise SnapshotError(
                 f"malformed window snapshot ({type(exc).__name__}: {exc})"
             ) from None
-        self._snapshot = self._build_snapshot()
+        self._status = self._build_status()
 
     def labelled_state(self) -> bytes:
         """The labelled calibration state (rolling ring + cumulative sums) as bytes."""
@@ -389,60 +383,71 @@ class DetectionEngine:
             self.labels_seq = int(h["labels_seq"])
         except (KeyError, TypeError, ValueError) as exc:
             raise SnapshotError(f"labelled snapshot does not fit ({exc})") from None
-        self._labels_snapshot = self._build_labels_snapshot()
+        self._labelled_status = self._build_labelled_status()
 
     # -- snapshots --------------------------------------------------------------------
-    def _build_snapshot(self) -> dict[str, Any]:
+    def _build_status(self) -> EngineStatus:
+        """The status as of the last evaluation (live counters are filled in by ``snapshot``)."""
         cal = self.suite.calibration
-        ref_conf = dict(cal.reference_confidence)
-        win = self._window_profile
         angle = self.readings.get(CENTROID_ANGLE)
-        return {
-            "calibration_source": cal.source,
-            "false_alarm_rate": cal.settings.false_alarm_rate,
-            "window": self.options.window,
-            "windows_evaluated": self.windows_evaluated,
-            "windows_skipped": self.windows_skipped,
-            "detectors": {
-                name: (self.readings.get(name), self.alarms_total[name]) for name in self.names
-            },
-            "evaluations": dict(self.evaluations_total),
-            "centroid_angle_degrees": angle.statistic if angle else float("nan"),
-            "confidence": {
-                "window": win,
-                "reference": ref_conf,
-                "mean_confidence_change": (
-                    win["mean_confidence"] - ref_conf["mean_confidence"] if win else float("nan")
-                ),
-                "mean_confidence_relative_change": self.confidence_relative_change(),
-                "band": self.options.confidence_band,
-            },
-            "null_change_points_per_10k": dict(cal.null_change_points_per_10k),
-            "drift_alarm": self._drift_alarm,
-            "silent_failure_suspected": self._suspected,
-            "silent_failure_suspected_windows": self._suspected_total,
-            "recent_windows": len(self.recent_suspected),
-            "recent_suspected_windows": sum(self.recent_suspected),
-            "recent_alarms": {k: (sum(v), len(v)) for k, v in self.recent_alarms.items()},
-        }
+        return EngineStatus(
+            calibration_source=cal.source,
+            false_alarm_rate=cal.settings.false_alarm_rate,
+            window=self.options.window,
+            windows_evaluated=self.windows_evaluated,
+            windows_skipped=self.windows_skipped,
+            rows_seen=self.buffer.total,
+            detectors=tuple(
+                DetectorStatus(
+                    name=name,
+                    reading=self.readings.get(name),
+                    alarms_total=self.alarms_total[name],
+                    evaluations=self.evaluations_total[name],
+                    recent_alarms=sum(self.recent_alarms[name]),
+                    recent_evaluations=len(self.recent_alarms[name]),
+                )
+                for name in self.names
+            ),
+            centroid_angle_degrees=angle.statistic if angle else NAN,
+            confidence=self._confidence_status(),
+            change_points=self._change_point_status(),
+            change_thinned_rows=self.change_thinned_rows,
+            drift_alarm=self._drift_alarm,
+            silent_failure_suspected=self._suspected,
+            silent_failure_suspected_windows=self._suspected_total,
+            recent_windows=len(self.recent_suspected),
+            recent_suspected_windows=sum(self.recent_suspected),
+            labelled=self._labelled_status,
+        )
 
-    def _build_labels_snapshot(self) -> dict[str, Any]:
-        return {
-            "window_size": self.options.label_window,
-            "rolling": self.labelled.rolling(),
-            "cumulative": self.labelled.cumulative(),
-        }
+    def _change_point_status(self) -> tuple[ChangePointStatus, ...]:
+        null = self.suite.calibration.null_change_points_per_10k
+        return tuple(
+            ChangePointStatus(
+                kind=t.kind,
+                stream=t.stream,
+                change_points=t.change_points,
+                last_change_at=t.last_change_at,
+                samples=t.samples,
+                null_change_points_per_10k=null.get(f"{t.kind}:{t.stream}", NAN),
+            )
+            for t in self.trackers
+        )
 
-    def snapshot(self) -> dict[str, Any]:
-        """The last evaluation's snapshot plus live counters (plain int reads, no lock)."""
-        return {
-            **self._snapshot,
-            "windows_skipped": self.windows_skipped,
-            "rows_seen": self.buffer.total,
-            "change_points": {
-                f"{t.kind}:{t.stream}": (t.change_points, t.last_change_at, t.samples)
-                for t in self.trackers
-            },
-            "change_thinned_rows": self.change_thinned_rows,
-            "labelled": self._labels_snapshot,
-        }
+    def _build_labelled_status(self) -> LabelledStatus:
+        return LabelledStatus(
+            window_size=self.options.label_window,
+            rolling=self.labelled.rolling(),
+            cumulative=self.labelled.cumulative(),
+        )
+
+    def snapshot(self) -> EngineStatus:
+        """The last evaluation's status with the live counters (plain reads, no lock)."""
+        return replace(
+            self._status,
+            windows_skipped=self.windows_skipped,
+            rows_seen=self.buffer.total,
+            change_points=self._change_point_status(),
+            change_thinned_rows=self.change_thinned_rows,
+            labelled=self._labelled_status,
+        )

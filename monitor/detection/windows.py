@@ -1,4 +1,5 @@
-"""A fixed-size ring of recent rows (embedding, score, arrival time) for window detectors.
+"""How traffic is cut into windows (:class:`WindowSpec`), and a fixed-size ring of recent
+rows (embedding, score, arrival time) for the window detectors.
 
 Memory is ``capacity x (d + 2)`` numbers whatever the traffic; the oldest rows are
 overwritten first.
@@ -6,7 +7,26 @@ overwritten first.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import numpy as np
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """How live traffic is cut into windows."""
+
+    mode: Literal["count", "time"] = "count"
+    size: int = 256  # rows (count mode)
+    stride: int = 256  # rows between evaluations (count mode); == size: tumbling
+    seconds: float = 60.0  # window length (time mode)
+    stride_seconds: float = 60.0  # time between evaluations (time mode)
+    max_rows: int = 2048  # most rows a time window keeps (the newest)
+
+    @property
+    def capacity(self) -> int:
+        return self.size if self.mode == "count" else self.max_rows
 
 
 class WindowBuffer:

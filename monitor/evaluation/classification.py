@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from silentwatch.monitor.scoring import confidence
+from silentwatch.monitor.scoring import FLAG_THRESHOLD, HIGH_CONFIDENCE, confidence
 
 _NAN = float("nan")
 
@@ -79,7 +79,7 @@ def _log_loss_terms(p: np.ndarray, y: np.ndarray, eps: float | None) -> np.ndarr
     return -np.where(y == 1, np.log(q), np.log1p(-q))
 
 
-def accuracy(p: np.ndarray, y: np.ndarray, threshold: float = 0.5) -> float:
+def accuracy(p: np.ndarray, y: np.ndarray, threshold: float = FLAG_THRESHOLD) -> float:
     """Share of correct predictions, ``mean[(p >= t) == y]``; NaN when empty.
 
     >>> accuracy(np.array([0.9, 0.2, 0.6]), np.array([1, 0, 0]))
@@ -118,7 +118,9 @@ def expected_calibration_error(p: np.ndarray, y: np.ndarray, n_bins: int = 5) ->
     return _binned_gap(confidence(p), (p >= 0.5) == (y == 1), n_bins)
 
 
-def silent_failure_rate(p: np.ndarray, y: np.ndarray, high_confidence: float = 0.8) -> float:
+def silent_failure_rate(
+    p: np.ndarray, y: np.ndarray, high_confidence: float = HIGH_CONFIDENCE
+) -> float:
     """Share of errors made with high confidence: ``#{wrong, c > 0.8} / #{wrong}``.
 
     Paper A's silent-failure rate (section 3.3): "of the mistakes, how many were made
@@ -178,7 +180,7 @@ def _balanced_accuracy(pred: np.ndarray, y: np.ndarray) -> float:
     return _balanced_from_counts(tp, tn, n1, y.size - n1)
 
 
-def balanced_accuracy(p: np.ndarray, y: np.ndarray, threshold: float = 0.5) -> float:
+def balanced_accuracy(p: np.ndarray, y: np.ndarray, threshold: float = FLAG_THRESHOLD) -> float:
     """Mean of the true-positive and true-negative rates, ``(TPR + TNR) / 2``.
 
     ``TPR = TP / #{y = 1}`` and ``TNR = TN / #{y = 0}`` for the decision ``p >= t``.
@@ -249,7 +251,7 @@ def log_loss(p: np.ndarray, y: np.ndarray, eps: float | None = None) -> float:
 
 
 def high_confidence_error_ratio(
-    p: np.ndarray, y: np.ndarray, high_confidence: float = 0.8
+    p: np.ndarray, y: np.ndarray, high_confidence: float = HIGH_CONFIDENCE
 ) -> float:
     """Error rate among confident predictions: ``#{wrong, c > 0.8} / #{c > 0.8}``.
 
@@ -270,7 +272,9 @@ def high_confidence_error_ratio(
     return float((wrong & sure).sum() / n_sure)
 
 
-def confidence_minus_accuracy(p: np.ndarray, y: np.ndarray, threshold: float = 0.5) -> float:
+def confidence_minus_accuracy(
+    p: np.ndarray, y: np.ndarray, threshold: float = FLAG_THRESHOLD
+) -> float:
     """``mean max(p, 1-p) - accuracy``: positive when the classifier is overconfident.
 
     NaN when empty.
@@ -313,8 +317,8 @@ def labelled_metrics(
     p: np.ndarray,
     y: np.ndarray,
     *,
-    threshold: float = 0.5,
-    high_confidence: float = 0.8,
+    threshold: float = FLAG_THRESHOLD,
+    high_confidence: float = HIGH_CONFIDENCE,
     n_bins: int = 5,
 ) -> dict[str, float]:
     """Every labelled metric above from one validation pass, keyed as :data:`METRIC_NAMES`.

@@ -20,7 +20,7 @@ from silentwatch.monitor.evaluation.classification import (
     empty_metrics,
     labelled_metrics,
 )
-from silentwatch.monitor.scoring import confidence
+from silentwatch.monitor.scoring import FLAG_THRESHOLD, HIGH_CONFIDENCE, confidence
 
 _NAN = float("nan")
 
@@ -61,8 +61,8 @@ class LabelledWindow:
         self,
         window_size: int = 1000,
         *,
-        threshold: float = 0.5,
-        high_confidence: float = 0.8,
+        threshold: float = FLAG_THRESHOLD,
+        high_confidence: float = HIGH_CONFIDENCE,
         n_bins: int = 5,
         cumulative_bins: int = 1000,
     ) -> None:

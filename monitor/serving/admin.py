@@ -7,28 +7,40 @@ bearer token (:class:`~.auth.AdminAuth`, constant-time comparison) before it doe
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 import grpc
 
-from silentwatch.monitor.bundle import BundleError
+from silentwatch.monitor.bundle import BundleError, LoadedBundle
+from silentwatch.monitor.serving.auth import AdminAuth
 from silentwatch.monitor.serving.errors import RequestError, precondition
-from silentwatch.monitor.serving.service import rpc
+from silentwatch.monitor.serving.rpc import rpc
+from silentwatch.monitor.state.persistence import StatePersister
+from silentwatch.monitor.telemetry.prometheus import RequestMetrics
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
-
-if TYPE_CHECKING:
-    from silentwatch.monitor.serving.server import Sidecar
 
 log = logging.getLogger(__name__)
 ADMIN_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Admin"].full_name
 
 
+class AdminControls(Protocol):
+    """What the Admin RPCs may do to a running sidecar, and nothing more."""
+
+    def reload(self, path: str | Path | None = None) -> tuple[bool, LoadedBundle]: ...
+
+    def snapshot_now(self) -> bool: ...
+
+    @property
+    def persister(self) -> StatePersister | None: ...
+
+
 class AdminService(pb_grpc.AdminServicer):
-    def __init__(self, sidecar: Sidecar) -> None:
+    def __init__(self, sidecar: AdminControls, metrics: RequestMetrics, auth: AdminAuth) -> None:
         self.sidecar = sidecar
-        self.metrics = sidecar.request_metrics  # the rpc decorator counts calls here
-        self.auth = sidecar.admin_auth
+        self.metrics = metrics  # the rpc decorator counts calls here
+        self.auth = auth
 
     @rpc("ReloadBundle")
     def ReloadBundle(self, request: pb.ReloadBundleRequest, context: grpc.ServicerContext):

@@ -24,19 +24,22 @@ from silentwatch.monitor.bundle import BundleError, LoadedBundle, load_bundle
 from silentwatch.monitor.bundle.signature import verify_bundle_signature
 from silentwatch.monitor.config import ServeSettings
 from silentwatch.monitor.detection.canary import CanaryMonitor, TextEmbedder
-from silentwatch.monitor.detection.engine import DetectionEngine, EngineOptions, WindowSpec
+from silentwatch.monitor.detection.engine import DetectionEngine, EngineOptions
 from silentwatch.monitor.detection.registry import parse_change_pair
 from silentwatch.monitor.detection.suite import CalibrationError, suite_for_bundle
+from silentwatch.monitor.detection.windows import WindowSpec
 from silentwatch.monitor.serving.admin import ADMIN_SERVICE_NAME, AdminService
 from silentwatch.monitor.serving.auth import AdminAuth
 from silentwatch.monitor.serving.pipeline import Pipeline, Sink
 from silentwatch.monitor.serving.service import MonitorService, Served
 from silentwatch.monitor.serving.tls import server_credentials
 from silentwatch.monitor.serving.wire import MalformedRequestGuard
-from silentwatch.monitor.state.memory import PredictionStore
+from silentwatch.monitor.state.memory import MemoryStore
 from silentwatch.monitor.state.persistence import StatePersister
-from silentwatch.monitor.state.sqlite import SqliteStore, StoreUnavailable
-from silentwatch.monitor.telemetry.prometheus import RequestMetrics, StateCollector, TrafficSink
+from silentwatch.monitor.state.sqlite import SqliteStore
+from silentwatch.monitor.state.store import PredictionStore, StoreUnavailable
+from silentwatch.monitor.telemetry.families import StateCollector
+from silentwatch.monitor.telemetry.prometheus import RequestMetrics, TrafficSink
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 
@@ -169,13 +172,15 @@ class Sidecar:
             text_embedder=self.text_embedder,
             canary=self.canary,
             persister=persister,
+            store_open_error=self.store_open_error,
+            reloads=self.reloads,
         )
         m = self.bundle.manifest
         self._info = self._bundle_info(self.bundle)
         self._holdout = dict(m.training.holdout_metrics)
         self.registry.register(
             StateCollector(
-                self._state,
+                self.service.state,
                 self._info,
                 holdout=self._holdout,
                 serving=lambda: self._serving,
@@ -190,7 +195,7 @@ class Sidecar:
         self._serving = False  # what the health service says; exported as silentwatch_serving
 
     # -- durable state -------------------------------------------------------------------
-    def _open_store(self, *, keep_labels: bool) -> PredictionStore | SqliteStore:
+    def _open_store(self, *, keep_labels: bool) -> PredictionStore:
         """The configured store; an unusable durable one falls back to memory, loudly."""
         s = self.settings
         self.store_open_error = ""
@@ -215,7 +220,7 @@ class Sidecar:
                     path,
                     self.store_open_error,
                 )
-        return PredictionStore(s.store_capacity, s.store_ttl_seconds)
+        return MemoryStore(s.store_capacity, s.store_ttl_seconds)
 
     def _persister_for(self, engine: DetectionEngine | None) -> StatePersister | None:
         """Snapshots need a durable store and an engine whose state they save."""
@@ -239,12 +244,6 @@ class Sidecar:
         if self.persister is None:
             return False
         return bool(self.pipeline.run_on_worker(self._snapshot))
-
-    def _state(self) -> dict:
-        st = self.service.state()
-        st["store"]["open_error"] = self.store_open_error
-        st["reloads"] = dict(self.reloads)
-        return st
 
     @staticmethod
     def _bundle_info(bundle: LoadedBundle) -> dict[str, str]:
@@ -359,7 +358,9 @@ class Sidecar:
         pb_grpc.add_MonitorServicer_to_server(self.service, self._server)
         names = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
         if s.admin_enabled:  # off by default: not even registered (UNIMPLEMENTED)
-            pb_grpc.add_AdminServicer_to_server(AdminService(self), self._server)
+            pb_grpc.add_AdminServicer_to_server(
+                AdminService(self, self.request_metrics, self.admin_auth), self._server
+            )
             names.append(ADMIN_SERVICE_NAME)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(names, self._server)

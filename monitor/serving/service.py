@@ -7,12 +7,10 @@ statistics happen in the pipeline worker (:mod:`.pipeline`).
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import numpy as np
@@ -24,117 +22,33 @@ from silentwatch.monitor.detection.engine import DetectionEngine
 from silentwatch.monitor.scoring import confidence
 from silentwatch.monitor.serving.errors import RequestError, invalid, precondition
 from silentwatch.monitor.serving.pipeline import LabelBatch, Pipeline, PredictionBatch
+from silentwatch.monitor.serving.rpc import rpc
+from silentwatch.monitor.serving.status import (
+    IdentityStatus,
+    LabelCounts,
+    PipelineStatus,
+    SidecarStatus,
+    StoreStatus,
+    TrafficStatus,
+)
+from silentwatch.monitor.serving.status_proto import status_message
 from silentwatch.monitor.serving.wire import (
     check_request_ids,
     checked_norms,
     decode_embedding,
     decode_matrix,
 )
-from silentwatch.monitor.state.memory import DuplicateRequestIds, PredictionStore
 from silentwatch.monitor.state.persistence import StatePersister
-from silentwatch.monitor.state.sqlite import SqliteStore, StoreUnavailable
+from silentwatch.monitor.state.store import (
+    DuplicateRequestIds,
+    PredictionStore,
+    StoreUnavailable,
+)
 from silentwatch.monitor.telemetry.prometheus import RequestMetrics, TrafficSink
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
-R = TypeVar("R")
-
-
-def request_id_of(request: Any, context: grpc.ServicerContext, limit: int = 128) -> str:
-    """The id a log line carries: the caller's ``x-request-id`` metadata, else the first
-    request id in the message ("" when neither). Printable, at most ``limit`` characters."""
-    rid = ""
-    for key, value in context.invocation_metadata() or ():
-        if key == "x-request-id" and isinstance(value, str):
-            rid = value
-            break
-    if not rid:
-        rid = getattr(request, "request_id", "") or ""
-    if not rid:
-        ids = getattr(request, "request_ids", None) or ()
-        labels = getattr(request, "labels", None) or ()
-        rid = ids[0] if len(ids) else (labels[0].request_id if len(labels) else "")
-    return "".join(c if c.isprintable() else "?" for c in rid[:limit])
-
-
-class _RefusalLog:
-    """Log refused requests with their request id, at most once per ``every`` seconds per
-    (rpc, code); the lines in between are counted into the next one (never a log flood)."""
-
-    def __init__(self, every: float = 10.0) -> None:
-        self.every = every
-        self._last: dict[tuple[str, grpc.StatusCode], float] = {}
-        self._held: dict[tuple[str, grpc.StatusCode], int] = {}
-
-    def __call__(
-        self, name: str, code: grpc.StatusCode, message: str, request: Any, context: Any
-    ) -> None:
-        key = (name, code)
-        now = time.monotonic()
-        if now - self._last.get(key, float("-inf")) < self.every:
-            self._held[key] = self._held.get(key, 0) + 1
-            return
-        self._last[key] = now
-        held = self._held.pop(key, 0)
-        log.warning(
-            "%s refused (%s): %s%s",
-            name,
-            code.name,
-            message,
-            f" [+{held} more like it since the last line]" if held else "",
-            extra={
-                "rpc": name,
-                "code": code,
-                "request_id": request_id_of(request, context),
-                "peer": context.peer(),
-                "event": "request_refused",
-            },
-        )
-
-
-_refusals = _RefusalLog()
-
-
-def rpc(name: str) -> Callable[[Callable[..., R]], Callable[..., R]]:
-    """Time the call, count it by status code, and turn refusals into gRPC statuses.
-
-    Refusals are logged (rate-limited) with the request id; unexpected exceptions always,
-    with their traceback. Payloads (embeddings, texts) never reach a log line.
-    """
-
-    def deco(fn: Callable[..., R]) -> Callable[..., R]:
-        @functools.wraps(fn)
-        def wrapper(self: MonitorService, request: Any, context: grpc.ServicerContext) -> R:
-            t0 = time.perf_counter()
-            code = grpc.StatusCode.OK
-            rows = 0
-            try:
-                result, rows = fn(self, request, context)
-                return result
-            except RequestError as exc:
-                code = exc.code
-                _refusals(name, code, exc.message, request, context)
-                context.abort(exc.code, exc.message)
-            except Exception:
-                code = grpc.StatusCode.INTERNAL
-                log.exception(
-                    "%s failed",
-                    name,
-                    extra={
-                        "rpc": name,
-                        "code": code,
-                        "request_id": request_id_of(request, context),
-                        "event": "request_failed",
-                    },
-                )
-                context.abort(code, f"{name} failed inside the sidecar; see its logs")
-            finally:
-                self.metrics.observe(name, code, time.perf_counter() - t0, rows)
-
-        return wrapper  # type: ignore[return-value]
-
-    return deco
 
 
 @dataclass(frozen=True)
@@ -172,7 +86,7 @@ class MonitorService(pb_grpc.MonitorServicer):
         self,
         bundle: LoadedBundle,
         settings: ServeSettings,
-        store: PredictionStore | SqliteStore,
+        store: PredictionStore,
         pipeline: Pipeline,
         metrics: RequestMetrics,
         traffic: TrafficSink,
@@ -181,6 +95,8 @@ class MonitorService(pb_grpc.MonitorServicer):
         text_embedder: TextEmbedder | None = None,
         canary: CanaryMonitor | None = None,
         persister: StatePersister | None = None,
+        store_open_error: str = "",
+        reloads: dict[str, int] | None = None,
     ) -> None:
         self.served = Served.of(bundle, engine, detection_disabled_reason)
         self.settings = settings
@@ -201,6 +117,9 @@ class MonitorService(pb_grpc.MonitorServicer):
         self._last_store_log = float("-inf")
         # Snapshots of the engine's state (durable store only); the Sidecar swaps it on reload.
         self.persister = persister
+        # Owned by the Sidecar (it opens the store and reloads bundles); reported here.
+        self.store_open_error = store_open_error
+        self.reloads = reloads if reloads is not None else {}
 
     # The bundle-derived views, for callers outside the request path.
     @property
@@ -470,8 +389,8 @@ class MonitorService(pb_grpc.MonitorServicer):
         return self.status(), 0
 
     # -- status ----------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        """Plain-dict snapshot shared by GetStatus and the Prometheus collector."""
+    def state(self) -> SidecarStatus:
+        """Everything GetStatus and the Prometheus collector report, read once, now."""
         self.store.expire()  # in memory for both stores: never fails on the disk
         c = self.store.counters
         t = self.traffic
@@ -479,53 +398,59 @@ class MonitorService(pb_grpc.MonitorServicer):
         ago = None if self.last_mismatch_at is None else now - self.last_mismatch_at
         pers = self.persister
         last_snap = None if pers is None else pers.last_snapshot_at
-        return {
-            "identity": {
-                "embedder_version_mismatch": ago is not None
+        return SidecarStatus(
+            uptime_seconds=now - self.started_at,
+            identity=IdentityStatus(
+                embedder_version_mismatch=ago is not None
                 and ago <= self.settings.mismatch_hold_seconds,
-                "last_mismatch_seconds_ago": ago,
-            },
-            "detection": None if self.engine is None else self.engine.snapshot(),
-            "canary": None if self.canary is None else self.canary.snapshot(),
-            "detection_disabled_reason": self.detection_disabled_reason,
-            "uptime_seconds": time.time() - self.started_at,
-            "traffic": {
-                "predictions": dict(t.predictions),
-                "flagged": dict(t.flagged),
-                "version_mismatches": self.version_mismatches,
-            },
-            "labels": {
-                "received": c.labels_received,
-                "joined": c.labels_joined,
-                "unknown": c.labels_unknown,
-                "expired": c.labels_expired,
-                "already_labelled": c.labels_already_labelled,
-                "joined_carried": c.labels_carried,
-                "carried_refused": self.carried_refused,
-            },
-            "store": {
-                "entries": len(self.store),
-                "capacity": self.store.capacity,
-                "ttl_seconds": self.store.ttl_seconds,
-                "evicted_capacity": c.evicted_capacity,
-                "evicted_ttl": c.evicted_ttl,
-                "durable": self.store.durable,
-                "backend": "sqlite" if self.store.durable else "memory",
-                "unfolded_labels": self._unfolded_labels(),
-                "errors": dict(self.store_errors),
-                "snapshots_written": 0 if pers is None else pers.snapshots_written,
-                "snapshot_errors": 0 if pers is None else pers.errors,
-                "last_snapshot_seconds_ago": None if last_snap is None else now - last_snap,
-                "labels_replayed_at_start": 0 if pers is None else pers.report.labels_replayed,
-                "predictions_not_recorded": self.predictions_not_recorded,
-            },
-            "pipeline": {
-                "queued": self.pipeline.queued_batches,
-                "processed_rows": self.pipeline.processed_rows,
-                "sampled_out_rows": self.pipeline.sampled_out_rows,
-                "sink_errors": self.pipeline.sink_errors,
-            },
-        }
+                last_mismatch_seconds_ago=ago,
+            ),
+            traffic=TrafficStatus(
+                predictions=dict(t.predictions),
+                flagged=dict(t.flagged),
+                version_mismatches=self.version_mismatches,
+            ),
+            labels=LabelCounts(
+                received=c.labels_received,
+                joined=c.labels_joined,
+                unknown=c.labels_unknown,
+                expired=c.labels_expired,
+                already_labelled=c.labels_already_labelled,
+                joined_carried=c.labels_carried,
+                carried_refused=self.carried_refused,
+            ),
+            store=StoreStatus(
+                entries=len(self.store),
+                capacity=self.store.capacity,
+                ttl_seconds=self.store.ttl_seconds,
+                evicted_capacity=c.evicted_capacity,
+                evicted_ttl=c.evicted_ttl,
+                durable=self.store.durable,
+                backend="sqlite" if self.store.durable else "memory",
+                unfolded_labels=self._unfolded_labels(),
+                errors=dict(self.store_errors),
+                snapshots_written=0 if pers is None else pers.snapshots_written,
+                snapshot_errors=0 if pers is None else pers.errors,
+                last_snapshot_seconds_ago=None if last_snap is None else now - last_snap,
+                labels_replayed_at_start=0 if pers is None else pers.report.labels_replayed,
+                predictions_not_recorded=self.predictions_not_recorded,
+                open_error=self.store_open_error,
+            ),
+            pipeline=PipelineStatus(
+                queued=self.pipeline.queued_batches,
+                processed_rows=self.pipeline.processed_rows,
+                sampled_out_rows=self.pipeline.sampled_out_rows,
+                sink_errors=self.pipeline.sink_errors,
+            ),
+            reloads=dict(self.reloads),
+            detection=None if self.engine is None else self.engine.snapshot(),
+            detection_disabled_reason=self.detection_disabled_reason,
+            canary=None if self.canary is None else self.canary.snapshot(),
+        )
+
+    def status(self) -> pb.GetStatusResponse:
+        """:meth:`state` as the GetStatus message."""
+        return status_message(self.state(), self.bundle)
 
     def _unfolded_labels(self) -> int:
         if not self.store.durable:
@@ -534,178 +459,3 @@ class MonitorService(pb_grpc.MonitorServicer):
             return self.store.unfolded_labels()
         except Exception:  # a status read must not fail because the disk did
             return -1
-
-    def status(self) -> pb.GetStatusResponse:
-        s = self.state()
-        m = self.bundle.manifest
-        e = m.embedder
-        t, lab, st, pl = s["traffic"], s["labels"], s["store"], s["pipeline"]
-        return pb.GetStatusResponse(
-            classifier_version=m.classifier_version,
-            embedder=pb.EmbedderIdentity(
-                name=e.name,
-                version=e.version,
-                weights_sha256=e.weights_sha256 or "",
-                pooling=e.pooling,
-                accepted_versions=list(e.accepted_versions),
-            ),
-            embedding_dim=m.embedding_dim,
-            flag_threshold=m.thresholds.flag,
-            uptime_seconds=s["uptime_seconds"],
-            traffic=pb.TrafficStatus(
-                predictions=t["predictions"]["classify"],
-                observed=t["predictions"]["observe"],
-                flagged=sum(t["flagged"].values()),
-                embedder_version_mismatches=t["version_mismatches"],
-            ),
-            labels=pb.LabelStatus(**lab),
-            store=pb.PredictionStoreStatus(
-                entries=st["entries"],
-                capacity=st["capacity"],
-                ttl_seconds=st["ttl_seconds"],
-                evicted_capacity=st["evicted_capacity"],
-                evicted_ttl=st["evicted_ttl"],
-                durable=st["durable"],
-                backend=st["backend"],
-                unfolded_labels=max(0, st["unfolded_labels"]),
-                errors=sum(st["errors"].values()) + st["snapshot_errors"],
-                snapshots_written=st["snapshots_written"],
-                last_snapshot_seconds_ago=(
-                    -1.0
-                    if st["last_snapshot_seconds_ago"] is None
-                    else st["last_snapshot_seconds_ago"]
-                ),
-                labels_replayed_at_start=st["labels_replayed_at_start"],
-                predictions_not_recorded=st["predictions_not_recorded"],
-            ),
-            pipeline=pb.PipelineStatus(
-                queued=pl["queued"],
-                processed_rows=pl["processed_rows"],
-                sampled_out_rows=pl["sampled_out_rows"],
-            ),
-            bundle_sha256=self.bundle.sha256,
-            detection=self._detection_status(s),
-            labelled=self._labelled_status(s),
-            canary=self._canary_status(s),
-            identity=pb.IdentityStatus(
-                embedder_version_mismatch=s["identity"]["embedder_version_mismatch"],
-                last_mismatch_seconds_ago=(
-                    -1.0
-                    if s["identity"]["last_mismatch_seconds_ago"] is None
-                    else s["identity"]["last_mismatch_seconds_ago"]
-                ),
-            ),
-        )
-
-    @staticmethod
-    def _detection_status(s: dict[str, Any]) -> pb.DetectionStatus:
-        d = s["detection"]
-        if d is None:
-            return pb.DetectionStatus(enabled=False, disabled_reason=s["detection_disabled_reason"])
-        w = d["window"]
-        nan = float("nan")
-        readings = []
-        for name, (r, total) in d["detectors"].items():
-            if r is None:
-                readings.append(
-                    pb.DetectorReading(name=name, statistic=nan, threshold=nan, alarms_total=0)
-                )
-            else:
-                readings.append(
-                    pb.DetectorReading(
-                        name=name,
-                        statistic=r.statistic,
-                        threshold=r.threshold,
-                        alarm=r.alarm,
-                        window_rows=r.window_rows,
-                        alarms_total=total,
-                        evaluated_at=r.at,
-                    )
-                )
-        c = d["confidence"]
-        null = d["null_change_points_per_10k"]
-        change_points = []
-        for key, (count, last, samples) in d["change_points"].items():
-            kind, stream = key.split(":")
-            change_points.append(
-                pb.ChangePointStatus(
-                    detector=kind,
-                    stream=stream,
-                    change_points=count,
-                    last_change_at=-1 if last is None else last,
-                    samples=samples,
-                    null_change_points_per_10k=null.get(key, nan),
-                )
-            )
-
-        def profile(p: dict[str, float] | None) -> pb.ConfidenceProfile:
-            if p is None:
-                return pb.ConfidenceProfile(
-                    mean_confidence=nan, high_confidence_share=nan, positive_rate=nan
-                )
-            return pb.ConfidenceProfile(**p)
-
-        return pb.DetectionStatus(
-            enabled=True,
-            calibration_source=d["calibration_source"],
-            false_alarm_rate=d["false_alarm_rate"],
-            window=pb.WindowConfig(
-                mode=w.mode,
-                size=w.size,
-                stride=w.stride,
-                seconds=w.seconds,
-                stride_seconds=w.stride_seconds,
-                max_rows=w.max_rows,
-            ),
-            windows_evaluated=d["windows_evaluated"],
-            windows_skipped=d["windows_skipped"],
-            rows_seen=d["rows_seen"],
-            detectors=readings,
-            centroid_angle_degrees=d["centroid_angle_degrees"],
-            confidence=pb.ConfidenceStatus(
-                window=profile(c["window"]),
-                reference=profile(c["reference"]),
-                mean_confidence_change=c["mean_confidence_change"],
-                mean_confidence_relative_change=c["mean_confidence_relative_change"],
-                band=c["band"],
-            ),
-            change_points=change_points,
-            drift_alarm=d["drift_alarm"],
-            silent_failure_suspected=d["silent_failure_suspected"],
-            silent_failure_suspected_windows=d["silent_failure_suspected_windows"],
-            change_thinned_rows=d["change_thinned_rows"],
-        )
-
-    @staticmethod
-    def _canary_status(s: dict[str, Any]) -> pb.CanaryStatus:
-        c = s["canary"]
-        if c is None:
-            return pb.CanaryStatus(enabled=False)
-        fields = pb.CalibrationMetrics.DESCRIPTOR.fields_by_name
-        return pb.CanaryStatus(
-            enabled=True,
-            size=c["size"],
-            runs=c["runs"],
-            last_run_at=c["last_run_at"],
-            last_run_seconds=c["last_run_seconds"],
-            metrics=pb.CalibrationMetrics(**{k: v for k, v in c["metrics"].items() if k in fields}),
-            last_error=c["last_error"],
-        )
-
-    @staticmethod
-    def _labelled_status(s: dict[str, Any]) -> pb.LabelledStatus:
-        d = s["detection"]
-        if d is None:
-            return pb.LabelledStatus()
-        lab = d["labelled"]
-
-        fields = pb.CalibrationMetrics.DESCRIPTOR.fields_by_name
-
-        def metrics(m: dict[str, float]) -> pb.CalibrationMetrics:
-            return pb.CalibrationMetrics(**{k: v for k, v in m.items() if k in fields})
-
-        return pb.LabelledStatus(
-            window_size=lab["window_size"],
-            rolling=metrics(lab["rolling"]),
-            cumulative=metrics(lab["cumulative"]),
-        )

@@ -15,65 +15,25 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from itertools import repeat
 
 import numpy as np
+
+from silentwatch.monitor.state.store import DuplicateRequestIds, JoinResult, StoreCounters
 
 _EXPIRED = 1
 _LABELLED = 2
 
 
-@dataclass
-class JoinResult:
-    """Outcome of joining one batch of labels."""
-
-    scores: np.ndarray  # (k,) P(unsafe) of the joined predictions
-    labels: np.ndarray  # (k,) int8 ground truth, aligned with scores
-    unknown: int = 0
-    expired: int = 0
-    already_labelled: int = 0
-    unmatched_ids: list[str] = field(default_factory=list)
-    carried: int = 0  # joined through the score the label carried (no local prediction)
-    label_seq: int = -1  # durable stores: sequence number of the last label kept
-
-    @property
-    def joined(self) -> int:
-        return int(self.scores.shape[0])
-
-
-@dataclass
-class StoreCounters:
-    recorded: int = 0
-    evicted_capacity: int = 0
-    evicted_ttl: int = 0
-    labels_received: int = 0
-    labels_joined: int = 0
-    labels_carried: int = 0
-    labels_unknown: int = 0
-    labels_expired: int = 0
-    labels_already_labelled: int = 0
-
-
-class DuplicateRequestIds(Exception):
-    """Ids already pending (``within_batch=False``) or repeated in the batch itself."""
-
-    def __init__(self, ids: list[str], *, within_batch: bool = False) -> None:
-        where = "repeated within the batch" if within_batch else "already recorded"
-        super().__init__(f"request ids {where}: {ids[:3]}")
-        self.ids = ids
-        self.within_batch = within_batch
-
-
-class PredictionStore:
+class MemoryStore:
     """Bounded, thread-safe store for the label join, in memory (lost on restart).
 
-    :class:`~.sqlite_store.SqliteStore` is the durable one with the same methods.
+    :class:`~.sqlite.SqliteStore` is the durable one; both meet :class:`~.store.PredictionStore`.
 
     Examples
     --------
     >>> import numpy as np
-    >>> s = PredictionStore(capacity=2, ttl_seconds=60)
+    >>> s = MemoryStore(capacity=2, ttl_seconds=60)
     >>> s.record(["a", "b", "c"], np.array([0.1, 0.7, 0.9], dtype=np.float32))
     >>> r = s.join(["c", "a", "zz"], np.array([1, 0, 1]))
     >>> (r.joined, r.expired, r.unknown, s.counters.evicted_capacity)

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from silentwatch.monitor.detection.engine import DetectionEngine
 from silentwatch.monitor.serving.pipeline import LabelBatch
 from silentwatch.monitor.state.snapshots import SnapshotError
-from silentwatch.monitor.state.sqlite import SqliteStore, StoreUnavailable
+from silentwatch.monitor.state.sqlite import SqliteStore
+from silentwatch.monitor.state.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The durable label-join store: an in-memory store with an SQLite (WAL) journal.
 
-Same contract as the in-memory :class:`~.predictions.PredictionStore` (bounded in size
+Same contract as the in-memory :class:`~.memory.MemoryStore` (bounded in size
 and age, every eviction counted, late labels told apart as expired / already labelled /
 unknown), plus what must survive a restart or ``kill -9``:
 
@@ -37,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from silentwatch.monitor.state.memory import JoinResult, PredictionStore, StoreCounters
+from silentwatch.monitor.state.memory import MemoryStore
+from silentwatch.monitor.state.store import JoinResult, StoreCounters, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +75,6 @@ CREATE TABLE IF NOT EXISTS snapshots (
 """
 
 
-class StoreUnavailable(Exception):
-    """The store could not be written (disk full, read-only, corrupt); the message says which."""
-
-
 class SqliteStore:
     """Durable, thread-safe store for the label join (see the module docstring).
 
@@ -86,7 +83,7 @@ class SqliteStore:
     path
         Database file; its directory is created. ``-wal`` and ``-shm`` files sit beside it.
     capacity, ttl_seconds
-        As for :class:`~.predictions.PredictionStore`.
+        As for :class:`~.memory.MemoryStore`.
     bundle_sha256
         The served bundle. State written for another bundle is dropped at open (logged):
         its scores and windows belong to another classifier.
@@ -134,7 +131,7 @@ class SqliteStore:
         if synchronous not in ("normal", "full"):
             raise ValueError("synchronous must be 'normal' or 'full'")
         # Wall time: a recorded time must mean the same after a restart.
-        self.mem = PredictionStore(
+        self.mem = MemoryStore(
             capacity,
             ttl_seconds,
             tombstone_capacity=tombstone_capacity,

@@ -25,7 +25,8 @@ def _open_text(path: Path) -> io.TextIOBase:
     return path.open("r", encoding="utf-8", newline="")
 
 
-def _rows(path: Path) -> Iterator[dict]:
+def read_rows(path: Path) -> Iterator[dict]:
+    """The rows of a CSV / TSV / JSONL / parquet file (optionally gzipped) as dicts."""
     name = path.name.lower().removesuffix(".gz")
     if name.endswith(".csv") or name.endswith(".tsv"):
         with _open_text(path) as fh:
@@ -91,7 +92,7 @@ def load_labelled_texts(
         raise ValueError(f"data file {path} does not exist")
     texts: list[str] = []
     labels: list[int] = []
-    for i, row in enumerate(_rows(path)):
+    for i, row in enumerate(read_rows(path)):
         if i == 0:
             missing = [c for c in (text_column, label_column) if c not in row]
             if missing:

@@ -36,12 +36,14 @@ prefill pass (:class:`~silentwatch.offline.hooks.AddAtPrompt`); attack success =
 judge does not flag the answer. :func:`random_baseline` answers under a random direction with
 the same per-example ‖δ_i‖₂ (see there). All model access goes through
 :mod:`silentwatch.offline.hooks`; parameters are frozen during the attack and restored after.
+The audit's grid over sites × ε (attack + baseline per cell, LVS inputs) is
+:mod:`silentwatch.offline.audit.pgd_grid`: this package never imports the audit.
 
 Example
 -------
 >>> import torch
 >>> from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
->>> from silentwatch.offline.embedding import minilm_path
+>>> from silentwatch.offline.embedders import minilm_path
 >>> tok = AutoTokenizer.from_pretrained(minilm_path()); tok.padding_side = "left"
 >>> _ = torch.manual_seed(0)
 >>> cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=16, intermediate_size=32,
@@ -58,24 +60,17 @@ True
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from silentwatch.offline.audit.judge import (
-    HarmlessnessScorer,
-    KeywordRefusalJudge,
-    RefusalHarmlessness,
-    RefusalJudge,
-)
-from silentwatch.offline.audit.lvs import LVSInput
-from silentwatch.offline.hooks import AddAtPrompt, capture, intervene, unwrap
-from silentwatch.offline.lm import LMBatch, encode, generate
-from silentwatch.offline.progress import Reporter
 from torch import nn
+
+from silentwatch.offline.hooks import AddAtPrompt, capture, frozen, intervene, unwrap
+from silentwatch.offline.judge import HarmlessnessScorer, KeywordRefusalJudge, RefusalJudge
+from silentwatch.offline.lm import LMBatch, encode, generate
 
 EpsMode = Literal["absolute", "relative"]
 RandomKind = Literal["sign", "gaussian"]
@@ -198,23 +193,8 @@ def relative_eps(
 # --------------------------------------------------------------------------- model plumbing
 
 
-@contextmanager
-def frozen(model: nn.Module) -> Iterator[None]:
-    """Eval mode and ``requires_grad=False`` on every parameter; both restored afterwards."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    training = model.training
-    for p, _ in flags:
-        p.requires_grad_(False)
-    model.eval()
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(training)
-
-
-def _device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's (first) parameters: where its inputs must be."""
     return next(model.parameters()).device
 
 
@@ -304,7 +284,11 @@ def pgd_batch(
     )
     mask3 = tf.edit_mask.to(full.dtype).unsqueeze(-1)
     edit = AddAtPrompt(full, tf.edit_mask)
-    with frozen(model), capture(model, [site]) as seen, intervene(model, site, edit):
+    with (
+        frozen(model, eval_mode=True),
+        capture(model, [site]) as seen,
+        intervene(model, site, edit),
+    ):
         nll_clean = nll = _target_nll(model, tf)  # δ = 0
         # capture is hooked before intervene, so it sees the clean hidden state
         h = seen[site].to(full.dtype)[:, :width]
@@ -322,7 +306,7 @@ def pgd_batch(
     return BatchAttack(full.detach()[:, :width], nll_clean.detach(), nll.detach(), h_norm)
 
 
-def _respond(
+def respond(
     model: nn.Module,
     tok: Any,
     batch: LMBatch,
@@ -330,19 +314,45 @@ def _respond(
     site: str | None = None,
     delta: torch.Tensor | None = None,
 ) -> list[str]:
-    """Greedy answers, with δ added at the site's prompt positions when given."""
+    """Greedy answers to ``batch`` (at most ``n`` new tokens each), with δ added at the site's
+    prompt positions on the prefill pass when ``site`` and ``delta`` are given (clean
+    answers otherwise).
+
+    Parameters
+    ----------
+    model, tok
+        The causal LM and its tokenizer.
+    batch
+        A left-padded prompt batch on the model's device.
+    n
+        Most new tokens per answer.
+    site, delta
+        The intervention site and δ ``(b, W, d)`` at the batch's positions.
+    """
     if site is None or delta is None:
         return generate(model, tok, batch, max_new_tokens=n)
     with intervene(model, site, AddAtPrompt(delta, batch.prompt_mask)):
         return generate(model, tok, batch, max_new_tokens=n)
 
 
-def _judge(
+def judge_responses(
     prompts: list[str],
     responses: list[str] | None,
     judge: RefusalJudge | None,
     scorer: HarmlessnessScorer | None,
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Judge answers: ``(refused, harmless)`` per example.
+
+    Parameters
+    ----------
+    prompts, responses
+        The prompts and their answers; ``responses=None`` (no answers generated) gives
+        ``(None, None)``.
+    judge
+        The refusal judge (``None``: :class:`~silentwatch.offline.judge.KeywordRefusalJudge`).
+    scorer
+        The harmlessness scorer; ``None`` leaves ``harmless`` None.
+    """
     if responses is None:
         return None, None
     refused = (judge or KeywordRefusalJudge()).refused(prompts, responses)
@@ -384,7 +394,7 @@ class _Rows:
         scorer: HarmlessnessScorer | None,
     ) -> PGDResult:
         responses = self.responses if with_responses else None
-        refused, harmless = _judge(prompts, responses, judge, scorer)
+        refused, harmless = judge_responses(prompts, responses, judge, scorer)
         return PGDResult(
             method,
             site,
@@ -403,7 +413,8 @@ class _Rows:
         )
 
 
-def _batches(prompts: Sequence[str], size: int) -> Iterator[list[str]]:
+def prompt_batches(prompts: Sequence[str], size: int) -> Iterator[list[str]]:
+    """``prompts`` in consecutive chunks of at most ``size``, in order."""
     for i in range(0, len(prompts), size):
         yield list(prompts[i : i + size])
 
@@ -430,15 +441,15 @@ def latent_pgd(
     """
     s = settings or PGDSettings()
     prompts = list(prompts)
-    dev = _device(model)
+    dev = model_device(model)
     target = target_ids(tok, s.target)
     rows = _Rows()
-    for chunk in _batches(prompts, s.batch_size):
+    for chunk in prompt_batches(prompts, s.batch_size):
         batch = encode(tok, chunk, max_prompt_tokens=s.max_prompt_tokens).to(dev)
         a = pgd_batch(model, batch, target, site, eps, s)
         rows.add(batch, a)
         if with_responses:
-            rows.responses += _respond(model, tok, batch, s.max_new_tokens, site, a.delta)
+            rows.responses += respond(model, tok, batch, s.max_new_tokens, site, a.delta)
     return rows.result("pgd", site, eps, s, prompts, with_responses, judge, scorer)
 
 
@@ -465,7 +476,7 @@ def pgd_one_at_a_time(
     (no attention mask, positions 0..n−1, loss = that example's mean target NLL)."""
     s = settings or PGDSettings()
     prompts = list(prompts)
-    dev = _device(model)
+    dev = model_device(model)
     target = torch.tensor(target_ids(tok, s.target), device=dev)
     t, d = len(target), _hidden_size(model)
     rows = _Rows()
@@ -479,7 +490,11 @@ def pgd_one_at_a_time(
         mask3 = edit.to(delta.dtype).unsqueeze(-1)
 
         add = AddAtPrompt(delta, edit)
-        with frozen(model), capture(model, [site]) as seen, intervene(model, site, add):
+        with (
+            frozen(model, eval_mode=True),
+            capture(model, [site]) as seen,
+            intervene(model, site, add),
+        ):
             nll_clean = nll = _single_nll(model, ids, n)
             h = seen[site].to(delta.dtype)[:, :n]
             eps_i = relative_eps(eps, h, torch.ones(1, n, device=dev), s.eps_mode).view(1, 1, 1)
@@ -499,7 +514,7 @@ def pgd_one_at_a_time(
         )
         rows.add(batch, a)
         if with_responses:
-            rows.responses += _respond(model, tok, batch, s.max_new_tokens, site, a.delta)
+            rows.responses += respond(model, tok, batch, s.max_new_tokens, site, a.delta)
     return rows.result("pgd-loop", site, eps, s, prompts, with_responses, judge, scorer)
 
 
@@ -556,12 +571,12 @@ def random_baseline(
     prompts = list(prompts)
     if len(norms) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(norms)} norms")
-    dev = _device(model)
+    dev = model_device(model)
     target = target_ids(tok, s.target)
     d = _hidden_size(model)
     rows = _Rows()
     start = 0
-    for chunk in _batches(prompts, s.batch_size):
+    for chunk in prompt_batches(prompts, s.batch_size):
         batch = encode(tok, chunk, max_prompt_tokens=s.max_prompt_tokens).to(dev)
         counts = batch.prompt_mask.sum(1).tolist()
         dirs = random_directions(
@@ -584,144 +599,5 @@ def random_baseline(
         h_norm = per_example_norm(h * batch.prompt_mask.to(h.dtype).unsqueeze(-1))
         rows.add(batch, BatchAttack(delta, nll_clean, nll, h_norm))
         if with_responses:
-            rows.responses += _respond(model, tok, batch, s.max_new_tokens, site, delta)
+            rows.responses += respond(model, tok, batch, s.max_new_tokens, site, delta)
     return rows.result("random", site, eps, s, prompts, with_responses, judge, scorer)
-
-
-# --------------------------------------------------------------------------- the grid
-
-
-@dataclass
-class PGDRow:
-    """Summary of one (site, ε, method) cell: means over the prompts."""
-
-    site: str
-    eps: float
-    method: str
-    n: int
-    success_rate: float
-    harmless: float
-    delta_norm: float
-    relative_norm: float
-    nll_clean: float
-    nll: float
-
-
-@dataclass
-class PGDGrid:
-    """Clean answers plus the attack and its baseline at every site × ε."""
-
-    prompts: list[str]
-    clean_responses: list[str]
-    clean_refused: np.ndarray
-    clean_harmless: np.ndarray
-    results: list[PGDResult]
-
-    def rows(self) -> list[PGDRow]:
-        """A ``clean`` row (no δ; site "-", ε 0), then one row per result in run order."""
-
-        def mean(x: np.ndarray | None) -> float:
-            return float("nan") if x is None or len(x) == 0 else float(np.mean(x))
-
-        n, nan = len(self.prompts), float("nan")
-        clean = PGDRow(
-            "-", 0.0, "clean", n, mean(~self.clean_refused), mean(self.clean_harmless),
-            0.0, 0.0, nan, nan,
-        )  # fmt: skip
-        return [clean] + [
-            PGDRow(
-                r.site,
-                r.eps,
-                r.method,
-                len(r.prompts),
-                r.success_rate,
-                mean(r.harmless),
-                mean(r.delta_norm),
-                mean(r.relative_norm),
-                mean(r.nll_clean),
-                mean(r.nll),
-            )
-            for r in self.results
-        ]
-
-    def markdown(self) -> str:
-        """:meth:`rows` as a markdown table."""
-        lines = [
-            "| site | eps | method | n | success | S mean | ‖δ‖₂ | ‖δ‖/‖h‖ | NLL clean | NLL |",
-            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for r in self.rows():
-            lines.append(
-                f"| {r.site} | {r.eps:g} | {r.method} | {r.n} | {r.success_rate:.2f} | "
-                f"{r.harmless:.2f} | {r.delta_norm:.4g} | {r.relative_norm:.2e} | "
-                f"{r.nll_clean:.3f} | {r.nll:.3f} |"
-            )
-        return "\n".join(lines)
-
-    def lvs_inputs(self, method: str = "pgd", *, by_eps: bool = False) -> dict[str, LVSInput]:
-        """Inputs of :func:`silentwatch.offline.audit.lvs.lvs_table`: per site (all ε pooled),
-        or per ``"site@eps"`` with ``by_eps``; S(y) from the clean answers."""
-        groups: dict[str, list[PGDResult]] = {}
-        for r in self.results:
-            if r.method == method and r.harmless is not None:
-                key = f"{r.site}@{r.eps:g}" if by_eps else r.site
-                groups.setdefault(key, []).append(r)
-        return {
-            k: LVSInput(
-                np.concatenate([self.clean_harmless for _ in rs]),
-                np.concatenate([r.harmless for r in rs if r.harmless is not None]),
-                np.concatenate([r.delta_norm for r in rs]),
-            )
-            for k, rs in groups.items()
-        }
-
-
-def run_pgd_grid(
-    model: nn.Module,
-    tok: Any,
-    prompts: Sequence[str],
-    settings: PGDSettings | None = None,
-    judge: RefusalJudge | None = None,
-    scorer: HarmlessnessScorer | None = None,
-    progress: Reporter | None = None,
-) -> PGDGrid:
-    """Clean answers, then for every site × ε the batched attack and its matched random
-    baseline. ``scorer`` defaults to :class:`RefusalHarmlessness` over ``judge`` (S = 1 for
-    a refusal), so LVS is always defined."""
-    s = settings or PGDSettings()
-    prompts = list(prompts)
-    judge = judge or KeywordRefusalJudge()
-    scorer = scorer or RefusalHarmlessness(judge)
-    progress = progress or Reporter(enabled=False)
-    dev = _device(model)
-    clean: list[str] = []
-    for chunk in _batches(prompts, s.batch_size):
-        batch = encode(tok, chunk, max_prompt_tokens=s.max_prompt_tokens).to(dev)
-        clean += _respond(model, tok, batch, s.max_new_tokens)
-    refused, harmless = _judge(prompts, clean, judge, scorer)
-    assert refused is not None and harmless is not None
-    progress.step(f"clean answers: refusal rate {refused.mean():.2f} on {len(prompts)} prompts")
-    results: list[PGDResult] = []
-    with progress.bar("latent PGD", total=len(s.sites) * len(s.eps)) as advance:
-        for site in s.sites:
-            for eps in s.eps:
-                pgd = latent_pgd(model, tok, prompts, site, eps, s, judge=judge, scorer=scorer)
-                rnd = random_baseline(
-                    model,
-                    tok,
-                    prompts,
-                    site,
-                    pgd.delta_norm,
-                    s,
-                    eps=eps,
-                    judge=judge,
-                    scorer=scorer,
-                )
-                results += [pgd, rnd]
-                progress.step(
-                    f"{site} eps={eps:g}: success pgd {pgd.success_rate:.2f} random "
-                    f"{rnd.success_rate:.2f}, nll {pgd.nll_clean.mean():.3f} -> "
-                    f"{pgd.nll.mean():.3f}"
-                )
-                advance(1)
-    return PGDGrid(prompts, clean, refused, harmless, results)

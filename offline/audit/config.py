@@ -11,12 +11,13 @@ import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from silentwatch.monitor.yaml_file import read_yaml_mapping
 from silentwatch.offline.attacks.pgd import PGDSettings
 from silentwatch.offline.audit.dissociation import DissociationSettings
 from silentwatch.offline.audit.finetune import FinetuneSettings
 from silentwatch.offline.audit.lvs import LVSSettings
 from silentwatch.offline.audit.probe import ProbeSettings
-from silentwatch.offline.yaml_config import read_yaml_mapping
 
 
 class _Strict(BaseModel):

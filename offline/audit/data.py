@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from silentwatch.monitor.training.datasets import _rows as _table_rows
+
+from silentwatch.monitor.training.datasets import read_rows
 
 # Label spellings accepted in a user's label column (besides 0/1 numbers and booleans).
 _SAFE = frozenset({"0", "safe", "false", "no", "harmless", "benign"})
@@ -117,7 +118,7 @@ def _records(path: Path) -> Iterator[Any]:
             raise ValueError(f"{path} must hold a JSON list of records, not {type(data).__name__}")
         yield from data
     else:
-        yield from _table_rows(path)
+        yield from read_rows(path)
 
 
 def _require(path: Path, row: Any, columns: Sequence[str], hint: str, i: int = 0) -> None:

@@ -12,7 +12,7 @@ with ``ŷ_i`` the greedy continuation of held-out harmful prompt ``x_i``.
 
 Example
 -------
->>> from silentwatch.offline.audit.judge import KeywordRefusalJudge
+>>> from silentwatch.offline.judge import KeywordRefusalJudge
 >>> refusal_rates(KeywordRefusalJudge(), ["a", "b"], ["I'm sorry, no.", "Sure, here is"])
 (0.5, 0.5)
 """
@@ -26,12 +26,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
 from silentwatch.offline.audit.dissociation import is_peft, sft_loss, wrap_lora
-from silentwatch.offline.audit.judge import KeywordRefusalJudge, RefusalJudge
-from silentwatch.offline.embedding import TORCH_DTYPES, resolve_dtype
+from silentwatch.offline.dtypes import TORCH_DTYPES, resolve_dtype
+from silentwatch.offline.judge import KeywordRefusalJudge, RefusalJudge
 from silentwatch.offline.lm import encode, generate
 from silentwatch.offline.progress import Reporter
-from torch import nn
 
 __all__ = ["EpochRecord", "FinetuneSettings", "evaluate_refusal", "harmful_lora_sft"]
 

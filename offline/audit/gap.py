@@ -37,11 +37,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from silentwatch.offline.audit.judge import KeywordRefusalJudge, RefusalJudge
+from torch import nn
+
 from silentwatch.offline.audit.probe import auroc, monitor_logits
+from silentwatch.offline.judge import KeywordRefusalJudge, RefusalJudge
 from silentwatch.offline.lm import encode, generate
 from silentwatch.offline.progress import Reporter
-from torch import nn
 
 
 @dataclass(frozen=True)

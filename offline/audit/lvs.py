@@ -16,7 +16,7 @@ one that changes nothing, also at ‖δ‖₂ = 0 with η = 0). Per layer
 set :class:`LVSSettings` ``eta`` to change it. η only matters when ‖δ‖₂ is tiny
 (log(1 + ‖δ‖₂) ≈ ‖δ‖₂ then).
 
-Pure numpy; the inputs come from the attack (``silentwatch.offline.attacks.pgd``).
+Pure numpy; the inputs come from the PGD grid (``silentwatch.offline.audit.pgd_grid``).
 
 Example
 -------

@@ -35,12 +35,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
 from silentwatch.offline.audit.monitor import HIDDEN, LatentMonitor
 from silentwatch.offline.hooks import layer_means
 from silentwatch.offline.lm import encode
 from silentwatch.offline.progress import Reporter
-from sklearn.metrics import roc_auc_score
-from torch import nn
 
 
 @dataclass

@@ -24,8 +24,9 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel
+
 from silentwatch.offline.audit.config import AuditConfig
-from silentwatch.offline.audit.judge import KeywordRefusalJudge
+from silentwatch.offline.judge import KeywordRefusalJudge
 from silentwatch.offline.progress import Reporter
 
 
@@ -88,12 +89,13 @@ def run_audit(
     :func:`silentwatch.offline.lm.load_causal_lm` (tests pass tiny models).
     """
     import torch
-    from silentwatch.offline.attacks.pgd import run_pgd_grid
+
     from silentwatch.offline.audit.data import load_prompts, load_response_pairs, split_by_prompt
     from silentwatch.offline.audit.dissociation import DissociationData, dissociate
     from silentwatch.offline.audit.finetune import harmful_lora_sft
     from silentwatch.offline.audit.gap import audit_gap, refusal_rate
     from silentwatch.offline.audit.lvs import lvs_table
+    from silentwatch.offline.audit.pgd_grid import run_pgd_grid
     from silentwatch.offline.audit.probe import extract_features, train_probe
     from silentwatch.offline.hooks import num_layers
     from silentwatch.offline.lm import load_causal_lm

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from silentwatch.monitor.yaml_file import read_yaml_mapping
 from silentwatch.offline.audit.config import AuditConfig
 from silentwatch.offline.evalset import DataSettings
 from silentwatch.offline.stress.sweep import StressSettings
-from silentwatch.offline.yaml_config import read_yaml_mapping
 
 
 class _Strict(BaseModel):

@@ -23,9 +23,10 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel
+
 from silentwatch.monitor.bundle import EmbedderSpec, LoadedBundle, load_bundle
 from silentwatch.monitor.evaluation.classification import labelled_metrics
-from silentwatch.monitor.scoring import LinearScorer
+from silentwatch.monitor.scoring import HIGH_CONFIDENCE, LinearScorer
 from silentwatch.monitor.training import fit_classifier, train_bundle
 from silentwatch.offline.audit.run import AuditReport
 from silentwatch.offline.evalset import load_evalset
@@ -123,7 +124,9 @@ def reliability(p: np.ndarray, y: np.ndarray, n_bins: int = 10) -> list[tuple[fl
     return out
 
 
-def side_metrics(p: np.ndarray, y: np.ndarray, high_confidence: float = 0.8) -> SideMetrics:
+def side_metrics(
+    p: np.ndarray, y: np.ndarray, high_confidence: float = HIGH_CONFIDENCE
+) -> SideMetrics:
     m = labelled_metrics(p, y, high_confidence=high_confidence)
 
     def opt(v: float) -> float | None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+
 from silentwatch.monitor.simulate.drift import (
     PAPER_MAX_MAGNITUDE,
     gaussian_noise,

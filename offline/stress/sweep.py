@@ -31,8 +31,9 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
+
 from silentwatch.monitor.evaluation.classification import labelled_metrics
-from silentwatch.monitor.scoring import LinearScorer
+from silentwatch.monitor.scoring import HIGH_CONFIDENCE, LinearScorer
 from silentwatch.monitor.simulate.drift import normalise
 from silentwatch.offline.stress.operators import DRIFT_KINDS, DriftKind, DriftOperator, mean_angle
 
@@ -65,7 +66,7 @@ class StressSettings(BaseModel):
     fine_steps: int = Field(16, ge=0, description="0 skips the sensitivity sweep")
     failure_auc: float = Field(0.6, gt=0.5, lt=1.0)
     seed: int = 42
-    high_confidence: float = 0.8
+    high_confidence: float = HIGH_CONFIDENCE
     n_bins: int = 5
 
     @field_validator("magnitudes")

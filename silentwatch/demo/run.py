@@ -151,7 +151,7 @@ def build_bundle(
         from silentwatch.monitor.training.datasets import load_labelled_texts
 
         try:
-            from silentwatch.offline.embedding import load_embedder
+            from silentwatch.offline.embedders import load_embedder
         except ImportError as exc:
             raise SystemExit(
                 f"--data needs the offline extra ({exc}): pip install 'silentwatch[offline]'"

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from silentwatch.monitor.detection.detectors.base import ReferenceSample, WindowDetector
-from silentwatch.monitor.scoring import confidence
+from silentwatch.monitor.scoring import FLAG_THRESHOLD, HIGH_CONFIDENCE, confidence
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class ConfidenceProfile:
 
 
 def confidence_profile(
-    scores: np.ndarray, *, flag: float = 0.5, high_confidence: float = 0.8
+    scores: np.ndarray, *, flag: float = FLAG_THRESHOLD, high_confidence: float = HIGH_CONFIDENCE
 ) -> ConfidenceProfile:
     """``mean max(p,1-p)``, ``mean[max(p,1-p) > high_confidence]`` and ``mean[p >= flag]``.
 
@@ -57,7 +57,9 @@ class ConfidenceShiftDetector(WindowDetector):
 
     name = "confidence_shift"
 
-    def __init__(self, flag: float = 0.5, high_confidence: float = 0.8) -> None:
+    def __init__(
+        self, flag: float = FLAG_THRESHOLD, high_confidence: float = HIGH_CONFIDENCE
+    ) -> None:
         self.flag = flag
         self.high_confidence = high_confidence
 

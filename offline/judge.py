@@ -2,6 +2,8 @@
 
 Both are protocols so that a classifier model can stand in for the built-in keyword judge
 (paper B judges refusals by phrase matching; a learned judge implements the same call).
+Shared by the attacks (an attack succeeds when the answer is not a refusal) and the audit
+(refusal rates, LVS), so it lives below both packages.
 """
 
 from __future__ import annotations

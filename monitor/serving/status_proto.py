@@ -1,0 +1,184 @@
+"""One mapper from the typed sidecar status to the ``GetStatusResponse`` message.
+
+Field for field: :class:`~.status.SidecarStatus` holds every figure, this module only
+renames and flattens. ``None`` (not yet known) becomes ``-1`` or NaN as the proto says.
+"""
+
+from __future__ import annotations
+
+from silentwatch.monitor.bundle import LoadedBundle
+from silentwatch.monitor.detection.canary import CanaryStatus
+from silentwatch.monitor.detection.detectors.confidence import ConfidenceProfile
+from silentwatch.monitor.detection.status import NAN, EngineStatus, LabelledStatus
+from silentwatch.monitor.serving.status import SidecarStatus
+from silentwatch.v1 import monitor_pb2 as pb
+
+_METRIC_FIELDS = pb.CalibrationMetrics.DESCRIPTOR.fields_by_name
+
+
+def _or(value: float | None, missing: float) -> float:
+    return missing if value is None else value
+
+
+def _metrics(m: dict[str, float]) -> pb.CalibrationMetrics:
+    return pb.CalibrationMetrics(**{k: v for k, v in m.items() if k in _METRIC_FIELDS})
+
+
+def _profile(p: ConfidenceProfile | None) -> pb.ConfidenceProfile:
+    if p is None:
+        return pb.ConfidenceProfile(
+            mean_confidence=NAN, high_confidence_share=NAN, positive_rate=NAN
+        )
+    return pb.ConfidenceProfile(**p.as_dict())
+
+
+def status_message(s: SidecarStatus, bundle: LoadedBundle) -> pb.GetStatusResponse:
+    """The ``GetStatus`` answer for status ``s`` of a sidecar serving ``bundle``."""
+    m = bundle.manifest
+    e = m.embedder
+    st = s.store
+    return pb.GetStatusResponse(
+        classifier_version=m.classifier_version,
+        embedder=pb.EmbedderIdentity(
+            name=e.name,
+            version=e.version,
+            weights_sha256=e.weights_sha256 or "",
+            pooling=e.pooling,
+            accepted_versions=list(e.accepted_versions),
+        ),
+        embedding_dim=m.embedding_dim,
+        flag_threshold=m.thresholds.flag,
+        uptime_seconds=s.uptime_seconds,
+        traffic=pb.TrafficStatus(
+            predictions=s.traffic.predictions["classify"],
+            observed=s.traffic.predictions["observe"],
+            flagged=sum(s.traffic.flagged.values()),
+            embedder_version_mismatches=s.traffic.version_mismatches,
+        ),
+        labels=pb.LabelStatus(
+            received=s.labels.received,
+            joined=s.labels.joined,
+            unknown=s.labels.unknown,
+            expired=s.labels.expired,
+            already_labelled=s.labels.already_labelled,
+            joined_carried=s.labels.joined_carried,
+            carried_refused=s.labels.carried_refused,
+        ),
+        store=pb.PredictionStoreStatus(
+            entries=st.entries,
+            capacity=st.capacity,
+            ttl_seconds=st.ttl_seconds,
+            evicted_capacity=st.evicted_capacity,
+            evicted_ttl=st.evicted_ttl,
+            durable=st.durable,
+            backend=st.backend,
+            unfolded_labels=max(0, st.unfolded_labels),
+            errors=sum(st.errors.values()) + st.snapshot_errors,
+            snapshots_written=st.snapshots_written,
+            last_snapshot_seconds_ago=_or(st.last_snapshot_seconds_ago, -1.0),
+            labels_replayed_at_start=st.labels_replayed_at_start,
+            predictions_not_recorded=st.predictions_not_recorded,
+        ),
+        pipeline=pb.PipelineStatus(
+            queued=s.pipeline.queued,
+            processed_rows=s.pipeline.processed_rows,
+            sampled_out_rows=s.pipeline.sampled_out_rows,
+        ),
+        bundle_sha256=bundle.sha256,
+        detection=detection_message(s.detection, s.detection_disabled_reason),
+        labelled=labelled_message(None if s.detection is None else s.detection.labelled),
+        canary=canary_message(s.canary),
+        identity=pb.IdentityStatus(
+            embedder_version_mismatch=s.identity.embedder_version_mismatch,
+            last_mismatch_seconds_ago=_or(s.identity.last_mismatch_seconds_ago, -1.0),
+        ),
+    )
+
+
+def detection_message(d: EngineStatus | None, disabled_reason: str) -> pb.DetectionStatus:
+    if d is None:
+        return pb.DetectionStatus(enabled=False, disabled_reason=disabled_reason)
+    w, c = d.window, d.confidence
+    readings = []
+    for det in d.detectors:
+        r = det.reading
+        if r is None:
+            readings.append(
+                pb.DetectorReading(name=det.name, statistic=NAN, threshold=NAN, alarms_total=0)
+            )
+        else:
+            readings.append(
+                pb.DetectorReading(
+                    name=det.name,
+                    statistic=r.statistic,
+                    threshold=r.threshold,
+                    alarm=r.alarm,
+                    window_rows=r.window_rows,
+                    alarms_total=det.alarms_total,
+                    evaluated_at=r.at,
+                )
+            )
+    return pb.DetectionStatus(
+        enabled=True,
+        calibration_source=d.calibration_source,
+        false_alarm_rate=d.false_alarm_rate,
+        window=pb.WindowConfig(
+            mode=w.mode,
+            size=w.size,
+            stride=w.stride,
+            seconds=w.seconds,
+            stride_seconds=w.stride_seconds,
+            max_rows=w.max_rows,
+        ),
+        windows_evaluated=d.windows_evaluated,
+        windows_skipped=d.windows_skipped,
+        rows_seen=d.rows_seen,
+        detectors=readings,
+        centroid_angle_degrees=d.centroid_angle_degrees,
+        confidence=pb.ConfidenceStatus(
+            window=_profile(c.window),
+            reference=_profile(c.reference),
+            mean_confidence_change=c.mean_confidence_change,
+            mean_confidence_relative_change=c.mean_confidence_relative_change,
+            band=c.band,
+        ),
+        change_points=[
+            pb.ChangePointStatus(
+                detector=cp.kind,
+                stream=cp.stream,
+                change_points=cp.change_points,
+                last_change_at=-1 if cp.last_change_at is None else cp.last_change_at,
+                samples=cp.samples,
+                null_change_points_per_10k=cp.null_change_points_per_10k,
+            )
+            for cp in d.change_points
+        ],
+        drift_alarm=d.drift_alarm,
+        silent_failure_suspected=d.silent_failure_suspected,
+        silent_failure_suspected_windows=d.silent_failure_suspected_windows,
+        change_thinned_rows=d.change_thinned_rows,
+    )
+
+
+def labelled_message(lab: LabelledStatus | None) -> pb.LabelledStatus:
+    if lab is None:
+        return pb.LabelledStatus()
+    return pb.LabelledStatus(
+        window_size=lab.window_size,
+        rolling=_metrics(lab.rolling),
+        cumulative=_metrics(lab.cumulative),
+    )
+
+
+def canary_message(c: CanaryStatus | None) -> pb.CanaryStatus:
+    if c is None:
+        return pb.CanaryStatus(enabled=False)
+    return pb.CanaryStatus(
+        enabled=True,
+        size=c.size,
+        runs=c.runs,
+        last_run_at=c.last_run_at,
+        last_run_seconds=c.last_run_seconds,
+        metrics=_metrics(c.metrics),
+        last_error=c.last_error,
+    )

@@ -1,0 +1,527 @@
+"""The sidecar's status as Prometheus metric families: one table, one row per family.
+
+Each :class:`Family` names a metric (prefix ``silentwatch_``, Prometheus naming rules,
+units in names), its type, its help text, its label names and how to read its samples
+from a :class:`~silentwatch.monitor.serving.status.SidecarStatus`. ``read`` returns the
+samples as ``(label values, value)`` pairs, or ``None`` when the family does not apply
+(detection off, no canaries). The metric contract is documented in docs/sidecar.md and
+docs/detection.md; tests/test_metrics_unit.py and the alert-rule tests hold it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from silentwatch.monitor.detection.status import NAN, EngineStatus
+from silentwatch.monitor.serving.status import SidecarStatus
+from silentwatch.monitor.telemetry.prometheus import PREFIX, SOURCES
+
+Samples = list[tuple[tuple[str, ...], float]]
+
+
+@dataclass(frozen=True)
+class Family:
+    """One metric family: where its samples come from in the status."""
+
+    name: str  # without the prefix
+    kind: Literal["gauge", "counter"]
+    doc: str
+    labels: tuple[str, ...]
+    read: Callable[[SidecarStatus], Samples | None]
+
+    def build(self, status: SidecarStatus) -> Metric | None:
+        samples = self.read(status)
+        if samples is None:
+            return None
+        cls = GaugeMetricFamily if self.kind == "gauge" else CounterMetricFamily
+        fam = cls(f"{PREFIX}_{self.name}", self.doc, labels=list(self.labels))
+        for values, value in samples:
+            fam.add_metric(list(values), float(value))
+        return fam
+
+
+def _one(fn: Callable[[SidecarStatus], float]) -> Callable[[SidecarStatus], Samples]:
+    return lambda s: [((), fn(s))]
+
+
+def _each(
+    fn: Callable[[SidecarStatus], Iterable[tuple[str | tuple[str, ...], float]]],
+) -> Callable[[SidecarStatus], Samples]:
+    """Samples keyed by one label value (a string) or several (a tuple)."""
+    return lambda s: [((k,) if isinstance(k, str) else k, v) for k, v in fn(s)]
+
+
+def _det(
+    fn: Callable[[EngineStatus], Iterable[tuple[str | tuple[str, ...], float]] | float],
+) -> Callable[[SidecarStatus], Samples | None]:
+    """A detection family: absent while detection is off."""
+
+    def read(s: SidecarStatus) -> Samples | None:
+        if s.detection is None:
+            return None
+        out = fn(s.detection)
+        if isinstance(out, int | float):
+            return [((), out)]
+        return [((k,) if isinstance(k, str) else k, v) for k, v in out]
+
+    return read
+
+
+def gauge(name: str, doc: str, read: Callable, labels: tuple[str, ...] = ()) -> Family:
+    return Family(name, "gauge", doc, labels, read)
+
+
+def counter(name: str, doc: str, read: Callable, labels: tuple[str, ...] = ()) -> Family:
+    return Family(name, "counter", doc, labels, read)
+
+
+# manifest training.holdout_metrics key -> silentwatch_bundle_holdout_<name>
+HOLDOUT_GAUGES = {
+    "roc_auc": "roc_auc",
+    "accuracy": "accuracy",
+    "mean_confidence": "mean_confidence",
+    "ece_5bin": "ece",
+}
+
+# Labelled-sample metrics (paper A's definitions, silentwatch.monitor.evaluation):
+# (key in the metrics dict, name after silentwatch_labelled_, help).
+LABELLED_METRICS = (
+    ("n", "samples", "Labelled predictions in the window."),
+    ("roc_auc", "roc_auc", "ROC-AUC on labelled predictions."),
+    ("accuracy", "accuracy", "Accuracy on labelled predictions."),
+    ("balanced_accuracy", "balanced_accuracy", "Balanced accuracy (mean of TPR and TNR)."),
+    ("ece", "ece", "Top-label expected calibration error, 5 bins (paper A)."),
+    (
+        "ece_positive_class",
+        "ece_positive_class",
+        "Expected calibration error of P(unsafe) against the unsafe indicator, 5 bins.",
+    ),
+    ("brier", "brier_score", "Brier score, mean (p - y)^2."),
+    ("log_loss", "log_loss", "Log loss (cross-entropy)."),
+    (
+        "silent_failure_ratio",
+        "silent_failure_ratio",
+        "Errors with confidence > 0.8 / all errors (paper A).",
+    ),
+    (
+        "high_confidence_error_ratio",
+        "high_confidence_error_ratio",
+        "Errors among predictions with confidence > 0.8.",
+    ),
+    ("mean_confidence", "mean_confidence", "Mean top-label confidence of labelled predictions."),
+    (
+        "confidence_minus_accuracy",
+        "confidence_minus_accuracy",
+        "Mean confidence minus accuracy (positive: overconfident).",
+    ),
+)
+CANARY_GAUGES = (
+    "roc_auc",
+    "accuracy",
+    "mean_confidence",
+    "silent_failure_ratio",
+    "confidence_minus_accuracy",
+)
+# The confidence profile's gauges: (profile field, metric name, help).
+CONFIDENCE_GAUGES = (
+    ("mean_confidence", "confidence_mean", "Mean top-label confidence max(p, 1-p)."),
+    (
+        "high_confidence_share",
+        "high_confidence_share",
+        "Share of predictions with max(p, 1-p) above the bundle's high_confidence.",
+    ),
+    ("positive_rate", "predicted_positive_rate", "Share of predictions flagged."),
+)
+
+
+def _store_errors(s: SidecarStatus) -> Iterator[tuple[str, float]]:
+    yield from s.store.errors.items()
+    yield "snapshot", s.store.snapshot_errors
+    yield "open", 1.0 if s.store.open_error else 0.0
+
+
+def _profile_value(d: EngineStatus, sample: str, key: str) -> float:
+    p = d.confidence.window if sample == "window" else d.confidence.reference
+    return NAN if p is None else getattr(p, key)
+
+
+def _reading(attr: str, missing: float) -> Callable[[EngineStatus], list[tuple[str, float]]]:
+    def read(d: EngineStatus) -> list[tuple[str, float]]:
+        return [
+            (x.name, missing if x.reading is None else float(getattr(x.reading, attr)))
+            for x in d.detectors
+        ]
+
+    return read
+
+
+def _canary(fn: Callable[[SidecarStatus], float]) -> Callable[[SidecarStatus], Samples | None]:
+    return lambda s: None if s.canary is None else [((), fn(s))]
+
+
+FAMILIES: tuple[Family, ...] = (
+    # -- traffic and labels ----------------------------------------------------------
+    counter(
+        "predictions",
+        "Predictions folded into the statistics, by source.",
+        _each(lambda s: ((src, s.traffic.predictions[src]) for src in SOURCES)),
+        ("source",),
+    ),
+    counter(
+        "predictions_flagged",
+        "Predictions with P(unsafe) >= the flag threshold.",
+        _each(lambda s: ((src, s.traffic.flagged[src]) for src in SOURCES)),
+        ("source",),
+    ),
+    counter(
+        "labels_received",
+        "Labels received through SubmitLabels.",
+        _one(lambda s: s.labels.received),
+    ),
+    counter(
+        "labels_joined", "Labels joined to a recorded prediction.", _one(lambda s: s.labels.joined)
+    ),
+    counter(
+        "labels_joined_carried",
+        "Of labels joined: joined through the score the label carried (stateless path).",
+        _one(lambda s: s.labels.joined_carried),
+    ),
+    counter(
+        "labels_carried_refused",
+        "Carried scores refused: produced by another embedder or classifier version.",
+        _one(lambda s: s.labels.carried_refused),
+    ),
+    counter(
+        "labels_unmatched",
+        "Labels that matched no recorded prediction, by reason.",
+        _each(
+            lambda s: (
+                ("unknown", s.labels.unknown),
+                ("expired", s.labels.expired),
+                ("already_labelled", s.labels.already_labelled),
+            )
+        ),
+        ("reason",),
+    ),
+    # -- the label-join store and durable state ----------------------------------------
+    gauge(
+        "prediction_store_entries", "Predictions awaiting a label.", _one(lambda s: s.store.entries)
+    ),
+    gauge(
+        "prediction_store_capacity",
+        "Most predictions the store keeps.",
+        _one(lambda s: s.store.capacity),
+    ),
+    counter(
+        "prediction_store_evictions",
+        "Predictions evicted before a label arrived, by reason.",
+        _each(lambda s: (("capacity", s.store.evicted_capacity), ("ttl", s.store.evicted_ttl))),
+        ("reason",),
+    ),
+    gauge(
+        "store_durable",
+        "1 while predictions and labels are kept in the durable (SQLite) store; 0 on the "
+        "in-memory store (configured, or the durable one failed to open).",
+        _one(lambda s: s.store.durable),
+    ),
+    counter(
+        "store_errors",
+        "Failed writes to the durable store, by operation (disk full, read-only ...).",
+        _each(_store_errors),
+        ("op",),
+    ),
+    counter(
+        "predictions_not_recorded",
+        "Predictions scored and answered while the store could not record them for the "
+        "label join (counted, never silent).",
+        _one(lambda s: s.store.predictions_not_recorded),
+    ),
+    gauge(
+        "store_unfolded_labels",
+        "Joined labels kept durably until a calibration snapshot covers them.",
+        _one(lambda s: s.store.unfolded_labels),
+    ),
+    counter(
+        "state_snapshots",
+        "State snapshots written (detector windows + calibration).",
+        _one(lambda s: s.store.snapshots_written),
+    ),
+    gauge(
+        "state_snapshot_age_seconds",
+        "Seconds since the last state snapshot (NaN: none yet).",
+        _one(lambda s: NAN if (a := s.store.last_snapshot_seconds_ago) is None else a),
+    ),
+    counter(
+        "labels_replayed_at_start",
+        "Labels joined before the last restart and folded in again at start.",
+        _one(lambda s: s.store.labels_replayed_at_start),
+    ),
+    counter(
+        "bundle_reloads",
+        "Bundle hot reloads (SIGHUP or Admin.ReloadBundle), by result.",
+        _each(lambda s: s.reloads.items()),
+        ("result",),
+    ),
+    # -- the worker --------------------------------------------------------------------
+    gauge(
+        "pipeline_queued_batches",
+        "Batches waiting for the background worker.",
+        _one(lambda s: s.pipeline.queued),
+    ),
+    counter(
+        "pipeline_processed_rows",
+        "Rows folded into the statistics.",
+        _one(lambda s: s.pipeline.processed_rows),
+    ),
+    counter(
+        "pipeline_sampled_out_rows",
+        "Rows shed because the worker fell behind (counted, never silent).",
+        _one(lambda s: s.pipeline.sampled_out_rows),
+    ),
+    counter(
+        "pipeline_sink_errors",
+        "Exceptions raised by statistics sinks.",
+        _one(lambda s: s.pipeline.sink_errors),
+    ),
+    gauge(
+        "uptime_seconds",
+        "Seconds since the sidecar started serving.",
+        _one(lambda s: s.uptime_seconds),
+    ),
+    gauge(
+        "embedder_version_mismatch",
+        "1 while traffic carried an embedder version the bundle was not validated for "
+        "(within mismatch_hold_seconds).",
+        _one(lambda s: s.identity.embedder_version_mismatch),
+    ),
+    # -- drift (docs/detection.md) ---------------------------------------------------
+    gauge(
+        "drift_statistic",
+        "Latest window statistic of each drift detector.",
+        _det(_reading("statistic", NAN)),
+        ("detector",),
+    ),
+    gauge(
+        "drift_threshold",
+        "Alarm threshold of each detector, calibrated on held-out clean windows to "
+        "silentwatch_drift_false_alarm_rate.",
+        _det(_reading("threshold", NAN)),
+        ("detector",),
+    ),
+    gauge(
+        "drift_alarm",
+        "1 when the detector's latest window exceeded its threshold.",
+        _det(_reading("alarm", 0.0)),
+        ("detector",),
+    ),
+    counter(
+        "drift_alarms",
+        "Windows that raised each detector's alarm.",
+        _det(lambda d: ((x.name, x.alarms_total) for x in d.detectors)),
+        ("detector",),
+    ),
+    # domain_auc runs every k-th window: alarm shares need each detector's own count.
+    counter(
+        "drift_evaluations",
+        "Windows each detector actually ran on (domain_auc: every domain_every-th).",
+        _det(lambda d: ((x.name, x.evaluations) for x in d.detectors)),
+        ("detector",),
+    ),
+    gauge(
+        "drift_false_alarm_rate",
+        "Per-window false-alarm rate the thresholds were calibrated to.",
+        _det(lambda d: d.false_alarm_rate),
+    ),
+    counter(
+        "drift_windows_evaluated",
+        "Windows the detectors ran on.",
+        _det(lambda d: d.windows_evaluated),
+    ),
+    counter(
+        "drift_windows_skipped",
+        "Windows skipped over max_window_evaluations_per_second.",
+        _det(lambda d: d.windows_skipped),
+    ),
+    gauge(
+        "embedding_centroid_angle_degrees",
+        "Angle between the latest window's mean embedding and the reference mean.",
+        _det(lambda d: d.centroid_angle_degrees),
+    ),
+    *(
+        gauge(
+            name,
+            doc + " sample=window: latest window; sample=reference: held-out clean data.",
+            _det(
+                lambda d, key=key: (
+                    (sample, _profile_value(d, sample, key)) for sample in ("window", "reference")
+                )
+            ),
+            ("sample",),
+        )
+        for key, name, doc in CONFIDENCE_GAUGES
+    ),
+    gauge(
+        "confidence_mean_change",
+        "Window mean confidence minus the reference's.",
+        _det(lambda d: d.confidence.mean_confidence_change),
+    ),
+    gauge(
+        "confidence_mean_relative_change",
+        "(window - reference) / reference mean confidence.",
+        _det(lambda d: d.confidence.mean_confidence_relative_change),
+    ),
+    counter(
+        "change_stream_thinned_rows",
+        "Rows the change-point streams skipped over change_max_samples_per_second.",
+        _det(lambda d: d.change_thinned_rows),
+    ),
+    counter(
+        "change_points",
+        "Change points found by river detectors on per-sample streams.",
+        _det(lambda d: (((c.kind, c.stream), c.change_points) for c in d.change_points)),
+        ("detector", "stream"),
+    ),
+    gauge(
+        "drift_alarm_any",
+        "1 when any drift detector alarms on its latest window.",
+        _det(lambda d: float(d.drift_alarm)),
+    ),
+    gauge(
+        "silent_failure_suspected",
+        "1 when a drift alarm is up while mean confidence has not fallen by more than the "
+        "configured band: paper A's silent-failure signature.",
+        _det(lambda d: float(d.silent_failure_suspected)),
+    ),
+    counter(
+        "silent_failure_suspected_windows",
+        "Windows that raised silentwatch_silent_failure_suspected.",
+        _det(lambda d: d.silent_failure_suspected_windows),
+    ),
+    # k-of-n alerting reads these (deploy/prometheus/rules, docs/alerts.md).
+    gauge(
+        "recent_windows",
+        "Windows in the recent ring the k-of-n alerts read (at most 10).",
+        _det(lambda d: d.recent_windows),
+    ),
+    gauge(
+        "silent_failure_suspected_recent_windows",
+        "Of the recent windows, how many raised silent_failure_suspected.",
+        _det(lambda d: d.recent_suspected_windows),
+    ),
+    gauge(
+        "drift_recent_alarms",
+        "Of each detector's last (at most 10) evaluations, how many alarmed.",
+        _det(lambda d: ((x.name, x.recent_alarms) for x in d.detectors)),
+        ("detector",),
+    ),
+    gauge(
+        "drift_recent_evaluations",
+        "How many evaluations each detector's recent ring holds (at most 10).",
+        _det(lambda d: ((x.name, x.recent_evaluations) for x in d.detectors)),
+        ("detector",),
+    ),
+    *(
+        gauge(
+            f"labelled_{name}",
+            doc + " window=rolling: the last label_window labelled predictions; "
+            "window=cumulative: since start.",
+            _det(
+                lambda d, key=key: (
+                    ("rolling", d.labelled.rolling.get(key, NAN)),
+                    ("cumulative", d.labelled.cumulative.get(key, NAN)),
+                )
+            ),
+            ("window",),
+        )
+        for key, name, doc in LABELLED_METRICS
+    ),
+    # -- canaries (text mode) ----------------------------------------------------------
+    counter(
+        "canary_runs",
+        "Canary runs (the bundle's labelled texts re-scored).",
+        _canary(lambda s: s.canary.runs),
+    ),
+    gauge(
+        "canary_last_run_timestamp_seconds",
+        "When the last canary run ended.",
+        _canary(lambda s: s.canary.last_run_at),
+    ),
+    gauge(
+        "canary_failing",
+        "1 when the last canary run raised an error.",
+        _canary(lambda s: float(bool(s.canary.last_error))),
+    ),
+    *(
+        gauge(
+            f"canary_{key}",
+            f"Canary {key.replace('_', ' ')} (last run).",
+            _canary(lambda s, key=key: s.canary.metrics.get(key, NAN)),
+        )
+        for key in CANARY_GAUGES
+    ),
+)
+
+if len({f.name for f in FAMILIES}) != len(FAMILIES):  # pragma: no cover - a table mistake
+    raise RuntimeError("two metric families share a name")
+
+
+def status_families(status: SidecarStatus) -> Iterator[Metric]:
+    """Every family that applies to ``status``, in table order."""
+    for family in FAMILIES:
+        metric = family.build(status)
+        if metric is not None:
+            yield metric
+
+
+class StateCollector(Collector):
+    """Reads the sidecar's status when Prometheus scrapes, and exports it by :data:`FAMILIES`.
+
+    ``info`` (the served bundle's identity) and ``holdout`` (its held-out figures) are dicts
+    the sidecar updates in place on a hot reload; ``serving`` reads the health state.
+    """
+
+    def __init__(
+        self,
+        read: Callable[[], SidecarStatus],
+        info: dict[str, str],
+        holdout: dict[str, float] | None = None,
+        serving: Callable[[], bool] | None = None,
+    ) -> None:
+        self._read = read
+        self._info = info
+        # Held by reference, like ``info``: a hot reload updates both in place.
+        self._holdout = holdout if holdout is not None else {}
+        self._serving = serving
+
+    def collect(self) -> Iterable[Metric]:
+        status = self._read()
+        info = InfoMetricFamily(
+            f"{PREFIX}_classifier", "Identity of the served classifier bundle and its embedder."
+        )
+        info.add_metric([], self._info)
+        yield info
+        # The bundle's own held-out figures: alerts compare the labelled metrics against them.
+        for key, name in HOLDOUT_GAUGES.items():
+            if key in self._holdout:
+                yield GaugeMetricFamily(
+                    f"{PREFIX}_bundle_holdout_{name}",
+                    f"Held-out {name.replace('_', ' ')} recorded in the bundle at training.",
+                    value=self._holdout[key],
+                )
+        if self._serving is not None:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_serving",
+                "1 while the gRPC health service reports SERVING; 0 while draining or stopping.",
+                value=float(self._serving()),
+            )
+        yield from status_families(status)
