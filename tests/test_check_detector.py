@@ -11,7 +11,7 @@ import io
 import numpy as np
 import pytest
 
-from silentwatch.monitor.bundle.io import _EXTRA_SHAPES
+from silentwatch.monitor.bundle.io import REFERENCE_EXTRA_SHAPES
 from silentwatch.monitor.bundle.manifest import DetectorSettings
 from silentwatch.monitor.detection.detectors.base import ReferenceSample, WindowDetector
 from silentwatch.monitor.detection.engine import DetectionEngine, EngineOptions
@@ -120,7 +120,7 @@ def test_arrays_match_the_declared_shapes_and_round_trip(spec, data) -> None:
         for symbol, n in zip(shape, arr.shape, strict=True):
             assert (int(symbol) if symbol.isdigit() else sizes.setdefault(symbol, n)) == n, key
         # Every declared array is validated by the bundle loader.
-        assert _EXTRA_SHAPES[f"{ARRAY_PREFIX}{spec.name}_{key}"] == shape
+        assert REFERENCE_EXTRA_SHAPES[f"{ARRAY_PREFIX}{spec.name}_{key}"] == shape
     # Through the bytes a bundle holds, into a detector fitted on other data: what the
     # bundle stored wins, and the statistic comes back exactly.
     buf = io.BytesIO()
@@ -153,7 +153,7 @@ def test_the_statistic_sees_the_shift_its_kind_promises(spec, data) -> None:
 def test_derived_lists_follow_the_registry() -> None:
     assert tuple(s.name for s in DETECTORS) == ALL_DETECTORS
     assert set(DRIFT_DETECTORS) == {s.name for s in DETECTORS if s.kind != "advisory"}
-    assert set(persisted_arrays()) <= set(_EXTRA_SHAPES)
+    assert set(persisted_arrays()) <= set(REFERENCE_EXTRA_SHAPES)
     for stream, provider in stream_providers().items():
         assert stream in REGISTRY[provider].streams
 

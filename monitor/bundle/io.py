@@ -247,7 +247,7 @@ def _check_vector(arr: np.ndarray, name: str, dim: int, fname: str) -> np.ndarra
 # detector's fitted state (``det_<detector>_<array>``, declared in the detector registry).
 # ``d`` is the embedding dimension; other letters (random features, PCA components) must
 # agree across the arrays that share them.
-_EXTRA_SHAPES: dict[str, tuple[str, ...]] = {"mean": ("d",), **persisted_arrays()}
+REFERENCE_EXTRA_SHAPES: dict[str, tuple[str, ...]] = {"mean": ("d",), **persisted_arrays()}
 
 
 def _check_extra(arrays: dict[str, np.ndarray], dim: int) -> None:
@@ -255,7 +255,7 @@ def _check_extra(arrays: dict[str, np.ndarray], dim: int) -> None:
     sizes: dict[str, int] = {"d": dim}
     for name, arr in sorted(arrays.items()):
         _check_numeric(arr, name, REFERENCE_FILE, kinds="fiub")
-        expected = _EXTRA_SHAPES.get(name)
+        expected = REFERENCE_EXTRA_SHAPES.get(name)
         if expected is not None:
             ok = arr.ndim == len(expected) and arr.size > 0
             for axis, symbol in enumerate(expected if ok else ()):

@@ -23,7 +23,7 @@ from silentwatch.monitor.scoring import FLAG_THRESHOLD, HIGH_CONFIDENCE, confide
 _NAN = float("nan")
 
 
-def _check(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def check_scores_labels(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Flat float64 scores in [0, 1] and int8 labels in {0, 1} of the same length."""
     p = np.asarray(p, dtype=np.float64).reshape(-1)
     y = np.asarray(y).reshape(-1)
@@ -37,7 +37,7 @@ def _check(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return p, y.astype(np.int8)
 
 
-def _bin_index(v: np.ndarray, n_bins: int) -> np.ndarray:
+def bin_index(v: np.ndarray, n_bins: int) -> np.ndarray:
     """Equal-width bin of each value in [0, 1]: ``((b-1)/M, b/M]``, the first closed at 0."""
     if n_bins < 1:
         raise ValueError(f"n_bins must be at least 1, got {n_bins}")
@@ -48,13 +48,13 @@ def _bin_index(v: np.ndarray, n_bins: int) -> np.ndarray:
 
 def _binned_gap(v: np.ndarray, hits: np.ndarray, n_bins: int) -> float:
     """``sum_b |sum(hits in B_b) - sum(v in B_b)| / n``, which is ``sum_b |B_b|/n |gap_b|``."""
-    idx = _bin_index(v, n_bins)
+    idx = bin_index(v, n_bins)
     sum_v = np.bincount(idx, weights=v, minlength=n_bins)
     sum_hits = np.bincount(idx, weights=hits.astype(np.float64), minlength=n_bins)
     return float(np.abs(sum_hits - sum_v).sum() / v.size)
 
 
-def _auc_from_counts(neg: np.ndarray, pos: np.ndarray) -> float:
+def auc_from_counts(neg: np.ndarray, pos: np.ndarray) -> float:
     """Mann-Whitney AUC from per-group class counts, groups in increasing score order.
 
     ``U = sum_g pos_g * (neg below g + neg_g / 2)``, ``AUC = U / (n1 n0)``: pairs in the
@@ -70,7 +70,7 @@ def _auc_from_counts(neg: np.ndarray, pos: np.ndarray) -> float:
     return float((pos * (below + 0.5 * neg)).sum() / (n1 * n0))
 
 
-def _log_loss_terms(p: np.ndarray, y: np.ndarray, eps: float | None) -> np.ndarray:
+def log_loss_terms(p: np.ndarray, y: np.ndarray, eps: float | None) -> np.ndarray:
     """Per-sample cross-entropy with ``p`` clipped to ``[eps, 1 - eps]``."""
     if eps is None:
         eps = float(np.finfo(np.float64).eps)
@@ -85,7 +85,7 @@ def accuracy(p: np.ndarray, y: np.ndarray, threshold: float = FLAG_THRESHOLD) ->
     >>> accuracy(np.array([0.9, 0.2, 0.6]), np.array([1, 0, 0]))
     0.6666666666666666
     """
-    p, y = _check(p, y)
+    p, y = check_scores_labels(p, y)
     return float(np.mean((p >= threshold) == (y == 1))) if p.size else _NAN
 
 
@@ -112,7 +112,7 @@ def expected_calibration_error(p: np.ndarray, y: np.ndarray, n_bins: int = 5) ->
     ...                                  np.array([1, 0, 0, 0])), 3)
     0.15
     """
-    p, y = _check(p, y)
+    p, y = check_scores_labels(p, y)
     if p.size == 0:
         return _NAN
     return _binned_gap(confidence(p), (p >= 0.5) == (y == 1), n_bins)
@@ -131,7 +131,7 @@ def silent_failure_rate(
     >>> silent_failure_rate(np.array([0.95, 0.6, 0.1]), np.array([0, 0, 0]))
     0.5
     """
-    p, y = _check(p, y)
+    p, y = check_scores_labels(p, y)
     wrong = (p >= 0.5) != (y == 1)
     n_wrong = int(wrong.sum())
     if n_wrong == 0:
@@ -154,7 +154,7 @@ def roc_auc(p: np.ndarray, y: np.ndarray) -> float:
     >>> roc_auc(np.array([0.3, 0.3]), np.array([0, 1]))  # a tie counts half
     0.5
     """
-    p, y = _check(p, y)
+    p, y = check_scores_labels(p, y)
     return _roc_auc(p, y)
 
 
@@ -163,10 +163,10 @@ def _roc_auc(p: np.ndarray, y: np.ndarray) -> float:
     scores, run = np.unique(p, return_inverse=True)
     pos = np.bincount(run, weights=y, minlength=scores.size)
     neg = np.bincount(run, minlength=scores.size) - pos
-    return _auc_from_counts(neg, pos)
+    return auc_from_counts(neg, pos)
 
 
-def _balanced_from_counts(tp: int, tn: int, n1: int, n0: int) -> float:
+def balanced_from_counts(tp: int, tn: int, n1: int, n0: int) -> float:
     """``(TP / n1 + TN / n0) / 2``; with one class present, that class's recall alone."""
     rates = [hits / total for hits, total in ((tn, n0), (tp, n1)) if total]
     return sum(rates) / len(rates) if rates else _NAN
@@ -177,7 +177,7 @@ def _balanced_accuracy(pred: np.ndarray, y: np.ndarray) -> float:
     n1 = int(is_pos.sum())
     tp = int((pred & is_pos).sum())
     tn = int((~pred & ~is_pos).sum())
-    return _balanced_from_counts(tp, tn, n1, y.size - n1)
+    return balanced_from_counts(tp, tn, n1, y.size - n1)
 
 
 def balanced_accuracy(p: np.ndarray, y: np.ndarray, threshold: float = FLAG_THRESHOLD) -> float:
@@ -193,7 +193,7 @@ def balanced_accuracy(p: np.ndarray, y: np.ndarray, threshold: float = FLAG_THRE
     >>> balanced_accuracy(np.array([0.9, 0.2]), np.array([1, 1]))  # TPR alone
     0.5
     """
-    p, y = _check(p, y)
+    p, y = check_scores_labels(p, y)
     return _balanced_accuracy(p >= threshold, y)
 
 
@@ -209,7 +209,7 @@ def positive_class_ece(p: np.ndarray, y: np.ndarray, n_bins: int = 5) -> float:
     >>> positive_class_ece(np.array([0.9, 0.9, 0.1, 0.1]), np.array([1, 0, 0, 0]))
     0.25
     """
-    p, y = _check(p, y)
+    p, y = check_scores_labels(p, y)
     if p.size == 0:
         return _NAN
     return _binned_gap(p, y, n_bins)
@@ -221,7 +221,7 @@ def brier_score(p: np.ndarray, y: np.ndarray) -> float:
     >>> brier_score(np.array([1.0, 0.5]), np.array([1, 0]))
     0.125
     """
-    p, y = _check(p, y)
+    p, y = check_scores_labels(p, y)
     return float(np.mean((p - y) ** 2)) if p.size else _NAN
 
 
@@ -246,8 +246,8 @@ def log_loss(p: np.ndarray, y: np.ndarray, eps: float | None = None) -> float:
     >>> round(log_loss(np.array([0.0]), np.array([1])), 2)
     36.04
     """
-    p, y = _check(p, y)
-    return float(np.mean(_log_loss_terms(p, y, eps))) if p.size else _NAN
+    p, y = check_scores_labels(p, y)
+    return float(np.mean(log_loss_terms(p, y, eps))) if p.size else _NAN
 
 
 def high_confidence_error_ratio(
@@ -263,7 +263,7 @@ def high_confidence_error_ratio(
     >>> high_confidence_error_ratio(np.array([0.95, 0.9, 0.6]), np.array([0, 1, 0]))
     0.5
     """
-    p, y = _check(p, y)
+    p, y = check_scores_labels(p, y)
     sure = confidence(p) > high_confidence
     n_sure = int(sure.sum())
     if n_sure == 0:
@@ -282,7 +282,7 @@ def confidence_minus_accuracy(
     >>> round(confidence_minus_accuracy(np.array([0.9, 0.9]), np.array([1, 0])), 6)
     0.4
     """
-    p, y = _check(p, y)
+    p, y = check_scores_labels(p, y)
     return mean_confidence(p) - accuracy(p, y, threshold) if p.size else _NAN
 
 
@@ -346,7 +346,7 @@ def labelled_metrics(
     >>> m["n"], m["accuracy"], m["roc_auc"]
     (2, 1.0, 1.0)
     """
-    p, y = _check(p, y)
+    p, y = check_scores_labels(p, y)
     n = p.size
     if n == 0:
         return empty_metrics()
@@ -368,7 +368,7 @@ def labelled_metrics(
         "ece": _binned_gap(c, top_right, n_bins),
         "ece_positive_class": _binned_gap(p, y, n_bins),
         "brier": float(np.mean((p - y) ** 2)),
-        "log_loss": float(np.mean(_log_loss_terms(p, y, None))),
+        "log_loss": float(np.mean(log_loss_terms(p, y, None))),
         "silent_failure_ratio": wrong_sure / n_wrong if n_wrong else _NAN,
         "high_confidence_error_ratio": wrong_sure / n_sure if n_sure else _NAN,
         "mean_confidence": mean_conf,

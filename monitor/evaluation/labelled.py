@@ -12,13 +12,13 @@ from __future__ import annotations
 import numpy as np
 
 from silentwatch.monitor.evaluation.classification import (
-    _auc_from_counts,
-    _balanced_from_counts,
-    _bin_index,
-    _check,
-    _log_loss_terms,
+    auc_from_counts,
+    balanced_from_counts,
+    bin_index,
+    check_scores_labels,
     empty_metrics,
     labelled_metrics,
+    log_loss_terms,
 )
 from silentwatch.monitor.scoring import FLAG_THRESHOLD, HIGH_CONFIDENCE, confidence
 
@@ -107,7 +107,7 @@ class LabelledWindow:
 
     def update(self, scores: np.ndarray, labels: np.ndarray) -> None:
         """Add a batch of scores P(unsafe) in [0, 1] and their labels in {0, 1}."""
-        p, y = _check(scores, labels)
+        p, y = check_scores_labels(scores, labels)
         if p.size == 0:
             return
         self._push(p, y)
@@ -182,7 +182,7 @@ class LabelledWindow:
         self._wrong_sure += int((~top_right & sure).sum())
         self._sum_conf += float(c.sum())
         self._sum_brier += float(((p - y) ** 2).sum())
-        self._sum_log_loss += float(_log_loss_terms(p, y, None).sum())
+        self._sum_log_loss += float(log_loss_terms(p, y, None).sum())
         # One bincount for both classes: positives offset by nb.
         nb = self.cumulative_bins
         b = np.minimum((p * nb).astype(np.int64), nb - 1)  # monotone in p: order kept
@@ -191,7 +191,7 @@ class LabelledWindow:
         self._pos_bins += self._bin_sums(p, y)
 
     def _bin_sums(self, v: np.ndarray, hits: np.ndarray) -> np.ndarray:
-        idx = _bin_index(v, self.n_bins)
+        idx = bin_index(v, self.n_bins)
         m = self.n_bins
         return np.stack(
             [
@@ -237,9 +237,9 @@ class LabelledWindow:
         return {
             "n": n,
             "positives": n1,
-            "roc_auc": _auc_from_counts(self._hist[0], self._hist[1]),
+            "roc_auc": auc_from_counts(self._hist[0], self._hist[1]),
             "accuracy": acc,
-            "balanced_accuracy": _balanced_from_counts(self._tp, self._tn, n1, n0),
+            "balanced_accuracy": balanced_from_counts(self._tp, self._tn, n1, n0),
             "ece": float(np.abs(cb[1] - cb[0]).sum() / n),
             "ece_positive_class": float(np.abs(pb[1] - pb[0]).sum() / n),
             "brier": self._sum_brier / n,
