@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import sys
 import tempfile
 import threading
 import time
@@ -29,9 +28,9 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import SidecarProcess, build_bundle
+from harness import channel, markdown_table
+from loadgen_traffic import build_bundle
+from sidecar_process import SidecarProcess
 
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
@@ -40,9 +39,9 @@ from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 class Client(threading.Thread):
     """Classify batches; label half of the previous batch's ids; count what was accepted."""
 
-    def __init__(self, target: str, name: str, dim: int, rows: int, stop: threading.Event):
+    def __init__(self, target: str, name: str, dim: int, rows: int, stop: threading.Event) -> None:
         super().__init__(daemon=True)
-        self.channel = grpc.insecure_channel(target)
+        self.channel = channel(target)
         self.stub = pb_grpc.MonitorStub(self.channel)
         self.name_, self.dim, self.rows, self.stop = name, dim, rows, stop
         self.joined = 0
@@ -91,7 +90,7 @@ class Client(threading.Thread):
 
 
 def status(target: str) -> pb.GetStatusResponse:
-    with grpc.insecure_channel(target) as ch:
+    with channel(target) as ch:
         return pb_grpc.MonitorStub(ch).GetStatus(pb.GetStatusRequest(), timeout=30)
 
 
@@ -138,7 +137,7 @@ def main() -> int:
         after = status(side2.target)
         unlabelled = [r for c in clients for r in c.unlabelled]
         joined_after = 0
-        with grpc.insecure_channel(side2.target) as ch:
+        with channel(side2.target) as ch:
             stub = pb_grpc.MonitorStub(ch)
             for i in range(0, len(unlabelled), 4096):
                 part = unlabelled[i : i + 4096]
@@ -176,9 +175,7 @@ def main() -> int:
             else "MISMATCH",
         ),
     ]
-    print("| figure | value |\n|---|---|")
-    for k, v in rows:
-        print(f"| {k} | {v} |")
+    print(markdown_table(["figure", "value"], rows))
     return 0 if n_after == joined and joined_after == len(unlabelled) else 1
 
 

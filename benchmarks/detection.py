@@ -31,28 +31,26 @@ import csv
 import gzip
 import hashlib
 import json
-import os
-import platform
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from harness import ROOT, SHARED_DATA, machine, table_header, table_row, write_json
+from sklearn.model_selection import train_test_split
+
 from silentwatch.monitor.bundle import EmbedderSpec, load_bundle
 from silentwatch.monitor.bundle.manifest import DetectorSettings
 from silentwatch.monitor.detection.engine import DetectionEngine, EngineOptions, WindowSpec
-from silentwatch.monitor.detection.suite import DRIFT_DETECTORS, suite_for_bundle
+from silentwatch.monitor.detection.registry import DRIFT_DETECTORS
+from silentwatch.monitor.detection.suite import suite_for_bundle
 from silentwatch.monitor.evaluation.classification import accuracy, roc_auc
 from silentwatch.monitor.scoring import confidence
 from silentwatch.monitor.serving.pipeline import PredictionBatch
 from silentwatch.monitor.simulate import drift
 from silentwatch.monitor.training import train_bundle
-from sklearn.model_selection import train_test_split
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("SILENTWATCH_SHARED_DATA", ROOT.parent / "shared" / "data"))
 CACHE = ROOT / ".cache" / "detection"
 WINDOW, ALPHA, PRE, POST, CHUNK = 256, 0.01, 1024, 1024, 64
 
@@ -77,7 +75,7 @@ def load_texts() -> tuple[list[str], np.ndarray]:
     """Civil Comments texts (both files), label toxicity >= 0.5, deduplicated, in file order."""
     texts, labels, seen = [], [], set()
     for name in ("cody140_civil_comments_4900.csv", "autolabel_civil_comments_1k.csv"):
-        path = DATA / "civil_comments" / name
+        path = SHARED_DATA / "civil_comments" / name
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rt", encoding="utf-8", newline="") as fh:
             for row in csv.DictReader(fh):
@@ -97,11 +95,11 @@ def embeddings(model: str, texts: list[str]) -> np.ndarray:
         return np.load(path)
     t0 = time.perf_counter()
     if model == "minilm-l6":
-        from silentwatch.offline.embedding import load_embedder
+        from silentwatch.offline.embedders.hf import load_embedder
 
         x = load_embedder("minilm", max_length=128).embed(texts)
     else:
-        from silentwatch.offline.onnx_embedding import load_onnx_embedder
+        from silentwatch.offline.embedders.onnx import load_onnx_embedder
 
         x = load_onnx_embedder(model, max_length=128).embed(texts)
     print(f"embedded {len(texts)} texts with {model} in {time.perf_counter() - t0:.0f} s")
@@ -379,24 +377,36 @@ def main() -> int:
 
     # -- report ---------------------------------------------------------------------------
     print(
-        f"\nPlatform: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {sys.version.split()[0]}; {args.reps} streams per scenario; window {WINDOW}, "
-        f"alpha {ALPHA} per window\n"
+        f"\nPlatform: {machine(('numpy',))}; {args.reps} streams per scenario; "
+        f"window {WINDOW}, alpha {ALPHA} per window\n"
     )
     print("Classifier on the post-change rows (labels known here, not to the detectors):\n")
-    print("| scenario | mean angle (deg) | ROC-AUC | accuracy | mean confidence pre -> post |")
-    print("|---|---|---|---|---|")
+    print(
+        table_header(
+            ["scenario", "mean angle (deg)", "ROC-AUC", "accuracy", "mean confidence pre -> post"],
+            "lllll",
+        )
+    )
     for label, vals in quality.items():
         v = np.nanmean(np.array(vals, dtype=float), axis=0)
-        print(f"| {label} | {v[0]:.1f} | {v[1]:.3f} | {v[2]:.3f} | {v[3 + 1]:.3f} -> {v[3]:.3f} |")
+        print(
+            table_row(
+                [
+                    label,
+                    f"{v[0]:.1f}",
+                    f"{v[1]:.3f}",
+                    f"{v[2]:.3f}",
+                    f"{v[3 + 1]:.3f} -> {v[3]:.3f}",
+                ]
+            )
+        )
     print(
         f"\nPer-window false-alarm rate on {args.fa_windows} random windows of {WINDOW} clean "
         f"live rows ({len(live)} rows the calibration never saw; alpha {ALPHA}):\n"
     )
-    print("| detector | rate |")
-    print("|---|---|")
+    print(table_header(["detector", "rate"], "ll"))
     for det, rate in live_fa.items():
-        print(f"| {det} | {rate:.3f} |")
+        print(table_row([det, f"{rate:.3f}"]))
     # False alarms pooled over every stream's pre-change windows.
     print(
         "\nPre-change windows of the streams (the 12 streams of one seed share their "
@@ -407,17 +417,15 @@ def main() -> int:
         tot = sum(r[0] for rows in per.values() for r in rows.get(det, []))
         hit = sum(r[1] for rows in per.values() for r in rows.get(det, []))
         fa[det] = (hit, tot)
-    print("| detector | false alarms / pre-change windows | rate |")
-    print("|---|---|---|")
+    print(table_header(["detector", "false alarms / pre-change windows", "rate"], "lll"))
     for det, (hit, tot) in fa.items():
-        print(f"| {det} | {hit} / {tot} | {hit / max(tot, 1):.3f} |")
+        print(table_row([det, f"{hit} / {tot}", f"{hit / max(tot, 1):.3f}"]))
     print(
         "\nDetection delay in samples after the change (median over streams; "
         "'-' = missed in every stream; k/n = streams detected within 1024):\n"
     )
     dets = list(next(iter(per.values())))
-    print("| scenario | " + " | ".join(dets) + " |")
-    print("|---|" + "---|" * len(dets))
+    print(table_header(["scenario", *dets], "l" * (1 + len(dets))))
     for label, rows in per.items():
         if label == "none":
             continue
@@ -426,7 +434,7 @@ def main() -> int:
             delays = [r[2] for r in rows.get(det, [])]
             got = [d for d in delays if d is not None]
             cells.append(f"{int(np.median(got))} ({len(got)}/{len(delays)})" if got else "-")
-        print(f"| {label} | " + " | ".join(cells) + " |")
+        print(table_row([label, *cells]))
     if peer_results:
         print(
             f"\nalibi-detect MMDDriftOnline (ERT {WINDOW / args.peer_alpha:.0f}, window "
@@ -435,11 +443,14 @@ def main() -> int:
             f"{np.mean([s['ms_per_update'] for r in peer_results for s in r['streams']]):.2f} "
             "ms per update):\n"
         )
-        print(
-            "| scenario | alibi: streams with a false alarm before the change | alibi delay "
-            f"(median) | silentwatch mmd at alpha {args.peer_alpha}: false alarm | delay |"
-        )
-        print("|---|---|---|---|---|")
+        columns = [
+            "scenario",
+            "alibi: streams with a false alarm before the change",
+            "alibi delay (median)",
+            f"silentwatch mmd at alpha {args.peer_alpha}: false alarm",
+            "delay",
+        ]
+        print(table_header(columns, "lllll"))
         by: dict[str, list] = {}
         for r in peer_results:
             for s in r["streams"]:
@@ -455,15 +466,21 @@ def main() -> int:
             m_d = f"{int(np.median(m_got))} ({len(m_got)}/{len(mine)})" if m_got else "-"
             na = kind == "none"
             print(
-                f"| {label} | {fa_n}/{len(ss)} | {'n/a' if na else d} | {m_fa}/{len(mine)} | "
-                f"{'n/a' if na else m_d} |"
+                table_row(
+                    [
+                        label,
+                        f"{fa_n}/{len(ss)}",
+                        "n/a" if na else d,
+                        f"{m_fa}/{len(mine)}",
+                        "n/a" if na else m_d,
+                    ]
+                )
             )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(
-        json.dumps(
-            {"per": per, "quality": quality, "fa": fa, "live_fa": live_fa, "peer": peer_results},
-            default=str,
-        )
+    write_json(
+        args.json,
+        {"per": per, "quality": quality, "fa": fa, "live_fa": live_fa, "peer": peer_results},
+        default=str,
+        indent=None,
     )
     print(f"\nraw results: {args.json}")
     return 0

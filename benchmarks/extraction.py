@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from harness import SHARED_DATA, aligned_row, cpu_model, device_sync, timed
+
 from silentwatch.offline.embedders import open_embedder
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("SILENTWATCH_SHARED_DATA", ROOT.parent / "shared" / "data"))
-DEFAULT_CSV = DATA / "civil_comments" / "cody140_civil_comments_4900.csv"
+# Widths of the text table's columns: method, batching, then four numbers.
+COLUMNS = ["<22", "<32", ">9", ">10", ">11", ">8"]
+DEFAULT_CSV = SHARED_DATA / "civil_comments" / "cody140_civil_comments_4900.csv"
 
 
 def read_texts(path: Path, column: str, n: int) -> list[str]:
@@ -63,16 +62,6 @@ def plain_loop(emb, texts: list[str], batch_size: int = 32) -> np.ndarray:
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
             out.append(torch.nn.functional.normalize(pooled, dim=-1).cpu())
     return torch.cat(out).numpy()
-
-
-def timed(fn, device: str) -> tuple[float, np.ndarray]:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    x = fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0, x
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,12 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     plain_loop(emb, texts[:8], args.baseline_batch_size)
 
     runs: dict[str, tuple[float, np.ndarray]] = {}
+    sync = device_sync(args.device)
     for _ in range(args.repeats):
         for label, fn in (
             ("plain loop", lambda: plain_loop(emb, texts, args.baseline_batch_size)),
             ("TransformerEmbedder", lambda: emb.embed(texts)),
         ):
-            t, x = timed(fn, args.device)
+            t, x = timed(fn, sync)
             if label not in runs or t < runs[label][0]:
                 runs[label] = (t, x)
 
@@ -141,14 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         f"model {info.name} ({info.pooling}, {info.dim}-d), {args.n} texts "
         f"({tokens:,} tokens, mean {tokens / len(texts):.0f}, max_length {args.max_length}), "
         f"device {info.device}, dtype {info.dtype}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+        f"{torch.get_num_threads()} threads, {cpu_model()}"
     )
     print(f"plain loop pads to {padded:,} token slots ({padded / tokens:.2f}x the real tokens)")
     print()
     base_t = runs["plain loop"][0]
-    header = (
-        f"{'method':<22}{'batching':<32}{'seconds':>9}{'texts/s':>10}{'tokens/s':>11}{'speed':>8}"
-    )
+    header = aligned_row(["method", "batching", "seconds", "texts/s", "tokens/s", "speed"], COLUMNS)
     print(header)
     print("-" * len(header))
     cap = emb._batch_tokens()
@@ -158,10 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         "TransformerEmbedder": f"<={args.batch_size} rows & {budget}, sorted",
     }
     for label, (t, _) in runs.items():
-        print(
-            f"{label:<22}{batching[label]:<32}{t:>9.2f}{len(texts) / t:>10.1f}"
-            f"{tokens / t:>11,.0f}{base_t / t:>7.2f}x"
-        )
+        cells = [label, batching[label], f"{t:.2f}", f"{len(texts) / t:.1f}"]
+        print(aligned_row([*cells, f"{tokens / t:,.0f}", f"{base_t / t:.2f}x"], COLUMNS))
     if info.pooling == "mean":
         diff = np.abs(runs["plain loop"][1] - runs["TransformerEmbedder"][1]).max()
         print(f"\nsame vectors: max |difference| {diff:.1e}")

@@ -12,20 +12,16 @@ trained on 6,000 rows so its thresholds are calibrated for the default window of
 from __future__ import annotations
 
 import argparse
-import os
 import signal
-import sys
 import tempfile
 from pathlib import Path
 
-import grpc
 import numpy as np
+from harness import channel, machine, pin_client, table_header, table_row
+from serving import bench_batch, start_server, unit
 
-sys.path.insert(0, str(Path(__file__).parent))
-from serving import bench_batch, machine, start_server, unit
 from silentwatch.monitor.bundle import EmbedderSpec
 from silentwatch.monitor.training import train_bundle
-
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 
@@ -41,12 +37,13 @@ def main() -> int:
         "--eval-rate", type=float, help="--max-window-evaluations-per-second for the 'on' run"
     )
     a = ap.parse_args()
-    if os.cpu_count() and os.cpu_count() > 1:
-        os.sched_setaffinity(0, {1})
+    pin_client()  # the sidecar gets CPU 0 (serving.start_server)
     print(f"machine: {machine()}\n")
-    print("| d | detection | emb/s | emb per server CPU-s | windows evaluated | skipped |"
-          " sampled-out rows |")  # fmt: skip
-    print("|---:|---|---:|---:|---:|---:|---:|")
+    columns = [
+        "d", "detection", "emb/s", "emb per server CPU-s", "windows evaluated", "skipped",
+        "sampled-out rows",
+    ]  # fmt: skip
+    print(table_header(columns, "rlrrrrr"))
     best: dict[tuple[int, bool], float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for d in a.dims:
@@ -61,9 +58,7 @@ def main() -> int:
                         flags += ["--max-window-evaluations-per-second", str(a.eval_rate)]
                     proc, target = start_server(bundle, True, flags)
                     try:
-                        with grpc.insecure_channel(
-                            target, options=[("grpc.max_send_message_length", 64 << 20)]
-                        ) as ch:
+                        with channel(target) as ch:
                             stub = pb_grpc.MonitorStub(ch)
                             b = bench_batch(stub, proc.pid, d, a.rows, a.seconds, a.threads)
                             st = stub.GetStatus(pb.GetStatusRequest())
@@ -72,12 +67,12 @@ def main() -> int:
                         proc.wait(30)
                     key = (d, on)
                     best[key] = max(best.get(key, 0.0), b["emb_per_cpu_s"])
-                    print(
-                        f"| {d} | {'on' if on else 'off'} | {b['emb_per_s']:,.0f} | "
-                        f"{b['emb_per_cpu_s']:,.0f} | {st.detection.windows_evaluated} | "
-                        f"{st.detection.windows_skipped} | {st.pipeline.sampled_out_rows:,} |",
-                        flush=True,
-                    )
+                    row = [
+                        d, "on" if on else "off", f"{b['emb_per_s']:,.0f}",
+                        f"{b['emb_per_cpu_s']:,.0f}", st.detection.windows_evaluated,
+                        st.detection.windows_skipped, f"{st.pipeline.sampled_out_rows:,}",
+                    ]  # fmt: skip
+                    print(table_row(row), flush=True)
     print()
     for d in a.dims:
         cost = 1 - best[(d, True)] / best[(d, False)]

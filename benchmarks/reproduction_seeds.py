@@ -14,6 +14,8 @@ import argparse
 import statistics
 from pathlib import Path
 
+from harness import ROOT, SHARED_DATA, table_header, table_row
+
 from silentwatch.monitor.training import fit_classifier
 from silentwatch.offline.embedders import embed_cached, open_embedder
 from silentwatch.offline.evalset import DataSettings, load_evalset
@@ -21,8 +23,7 @@ from silentwatch.offline.gate.run import scorer_from_arrays
 from silentwatch.offline.splits import stratified_split
 from silentwatch.offline.stress import StressModel, StressSettings, run_stress
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "civil_comments"
+DATA = SHARED_DATA / "civil_comments"
 
 
 def _at(points, kind: str, s: float):
@@ -94,11 +95,10 @@ def main() -> None:
         ("Gaussian failure angle (AUC < 0.6, deg)", "gauss_fail_deg", ".1f"),
         ("rotation failure angle (deg)", "rot_fail_deg", ".1f"),
     ]
-    print("| | " + " | ".join(name for name, _ in rows) + " |")
-    print("|---|" + "---|" * len(rows))
+    print(table_header(["", *(name for name, _ in rows)], "l" * (1 + len(rows))))
     for label, key, spec in labels:
         cells = [_fmt([s[key] for s in per_seed], spec) for _, per_seed in rows]
-        print(f"| {label} | " + " | ".join(cells) + " |")
+        print(table_row([label, *cells]))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -24,20 +23,23 @@ import threading
 import time
 from pathlib import Path
 
-import grpc
 import numpy as np
+from harness import (
+    MAX_MESSAGE_BYTES,
+    channel,
+    cpu_seconds,
+    machine,
+    percentiles,
+    pin_client,
+    quantile,
+    table_header,
+    table_row,
+)
+
 from silentwatch.monitor.bundle import EmbedderSpec
 from silentwatch.monitor.training import train_bundle
-
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
 def unit(n: int, d: int, seed: int) -> np.ndarray:
@@ -52,14 +54,14 @@ def start_server(
     proc = subprocess.Popen(
         [*pin, sys.executable, "-m", "silentwatch", "serve", "--bundle", str(bundle),
          "--port", "0", "--metrics-port", "0", "--recording", str(recording).lower(),
-         "--max-message-bytes", str(64 << 20), "--max-batch-rows", "16384",
+         "--max-message-bytes", str(MAX_MESSAGE_BYTES), "--max-batch-rows", "16384",
          "--store-capacity", "200000", "--log-level", "WARNING", *(extra or [])],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     return proc, json.loads(proc.stdout.readline())["grpc"]
 
 
-def bench_unary(stub, d: int, n: int) -> dict:
+def bench_unary(stub: pb_grpc.MonitorStub, d: int, n: int) -> dict[str, float]:
     x = unit(n + 200, d, 1)
     reqs = [
         pb.ClassifyRequest(request_id=f"u{i}", embedding=pb.Embedding(f32le=x[i].tobytes()))
@@ -72,10 +74,12 @@ def bench_unary(stub, d: int, n: int) -> dict:
         t0 = time.perf_counter()
         stub.Classify(r)
         lat[i] = time.perf_counter() - t0
-    return {"p50_ms": 1e3 * np.median(lat), "p99_ms": 1e3 * np.quantile(lat, 0.99)}
+    return percentiles(lat)
 
 
-def bench_batch(stub, pid: int, d: int, rows: int, seconds: float, threads: int) -> dict:
+def bench_batch(
+    stub: pb_grpc.MonitorStub, pid: int, d: int, rows: int, seconds: float, threads: int
+) -> dict[str, float]:
     x = unit(rows, d, 2).astype("<f4").tobytes()
     counter = iter(range(10**9))
     lock = threading.Lock()
@@ -111,20 +115,9 @@ def bench_batch(stub, pid: int, d: int, rows: int, seconds: float, threads: int)
         "emb_per_s": n / wall,
         "emb_per_cpu_s": n / max(cpu, 1e-9),
         "server_cpu_util": cpu / wall,
-        "batch_p50_ms": 1e3 * float(np.median(lat)),
-        "batch_p99_ms": 1e3 * float(np.quantile(lat, 0.99)),
+        "batch_p50_ms": quantile(lat, 0.5, "ms"),
+        "batch_p99_ms": quantile(lat, 0.99, "ms"),
     }
-
-
-def machine() -> str:
-    model = next(
-        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-         if ln.startswith("model name")), platform.processor()
-    )  # fmt: skip
-    return (
-        f"{model}, {os.cpu_count()} cores; Python {platform.python_version()}, "
-        f"grpcio {grpc.__version__}, numpy {np.__version__}"
-    )
 
 
 def main() -> int:
@@ -138,12 +131,13 @@ def main() -> int:
     a = ap.parse_args()
     if a.quick:
         a.seconds, a.unary = 2.0, 500
-    if os.cpu_count() and os.cpu_count() > 1:
-        os.sched_setaffinity(0, {1})
+    pin_client()  # the sidecar gets CPU 0 (start_server)
     print(f"machine: {machine()}\n")
-    print("| d | recording | Classify p50 ms | Classify p99 ms | ClassifyBatch emb/s | "
-          "emb per server CPU-s | server CPU use | batch p50 ms | batch p99 ms |")  # fmt: skip
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    columns = [
+        "d", "recording", "Classify p50 ms", "Classify p99 ms", "ClassifyBatch emb/s",
+        "emb per server CPU-s", "server CPU use", "batch p50 ms", "batch p99 ms",
+    ]  # fmt: skip
+    print(table_header(columns, "rlrrrrrrr"))
     tput: dict[tuple[int, str], float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for d in a.dims:
@@ -160,9 +154,7 @@ def main() -> int:
             for mode, (recording, extra) in modes.items():
                 proc, target = start_server(bundle, recording, extra)
                 try:
-                    with grpc.insecure_channel(
-                        target, options=[("grpc.max_send_message_length", 64 << 20)]
-                    ) as ch:
+                    with channel(target) as ch:
                         stub = pb_grpc.MonitorStub(ch)
                         u = bench_unary(stub, d, a.unary)
                         b = bench_batch(stub, proc.pid, d, a.rows, a.seconds, a.threads)
@@ -170,13 +162,13 @@ def main() -> int:
                     proc.send_signal(signal.SIGTERM)
                     rc = proc.wait(30)
                 tput[(d, mode)] = b["emb_per_cpu_s"]
-                print(
-                    f"| {d} | {mode} | {u['p50_ms']:.3f} | "
-                    f"{u['p99_ms']:.3f} | {b['emb_per_s']:,.0f} | {b['emb_per_cpu_s']:,.0f} | "
-                    f"{b['server_cpu_util']:.0%} | {b['batch_p50_ms']:.2f} | "
-                    f"{b['batch_p99_ms']:.2f} |" + ("" if rc == 0 else f" (exit {rc})"),
-                    flush=True,
-                )
+                row = [
+                    d, mode, f"{u['p50_ms']:.3f}", f"{u['p99_ms']:.3f}",
+                    f"{b['emb_per_s']:,.0f}", f"{b['emb_per_cpu_s']:,.0f}",
+                    f"{b['server_cpu_util']:.0%}", f"{b['batch_p50_ms']:.2f}",
+                    f"{b['batch_p99_ms']:.2f}",
+                ]  # fmt: skip
+                print(table_row(row) + ("" if rc == 0 else f" (exit {rc})"), flush=True)
     print()
     for d in a.dims:
         for mode in ("on, sqlite", "on, memory"):

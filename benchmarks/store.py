@@ -14,20 +14,23 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from silentwatch.monitor.state.memory import PredictionStore
+from harness import quantile, table_header, table_row
+
+from silentwatch.monitor.state.memory import MemoryStore
 from silentwatch.monitor.state.sqlite import SqliteStore
+from silentwatch.monitor.state.store import PredictionStore
 
 
-def _median_us(samples: list[float]) -> float:
-    return 1e6 * float(np.median(samples))
-
-
-def bench(store, capacity: int, batch: int, reps: int) -> dict[str, float]:
+def bench(store: PredictionStore, capacity: int, batch: int, reps: int) -> dict[str, float]:
     scores = np.random.default_rng(0).random(batch).astype(np.float32)
-    fill, full, single, join = [], [], [], []
+    fill: list[float] = []
+    full: list[float] = []
+    single: list[float] = []
+    join: list[float] = []
     b = 0
     # Filling: until the store is at capacity.
     while (b + 1) * batch <= capacity:
@@ -51,11 +54,11 @@ def bench(store, capacity: int, batch: int, reps: int) -> dict[str, float]:
         store.join(ids, labels)
         join.append(time.perf_counter() - t)
     return {
-        "record batch (filling)": _median_us(fill),
-        "record batch (at capacity)": _median_us(full),
-        "record 1 id p50": _median_us(single),
-        "record 1 id p99": 1e6 * float(np.percentile(single, 99)),
-        "join 256 labels": _median_us(join),
+        "record batch (filling)": quantile(fill, 0.5, "us"),
+        "record batch (at capacity)": quantile(full, 0.5, "us"),
+        "record 1 id p50": quantile(single, 0.5, "us"),
+        "record 1 id p99": quantile(single, 0.99, "us"),
+        "join 256 labels": quantile(join, 0.5, "us"),
     }
 
 
@@ -68,8 +71,8 @@ def main() -> None:
     capacity = 20_000 if args.quick else args.capacity
     reps = 20 if args.quick else 100
     d = Path(tempfile.mkdtemp(prefix="silentwatch-store-bench-"))
-    stores = {
-        "memory": lambda: PredictionStore(capacity, 3600),
+    stores: dict[str, Callable[[], PredictionStore]] = {
+        "memory": lambda: MemoryStore(capacity, 3600),
         "sqlite normal": lambda: SqliteStore(
             d / "n.sqlite3", capacity, 3600, bundle_sha256="b", synchronous="normal"
         ),
@@ -77,17 +80,16 @@ def main() -> None:
             d / "f.sqlite3", capacity, 3600, bundle_sha256="b", synchronous="full"
         ),
     }
-    results = {}
+    results: dict[str, dict[str, float]] = {}
     for name, make in stores.items():
         store = make()
         results[name] = bench(store, capacity, args.batch, reps)
         store.close()
     keys = list(next(iter(results.values())))
     print(f"capacity {capacity:,}, batch {args.batch} ids; µs per call (median unless p99)")
-    print("| call | " + " | ".join(results) + " |")
-    print("|---|" + "---:|" * len(results))
+    print(table_header(["call", *results], "l" + "r" * len(results)))
     for k in keys:
-        print(f"| {k} | " + " | ".join(f"{results[n][k]:,.0f}" for n in results) + " |")
+        print(table_row([k, *(f"{results[n][k]:,.0f}" for n in results)]))
 
 
 if __name__ == "__main__":

@@ -12,11 +12,10 @@ score, every labelled metric and the measured angle.
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
-import time
 
 import numpy as np
+from harness import device_sync, machine, markdown_table, quantile, repeat
+
 from silentwatch.monitor.simulate.drift import normalise
 from silentwatch.monitor.training import fit_classifier
 from silentwatch.offline.gate.run import scorer_from_arrays
@@ -48,20 +47,29 @@ def main() -> None:
     n_cells = len(models) * len(settings.kinds) * (settings.checkpoints + settings.fine_steps)
     if args.device != "cpu":
         run_stress(models, settings, device=args.device)  # warm-up: CUDA context, kernels
-    walls = []
-    for _ in range(args.reps):
-        t0 = time.perf_counter()
-        run_stress(models, settings, device=args.device)
-        walls.append(time.perf_counter() - t0)
-    med = statistics.median(walls)
-    print(f"machine: {platform.processor() or platform.machine()}, device {args.device}")
-    print(
-        f"| models | drift types | magnitudes | rows | cells | median wall (s) | min (s) "
-        f"| ms / cell |\n|---|---|---|---|---|---|---|---|\n"
-        f"| {len(models)} ({', '.join(map(str, args.dims))}-d) | {len(settings.kinds)} "
-        f"| {settings.checkpoints + settings.fine_steps} | {args.rows:,} | {n_cells} "
-        f"| {med:.2f} | {min(walls):.2f} | {1000 * med / n_cells:.1f} |"
+    walls = repeat(
+        lambda: run_stress(models, settings, device=args.device),
+        args.reps,
+        device_sync(args.device),
     )
+    med = quantile(walls, 0.5)
+    packages = ("numpy",) if args.device == "cpu" else ("numpy", "torch")
+    print(f"machine: {machine(packages, f'device {args.device}')}")
+    columns = [
+        "models", "drift types", "magnitudes", "rows", "cells", "median wall (s)", "min (s)",
+        "ms / cell",
+    ]  # fmt: skip
+    row = [
+        f"{len(models)} ({', '.join(map(str, args.dims))}-d)",
+        len(settings.kinds),
+        settings.checkpoints + settings.fine_steps,
+        f"{args.rows:,}",
+        n_cells,
+        f"{med:.2f}",
+        f"{min(walls):.2f}",
+        f"{1000 * med / n_cells:.1f}",
+    ]
+    print(markdown_table(columns, [row]))
 
 
 if __name__ == "__main__":

@@ -5,16 +5,15 @@ really exports."""
 from __future__ import annotations
 
 import re
-import urllib.request
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
-from silentwatch.monitor.serving.server import Sidecar
 
+from silentwatch.monitor.serving.server import Sidecar
+from silentwatch.scrape import scrape
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 
@@ -170,9 +169,7 @@ def live_metric_names(sidecar: Sidecar) -> set[str]:
         with pytest.raises(grpc.RpcError):  # a non-OK code, too
             stub.ClassifyBatch(pb.ClassifyBatchRequest(embeddings=_matrix(unit_rows(1, DIM + 1))))
     assert sidecar.pipeline.wait_idle(10)
-    with urllib.request.urlopen(sidecar.metrics_url, timeout=10) as resp:
-        text = resp.read().decode()
-    return {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return {name for name, _ in scrape(sidecar.metrics_url, timeout=10)}
 
 
 def recording_rule_names(rules_dir: Path) -> set[str]:
