@@ -28,6 +28,7 @@ from silentwatch.monitor.detection.registry import (
 )
 from silentwatch.monitor.detection.suite import DetectorSuite
 from silentwatch.monitor.detection.windows import WindowSpec
+from silentwatch.monitor.serving.pipeline import PredictionBatch
 from silentwatch.monitor.simulate.drift import directional_drift, random_direction
 from silentwatch.monitor.simulate.world import SyntheticWorld
 
@@ -61,6 +62,11 @@ def _fitted(spec: DetectorSpec, data: dict[str, np.ndarray], seed: int = 7) -> W
     det = _build(spec, seed).fit(_reference(data))
     det.fit_holdout(data["hold"], data["hold_s"])
     return det
+
+
+def _batch(x: np.ndarray, s: np.ndarray) -> PredictionBatch:
+    norms = np.linalg.norm(x, axis=1).astype(np.float32)
+    return PredictionBatch(x, norms, s, "classify", "v1", 0.0)
 
 
 def _windows(n_pool: int, count: int = 6, seed: int = 0) -> np.ndarray:
@@ -158,14 +164,15 @@ def test_derived_lists_follow_the_registry() -> None:
         assert stream in REGISTRY[provider].streams
 
 
-def test_a_detector_the_bundle_did_not_calibrate_is_not_restored(data) -> None:
-    """Bundles written before a detector existed restore (and run) without it."""
+@pytest.mark.parametrize("dropped", ["centroid_angle", "pca_reconstruction"])
+def test_a_detector_the_bundle_did_not_calibrate_is_not_restored(data, dropped: str) -> None:
+    """Bundles written before a detector existed restore (and run) without it; a change-point
+    stream the calibration measured keeps its provider even without its window thresholds."""
     suite = DetectorSuite.calibrate(
         DetectorSettings(window_size=WINDOW, calibration_windows=50, rff_features=16, seed=1),
         _reference(data),
         ReferenceSample(data["hold"], data["hold_s"]),
     )
-    dropped = "centroid_angle"
     thresholds = {k: v for k, v in suite.calibration.thresholds.items() if k != dropped}
     old = suite.calibration.model_copy(update={"thresholds": thresholds})
     restored = DetectorSuite.restore(old, _reference(data), suite.arrays())
@@ -173,6 +180,12 @@ def test_a_detector_the_bundle_did_not_calibrate_is_not_restored(data) -> None:
     engine = DetectionEngine(restored, EngineOptions(window=WindowSpec(size=WINDOW, stride=WINDOW)))
     readings = engine.evaluate(data["hold"][:WINDOW], data["hold_s"][:WINDOW], 0.0)
     assert dropped not in readings and "mmd" in readings
+    # The default change-point pairs still run, reconstruction error included.
+    engine.on_predictions(_batch(data["hold"][: 2 * WINDOW], data["hold_s"][: 2 * WINDOW]))
+    assert {(t.stream, t.samples) for t in engine.trackers} == {
+        ("score", 2 * WINDOW),
+        ("reconstruction_error", 2 * WINDOW),
+    }
     with pytest.raises(ValueError, match=f"{dropped!r} is registered but this bundle did not"):
         DetectionEngine(
             restored, EngineOptions(window=WindowSpec(size=WINDOW), detectors=(dropped,))

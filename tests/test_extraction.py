@@ -150,7 +150,8 @@ def test_info_and_spec(tiny, tiny_dirs):
 
 @pytest.mark.offline
 def test_bfloat16_forward_still_gives_float32_unit_rows(tiny_dirs, tiny):
-    from silentwatch.offline.embedders.hf import TransformerEmbedder, resolve_dtype
+    from silentwatch.offline.dtypes import resolve_dtype
+    from silentwatch.offline.embedders.hf import TransformerEmbedder
 
     e = TransformerEmbedder(str(tiny_dirs["bert"]), dtype="bfloat16", batch_size=4)
     x = e.embed(TEXTS)

@@ -37,7 +37,7 @@ class CanaryStatus:
     last_error: str
 
 
-class CanaryMonitor:
+class CanaryRunner:
     """``run_once()`` measures; ``start()`` runs it every ``interval`` seconds."""
 
     def __init__(
@@ -90,7 +90,7 @@ class CanaryMonitor:
     def snapshot(self) -> CanaryStatus:
         return self._status
 
-    def start(self) -> CanaryMonitor:
+    def start(self) -> CanaryRunner:
         def loop() -> None:
             while not self._stop.is_set():
                 self.run_once()

@@ -104,11 +104,17 @@ def build_detectors(
 
 @dataclass
 class DetectorSuite:
-    """Fitted detectors plus their thresholds: everything the engine needs."""
+    """Fitted detectors plus their thresholds: everything the engine needs.
+
+    ``detectors`` are the window detectors the calibration has thresholds for;
+    ``streams`` maps each calibrated change-point stream (but ``score``) to the fitted
+    detector computing it, which need not be a window detector of this bundle.
+    """
 
     detectors: dict[str, WindowDetector]
     calibration: DetectorCalibration
     dim: int
+    streams: dict[str, WindowDetector]
 
     # -- building ---------------------------------------------------------------------
     @classmethod
@@ -152,9 +158,10 @@ class DetectorSuite:
                 mid = float(np.median(null))
                 top = float(np.quantile(null, q, method="higher"))
                 thresholds[name][str(n)] = mid + (top - mid) * widen
+        sources = {stream: dets[provider] for stream, provider in stream_providers().items()}
         streams = {"score": hs.astype(np.float64)}
-        for stream, provider in stream_providers().items():
-            streams[stream] = dets[provider].stream(stream, hx)
+        for stream, provider in sources.items():
+            streams[stream] = provider.stream(stream, hx)
         stream_stats = {k: (float(v.mean()), float(v.std())) for k, v in streams.items()}
         calibration = DetectorCalibration(
             settings=settings,
@@ -171,7 +178,7 @@ class DetectorSuite:
             ),
             seconds=time.perf_counter() - t0,
         )
-        return cls(dets, calibration, reference.dim)
+        return cls(dets, calibration, reference.dim, sources)
 
     @classmethod
     def restore(
@@ -190,6 +197,14 @@ class DetectorSuite:
         skipped with a log line.
         """
         names = tuple(n for n in ALL_DETECTORS if n in calibration.thresholds)
+        # Change-point streams the calibration measured need their provider even when the
+        # bundle has no window thresholds for it.
+        providers = stream_providers()
+        stream_only = tuple(
+            dict.fromkeys(
+                p for s, p in providers.items() if s in calibration.stream_stats and p not in names
+            )
+        )
         unknown = sorted(set(calibration.thresholds) - set(REGISTRY))
         if unknown:
             log.warning(
@@ -198,7 +213,7 @@ class DetectorSuite:
                 unknown,
             )
         dets = build_detectors(
-            names,
+            names + stream_only,
             calibration.settings,
             reference,
             sigma=calibration.mmd_sigma,
@@ -217,7 +232,8 @@ class DetectorSuite:
                 )
             if declared:
                 d.load_arrays({k: arrays[prefix + k] for k in declared})
-        return cls(dets, calibration, reference.dim)
+        sources = {s: dets[p] for s, p in providers.items() if s in calibration.stream_stats}
+        return cls({n: dets[n] for n in names}, calibration, reference.dim, sources)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Fitted state to write into ``reference.npz`` (prefixed ``det_<name>_``)."""
@@ -242,8 +258,7 @@ class DetectorSuite:
 
     def stream_source(self, stream: str) -> WindowDetector | None:
         """The fitted detector computing a change-point ``stream`` (None: not in this suite)."""
-        provider = stream_providers().get(stream)
-        return None if provider is None else self.detectors.get(provider)
+        return self.streams.get(stream)
 
 
 def suite_for_bundle(bundle: LoadedBundle, *, min_window: int = 256) -> DetectorSuite:

@@ -23,7 +23,7 @@ from prometheus_client.exposition import start_http_server
 from silentwatch.monitor.bundle import BundleError, LoadedBundle, load_bundle
 from silentwatch.monitor.bundle.signature import verify_bundle_signature
 from silentwatch.monitor.config import ServeSettings
-from silentwatch.monitor.detection.canary import CanaryMonitor, TextEmbedder
+from silentwatch.monitor.detection.canary import CanaryRunner, TextEmbedder
 from silentwatch.monitor.detection.engine import DetectionEngine, EngineOptions
 from silentwatch.monitor.detection.registry import parse_change_pair
 from silentwatch.monitor.detection.suite import CalibrationError, suite_for_bundle
@@ -138,10 +138,10 @@ class Sidecar:
         self.registry.register(self.traffic.confidence)
         self.engine, reason = build_engine(self.bundle, s)
         self.store = self._open_store(keep_labels=self.engine is not None)
-        self.canary: CanaryMonitor | None = None
+        self.canary: CanaryRunner | None = None
         if self.text_embedder is not None and self.bundle.canaries is not None:
             t = self.bundle.manifest.thresholds
-            self.canary = CanaryMonitor(
+            self.canary = CanaryRunner(
                 self.bundle.canaries,
                 self.text_embedder,
                 self.bundle.scorer,

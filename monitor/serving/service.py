@@ -17,7 +17,7 @@ import numpy as np
 
 from silentwatch.monitor.bundle import LoadedBundle
 from silentwatch.monitor.config import ServeSettings
-from silentwatch.monitor.detection.canary import CanaryMonitor, TextEmbedder
+from silentwatch.monitor.detection.canary import CanaryRunner, TextEmbedder
 from silentwatch.monitor.detection.engine import DetectionEngine
 from silentwatch.monitor.scoring import confidence
 from silentwatch.monitor.serving.errors import RequestError, invalid, precondition
@@ -93,7 +93,7 @@ class MonitorService(pb_grpc.MonitorServicer):
         engine: DetectionEngine | None = None,
         detection_disabled_reason: str = "",
         text_embedder: TextEmbedder | None = None,
-        canary: CanaryMonitor | None = None,
+        canary: CanaryRunner | None = None,
         persister: StatePersister | None = None,
         store_open_error: str = "",
         reloads: dict[str, int] | None = None,

@@ -54,21 +54,17 @@ from silentwatch.offline.embedders.registry import (
 )
 
 if TYPE_CHECKING:
-    from silentwatch.offline.embedders.hf import (
-        TORCH_DTYPES,
-        TransformerEmbedder,
-        load_embedder,
-        resolve_dtype,
-    )
+    from silentwatch.offline.dtypes import TORCH_DTYPES, resolve_dtype
+    from silentwatch.offline.embedders.hf import TransformerEmbedder, load_embedder
     from silentwatch.offline.embedders.onnx import OnnxEmbedder, load_onnx_embedder
 
 # Backend names served by __getattr__: importing them here would import torch (hf) for
 # every user of the registry or the cache.
 _LAZY: dict[str, str] = {
-    "TORCH_DTYPES": "silentwatch.offline.embedders.hf",
+    "TORCH_DTYPES": "silentwatch.offline.dtypes",
     "TransformerEmbedder": "silentwatch.offline.embedders.hf",
     "load_embedder": "silentwatch.offline.embedders.hf",
-    "resolve_dtype": "silentwatch.offline.embedders.hf",
+    "resolve_dtype": "silentwatch.offline.dtypes",
     "OnnxEmbedder": "silentwatch.offline.embedders.onnx",
     "load_onnx_embedder": "silentwatch.offline.embedders.onnx",
 }

@@ -47,11 +47,9 @@ DECODER_TYPES = frozenset(
 
 __all__ = [
     "CPU_BATCH_TOKENS",
-    "TORCH_DTYPES",
     "TransformerEmbedder",
     "default_pooling",
     "load_embedder",
-    "resolve_dtype",
 ]
 
 

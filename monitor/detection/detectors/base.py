@@ -3,7 +3,7 @@
 A detector is fitted once on the bundle's reference sample (never refitted on live
 traffic), then reads one statistic per window of live traffic. Larger statistics
 mean more drift; the alarm threshold is the ``1 - alpha`` quantile of the statistic
-over windows of held-out clean data (:mod:`.calibrate`).
+over windows of held-out clean data (:mod:`silentwatch.monitor.detection.suite`).
 """
 
 from __future__ import annotations
