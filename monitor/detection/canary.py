@@ -3,8 +3,8 @@
 In text mode the sidecar embeds text itself, so it can measure its own accuracy
 directly: every ``interval`` seconds a background thread embeds the canary texts with
 the live embedder, scores them with the bundle's classifier and computes the labelled
-metrics (:func:`~.calibration.labelled_metrics`). An embedder that changed under the
-classifier shows up here without waiting for human labels.
+metrics (:func:`~silentwatch.monitor.evaluation.classification.labelled_metrics`). An
+embedder that changed under the classifier shows up here without waiting for human labels.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Delayed-label calibration, online: a rolling window and a since-start summary.
 
 River's shape: ``update(scores, labels)`` with batches, cheap reads ``rolling()`` and
-``cumulative()``. Metric definitions are those of :mod:`.calibration` (paper A,
+``cumulative()``. Metric definitions are those of :mod:`.classification` (paper A,
 arXiv 2603.01297, section 3.3). Memory is bounded whatever the traffic: the rolling
 window is a ring of ``window_size`` (score, label) pairs, and the cumulative summary
 keeps running sums plus fixed-size histograms.
@@ -33,7 +33,7 @@ class LabelledWindow:
     window_size
         Labelled samples in the rolling window (a ring buffer of that many pairs).
     threshold, high_confidence, n_bins
-        As in :func:`~.calibration.labelled_metrics`.
+        As in :func:`~.classification.labelled_metrics`.
     cumulative_bins
         Equal-width score bins per class behind the cumulative ROC-AUC.
 
@@ -201,7 +201,7 @@ class LabelledWindow:
         )
 
     def rolling(self) -> dict[str, float]:
-        """:func:`~.calibration.labelled_metrics` over the last ``window_size`` labels.
+        """:func:`~.classification.labelled_metrics` over the last ``window_size`` labels.
 
         Cached until the next :meth:`update`; returns a copy.
         """

@@ -261,8 +261,9 @@ class Sidecar:
         """Load, verify and calibrate a bundle aside, then swap it in atomically.
 
         Returns ``(reloaded, bundle)``; ``reloaded`` is False when that exact bundle was
-        already serving. Raises :class:`~.bundle.BundleError` or :class:`ValueError` naming
-        the problem when the new bundle is refused; the old one then keeps serving.
+        already serving. Raises :class:`~silentwatch.monitor.bundle.BundleError` or
+        :class:`ValueError` naming the problem when the new bundle is refused; the old one
+        then keeps serving.
         """
         with self._reload_lock:
             try:
