@@ -20,6 +20,7 @@ from silentwatch.monitor.detection.registry import (
     check_detector_names,
     parse_change_pair,
 )
+from silentwatch.monitor.evaluation.confirmation import DEFAULT_ALPHA, DEFAULT_MARGIN
 from silentwatch.monitor.yaml_file import ConfigError, read_yaml_mapping
 
 MiB = 1024 * 1024
@@ -144,6 +145,22 @@ class ServeSettings(BaseSettings):
         "fraction of the reference -> silent_failure_suspected (paper A: it fell only ~14%)",
     )
     label_window: int = Field(1000, ge=10, description="labelled samples in the rolling window")
+    confirmation_margin: float = Field(
+        DEFAULT_MARGIN,
+        ge=0,
+        lt=0.5,
+        description="label confirmation: a ROC-AUC drop up to this is no worse (benign shifts "
+        "stay within 0.01)",
+    )
+    confirmation_alpha: float = Field(
+        DEFAULT_ALPHA,
+        gt=0,
+        lt=0.5,
+        description="label confirmation: false-confirmation rate per check when no worse",
+    )
+    confirm_every: int = Field(
+        250, ge=1, description="label confirmation: joined labels between checks"
+    )
     mismatch_hold_seconds: float = Field(
         300.0, gt=0, description="how long the embedder-version mismatch gauge stays up"
     )

@@ -305,7 +305,10 @@ def _cmd_bundle_train(args: argparse.Namespace) -> int:
         )
     except (BundleError, ValueError, OSError) as exc:
         raise UserError(str(exc)) from None
-    metrics = ", ".join(f"{k} {v:.3f}" for k, v in res.holdout_metrics.items())
+    metrics = ", ".join(
+        f"{k} {v:.0f}" if k == "positives" else f"{k} {v:.3f}"
+        for k, v in res.holdout_metrics.items()
+    )
     print(f"wrote bundle {res.classifier_version} to {res.path} (held-out: {metrics})")
     cal = load_bundle(res.path).manifest.detectors
     if cal is not None:
@@ -347,7 +350,9 @@ def _cmd_bundle_inspect(args: argparse.Namespace) -> int:
         f"  estimator       {m.training.estimator}",
     ]
     for k, v in m.training.holdout_metrics.items():
-        lines.append(f"  held-out {k:<8} {v:.4f}")
+        lines.append(
+            f"  held-out {k:<8} {v:.0f}" if k == "positives" else f"  held-out {k:<8} {v:.4f}"
+        )
     lines.append(
         f"reference         {ref.embeddings.shape[0]:,} embeddings, mean score "
         f"{float(ref.scores.mean()):.3f}"

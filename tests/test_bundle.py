@@ -138,8 +138,18 @@ def test_round_trip_manifest_fields(trained):
     assert m.training.n_holdout == 80
     assert m.training.seed == SEED
     assert m.training.positive_rate == pytest.approx(float(y.mean()))
-    assert set(m.training.holdout_metrics) == {"roc_auc", "accuracy", "mean_confidence", "ece_5bin"}
+    assert set(m.training.holdout_metrics) == {
+        "roc_auc",
+        "accuracy",
+        "mean_confidence",
+        "ece_5bin",
+        "positives",
+    }
     assert m.training.holdout_metrics["roc_auc"] > 0.8
+    # Label confirmation's reference: the held-out class counts, exactly.
+    assert m.training.holdout_metrics["positives"] == pytest.approx(
+        round(m.training.n_holdout * m.training.positive_rate), abs=1
+    )
     assert set(m.files) == {"classifier.npz", "reference.npz"}
     for name, digest in m.files.items():
         assert digest == hashlib.sha256((path / name).read_bytes()).hexdigest()

@@ -37,6 +37,7 @@ from silentwatch.monitor.detection.status import (
     NAN,
     ChangePointStatus,
     ConfidenceStatus,
+    ConfirmationStatus,
     DetectorStatus,
     EngineStatus,
     LabelledStatus,
@@ -44,6 +45,12 @@ from silentwatch.monitor.detection.status import (
 )
 from silentwatch.monitor.detection.suite import DetectorSuite
 from silentwatch.monitor.detection.windows import WindowBuffer, WindowSpec
+from silentwatch.monitor.evaluation.confirmation import (
+    DEFAULT_ALPHA,
+    DEFAULT_MARGIN,
+    AucDropTest,
+    auc_drop_test,
+)
 from silentwatch.monitor.evaluation.labelled import LabelledWindow
 from silentwatch.monitor.scoring import FLAG_THRESHOLD, HIGH_CONFIDENCE
 from silentwatch.monitor.serving.pipeline import LabelBatch, PredictionBatch
@@ -71,6 +78,14 @@ class EngineOptions:
     change_pairs: tuple[tuple[str, str], ...] = DEFAULT_CHANGE_PAIRS
     flag: float = FLAG_THRESHOLD
     high_confidence: float = HIGH_CONFIDENCE
+    # Label confirmation (evaluation/confirmation.py): the bundle's held-out ROC-AUC and
+    # class counts (None: not recorded, no confirmation), and the test's settings.
+    reference_auc: float | None = None
+    reference_positives: int = 0
+    reference_negatives: int = 0
+    confirmation_margin: float = DEFAULT_MARGIN
+    confirmation_alpha: float = DEFAULT_ALPHA
+    confirm_every: int = 250
 
 
 class DetectionEngine:
@@ -134,6 +149,10 @@ class DetectionEngine:
         self._suspected = False
         self._suspected_total = 0
         self.labels_seq = -1  # the last durable label folded into self.labelled
+        self._labels_since_check = 0
+        self.confirmation_checks = 0
+        self.confirmed_checks = 0
+        self._last_check: AucDropTest | None = None
         self._labelled_status = self._build_labelled_status()
         self._status = self._build_status()
 
@@ -225,7 +244,33 @@ class DetectionEngine:
     def on_labels(self, batch: LabelBatch) -> None:
         self.labelled.update(batch.scores, batch.labels)
         self.labels_seq = max(self.labels_seq, batch.last_seq)
+        self._labels_since_check += int(batch.labels.shape[0])
+        if self.options.reference_auc is not None and (
+            self._labels_since_check >= self.options.confirm_every
+        ):
+            self._labels_since_check = 0
+            self._confirm()
         self._labelled_status = self._build_labelled_status()
+
+    def _confirm(self) -> None:
+        """One label-confirmation check on the rolling window (a checkpoint every
+        ``confirm_every`` joined labels, so the per-check rate alpha means something)."""
+        o = self.options
+        m = self.labelled.rolling()
+        n, pos = int(m["n"]), int(m["positives"])
+        assert o.reference_auc is not None  # callers check
+        self._last_check = auc_drop_test(
+            float(m["roc_auc"]),
+            pos,
+            n - pos,
+            o.reference_auc,
+            o.reference_positives,
+            o.reference_negatives,
+            margin=o.confirmation_margin,
+            alpha=o.confirmation_alpha,
+        )
+        self.confirmation_checks += 1
+        self.confirmed_checks += self._last_check.confirmed
 
     # -- evaluation -------------------------------------------------------------------
     def _evaluation_allowed(self) -> bool:
@@ -372,6 +417,11 @@ class DetectionEngine:
             "numbers": numbers,
             "window_size": self.labelled.window_size,
             "labels_seq": self.labels_seq,
+            "confirmation": [
+                self._labels_since_check,
+                self.confirmation_checks,
+                self.confirmed_checks,
+            ],
         }
         return encode(arrays, header)
 
@@ -381,6 +431,10 @@ class DetectionEngine:
         try:
             self.labelled.load_state(arrays, h["numbers"])
             self.labels_seq = int(h["labels_seq"])
+            # Snapshots written before label confirmation carry no counters: start at 0.
+            since, checks, confirmed = (int(v) for v in h.get("confirmation", (0, 0, 0)))
+            self._labels_since_check = since % max(1, self.options.confirm_every)
+            self.confirmation_checks, self.confirmed_checks = checks, confirmed
         except (KeyError, TypeError, ValueError) as exc:
             raise SnapshotError(f"labelled snapshot does not fit ({exc})") from None
         self._labelled_status = self._build_labelled_status()
@@ -435,10 +489,21 @@ class DetectionEngine:
         )
 
     def _build_labelled_status(self) -> LabelledStatus:
+        o = self.options
         return LabelledStatus(
-            window_size=self.options.label_window,
+            window_size=o.label_window,
             rolling=self.labelled.rolling(),
             cumulative=self.labelled.cumulative(),
+            confirmation=ConfirmationStatus(
+                enabled=o.reference_auc is not None,
+                reference_auc=NAN if o.reference_auc is None else o.reference_auc,
+                margin=o.confirmation_margin,
+                alpha=o.confirmation_alpha,
+                confirm_every=o.confirm_every,
+                last=self._last_check,
+                checks=self.confirmation_checks,
+                confirmed_checks=self.confirmed_checks,
+            ),
         )
 
     def snapshot(self) -> EngineStatus:

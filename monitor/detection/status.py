@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from silentwatch.monitor.detection.detectors.confidence import ConfidenceProfile
 from silentwatch.monitor.detection.windows import WindowSpec
+from silentwatch.monitor.evaluation.confirmation import AucDropTest
 
 NAN = float("nan")
 
@@ -73,12 +74,31 @@ class ChangePointStatus:
 
 
 @dataclass(frozen=True)
+class ConfirmationStatus:
+    """Label confirmation: the rolling ROC-AUC tested against the bundle's held-out one."""
+
+    enabled: bool  # False: the bundle records no held-out ROC-AUC
+    reference_auc: float
+    margin: float
+    alpha: float
+    confirm_every: int  # joined labels between checks
+    last: AucDropTest | None  # None before the first check
+    checks: int
+    confirmed_checks: int
+
+    @property
+    def confirmed(self) -> bool:
+        return self.last is not None and self.last.confirmed
+
+
+@dataclass(frozen=True)
 class LabelledStatus:
     """Classification metrics on the labelled predictions (rolling and since start)."""
 
     window_size: int
     rolling: dict[str, float]
     cumulative: dict[str, float]
+    confirmation: ConfirmationStatus
 
 
 @dataclass(frozen=True)

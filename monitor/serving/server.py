@@ -13,6 +13,7 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -20,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import start_http_server
 
-from silentwatch.monitor.bundle import BundleError, LoadedBundle, load_bundle
+from silentwatch.monitor.bundle import BundleError, BundleManifest, LoadedBundle, load_bundle
 from silentwatch.monitor.bundle.signature import verify_bundle_signature
 from silentwatch.monitor.config import ServeSettings
 from silentwatch.monitor.detection.canary import CanaryRunner, TextEmbedder
@@ -92,8 +93,29 @@ def build_engine(bundle: LoadedBundle, s: ServeSettings) -> tuple[DetectionEngin
         change_pairs=tuple(parse_change_pair(item) for item in s.change_detectors),
         flag=m.thresholds.flag,
         high_confidence=m.thresholds.high_confidence,
+        **_confirmation_reference(m),
+        confirmation_margin=s.confirmation_margin,
+        confirmation_alpha=s.confirmation_alpha,
+        confirm_every=s.confirm_every,
     )
     return DetectionEngine(suite, options, normalize=m.embedder.normalized), ""
+
+
+def _confirmation_reference(m: BundleManifest) -> dict[str, Any]:
+    """The held-out ROC-AUC and class counts label confirmation tests against (none when the
+    bundle held nothing out). Bundles written before the counts were recorded give the
+    positives from the stratified split's positive rate."""
+    t = m.training
+    auc = t.holdout_metrics.get("roc_auc")
+    if auc is None or t.n_holdout < 2:
+        return {"reference_auc": None}
+    pos = t.holdout_metrics.get("positives")
+    pos = round(t.n_holdout * t.positive_rate) if pos is None else int(pos)
+    return {
+        "reference_auc": float(auc),
+        "reference_positives": pos,
+        "reference_negatives": t.n_holdout - pos,
+    }
 
 
 @dataclass

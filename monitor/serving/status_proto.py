@@ -9,7 +9,12 @@ from __future__ import annotations
 from silentwatch.monitor.bundle import LoadedBundle
 from silentwatch.monitor.detection.canary import CanaryStatus
 from silentwatch.monitor.detection.detectors.confidence import ConfidenceProfile
-from silentwatch.monitor.detection.status import NAN, EngineStatus, LabelledStatus
+from silentwatch.monitor.detection.status import (
+    NAN,
+    ConfirmationStatus,
+    EngineStatus,
+    LabelledStatus,
+)
 from silentwatch.monitor.serving.status import SidecarStatus
 from silentwatch.v1 import monitor_pb2 as pb
 
@@ -167,6 +172,28 @@ def labelled_message(lab: LabelledStatus | None) -> pb.LabelledStatus:
         window_size=lab.window_size,
         rolling=_metrics(lab.rolling),
         cumulative=_metrics(lab.cumulative),
+        confirmation=confirmation_message(lab.confirmation),
+    )
+
+
+def confirmation_message(c: ConfirmationStatus) -> pb.LabelConfirmation:
+    t = c.last
+    return pb.LabelConfirmation(
+        enabled=c.enabled,
+        reference_auc=c.reference_auc,
+        live_auc=NAN if t is None else t.live_auc,
+        drop=NAN if t is None else t.drop,
+        standard_error=NAN if t is None else t.standard_error,
+        drop_lower_bound=NAN if t is None else t.drop_lower_bound,
+        p_value=NAN if t is None else t.p_value,
+        confirmed=c.confirmed,
+        n_positive=0 if t is None else t.n_positive,
+        n_negative=0 if t is None else t.n_negative,
+        margin=c.margin,
+        alpha=c.alpha,
+        confirm_every=c.confirm_every,
+        checks=c.checks,
+        confirmed_checks=c.confirmed_checks,
     )
 
 

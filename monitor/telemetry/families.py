@@ -445,6 +445,40 @@ FAMILIES: tuple[Family, ...] = (
         )
         for key, name, doc in LABELLED_METRICS
     ),
+    # -- label confirmation (evaluation/confirmation.py) ---------------------------------
+    gauge(
+        "label_confirmation_reference_auc",
+        "The bundle's held-out ROC-AUC that label confirmation tests the rolling one against.",
+        _det(lambda d: d.labelled.confirmation.reference_auc),
+    ),
+    gauge(
+        "label_auc_drop",
+        "Held-out minus rolling labelled ROC-AUC at the last confirmation check.",
+        _det(lambda d: NAN if (t := d.labelled.confirmation.last) is None else t.drop),
+    ),
+    gauge(
+        "label_auc_drop_lower_bound",
+        "One-sided (1 - alpha) lower confidence bound of that drop (Hanley & McNeil errors "
+        "of both AUCs); NaN with too few labels of a class.",
+        _det(lambda d: NAN if (t := d.labelled.confirmation.last) is None else t.drop_lower_bound),
+    ),
+    gauge(
+        "label_degradation_confirmed",
+        "1 when the last check confirmed a ROC-AUC drop beyond the margin: labelled evidence "
+        "that the classifier got worse.",
+        _det(lambda d: float(d.labelled.confirmation.confirmed)),
+    ),
+    counter(
+        "label_confirmation_checks",
+        "Label-confirmation checks run (one every confirm_every joined labels).",
+        _det(lambda d: d.labelled.confirmation.checks),
+    ),
+    counter(
+        "label_confirmation_confirmed_checks",
+        "Checks that confirmed a drop (each false at rate alpha when the classifier is no "
+        "worse than the margin).",
+        _det(lambda d: d.labelled.confirmation.confirmed_checks),
+    ),
     # -- canaries (text mode) ----------------------------------------------------------
     counter(
         "canary_runs",

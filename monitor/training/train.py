@@ -198,6 +198,8 @@ def train_bundle(
             "accuracy": accuracy(p_ho, y[ho], thresholds.flag),
             "mean_confidence": mean_confidence(p_ho),
             "ece_5bin": expected_calibration_error(p_ho, y[ho], 5),
+            # Label confirmation needs the held-out AUC's class counts for its error.
+            "positives": float(np.count_nonzero(y[ho] == 1)),
         }
 
     rng = np.random.default_rng(seed)

@@ -373,14 +373,50 @@ class CalibrationMetrics(_message.Message):
     def __init__(self, n: _Optional[int] = ..., positives: _Optional[int] = ..., roc_auc: _Optional[float] = ..., accuracy: _Optional[float] = ..., balanced_accuracy: _Optional[float] = ..., ece: _Optional[float] = ..., ece_positive_class: _Optional[float] = ..., brier: _Optional[float] = ..., log_loss: _Optional[float] = ..., silent_failure_ratio: _Optional[float] = ..., high_confidence_error_ratio: _Optional[float] = ..., mean_confidence: _Optional[float] = ..., confidence_minus_accuracy: _Optional[float] = ...) -> None: ...
 
 class LabelledStatus(_message.Message):
-    __slots__ = ("window_size", "rolling", "cumulative")
+    __slots__ = ("window_size", "rolling", "cumulative", "confirmation")
     WINDOW_SIZE_FIELD_NUMBER: _ClassVar[int]
     ROLLING_FIELD_NUMBER: _ClassVar[int]
     CUMULATIVE_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMATION_FIELD_NUMBER: _ClassVar[int]
     window_size: int
     rolling: CalibrationMetrics
     cumulative: CalibrationMetrics
-    def __init__(self, window_size: _Optional[int] = ..., rolling: _Optional[_Union[CalibrationMetrics, _Mapping]] = ..., cumulative: _Optional[_Union[CalibrationMetrics, _Mapping]] = ...) -> None: ...
+    confirmation: LabelConfirmation
+    def __init__(self, window_size: _Optional[int] = ..., rolling: _Optional[_Union[CalibrationMetrics, _Mapping]] = ..., cumulative: _Optional[_Union[CalibrationMetrics, _Mapping]] = ..., confirmation: _Optional[_Union[LabelConfirmation, _Mapping]] = ...) -> None: ...
+
+class LabelConfirmation(_message.Message):
+    __slots__ = ("enabled", "reference_auc", "live_auc", "drop", "standard_error", "drop_lower_bound", "p_value", "confirmed", "n_positive", "n_negative", "margin", "alpha", "confirm_every", "checks", "confirmed_checks")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_AUC_FIELD_NUMBER: _ClassVar[int]
+    LIVE_AUC_FIELD_NUMBER: _ClassVar[int]
+    DROP_FIELD_NUMBER: _ClassVar[int]
+    STANDARD_ERROR_FIELD_NUMBER: _ClassVar[int]
+    DROP_LOWER_BOUND_FIELD_NUMBER: _ClassVar[int]
+    P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMED_FIELD_NUMBER: _ClassVar[int]
+    N_POSITIVE_FIELD_NUMBER: _ClassVar[int]
+    N_NEGATIVE_FIELD_NUMBER: _ClassVar[int]
+    MARGIN_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    CONFIRM_EVERY_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMED_CHECKS_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    reference_auc: float
+    live_auc: float
+    drop: float
+    standard_error: float
+    drop_lower_bound: float
+    p_value: float
+    confirmed: bool
+    n_positive: int
+    n_negative: int
+    margin: float
+    alpha: float
+    confirm_every: int
+    checks: int
+    confirmed_checks: int
+    def __init__(self, enabled: _Optional[bool] = ..., reference_auc: _Optional[float] = ..., live_auc: _Optional[float] = ..., drop: _Optional[float] = ..., standard_error: _Optional[float] = ..., drop_lower_bound: _Optional[float] = ..., p_value: _Optional[float] = ..., confirmed: _Optional[bool] = ..., n_positive: _Optional[int] = ..., n_negative: _Optional[int] = ..., margin: _Optional[float] = ..., alpha: _Optional[float] = ..., confirm_every: _Optional[int] = ..., checks: _Optional[int] = ..., confirmed_checks: _Optional[int] = ...) -> None: ...
 
 class IdentityStatus(_message.Message):
     __slots__ = ("embedder_version_mismatch", "last_mismatch_seconds_ago")
