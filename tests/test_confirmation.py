@@ -9,17 +9,16 @@ import math
 import grpc
 import numpy as np
 import pytest
-from scipy.stats import norm
+from scipy.stats import norm, rankdata
 from sklearn.metrics import roc_auc_score
 
 from silentwatch.monitor.bundle import EmbedderSpec, load_bundle
-from silentwatch.monitor.config import load_settings
 from silentwatch.monitor.evaluation.confirmation import (
     auc_drop_test,
     hanley_mcneil_variance,
     labels_to_confirm,
 )
-from silentwatch.monitor.serving.server import Sidecar
+from silentwatch.monitor.serving.server import _confirmation_reference
 from silentwatch.monitor.simulate.world import SyntheticWorld
 from silentwatch.monitor.training import train_bundle
 from silentwatch.scrape import scrape
@@ -35,13 +34,21 @@ def _mu(auc: float) -> float:
 
 
 def _aucs(auc: float, n_pos: int, n_neg: int, reps: int, seed: int) -> np.ndarray:
+    """``reps`` empirical ROC-AUCs of binormal samples, vectorised (Mann-Whitney U from
+    ranks; continuous scores have no ties)."""
     rng = np.random.default_rng(seed)
-    y = np.r_[np.ones(n_pos), np.zeros(n_neg)]
-    out = np.empty(reps)
-    for i in range(reps):
-        s = np.r_[rng.normal(_mu(auc), 1.0, n_pos), rng.normal(0.0, 1.0, n_neg)]
-        out[i] = roc_auc_score(y, s)
-    return out
+    s = np.concatenate(
+        [rng.normal(_mu(auc), 1.0, (reps, n_pos)), rng.normal(0.0, 1.0, (reps, n_neg))], axis=1
+    )
+    ranks = rankdata(s, axis=1)[:, :n_pos].sum(axis=1)
+    return (ranks - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def test_the_simulated_aucs_are_roc_aucs() -> None:
+    rng = np.random.default_rng(0)
+    s = np.concatenate([rng.normal(_mu(0.8), 1.0, (1, 30)), rng.normal(0.0, 1.0, (1, 50))], 1)
+    y = np.r_[np.ones(30), np.zeros(50)]
+    assert _aucs(0.8, 30, 50, reps=1, seed=0)[0] == pytest.approx(roc_auc_score(y, s[0]))
 
 
 @pytest.mark.parametrize(("auc", "n_pos", "n_neg"), [(0.85, 100, 100), (0.7, 60, 240)])
@@ -137,14 +144,24 @@ def test_the_sidecar_confirms_a_drop_and_not_clean_traffic(sidecar_factory) -> N
     assert m.get_value("silentwatch_label_auc_drop") == pytest.approx(c.drop)
 
 
-def test_a_bundle_without_held_out_rows_has_no_confirmation(tmp_path) -> None:
+def test_the_reference_comes_from_the_bundle(tmp_path, bundle_dir) -> None:
+    """A bundle that held nothing out has no reference (confirmation off); one written before
+    the held-out positives were recorded gets them from the stratified split's rate."""
     world = SyntheticWorld(dim=DIM, delta=0.02, seed=3)
     x, y = world.sample(400)
     out = train_bundle(
         x, y, tmp_path / "b", embedder=EmbedderSpec(name="t", version="v1"),
         holdout_fraction=0.0, detectors=None,
     ).path  # fmt: skip
-    sc = Sidecar(load_settings(bundle=out, port=0, metrics_port=0), bundle=load_bundle(out))
-    engine = sc.engine
-    assert engine is not None  # calibrated at start-up on a split of the reference
-    assert not engine.snapshot().labelled.confirmation.enabled
+    assert _confirmation_reference(load_bundle(out).manifest) == {"reference_auc": None}
+    m = load_bundle(bundle_dir).manifest
+    ref = _confirmation_reference(m)
+    t = m.training
+    assert ref["reference_auc"] == t.holdout_metrics["roc_auc"]
+    assert ref["reference_positives"] == t.holdout_metrics["positives"]
+    assert ref["reference_positives"] + ref["reference_negatives"] == t.n_holdout
+    metrics = {k: v for k, v in t.holdout_metrics.items() if k != "positives"}
+    old = m.model_copy(update={"training": t.model_copy(update={"holdout_metrics": metrics})})
+    assert (
+        abs(_confirmation_reference(old)["reference_positives"] - ref["reference_positives"]) <= 1
+    )
