@@ -71,3 +71,30 @@ def test_keep_serving_stays_up_for_prometheus_and_stops_on_ctrl_c(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_table_fits_80_columns_without_ellipses():
+    """Piped output (rich assumes 80 columns) shows every cell whole: on one line at ten times
+    the default traffic, folded (never cut) beyond that."""
+    import io
+
+    from rich.console import Console
+
+    from silentwatch.demo.run import PhaseResult, _table
+
+    def render(rows: int, labels: int, windows: int) -> str:
+        phases = [
+            PhaseResult("clean", rows, 0.5, 0.757, 0.422, 0.4, labels, 1.0, 0.854, 0.776,
+                        windows, 0, 0, 0.865),
+            PhaseResult("updated", rows, 0.6, 0.973, 0.947, 0.5, labels, 1.0, 0.532, 0.527,
+                        windows, windows, windows, 0.546),
+        ]  # fmt: skip
+        out = io.StringIO()
+        Console(file=out, width=80, color_system=None).print(_table(phases))
+        return out.getvalue()
+
+    text = render(40_000, 12_345, 160)
+    assert "…" not in text and "12,345" in text and "160/160" in text, text
+    assert max(len(line) for line in text.splitlines()) <= 80
+    huge = render(4_000_000, 1_234_567, 16_000)
+    assert "…" not in huge and max(len(line) for line in huge.splitlines()) <= 80, huge

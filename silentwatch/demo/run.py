@@ -104,16 +104,20 @@ def _phase_from_scrapes(
 
 def _table(phases: list[PhaseResult]) -> Table:
     t = Table(
-        title="What the sidecar's /metrics showed, per phase", box=box.SIMPLE_HEAD, pad_edge=False
+        title="What the sidecar's /metrics showed, per phase",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
     )
-    t.add_column("phase", no_wrap=True)
+    # Fold, never ellipsise: a piped run (80 columns) must still show every figure whole.
+    t.add_column("phase", overflow="fold")
     for head in ("rows", "mean\nconf", "conf\n>0.8", "labels\njoined"):
-        t.add_column(head, justify="right", no_wrap=True)
-    t.add_column("drift\nalarms", justify="right", no_wrap=True)
-    t.add_column("silent\nfailure?", justify="right", no_wrap=True)
-    t.add_column("label\nAUC", justify="right", no_wrap=True)
-    t.add_column("true\nAUC*", justify="right", style="bold", no_wrap=True)
-    t.add_column("true\nacc*", justify="right", style="bold", no_wrap=True)
+        t.add_column(head, justify="right", overflow="fold")
+    t.add_column("drift\nalarms", justify="right", overflow="fold")
+    t.add_column("silent\nfailure?", justify="right", overflow="fold")
+    t.add_column("label\nAUC", justify="right", overflow="fold")
+    t.add_column("true\nAUC*", justify="right", style="bold", overflow="fold")
+    t.add_column("true\nacc*", justify="right", style="bold", overflow="fold")
     for ph in phases:
         t.add_row(
             ph.name,
