@@ -20,7 +20,11 @@ from silentwatch.monitor.detection.registry import (
     check_detector_names,
     parse_change_pair,
 )
-from silentwatch.monitor.evaluation.confirmation import DEFAULT_ALPHA, DEFAULT_MARGIN
+from silentwatch.monitor.evaluation.confirmation import (
+    DEFAULT_ALPHA,
+    DEFAULT_CONFIRM_EVERY,
+    DEFAULT_MARGIN,
+)
 from silentwatch.monitor.yaml_file import ConfigError, read_yaml_mapping
 
 MiB = 1024 * 1024
@@ -159,7 +163,7 @@ class ServeSettings(BaseSettings):
         description="label confirmation: false-confirmation rate per check when no worse",
     )
     confirm_every: int = Field(
-        250, ge=1, description="label confirmation: joined labels between checks"
+        DEFAULT_CONFIRM_EVERY, ge=1, description="label confirmation: joined labels between checks"
     )
     mismatch_hold_seconds: float = Field(
         300.0, gt=0, description="how long the embedder-version mismatch gauge stays up"

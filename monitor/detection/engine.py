@@ -47,6 +47,7 @@ from silentwatch.monitor.detection.suite import DetectorSuite
 from silentwatch.monitor.detection.windows import WindowBuffer, WindowSpec
 from silentwatch.monitor.evaluation.confirmation import (
     DEFAULT_ALPHA,
+    DEFAULT_CONFIRM_EVERY,
     DEFAULT_MARGIN,
     AucDropTest,
     auc_drop_test,
@@ -85,7 +86,7 @@ class EngineOptions:
     reference_negatives: int = 0
     confirmation_margin: float = DEFAULT_MARGIN
     confirmation_alpha: float = DEFAULT_ALPHA
-    confirm_every: int = 250
+    confirm_every: int = DEFAULT_CONFIRM_EVERY
 
 
 class DetectionEngine:
@@ -112,8 +113,9 @@ class DetectionEngine:
         for _, stream in options.change_pairs:
             if stream == "score" or stream in self._stream_sources:
                 continue
+            # The suite holds a stream's source only when the calibration measured it.
             source = suite.stream_source(stream)
-            if source is None or stream not in stats:
+            if source is None:
                 raise ValueError(
                     f"the change-point stream {stream!r} needs a detector this bundle did not "
                     "calibrate; drop it from change_detectors or rebuild the bundle with "

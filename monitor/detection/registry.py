@@ -74,11 +74,14 @@ CONFIDENCE_PROFILE: tuple[str, ...] = tuple(ConfidenceProfile.__dataclass_fields
 
 @dataclass(frozen=True)
 class BuildContext:
-    """What a detector may be built from: the bundle's detector settings and thresholds."""
+    """What a detector may be built from: the bundle's detector settings and thresholds.
 
-    seed: int = 42
-    rff_features: int = 256
-    pca_components: int = 32
+    The first three come from the bundle's ``DetectorSettings`` (their defaults live there).
+    """
+
+    seed: int
+    rff_features: int
+    pca_components: int
     sigma: float | None = None  # the RBF bandwidth shared by mmd and mmd_rff
     flag: float = FLAG_THRESHOLD
     high_confidence: float = HIGH_CONFIDENCE

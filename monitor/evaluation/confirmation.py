@@ -36,6 +36,8 @@ from scipy.stats import norm
 DEFAULT_MARGIN = 0.01
 #: Per-check false-confirmation rate when the classifier is no worse than the margin.
 DEFAULT_ALPHA = 0.01
+#: Joined labels between two checks (each check tests the rolling window once).
+DEFAULT_CONFIRM_EVERY = 250
 #: Fewer labelled rows than this in either class: no test (the approximation is poor).
 MIN_PER_CLASS = 20
 

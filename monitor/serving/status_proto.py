@@ -15,6 +15,7 @@ from silentwatch.monitor.detection.status import (
     EngineStatus,
     LabelledStatus,
 )
+from silentwatch.monitor.evaluation.confirmation import AucDropTest
 from silentwatch.monitor.serving.status import SidecarStatus
 from silentwatch.v1 import monitor_pb2 as pb
 
@@ -177,18 +178,21 @@ def labelled_message(lab: LabelledStatus | None) -> pb.LabelledStatus:
 
 
 def confirmation_message(c: ConfirmationStatus) -> pb.LabelConfirmation:
-    t = c.last
+    # Before the first check: NaN statistics and no rows, as the proto documents.
+    t = c.last or AucDropTest(
+        c.reference_auc, NAN, NAN, NAN, NAN, NAN, NAN, False, 0, 0, c.margin, c.alpha
+    )
     return pb.LabelConfirmation(
         enabled=c.enabled,
         reference_auc=c.reference_auc,
-        live_auc=NAN if t is None else t.live_auc,
-        drop=NAN if t is None else t.drop,
-        standard_error=NAN if t is None else t.standard_error,
-        drop_lower_bound=NAN if t is None else t.drop_lower_bound,
-        p_value=NAN if t is None else t.p_value,
+        live_auc=t.live_auc,
+        drop=t.drop,
+        standard_error=t.standard_error,
+        drop_lower_bound=t.drop_lower_bound,
+        p_value=t.p_value,
         confirmed=c.confirmed,
-        n_positive=0 if t is None else t.n_positive,
-        n_negative=0 if t is None else t.n_negative,
+        n_positive=t.n_positive,
+        n_negative=t.n_negative,
         margin=c.margin,
         alpha=c.alpha,
         confirm_every=c.confirm_every,
