@@ -14,12 +14,14 @@ from sklearn.preprocessing import StandardScaler
 
 from silentwatch.monitor.bundle.manifest import DetectorSettings
 from silentwatch.monitor.detection.detectors import ReferenceSample
+from silentwatch.monitor.detection.registry import REGISTRY
 from silentwatch.monitor.detection.suite import DetectorSuite
 from silentwatch.monitor.simulate import drift
 from tests.conftest import SHARED_DATA
 
 CIVIL = SHARED_DATA / "civil_comments" / "cody140_civil_comments_4900.csv"
 N_TEXTS, WINDOW, ALPHA = 2000, 64, 0.05
+DRIFT_ALARM = "drift alarm"  # any detector raising it: the rate ALPHA is calibrated for
 
 pytestmark = [pytest.mark.offline, pytest.mark.slow]
 
@@ -55,11 +57,16 @@ def _split(x: np.ndarray, y: np.ndarray, seed: int):
 
 
 def _alarm_rates(suite, x, s, rng, n_windows):
-    hits = dict.fromkeys(suite.detectors, 0)
+    hits = dict.fromkeys([*suite.detectors, DRIFT_ALARM], 0)
     for _ in range(n_windows):
         w = rng.choice(x.shape[0], WINDOW, replace=False)
-        for name, det in suite.detectors.items():
-            hits[name] += det.statistic(x[w], s[w]) > suite.threshold(name, WINDOW)
+        alarms = {
+            name: det.statistic(x[w], s[w]) > suite.threshold(name, WINDOW)
+            for name, det in suite.detectors.items()
+        }
+        for name, alarm in alarms.items():
+            hits[name] += alarm
+        hits[DRIFT_ALARM] += any(a for n, a in alarms.items() if REGISTRY[n].raises_drift_alarm)
     return {k: v / n_windows for k, v in hits.items()}
 
 
@@ -74,8 +81,8 @@ def test_false_alarms_on_clean_held_out_windows_are_near_the_calibrated_rate(min
     mean = {k: float(np.mean([r[k] for r in rates])) for k in rates[0]}
     for name, rate in mean.items():
         assert rate <= 2.5 * ALPHA, (name, rate, mean)
-    overall = float(np.mean(list(mean.values())))
-    assert 0.4 * ALPHA <= overall <= 1.5 * ALPHA, mean
+    # ALPHA is the drift alarm's rate: the drift detectors share it (each at a lower level).
+    assert 0.4 * ALPHA <= mean[DRIFT_ALARM] <= 1.5 * ALPHA, mean
 
 
 def test_detectors_fire_on_paper_a_drift_of_real_embeddings(minilm_xy):
@@ -86,13 +93,17 @@ def test_detectors_fire_on_paper_a_drift_of_real_embeddings(minilm_xy):
         sd = lr.predict_proba(xd)[:, 1].astype(np.float32)
         return _alarm_rates(suite, xd, sd, rng, 40)
 
+    # Each drift detector is held to the family's per-detector level (here 0.01 for
+    # ALPHA = 0.05 and six detectors), so one detector alone fires less often than at
+    # ALPHA; the drift alarm, any of them, is what must fire.
     gauss = drift.gaussian_drift(xt, 0.02, rng)  # per-dimension s = 0.02: ~21 degrees here
     assert drift.mean_angle_degrees(xt, gauss) > 15
     r = rates(gauss)
-    assert r["pca_reconstruction"] >= 0.9 and r["bbsd_ks"] >= 0.9, r
+    assert r[DRIFT_ALARM] >= 0.9 and r["pca_reconstruction"] >= 0.75 and r["bbsd_ks"] >= 0.9, r
     direc = drift.directional_drift(xt, 0.1, drift.random_direction(xt.shape[1], rng))
     r = rates(direc)
-    assert min(r["mmd"], r["mmd_rff"], r["centroid_angle"], r["bbsd_ks"]) >= 0.75, r
+    assert r[DRIFT_ALARM] >= 0.9 and r["bbsd_ks"] >= 0.75, r
+    assert min(r["mmd"], r["mmd_rff"], r["centroid_angle"]) >= 0.5, r
     rot = drift.rotation_drift(xt, drift.magnitude_to_angle(0.02), drift.rotation_planes(384, rng))
     r = rates(rot)
-    assert r["bbsd_ks"] >= 0.9 and r["mmd"] >= 0.6, r
+    assert r[DRIFT_ALARM] >= 0.9 and r["bbsd_ks"] >= 0.9 and r["mmd"] >= 0.4, r

@@ -68,7 +68,10 @@ class DetectorSettings(_Strict):
     """How the label-free detectors were set up and calibrated (``bundle train`` flags)."""
 
     false_alarm_rate: float = Field(
-        default=0.01, gt=0.0, lt=0.5, description="alarm probability per window on clean data"
+        default=0.01,
+        gt=0.0,
+        lt=0.5,
+        description="drift-alarm probability per clean window: any drift detector alarming",
     )
     window_size: int = Field(default=256, ge=8, description="rows per window (count windows)")
     calibration_windows: int = Field(
@@ -79,11 +82,38 @@ class DetectorSettings(_Strict):
     seed: int = 42
 
 
+class FamilyCalibration(_Strict):
+    """How the drift-alarm family shares ``false_alarm_rate`` (see ``detection/suite.py``).
+
+    Keys of ``levels`` and ``measured_rate`` are the calibrated window sizes, as in
+    ``DetectorCalibration.thresholds``.
+    """
+
+    detectors: tuple[str, ...] = Field(
+        min_length=1, description="the detectors raising the drift alarm, calibrated jointly"
+    )
+    levels: dict[str, float] = Field(
+        description="per window size, the per-detector level alpha_n of every family detector"
+    )
+    measured_rate: dict[str, float] = Field(
+        description="per window size, the share of calibration windows on which some family "
+        "detector exceeded the threshold the other windows set (leave-one-out, the rate "
+        "expected on fresh clean windows), before the pool widening"
+    )
+
+
 class DetectorCalibration(_Strict):
     """Thresholds calibrated on held-out clean data, as stored in ``manifest.json``.
 
-    ``thresholds[detector][str(n)]`` is the ``1 - false_alarm_rate`` quantile of the
-    detector's statistic over ``calibration_windows`` windows of ``n`` held-out rows.
+    ``thresholds[detector][str(n)]`` is a quantile of the detector's statistic over
+    ``calibration_windows`` windows of ``n`` held-out rows, widened for the finite pool:
+    the ``1 - family.levels[str(n)]`` quantile for the detectors of ``family`` (together
+    they alarm on at most ``false_alarm_rate`` of clean windows, given enough
+    ``calibration_windows``: ``family.measured_rate`` says), the
+    ``1 - false_alarm_rate`` quantile for the others (advisory). ``family`` is None in
+    bundles written before the family-wise calibration: every threshold there is at
+    ``1 - false_alarm_rate`` on its own, and the drift alarm's rate is up to the number of
+    drift detectors times it; ``silentwatch bundle train`` rebuilds it family-wise.
     """
 
     settings: DetectorSettings
@@ -91,6 +121,7 @@ class DetectorCalibration(_Strict):
     holdout_rows: int = Field(ge=1)
     mmd_sigma: float = Field(gt=0.0)
     thresholds: dict[str, dict[str, float]]
+    family: FamilyCalibration | None = None
     reference_confidence: dict[str, float]
     stream_stats: dict[str, tuple[float, float]] = Field(
         description="held-out mean and standard deviation of each per-sample stream"
@@ -120,6 +151,8 @@ class DetectorCalibration(_Strict):
                     f"thresholds.{first} covers {sorted(sizes, key=int)}; every detector is "
                     "calibrated for the same sizes"
                 )
+        if self.family is not None:
+            self._check_family(self.family, sizes)
         missing = [k for k in STREAMS if k not in self.stream_stats]
         if missing:
             raise ValueError(f"stream_stats lacks {missing}")
@@ -135,6 +168,34 @@ class DetectorCalibration(_Strict):
             if not 0.0 <= value <= 1.0 or (key == "mean_confidence" and value < 0.5):
                 raise ValueError(f"reference_confidence.{key} is {value}, outside its range")
         return self
+
+    def _check_family(self, family: FamilyCalibration, sizes: set[str]) -> None:
+        """The family names calibrated detectors and covers the thresholds' sizes."""
+        unknown = [n for n in family.detectors if n not in self.thresholds]
+        if unknown:
+            raise ValueError(f"family.detectors names {unknown}, which have no thresholds")
+        alpha = self.settings.false_alarm_rate
+        # A level is k / calibration_windows with k >= 1, so it may exceed alpha when
+        # alpha * calibration_windows < 1 (the threshold is then the largest null value).
+        # The measured rate is what it is: too few windows cannot hold alpha.
+        tops = {
+            "levels": max(alpha, 1.0 / self.settings.calibration_windows),
+            "measured_rate": 1.0,
+        }
+        for key, table in (("levels", family.levels), ("measured_rate", family.measured_rate)):
+            if set(table) != sizes:
+                raise ValueError(
+                    f"family.{key} covers window sizes {sorted(table, key=str)} but the "
+                    f"thresholds cover {sorted(sizes, key=int)}"
+                )
+            top = tops[key]
+            # The float tolerance is for JSON round trips.
+            bad = {n: v for n, v in table.items() if not 0.0 <= v <= top * (1 + 1e-9)}
+            if bad:
+                raise ValueError(
+                    f"family.{key} must lie in [0, {top:g}] (levels: settings.false_alarm_rate "
+                    f"or 1 / calibration_windows if larger), found {bad}"
+                )
 
 
 class BundleManifest(_Strict):

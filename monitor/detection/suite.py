@@ -3,10 +3,21 @@
 Calibration (at ``bundle train`` time, never on live traffic): for each window size
 ``n`` on a grid, draw ``B`` windows of ``n`` rows *without replacement* from held-out
 clean data the classifier never trained on, compute every detector's statistic against
-the reference sample, and take the ``1 - alpha`` empirical quantile (``method="higher"``,
-so the rate is not undershot by interpolation) as the threshold. A window of ``n`` live
-rows is judged against the threshold of the largest calibrated size ``<= n``: every
-statistic's null spread shrinks with ``n``, so this errs towards fewer false alarms.
+the reference sample, and take an empirical quantile (``method="higher"``, so the rate is
+not undershot by interpolation) as the threshold. A window of ``n`` live rows is judged
+against the threshold of the largest calibrated size ``<= n``: every statistic's null
+spread shrinks with ``n``, so this errs towards fewer false alarms.
+
+``alpha`` (``false_alarm_rate``) is the rate of the drift alarm, which fires when *any*
+detector that raises it alarms, so it is held by the family of those detectors jointly
+(a max-statistic, Westfall & Young 1993 min-p calibration on the shared null windows):
+every family detector is set at its ``1 - alpha_n`` quantile, with one per-detector
+level ``alpha_n`` per size, the largest on the grid of achievable quantile ranks at which
+at most ``alpha`` of the calibration windows, each judged against the thresholds the
+other windows set, see any family detector exceed its threshold (:func:`joint_level`).
+The detectors see the same window, so their alarms are correlated and ``alpha_n`` lies
+between Bonferroni's ``alpha / D`` (rounded down to the grid) and ``alpha``. Advisory
+detectors do not raise the drift alarm and keep ``1 - alpha`` on their own.
 
 Windows are drawn from a finite pool, so sizes are capped at a quarter of the held-out
 rows, and the quantile's distance from the null median is widened by
@@ -24,7 +35,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from silentwatch.monitor.bundle.io import LoadedBundle
-from silentwatch.monitor.bundle.manifest import DetectorCalibration, DetectorSettings
+from silentwatch.monitor.bundle.manifest import (
+    DetectorCalibration,
+    DetectorSettings,
+    FamilyCalibration,
+)
 from silentwatch.monitor.detection.detectors.base import ReferenceSample, WindowDetector
 from silentwatch.monitor.detection.detectors.changepoints import null_change_rate
 from silentwatch.monitor.detection.detectors.confidence import confidence_profile
@@ -81,6 +96,100 @@ def window_grid(window_size: int, holdout_rows: int) -> list[int]:
     return sorted(s for s in sizes if s >= MIN_WINDOW)
 
 
+@dataclass(frozen=True)
+class JointLevel:
+    """One window size's joint calibration of the drift-alarm family (:func:`joint_level`).
+
+    Attributes
+    ----------
+    rank : int
+        ``k``: every family detector's threshold is its ``k``-th largest null statistic
+        (its ``1 - k / B`` quantile, ``method="higher"``).
+    level : float
+        ``k / B``, the per-detector level ``alpha_n``: a fresh clean window exceeds one
+        detector's threshold with probability ``k / (B + 1)``.
+    family_rate : float
+        Share of the ``B`` null windows on which some family detector exceeds the ``k``-th
+        largest of the *other* windows' values (leave-one-out: what each would do as a
+        fresh window), before the pool widening, which only lowers it.
+    """
+
+    rank: int
+    level: float
+    family_rate: float
+
+
+def joint_level(null: np.ndarray, alpha: float) -> JointLevel:
+    """The largest common per-detector level holding the family-wise null rate to ``alpha``.
+
+    Parameters
+    ----------
+    null : numpy.ndarray, shape (D, B)
+        Null statistics of ``D`` detectors on the *same* ``B`` windows: column ``b`` is
+        window ``b`` for every detector.
+    alpha : float
+        The family-wise rate: the share of clean windows on which *any* detector may
+        exceed its threshold.
+
+    Returns
+    -------
+    JointLevel
+        The rank ``k`` (each detector's threshold is its ``k``-th largest null value),
+        the level ``k / B`` and the family-wise rate it holds on these windows.
+
+    Notes
+    -----
+    The min-p form of Westfall & Young's (1993) max-statistic calibration. Let
+    ``c[d, b] = #{b' : T[d, b'] >= T[d, b]}``, window ``b`` counted (``B`` times its
+    empirical p-value, ties counted as extreme). Window ``b`` exceeds the ``k``-th largest
+    of the *other* windows' values of detector ``d`` (strictly, as the engine's
+    ``stat > threshold``) exactly when ``c[d, b] <= k``. Counting that, rather than
+    exceedances of thresholds the window helped set, estimates the rate on fresh windows
+    without bias: a fresh window exceeds one detector's ``k``-th largest with probability
+    ``k / (B + 1)``, not ``(k - 1) / B``, and the difference adds up over ``D`` detectors.
+
+    With ``P[b] = min_d c[d, b]``, the family-wise rate at rank ``k`` is
+    ``#{b : P[b] <= k} / B``, non-decreasing in ``k``; the largest ``k`` keeping it within
+    ``K = floor(alpha * B)`` windows is one less than the ``(K + 1)``-th smallest ``P``:
+    no search needed. It is capped at ``K``, the rank ``alpha`` gives one detector on its
+    own, so no detector is ever set looser than ``alpha``. Since
+    ``#{b : c[d, b] <= k} <= k`` for each ``d``, Bonferroni's rank ``floor(K / D)`` is
+    always feasible when it is at least 1: ``level >= floor(K / D) / B``, ``alpha / D``
+    rounded down to the grid of ranks. With fewer than ``D / alpha`` windows not even
+    rank 1 (the largest null value) may fit; the rank is then 1 and ``family_rate``
+    (above ``alpha``) says what it holds.
+
+    Examples
+    --------
+    Two copies of one detector are one test: the level is ``alpha``. Two detectors that
+    never alarm on the same window split it, as Bonferroni does.
+
+    >>> t = np.arange(100.0)
+    >>> joint_level(np.stack([t, t]), 0.05)
+    JointLevel(rank=5, level=0.05, family_rate=0.05)
+    >>> joint_level(np.stack([t, t[::-1]]), 0.05)
+    JointLevel(rank=2, level=0.02, family_rate=0.04)
+    """
+    t = np.asarray(null, dtype=np.float64)
+    if t.ndim != 2 or t.shape[0] < 1 or t.shape[1] < 1:
+        raise ValueError(f"null statistics must be (detectors, windows), got shape {t.shape}")
+    windows = t.shape[1]
+    ordered = np.sort(t, axis=1)
+    # Rank each detector's row once: the count of its null values at least as large.
+    at_least = np.stack(
+        [
+            windows - np.searchsorted(row, values, side="left")
+            for row, values in zip(ordered, t, strict=True)
+        ]
+    )
+    min_count = np.sort(at_least.min(axis=0))
+    cap = int(np.floor(alpha * windows + 1e-9))  # 0.29 * 100 is 28.999999999999996
+    rank = min(cap, int(min_count[cap]) - 1) if cap < windows else cap
+    rank = max(rank, 1)
+    rate = float(np.count_nonzero(min_count <= rank)) / windows
+    return JointLevel(rank=rank, level=rank / windows, family_rate=rate)
+
+
 def build_detectors(
     names: tuple[str, ...],
     settings: DetectorSettings,
@@ -128,7 +237,12 @@ class DetectorSuite:
         flag: float = FLAG_THRESHOLD,
         high_confidence: float = HIGH_CONFIDENCE,
     ) -> DetectorSuite:
-        """Fit every registered detector on ``reference``; set thresholds from ``holdout``."""
+        """Fit every registered detector on ``reference``; set thresholds from ``holdout``.
+
+        The detectors raising the drift alarm share ``settings.false_alarm_rate`` (one
+        :func:`joint_level` per window size, recorded in ``calibration.family``); advisory
+        ones are held to it alone.
+        """
         t0 = time.perf_counter()
         sizes = window_grid(settings.window_size, holdout.size)
         sigma = median_bandwidth(reference.embeddings, seed=settings.seed)
@@ -145,19 +259,43 @@ class DetectorSuite:
             d.fit_holdout(hx, hs)
         rng = np.random.default_rng(settings.seed)
         thresholds: dict[str, dict[str, float]] = {name: {} for name in dets}
-        q = 1.0 - settings.false_alarm_rate
+        alpha = settings.false_alarm_rate
+        # The drift alarm is "any of these alarmed": they share alpha (periodic ones too,
+        # counted as if they ran on every window, which can only overstate the rate).
+        family = tuple(name for name in dets if REGISTRY[name].raises_drift_alarm)
+        levels: dict[str, float] = {}
+        family_rates: dict[str, float] = {}
         for n in sizes:
             windows = np.argsort(rng.random((settings.calibration_windows, holdout.size)), axis=1)
             windows = windows[:, :n]
+            null = {name: d.null_statistics(hx, hs, windows) for name, d in dets.items()}
+            joint = joint_level(np.stack([null[name] for name in family]), alpha)
+            levels[str(n)], family_rates[str(n)] = joint.level, joint.family_rate
             # Windows from one finite pool share its offset from the population; live
             # windows do not. Widen the null around its median by sqrt(1 + n / pool) (the
             # pool mean's variance sigma^2 / pool added to the window's sigma^2 / n).
             widen = np.sqrt(1.0 + n / holdout.size)
-            for name, d in dets.items():
-                null = d.null_statistics(hx, hs, windows)
-                mid = float(np.median(null))
-                top = float(np.quantile(null, q, method="higher"))
+            for name, stats in null.items():
+                mid = float(np.median(stats))
+                if name in family:
+                    top = float(np.sort(stats)[stats.size - joint.rank])
+                else:  # advisory: alone at alpha
+                    top = float(np.quantile(stats, 1.0 - alpha, method="higher"))
                 thresholds[name][str(n)] = mid + (top - mid) * widen
+        over = {size: rate for size, rate in family_rates.items() if rate > alpha}
+        if over:
+            # Even the largest null values cannot hold alpha: a fresh window exceeds one
+            # detector's largest of B with probability 1 / (B + 1), so D detectors need
+            # B >= D / alpha windows (then rank 1 always fits).
+            log.warning(
+                "%d calibration windows cannot hold the drift alarm's false-alarm rate %g "
+                "for %d detectors (measured by window size: %s); use at least %d",
+                settings.calibration_windows,
+                alpha,
+                len(family),
+                ", ".join(f"{size}: {rate:.3g}" for size, rate in over.items()),
+                int(np.ceil(len(family) / alpha - 1e-9)),
+            )
         sources = {stream: dets[provider] for stream, provider in stream_providers().items()}
         streams = {"score": hs.astype(np.float64)}
         for stream, provider in sources.items():
@@ -169,6 +307,7 @@ class DetectorSuite:
             holdout_rows=holdout.size,
             mmd_sigma=sigma,
             thresholds=thresholds,
+            family=FamilyCalibration(detectors=family, levels=levels, measured_rate=family_rates),
             reference_confidence=confidence_profile(
                 hs, flag=flag, high_confidence=high_confidence
             ).as_dict(),
