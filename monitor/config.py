@@ -20,6 +20,7 @@ from silentwatch.monitor.detection.registry import (
     check_detector_names,
     parse_change_pair,
 )
+from silentwatch.monitor.evaluation import paired
 from silentwatch.monitor.evaluation.confirmation import (
     DEFAULT_ALPHA,
     DEFAULT_CONFIRM_EVERY,
@@ -145,8 +146,8 @@ class ServeSettings(BaseSettings):
         0.2,
         gt=0,
         lt=1,
-        description="drift alarm while mean confidence has not fallen by more than this "
-        "fraction of the reference -> silent_failure_suspected (paper A: it fell only ~14%)",
+        description="a relative fall of mean confidence up to this fraction of the reference "
+        "reads as 'steady' in GetStatus (informational; paper A: it fell only ~14%)",
     )
     label_window: int = Field(1000, ge=10, description="labelled samples in the rolling window")
     confirmation_margin: float = Field(
@@ -160,7 +161,8 @@ class ServeSettings(BaseSettings):
         DEFAULT_ALPHA,
         gt=0,
         lt=0.5,
-        description="label confirmation: false-confirmation rate per check when no worse",
+        description="label confirmation: false-confirmation rate per check when no worse "
+        "(with canary_alpha: the silent-failure signal's rate per check round)",
     )
     confirm_every: int = Field(
         DEFAULT_CONFIRM_EVERY, ge=1, description="label confirmation: joined labels between checks"
@@ -182,6 +184,35 @@ class ServeSettings(BaseSettings):
     max_text_chars: int = Field(20_000, ge=1, description="longest text accepted in text mode")
     canary_interval_seconds: float = Field(
         300.0, gt=0, description="how often the bundle's canary texts are re-embedded and scored"
+    )
+    # -- paired canaries (docs/detection.md) ---------------------------------------------
+    canary_margin: float = Field(
+        paired.DEFAULT_MARGIN,
+        ge=0,
+        lt=0.5,
+        description="paired canaries: a canary ROC-AUC drop up to this is no worse",
+    )
+    canary_alpha: float = Field(
+        paired.DEFAULT_ALPHA,
+        gt=0,
+        lt=0.5,
+        description="paired canaries: false-failure rate per submission when no worse, split "
+        "between the AUC and the Brier test (with confirmation_alpha: the silent-failure "
+        "signal's rate per check round)",
+    )
+    canary_brier_margin: float = Field(
+        paired.DEFAULT_BRIER_MARGIN,
+        ge=0,
+        lt=1,
+        description="paired canaries: a rise of the canaries' mean Brier score up to this is "
+        "no worse",
+    )
+    canary_angle_tolerance_degrees: float = Field(
+        paired.DEFAULT_ANGLE_TOLERANCE,
+        ge=0,
+        lt=90,
+        description="paired canaries: a mean angle above this reads as 'embedder changed' "
+        "(informational; the default sits above the measured numerical noise floor)",
     )
     # -- security (docs/security.md) -----------------------------------------------------
     tls_cert_file: Path | None = Field(

@@ -6,8 +6,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from silentwatch import __version__
+
+if TYPE_CHECKING:  # the CLI imports the library lazily, per subcommand
+    from silentwatch.monitor.bundle.manifest import DetectorCalibration
 
 EXIT_ERROR = 2
 
@@ -142,7 +146,8 @@ def _add_bundle(sub: argparse._SubParsersAction) -> None:
         "--false-alarm-rate",
         type=float,
         default=0.01,
-        help="alarm probability per clean window, for every detector (default 0.01)",
+        help="drift-alarm probability per clean window: the rate at which any drift detector "
+        "alarms on a clean window, shared by the drift detectors (default 0.01)",
     )
     det.add_argument(
         "--window-size",
@@ -157,13 +162,24 @@ def _add_bundle(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="skip it (the sidecar then calibrates at start-up on a split of the reference)",
     )
-    can = t.add_argument_group("canaries (text mode re-scores them on a schedule)")
+    can = t.add_argument_group(
+        "canaries (labelled texts and their embeddings: paired canaries, docs/detection.md)"
+    )
+    can.add_argument(
+        "--canaries",
+        type=int,
+        default=256,
+        metavar="N",
+        help="with --data texts: keep N held-out rows as canaries, half of each class "
+        "(default 256; 0: none)",
+    )
     can.add_argument(
         "--canary-file",
         type=Path,
-        help="labelled texts to ship with the bundle (same column options as --data)",
+        help="ship these labelled texts as canaries instead (same column options as --data); "
+        "embedded with --embedder when the bundle is trained from texts",
     )
-    can.add_argument("--canary-limit", type=int, default=200, help="at most this many (200)")
+    can.add_argument("--canary-limit", type=int, default=256, help="at most this many (256)")
     t.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     t.add_argument("--force", action="store_true", help="replace --out if it exists")
     t.set_defaults(func=_cmd_bundle_train)
@@ -198,6 +214,7 @@ def _load_xy(args: argparse.Namespace):
             np.load(args.embeddings, allow_pickle=False),
             np.load(args.labels, allow_pickle=False),
             None,
+            None,
         )
     if args.data is None:
         raise UserError("give --embeddings and --labels, or --data")
@@ -206,7 +223,7 @@ def _load_xy(args: argparse.Namespace):
             missing = {"embeddings", "labels"} - set(z.files)
             if missing:
                 raise UserError(f"{args.data} lacks arrays {sorted(missing)} (it has {z.files})")
-            return z["embeddings"], z["labels"], None
+            return z["embeddings"], z["labels"], None, None
     from silentwatch.monitor.training.datasets import load_labelled_texts
 
     table = load_labelled_texts(
@@ -226,7 +243,7 @@ def _load_xy(args: argparse.Namespace):
         ) from None
     emb = load_embedder(args.embedder)
     print(f"embedding {len(table.texts):,} texts with {emb.name} ({emb.pooling} pooling) ...")
-    return emb.embed(table.texts), table.labels, emb
+    return emb.embed(table.texts), table.labels, emb, list(table.texts)
 
 
 def _cmd_bundle_train(args: argparse.Namespace) -> int:
@@ -259,7 +276,9 @@ def _cmd_bundle_train(args: argparse.Namespace) -> int:
             + "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())
         ) from None
     try:
-        x, y, emb = _load_xy(args)
+        if args.canaries < 0:
+            raise UserError("--canaries must be 0 (none) or a positive count")
+        x, y, emb, texts = _load_xy(args)
         if emb is not None:
             spec = emb.spec(args.embedder_version)
         else:
@@ -286,12 +305,20 @@ def _cmd_bundle_train(args: argparse.Namespace) -> int:
                 positive_label=args.positive_label,
                 limit=args.canary_limit,
             )
-            canaries = (list(ct.texts), ct.labels)
+            # Embedded by the bundle's embedder when there is one: paired canaries need
+            # the reference embeddings; without them text mode still re-scores the texts.
+            canaries = (
+                (list(ct.texts), ct.labels)
+                if emb is None
+                else (list(ct.texts), ct.labels, emb.embed(list(ct.texts)))
+            )
         res = train_bundle(
             x,
             y,
             args.out,
             canaries=canaries,
+            texts=texts,
+            canary_count=args.canaries,
             embedder=spec,
             classifier_version=args.classifier_version,
             thresholds=Thresholds()
@@ -314,12 +341,52 @@ def _cmd_bundle_train(args: argparse.Namespace) -> int:
     if cal is not None:
         print(
             f"drift thresholds calibrated on {cal.holdout_rows:,} held-out rows at "
-            f"{cal.settings.false_alarm_rate:g} false alarms per window of "
-            f"{cal.settings.window_size} rows ({cal.seconds:.1f} s)"
+            f"{cal.settings.false_alarm_rate:g} false alarms (any drift detector) per window "
+            f"of {cal.settings.window_size} rows ({cal.seconds:.1f} s)"
         )
     else:
         print("drift thresholds not calibrated: the sidecar calibrates at start-up")
+    can = load_bundle(res.path).canaries
+    if can is not None:
+        paired = "with" if can.embeddings is not None else "without"
+        print(
+            f"{len(can.texts)} canaries ({int(can.labels.sum())} unsafe), {paired} reference "
+            "embeddings"
+        )
     return 0
+
+
+def family_lines(cal: DetectorCalibration) -> list[str]:
+    """``bundle inspect``'s account of how the drift detectors share the false-alarm rate.
+
+    Parameters
+    ----------
+    cal : DetectorCalibration
+        A bundle's calibration.
+
+    Returns
+    -------
+    list of str
+        One or two indented lines.
+    """
+    fam = cal.family
+    alpha = cal.settings.false_alarm_rate
+    if fam is None:
+        # Written before the family-wise calibration: each detector holds alpha alone.
+        return [
+            f"  per-detector thresholds: each drift detector at {alpha:g} alone, so the drift "
+            "alarm's rate can reach their number times that; rebuild with `silentwatch bundle "
+            "train` for family-wise thresholds"
+        ]
+    size = str(cal.settings.window_size)
+    rate = fam.measured_rate[size]
+    return [
+        f"  family-wise: any of {', '.join(fam.detectors)} alarms on at most {alpha:g} of "
+        "clean windows",
+        f"  at n={size} each is set at level {fam.levels[size]:.4g} (family rate "
+        f"{rate:.4g} on the calibration windows, leave-one-out"
+        + ("; too few windows to hold it)" if rate > alpha else ")"),
+    ]
 
 
 def _cmd_bundle_inspect(args: argparse.Namespace) -> int:
@@ -368,6 +435,7 @@ def _cmd_bundle_inspect(args: argparse.Namespace) -> int:
             f"{st.false_alarm_rate:g} false alarms per window, window {st.window_size}, "
             f"{st.calibration_windows} windows per size"
         )
+        lines += family_lines(cal)
         size = str(st.window_size)
         for name, table in cal.thresholds.items():
             lines.append(f"  {name:<19} threshold {table[size]:.6g} at n={size}")
@@ -420,7 +488,12 @@ def _cmd_bundle_verify(args: argparse.Namespace) -> int:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="build a bundle, start the sidecar, replay traffic with an embedding update halfway",
+        help="build a bundle, start the sidecar, replay clean traffic, a benign traffic shift "
+        "and an embedder update",
+        description="Trains a bundle (with canaries) on a synthetic 384-d world or --data, serves "
+        "it on loopback and replays three phases through gRPC: clean, a benign shift (input "
+        "drift, no page) and an embedder update (a silent failure, paged by the paired canaries "
+        "submitted at its deploy). Prints what /metrics showed beside the ground truth.",
     )
     p.add_argument("--out", type=Path, help="working directory (default: a temp dir)")
     p.add_argument(
@@ -431,7 +504,12 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
     p.add_argument("--label-threshold", type=float, default=0.5)
-    p.add_argument("--requests", type=int, default=8000, help="embeddings to replay in all")
+    p.add_argument(
+        "--requests",
+        type=int,
+        default=12000,
+        help="embeddings to replay in all, a third per phase",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument(
         "--label-fraction",
@@ -443,7 +521,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "--drift",
         type=float,
         default=0.02,
-        help="paper A Gaussian drift s (per-dimension convention) after the update",
+        help="paper A Gaussian drift s (per-dimension convention) of the embedder update",
     )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument(
@@ -451,7 +529,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=0.0,
         help="replay at most this many embeddings per second (0: as fast as possible); "
-        "a slow replay lets a scraping Prometheus see the clean phase, then the update",
+        "a slow replay lets a scraping Prometheus see each phase in turn",
     )
     p.add_argument(
         "--keep-serving",

@@ -99,22 +99,24 @@ def test_drift_raises_alarms_and_they_are_exported(fast, world):
     assert sc.pipeline.wait_idle(10)
     d = stub.GetStatus(pb.GetStatusRequest()).detection
     alarms = {r.name for r in d.detectors if r.alarm}
-    assert {"mmd", "pca_reconstruction"} <= alarms and d.drift_alarm
+    assert {"mmd", "pca_reconstruction"} <= alarms and d.input_drift
     m = scrape(sc.metrics_url)
     assert m.get_value("silentwatch_drift_alarm", detector="mmd") == 1.0
-    assert m.get_value("silentwatch_drift_alarm_any") == 1.0
+    assert m.get_value("silentwatch_input_drift") == 1.0
+    assert m.get_value("silentwatch_input_drift_windows_total") == d.input_drift_windows >= 1
     assert m.get_value("silentwatch_drift_alarms_total", detector="mmd") >= 1
     assert m.get_value("silentwatch_drift_windows_evaluated_total") == 4
     thr = m.get_value("silentwatch_drift_threshold", detector="mmd")
     assert thr == pytest.approx(next(r.threshold for r in d.detectors if r.name == "mmd"))
     angle = m.get_value("silentwatch_embedding_centroid_angle_degrees")
     assert angle == pytest.approx(d.centroid_angle_degrees) and angle > 0
-    rel = d.confidence.mean_confidence_relative_change
-    assert d.silent_failure_suspected == (rel >= -d.confidence.band)
-    assert m.get_value("silentwatch_silent_failure_suspected") == float(d.silent_failure_suspected)
+    # Drift is not harm: the page needs evidence the classifier got worse, and there is none.
+    assert m.get_value("silentwatch_silent_failure") == 0.0
+    sf = stub.GetStatus(pb.GetStatusRequest()).silent_failure
+    assert not sf.active and not sf.evidence
 
 
-def test_composite_signal_needs_drift_and_steady_confidence(bundle_dir, world):
+def test_input_drift_is_the_family_alarm_whatever_confidence_does(bundle_dir, world):
     bundle = load_bundle(bundle_dir)
     engine = DetectionEngine(
         suite_for_bundle(bundle),
@@ -123,20 +125,19 @@ def test_composite_signal_needs_drift_and_steady_confidence(bundle_dir, world):
     x, _ = world.sample(32)
     xd = drift.gaussian_drift(x, 0.3, np.random.default_rng(1))
     ref_conf = engine.suite.calibration.reference_confidence["mean_confidence"]
-    # Scores that keep the reference's confidence: the silent-failure signature.
     p_ref = np.full(32, ref_conf, dtype=np.float32)
     engine.evaluate(xd, p_ref, 0.0)
-    assert engine.snapshot().drift_alarm and engine.snapshot().silent_failure_suspected
-    # Confidence collapsing to 0.5 is a loud failure, not a silent one.
+    assert engine.snapshot().input_drift
+    # Confidence does not enter the input-drift signal (it used to gate a composite one).
     engine.evaluate(xd, np.full(32, 0.5, dtype=np.float32), 1.0)
     snap = engine.snapshot()
-    assert snap.drift_alarm and not snap.silent_failure_suspected
+    assert snap.input_drift and snap.input_drift_windows == 2
     # Clean rows with their own scores (a fixed draw: deterministic): no drift alarm.
     clean = SyntheticWorld(dim=DIM, delta=0.02, seed=3)
     clean.sample(500)
     xc, _ = clean.sample(32)
     engine.evaluate(xc, bundle.scorer.predict_proba(xc), 2.0)
-    assert not engine.snapshot().drift_alarm, engine.snapshot().detectors
+    assert not engine.snapshot().input_drift, engine.snapshot().detectors
 
 
 def test_recent_ring_counts_the_last_ten_windows_for_k_of_n_alerts(bundle_dir, world):
@@ -149,12 +150,12 @@ def test_recent_ring_counts_the_last_ten_windows_for_k_of_n_alerts(bundle_dir, w
     p_ref = np.full(32, ref_conf, dtype=np.float32)
     x, _ = world.sample(32)
     xd = drift.gaussian_drift(x, 0.3, np.random.default_rng(1))
-    for t in range(12):  # 12 suspected windows: the ring keeps the last 10
+    for t in range(12):  # 12 drifted windows: the ring keeps the last 10
         engine.evaluate(xd, p_ref, float(t))
     snap = engine.snapshot()
     assert snap.recent_windows == RECENT_WINDOWS == 10
-    assert snap.recent_suspected_windows == 10
-    assert snap.silent_failure_suspected_windows == 12
+    assert snap.recent_input_drift_windows == 10
+    assert snap.input_drift_windows == 12
     # domain_auc runs on every 4th window: 3 of 12; its ring holds its own evaluations.
     assert snap.detector("domain_auc").evaluations == 3 and snap.detector("mmd").evaluations == 12
     assert snap.detector("domain_auc").recent_evaluations == 3
@@ -163,10 +164,10 @@ def test_recent_ring_counts_the_last_ten_windows_for_k_of_n_alerts(bundle_dir, w
     clean = SyntheticWorld(dim=DIM, delta=0.02, seed=3)
     clean.sample(500)
     xc, _ = clean.sample(32)
-    for t in range(12, 16):  # 4 clean windows push 4 suspected ones out
+    for t in range(12, 16):  # 4 clean windows push 4 drifted ones out
         engine.evaluate(xc, bundle.scorer.predict_proba(xc), float(t))
     snap = engine.snapshot()
-    assert snap.recent_suspected_windows == 6 and snap.recent_windows == 10
+    assert snap.recent_input_drift_windows == 6 and snap.recent_windows == 10
 
 
 def test_time_windows_evaluate_by_arrival_time(bundle_dir, world):

@@ -58,6 +58,9 @@ class Canaries:
 
     texts: list[str]
     labels: np.ndarray  # (n,) int8
+    # (n, d) float32: the texts under the validated embedder, for paired canaries
+    # (docs/detection.md); None in bundles written without them (text mode only).
+    embeddings: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -395,7 +398,18 @@ def load_bundle(directory: str | os.PathLike[str]) -> LoadedBundle:
         _check_numeric(labels, "labels", CANARY_FILE, kinds="iub")
         if not np.isin(labels, (0, 1)).all():
             raise BundleError(f"{CANARY_FILE}:labels must be 0 or 1")
-        canaries = Canaries(texts=[str(t) for t in texts], labels=labels.astype(np.int8))
+        emb_c = can.get("embeddings")
+        if emb_c is not None:
+            _check_numeric(emb_c, "embeddings", CANARY_FILE)
+            if emb_c.shape != (texts.shape[0], dim) or not np.isfinite(emb_c).all():
+                raise BundleError(
+                    f"{CANARY_FILE}:embeddings must be {texts.shape[0]} finite rows of "
+                    f"dimension {dim} (found {emb_c.shape}); rebuild the bundle"
+                )
+            emb_c = np.ascontiguousarray(emb_c, dtype=np.float32)
+        canaries = Canaries(
+            texts=[str(t) for t in texts], labels=labels.astype(np.int8), embeddings=emb_c
+        )
     return LoadedBundle(
         path=path,
         manifest=manifest,

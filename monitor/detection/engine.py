@@ -136,7 +136,7 @@ class DetectionEngine:
         self.recent_alarms: dict[str, deque[bool]] = {
             name: deque(maxlen=RECENT_WINDOWS) for name in self.names
         }
-        self.recent_suspected: deque[bool] = deque(maxlen=RECENT_WINDOWS)
+        self.recent_input_drift: deque[bool] = deque(maxlen=RECENT_WINDOWS)
         self.windows_evaluated = 0
         self.windows_skipped = 0
         self._pending = 0  # rows since the last count-window boundary
@@ -147,9 +147,8 @@ class DetectionEngine:
         self._last_eval_at = float("-inf")  # traffic time of the last time-window evaluation
         self._window_profile: ConfidenceProfile | None = None
         self._reference_profile = ConfidenceProfile(**suite.calibration.reference_confidence)
-        self._drift_alarm = False
-        self._suspected = False
-        self._suspected_total = 0
+        self._input_drift = False
+        self._input_drift_windows = 0
         self.labels_seq = -1  # the last durable label folded into self.labelled
         self._labels_since_check = 0
         self.confirmation_checks = 0
@@ -302,17 +301,13 @@ class DetectionEngine:
         self._window_profile = confidence_profile(
             s, flag=self.options.flag, high_confidence=self.options.high_confidence
         )
-        self._drift_alarm = any(
+        # Input drift: the family alarm the thresholds are calibrated for (suite.py). It says
+        # the traffic changed, not that the classifier got worse (verdict.py).
+        self._input_drift = any(
             r.alarm for name, r in self.readings.items() if name in self._drift_names
         )
-        rel = self.confidence_relative_change()
-        # Paper A's signature: inputs drifted but confidence did not fall (much). A rise
-        # counts too: confidently wrong is no less silent.
-        self._suspected = bool(
-            self._drift_alarm and np.isfinite(rel) and rel >= -self.options.confidence_band
-        )
-        self._suspected_total += self._suspected
-        self.recent_suspected.append(self._suspected)
+        self._input_drift_windows += self._input_drift
+        self.recent_input_drift.append(self._input_drift)
         self._status = self._build_status()
         return dict(self.readings)
 
@@ -347,7 +342,7 @@ class DetectionEngine:
             "alarms_total": self.alarms_total,
             "evaluations_total": self.evaluations_total,
             "recent_alarms": {k: list(v) for k, v in self.recent_alarms.items()},
-            "recent_suspected": list(self.recent_suspected),
+            "recent_input_drift": list(self.recent_input_drift),
             "windows_evaluated": self.windows_evaluated,
             "windows_skipped": self.windows_skipped,
             "pending": self._pending,
@@ -356,9 +351,8 @@ class DetectionEngine:
             "window_profile": None
             if self._window_profile is None
             else self._window_profile.as_dict(),
-            "drift_alarm": self._drift_alarm,
-            "suspected": self._suspected,
-            "suspected_total": self._suspected_total,
+            "input_drift": self._input_drift,
+            "input_drift_windows": self._input_drift_windows,
         }
         return encode(self.buffer.state(), header)
 
@@ -390,8 +384,9 @@ class DetectionEngine:
             for k in names:
                 self.recent_alarms[k].clear()
                 self.recent_alarms[k].extend(bool(a) for a in h["recent_alarms"][k])
-            self.recent_suspected.clear()
-            self.recent_suspected.extend(bool(a) for a in h["recent_suspected"])
+            self.recent_input_drift.clear()
+            # Snapshots from before the input-drift rename carry no ring or count: start them.
+            self.recent_input_drift.extend(bool(a) for a in h.get("recent_input_drift", ()))
             self.windows_evaluated = int(h["windows_evaluated"])
             self.windows_skipped = int(h["windows_skipped"])
             self._pending = int(h["pending"]) % self.options.window.stride
@@ -403,9 +398,8 @@ class DetectionEngine:
                 if prof is None
                 else ConfidenceProfile(**{k: float(v) for k, v in prof.items()})
             )
-            self._drift_alarm = bool(h["drift_alarm"])
-            self._suspected = bool(h["suspected"])
-            self._suspected_total = int(h["suspected_total"])
+            self._input_drift = bool(h.get("input_drift", h.get("drift_alarm", False)))
+            self._input_drift_windows = int(h.get("input_drift_windows", 0))
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise SnapshotError(
                 f"malformed window snapshot ({type(exc).__name__}: {exc})"
@@ -468,11 +462,14 @@ class DetectionEngine:
             confidence=self._confidence_status(),
             change_points=self._change_point_status(),
             change_thinned_rows=self.change_thinned_rows,
-            drift_alarm=self._drift_alarm,
-            silent_failure_suspected=self._suspected,
-            silent_failure_suspected_windows=self._suspected_total,
-            recent_windows=len(self.recent_suspected),
-            recent_suspected_windows=sum(self.recent_suspected),
+            input_drift=self._input_drift,
+            input_drift_windows=self._input_drift_windows,
+            # Family-wise only for bundles calibrated jointly (manifest ``family``).
+            input_drift_false_alarm_rate=(
+                cal.settings.false_alarm_rate if cal.family is not None else NAN
+            ),
+            recent_windows=len(self.recent_input_drift),
+            recent_input_drift_windows=sum(self.recent_input_drift),
             labelled=self._labelled_status,
         )
 

@@ -116,11 +116,12 @@ class EngineStatus:
     confidence: ConfidenceStatus
     change_points: tuple[ChangePointStatus, ...]
     change_thinned_rows: int
-    drift_alarm: bool
-    silent_failure_suspected: bool
-    silent_failure_suspected_windows: int
+    input_drift: bool  # the drift family alarms on the latest window: traffic changed
+    input_drift_windows: int
+    # Family-wise per-window rate the thresholds hold (NaN: calibrated per detector).
+    input_drift_false_alarm_rate: float
     recent_windows: int
-    recent_suspected_windows: int
+    recent_input_drift_windows: int
     labelled: LabelledStatus
 
     def detector(self, name: str) -> DetectorStatus:

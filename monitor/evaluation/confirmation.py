@@ -34,8 +34,10 @@ from scipy.stats import norm
 
 #: A drop up to this is "no worse": benign shifts stay within it (docs/detection.md).
 DEFAULT_MARGIN = 0.01
-#: Per-check false-confirmation rate when the classifier is no worse than the margin.
-DEFAULT_ALPHA = 0.01
+#: Per-check false-confirmation rate when the classifier is no worse than the margin: half
+#: of the silent-failure signal's 1% (the other half goes to paired canaries, Bonferroni;
+#: monitor/detection/verdict.py).
+DEFAULT_ALPHA = 0.005
 #: Joined labels between two checks (each check tests the rolling window once).
 DEFAULT_CONFIRM_EVERY = 250
 #: Fewer labelled rows than this in either class: no test (the approximation is poor).
@@ -101,7 +103,7 @@ def auc_drop_test(
 
     >>> t = auc_drop_test(0.55, 150, 150, 0.86, 500, 500)
     >>> t.confirmed, round(t.drop, 2), round(t.drop_lower_bound, 3)
-    (True, 0.31, 0.228)
+    (True, 0.31, 0.219)
     >>> auc_drop_test(0.855, 150, 150, 0.86, 500, 500).confirmed
     False
     >>> auc_drop_test(0.5, 5, 300, 0.86, 500, 500).confirmed  # too few positives: abstain

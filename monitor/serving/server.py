@@ -24,8 +24,9 @@ from prometheus_client.exposition import start_http_server
 from silentwatch.monitor.bundle import BundleError, BundleManifest, LoadedBundle, load_bundle
 from silentwatch.monitor.bundle.signature import verify_bundle_signature
 from silentwatch.monitor.config import ServeSettings
-from silentwatch.monitor.detection.canary import CanaryRunner, TextEmbedder
+from silentwatch.monitor.detection.canary import CanaryRunner, CanaryTarget, TextEmbedder
 from silentwatch.monitor.detection.engine import DetectionEngine, EngineOptions
+from silentwatch.monitor.detection.paired_canaries import PairedCanaries
 from silentwatch.monitor.detection.registry import parse_change_pair
 from silentwatch.monitor.detection.suite import CalibrationError, suite_for_bundle
 from silentwatch.monitor.detection.windows import WindowSpec
@@ -161,12 +162,12 @@ class Sidecar:
         self.engine, reason = build_engine(self.bundle, s)
         self.store = self._open_store(keep_labels=self.engine is not None)
         self.canary: CanaryRunner | None = None
+        paired = self._paired_canaries(self.bundle)
         if self.text_embedder is not None and self.bundle.canaries is not None:
             t = self.bundle.manifest.thresholds
             self.canary = CanaryRunner(
-                self.bundle.canaries,
+                self._canary_target,
                 self.text_embedder,
-                self.bundle.scorer,
                 interval=s.canary_interval_seconds,
                 threshold=t.flag,
                 high_confidence=t.high_confidence,
@@ -196,6 +197,7 @@ class Sidecar:
             persister=persister,
             store_open_error=self.store_open_error,
             reloads=self.reloads,
+            paired_canaries=paired,
         )
         m = self.bundle.manifest
         self._info = self._bundle_info(self.bundle)
@@ -215,6 +217,30 @@ class Sidecar:
         self._httpd = None
         self._stopped = threading.Event()
         self._serving = False  # what the health service says; exported as silentwatch_serving
+
+    # -- paired canaries ---------------------------------------------------------------
+    def _paired_canaries(self, bundle: LoadedBundle) -> PairedCanaries | str:
+        s = self.settings
+        return PairedCanaries.for_bundle(
+            bundle,
+            margin=s.canary_margin,
+            alpha=s.canary_alpha,
+            angle_tolerance=s.canary_angle_tolerance_degrees,
+            brier_margin=s.canary_brier_margin,
+        )
+
+    def _canary_target(self) -> CanaryTarget:
+        """Text mode's canary runs read the bundle served now (it may have been reloaded)."""
+        sv = self.service.served if hasattr(self, "service") else None
+        bundle = self.bundle if sv is None else sv.bundle
+        if bundle is None or bundle.canaries is None:
+            raise ValueError("the served bundle carries no canaries (reloaded without them)")
+        return CanaryTarget(
+            canaries=bundle.canaries,
+            scorer=bundle.scorer,
+            paired=None if sv is None else sv.canaries,
+            embedder_version=bundle.manifest.embedder.version,
+        )
 
     # -- durable state -------------------------------------------------------------------
     def _open_store(self, *, keep_labels: bool) -> PredictionStore:
@@ -313,7 +339,7 @@ class Sidecar:
             dropped = self.store.rebind(new.sha256)
             self.pipeline.run_on_worker(swap_sinks)
             self.traffic.flag_threshold = new.manifest.thresholds.flag
-            self.service.swap(Served.of(new, engine, reason))
+            self.service.swap(Served.of(new, engine, reason, self._paired_canaries(new)))
             self.bundle, self.engine = new, engine
             self._info.clear()
             self._info.update(self._bundle_info(new))

@@ -19,6 +19,12 @@ from silentwatch.monitor.bundle import LoadedBundle
 from silentwatch.monitor.config import ServeSettings
 from silentwatch.monitor.detection.canary import CanaryRunner, TextEmbedder
 from silentwatch.monitor.detection.engine import DetectionEngine
+from silentwatch.monitor.detection.paired_canaries import (
+    SOURCE_SUBMITTED,
+    PairedCanaries,
+    unavailable_status,
+)
+from silentwatch.monitor.detection.verdict import silent_failure
 from silentwatch.monitor.scoring import confidence
 from silentwatch.monitor.serving.errors import RequestError, invalid, precondition
 from silentwatch.monitor.serving.pipeline import LabelBatch, Pipeline, PredictionBatch
@@ -31,7 +37,7 @@ from silentwatch.monitor.serving.status import (
     StoreStatus,
     TrafficStatus,
 )
-from silentwatch.monitor.serving.status_proto import status_message
+from silentwatch.monitor.serving.status_proto import reading_message, status_message
 from silentwatch.monitor.serving.wire import (
     check_request_ids,
     checked_norms,
@@ -65,10 +71,21 @@ class Served:
     normalize: bool
     threshold: float
     classifier_version: str
+    # Paired canaries of this bundle, or why it has none (the reason GetCanaries gives).
+    canaries: PairedCanaries | None
+    canaries_reason: str
 
     @classmethod
-    def of(cls, bundle: LoadedBundle, engine: DetectionEngine | None, reason: str) -> Served:
+    def of(
+        cls,
+        bundle: LoadedBundle,
+        engine: DetectionEngine | None,
+        reason: str,
+        canaries: PairedCanaries | str | None = None,
+    ) -> Served:
         m = bundle.manifest
+        if canaries is None:
+            canaries = PairedCanaries.for_bundle(bundle)
         return cls(
             bundle,
             engine,
@@ -78,6 +95,8 @@ class Served:
             normalize=m.embedder.normalized,
             threshold=m.thresholds.flag,
             classifier_version=m.classifier_version,
+            canaries=canaries if isinstance(canaries, PairedCanaries) else None,
+            canaries_reason=canaries if isinstance(canaries, str) else "",
         )
 
 
@@ -97,8 +116,11 @@ class MonitorService(pb_grpc.MonitorServicer):
         persister: StatePersister | None = None,
         store_open_error: str = "",
         reloads: dict[str, int] | None = None,
+        paired_canaries: PairedCanaries | str | None = None,
     ) -> None:
-        self.served = Served.of(bundle, engine, detection_disabled_reason)
+        self.served = Served.of(bundle, engine, detection_disabled_reason, paired_canaries)
+        # Canary sets of bundles served before a reload: a submission for one is stale.
+        self._retired_canary_sets: set[str] = set()
         self.settings = settings
         self.store = store
         self.pipeline = pipeline
@@ -136,6 +158,9 @@ class MonitorService(pb_grpc.MonitorServicer):
 
     def swap(self, served: Served) -> None:
         """Serve another bundle from the next request on (one reference assignment)."""
+        old = self.served.canaries
+        if old is not None:
+            self._retired_canary_sets.add(old.set_id)
         self.served = served
 
     # -- shared checks --------------------------------------------------------------
@@ -388,6 +413,88 @@ class MonitorService(pb_grpc.MonitorServicer):
     def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext):
         return self.status(), 0
 
+    # -- paired canaries (docs/detection.md) -------------------------------------------
+    def _paired(self, sv: Served) -> PairedCanaries:
+        if sv.canaries is None:
+            raise precondition(f"paired canaries are unavailable: {sv.canaries_reason}")
+        return sv.canaries
+
+    @rpc("GetCanaries")
+    def GetCanaries(self, request: pb.GetCanariesRequest, context: grpc.ServicerContext):
+        sv = self.served
+        pc = self._paired(sv)
+        e = sv.bundle.manifest.embedder
+        return (
+            pb.GetCanariesResponse(
+                canary_set_id=pc.set_id,
+                texts=pc.texts,
+                embedding_dim=sv.dim,
+                bundle_sha256=sv.bundle.sha256,
+                classifier_version=sv.classifier_version,
+                embedder=pb.EmbedderIdentity(
+                    name=e.name,
+                    version=e.version,
+                    weights_sha256=e.weights_sha256 or "",
+                    pooling=e.pooling,
+                    accepted_versions=list(e.accepted_versions),
+                ),
+            ),
+            0,
+        )
+
+    @rpc("SubmitCanaryEmbeddings")
+    def SubmitCanaryEmbeddings(
+        self, request: pb.SubmitCanaryEmbeddingsRequest, context: grpc.ServicerContext
+    ):
+        sv = self.served
+        pc = self._paired(sv)
+        sid = request.canary_set_id
+        if not sid:
+            raise invalid("canary_set_id is required: send the one GetCanaries returned")
+        if sid != pc.set_id:
+            if sid in self._retired_canary_sets:
+                raise precondition(
+                    f"canary set {sid!r} belongs to a bundle this sidecar no longer serves (it "
+                    f"now serves {pc.set_id!r}); call GetCanaries again and re-embed its texts"
+                )
+            raise RequestError(
+                grpc.StatusCode.NOT_FOUND,
+                f"unknown canary set {sid!r}; this sidecar serves {pc.set_id!r}: call "
+                "GetCanaries and send its canary_set_id",
+            )
+        if not request.HasField("embeddings"):
+            raise invalid(
+                f"embeddings are missing; send the {pc.size} canary texts' embeddings, "
+                "one row per text in GetCanaries order"
+            )
+        m = request.embeddings
+        if m.rows and m.rows != pc.size:
+            raise invalid(
+                f"{m.rows} rows but canary set {pc.set_id!r} has {pc.size} texts; embed every "
+                "text GetCanaries returned, in its order"
+            )
+        x = decode_matrix(m, sv.dim, max(pc.size, self.settings.max_batch_rows))
+        if not np.isfinite(x).all():
+            row = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+            raise invalid(
+                f"canary embedding row {row} holds NaN or Inf; fix the embedder's output and "
+                "resubmit (nothing was recorded)"
+            )
+        if why := pc.misordered(x):
+            raise invalid(why)
+        sub = pc.update(x, source=SOURCE_SUBMITTED, embedder_version=request.embedder_version)
+        if sub.reading.failure:
+            log.error(
+                "paired canaries: the classifier got worse on its canaries (ROC-AUC %.3f -> "
+                "%.3f, drop >= %.3f); embedder_version %r",
+                sub.reading.reference_auc,
+                sub.reading.live_auc,
+                sub.reading.auc_drop.lower_bound,
+                sub.embedder_version,
+                extra={"event": "canary_failure"},
+            )
+        return pb.SubmitCanaryEmbeddingsResponse(reading=reading_message(sub)), pc.size
+
     # -- status ----------------------------------------------------------------------
     def state(self) -> SidecarStatus:
         """Everything GetStatus and the Prometheus collector report, read once, now."""
@@ -398,6 +505,13 @@ class MonitorService(pb_grpc.MonitorServicer):
         ago = None if self.last_mismatch_at is None else now - self.last_mismatch_at
         pers = self.persister
         last_snap = None if pers is None else pers.last_snapshot_at
+        sv = self.served
+        detection = None if sv.engine is None else sv.engine.snapshot()
+        paired = (
+            unavailable_status(sv.canaries_reason)
+            if sv.canaries is None
+            else sv.canaries.snapshot()
+        )
         return SidecarStatus(
             uptime_seconds=now - self.started_at,
             identity=IdentityStatus(
@@ -443,9 +557,11 @@ class MonitorService(pb_grpc.MonitorServicer):
                 sink_errors=self.pipeline.sink_errors,
             ),
             reloads=dict(self.reloads),
-            detection=None if self.engine is None else self.engine.snapshot(),
-            detection_disabled_reason=self.detection_disabled_reason,
+            detection=detection,
+            detection_disabled_reason=sv.detection_disabled_reason,
             canary=None if self.canary is None else self.canary.snapshot(),
+            paired_canaries=paired,
+            silent_failure=silent_failure(detection, paired, sv.detection_disabled_reason),
         )
 
     def status(self) -> pb.GetStatusResponse:

@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from silentwatch.monitor.detection.canary import CanaryStatus
+from silentwatch.monitor.detection.paired_canaries import PairedCanaryStatus
 from silentwatch.monitor.detection.status import EngineStatus
+from silentwatch.monitor.detection.verdict import SilentFailureStatus
 
 
 @dataclass(frozen=True)
@@ -90,3 +92,5 @@ class SidecarStatus:
     detection: EngineStatus | None  # None: detection is off (``detection_disabled_reason``)
     detection_disabled_reason: str
     canary: CanaryStatus | None  # None: no canaries run (embedding mode, or none in the bundle)
+    paired_canaries: PairedCanaryStatus  # available=False says why not
+    silent_failure: SilentFailureStatus  # the page: evidence the classifier got worse

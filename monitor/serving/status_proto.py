@@ -9,12 +9,14 @@ from __future__ import annotations
 from silentwatch.monitor.bundle import LoadedBundle
 from silentwatch.monitor.detection.canary import CanaryStatus
 from silentwatch.monitor.detection.detectors.confidence import ConfidenceProfile
+from silentwatch.monitor.detection.paired_canaries import CanarySubmission, PairedCanaryStatus
 from silentwatch.monitor.detection.status import (
     NAN,
     ConfirmationStatus,
     EngineStatus,
     LabelledStatus,
 )
+from silentwatch.monitor.detection.verdict import SilentFailureStatus
 from silentwatch.monitor.evaluation.confirmation import AucDropTest
 from silentwatch.monitor.serving.status import SidecarStatus
 from silentwatch.v1 import monitor_pb2 as pb
@@ -94,6 +96,8 @@ def status_message(s: SidecarStatus, bundle: LoadedBundle) -> pb.GetStatusRespon
         detection=detection_message(s.detection, s.detection_disabled_reason),
         labelled=labelled_message(None if s.detection is None else s.detection.labelled),
         canary=canary_message(s.canary),
+        silent_failure=silent_failure_message(s.silent_failure),
+        paired_canaries=paired_status_message(s.paired_canaries),
         identity=pb.IdentityStatus(
             embedder_version_mismatch=s.identity.embedder_version_mismatch,
             last_mismatch_seconds_ago=_or(s.identity.last_mismatch_seconds_ago, -1.0),
@@ -159,9 +163,9 @@ def detection_message(d: EngineStatus | None, disabled_reason: str) -> pb.Detect
             )
             for cp in d.change_points
         ],
-        drift_alarm=d.drift_alarm,
-        silent_failure_suspected=d.silent_failure_suspected,
-        silent_failure_suspected_windows=d.silent_failure_suspected_windows,
+        input_drift=d.input_drift,
+        input_drift_windows=d.input_drift_windows,
+        input_drift_false_alarm_rate=d.input_drift_false_alarm_rate,
         change_thinned_rows=d.change_thinned_rows,
     )
 
@@ -212,4 +216,76 @@ def canary_message(c: CanaryStatus | None) -> pb.CanaryStatus:
         last_run_seconds=c.last_run_seconds,
         metrics=_metrics(c.metrics),
         last_error=c.last_error,
+    )
+
+
+def silent_failure_message(v: SilentFailureStatus) -> pb.SilentFailureStatus:
+    return pb.SilentFailureStatus(
+        active=v.active,
+        evidence=list(v.evidence),
+        sources=list(v.sources),
+        unavailable=list(v.unavailable),
+        false_alarm_rate=v.false_alarm_rate,
+        summary=v.summary,
+    )
+
+
+def paired_status_message(c: PairedCanaryStatus) -> pb.PairedCanaryStatus:
+    msg = pb.PairedCanaryStatus(
+        available=c.available,
+        unavailable_reason=c.unavailable_reason,
+        canary_set_id=c.canary_set_id,
+        size=c.size,
+        submissions=c.submissions,
+        failures=c.failures,
+        last_submitted_at=0.0 if c.last is None else c.last.at,
+    )
+    if c.last is not None:
+        msg.last.CopyFrom(reading_message(c.last))
+    return msg
+
+
+def _interval(estimate: float, ci: tuple[float, float]) -> pb.Interval:
+    return pb.Interval(estimate=estimate, low=ci[0], high=ci[1])
+
+
+def reading_message(sub: CanarySubmission) -> pb.PairedCanaryReading:
+    """One paired canary submission as the wire message (SubmitCanaryEmbeddings, GetStatus)."""
+    r, t, b = sub.reading, sub.reading.auc_drop, sub.reading.brier_increase
+    return pb.PairedCanaryReading(
+        size=r.size,
+        positives=r.positives,
+        at=sub.at,
+        source=sub.source,
+        embedder_version=sub.embedder_version,
+        angle_mean_degrees=r.angle_mean_degrees,
+        angle_median_degrees=r.angle_median_degrees,
+        angle_p90_degrees=r.angle_p90_degrees,
+        angle_max_degrees=r.angle_max_degrees,
+        linear_cka=r.linear_cka,
+        angle_tolerance_degrees=r.angle_tolerance_degrees,
+        embedder_changed=r.embedder_changed,
+        roc_auc=_interval(r.live_auc, r.live_auc_ci),
+        reference_roc_auc=r.reference_auc,
+        accuracy=_interval(r.live_accuracy, r.live_accuracy_ci),
+        reference_accuracy=r.reference_accuracy,
+        ece=_interval(r.live_ece, r.live_ece_ci),
+        reference_ece=r.reference_ece,
+        mean_confidence=_interval(r.live_mean_confidence, r.live_mean_confidence_ci),
+        reference_mean_confidence=r.reference_mean_confidence,
+        flip_rate=_interval(r.flip_rate, r.flip_rate_ci),
+        auc_drop=t.drop,
+        auc_drop_standard_error=t.standard_error,
+        auc_drop_lower_bound=t.lower_bound,
+        auc_drop_p_value=t.p_value,
+        margin=t.margin,
+        alpha=r.alpha,
+        failure=r.failure,
+        reference_brier=b.reference_brier,
+        live_brier=b.live_brier,
+        brier_increase=b.increase,
+        brier_increase_lower_bound=b.lower_bound,
+        brier_margin=b.margin,
+        auc_drop_confirmed=t.confirmed,
+        brier_increase_confirmed=b.confirmed,
     )

@@ -22,7 +22,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from silentwatch.monitor.detection.paired_canaries import PairedCanaryStatus
 from silentwatch.monitor.detection.status import NAN, EngineStatus
+from silentwatch.monitor.detection.verdict import SOURCES as VERDICT_SOURCES
+from silentwatch.monitor.evaluation.paired import PairedCanaryReading
 from silentwatch.monitor.serving.status import SidecarStatus
 from silentwatch.monitor.telemetry.prometheus import PREFIX, SOURCES
 
@@ -132,6 +135,19 @@ CANARY_GAUGES = (
     "silent_failure_ratio",
     "confidence_minus_accuracy",
 )
+# Paired-canary head metrics: (reading attribute, name after silentwatch_paired_canary_, help).
+# (live attribute of PairedCanaryReading; its _ci is the interval; reference attribute).
+PAIRED_GAUGES = (
+    ("live_auc", "reference_auc", "roc_auc", "ROC-AUC (DeLong CI)"),
+    ("live_accuracy", "reference_accuracy", "accuracy", "accuracy (Wilson CI)"),
+    ("live_ece", "reference_ece", "ece", "top-label ECE, 5 bins (bootstrap CI)"),
+    (
+        "live_mean_confidence",
+        "reference_mean_confidence",
+        "mean_confidence",
+        "mean confidence max(p, 1-p) (bootstrap CI)",
+    ),
+)
 # The confidence profile's gauges: (profile field, metric name, help).
 CONFIDENCE_GAUGES = (
     ("mean_confidence", "confidence_mean", "Mean top-label confidence max(p, 1-p)."),
@@ -161,6 +177,32 @@ def _reading(attr: str, missing: float) -> Callable[[EngineStatus], list[tuple[s
             (x.name, missing if x.reading is None else float(getattr(x.reading, attr)))
             for x in d.detectors
         ]
+
+    return read
+
+
+def _paired(
+    fn: Callable[[PairedCanaryStatus], float], *, need_last: bool = True
+) -> Callable[[SidecarStatus], Samples | None]:
+    """A paired-canary family: absent without paired canaries (or before a submission)."""
+
+    def read(s: SidecarStatus) -> Samples | None:
+        c = s.paired_canaries
+        if not c.available or (need_last and c.last is None):
+            return None
+        return [((), fn(c))]
+
+    return read
+
+
+def _paired_each(
+    fn: Callable[[PairedCanaryReading], Iterable[tuple[str | tuple[str, ...], float]]],
+) -> Callable[[SidecarStatus], Samples | None]:
+    def read(s: SidecarStatus) -> Samples | None:
+        c = s.paired_canaries
+        if not c.available or c.last is None:
+            return None
+        return [((k,) if isinstance(k, str) else k, v) for k, v in fn(c.last.reading)]
 
     return read
 
@@ -391,21 +433,23 @@ FAMILIES: tuple[Family, ...] = (
         _det(lambda d: (((c.kind, c.stream), c.change_points) for c in d.change_points)),
         ("detector", "stream"),
     ),
+    # -- the two signals (monitor/detection/verdict.py) ----------------------------------
     gauge(
-        "drift_alarm_any",
-        "1 when any drift detector alarms on its latest window.",
-        _det(lambda d: float(d.drift_alarm)),
-    ),
-    gauge(
-        "silent_failure_suspected",
-        "1 when a drift alarm is up while mean confidence has not fallen by more than the "
-        "configured band: paper A's silent-failure signature.",
-        _det(lambda d: float(d.silent_failure_suspected)),
+        "input_drift",
+        "1 when any drift detector alarms on its latest window: the traffic changed. "
+        "Informational (a ticket); it says nothing about harm.",
+        _det(lambda d: float(d.input_drift)),
     ),
     counter(
-        "silent_failure_suspected_windows",
-        "Windows that raised silentwatch_silent_failure_suspected.",
-        _det(lambda d: d.silent_failure_suspected_windows),
+        "input_drift_windows",
+        "Windows that raised silentwatch_input_drift.",
+        _det(lambda d: d.input_drift_windows),
+    ),
+    gauge(
+        "input_drift_false_alarm_rate",
+        "Per-window rate at which silentwatch_input_drift fires on clean traffic, for all "
+        "drift detectors together (NaN: a bundle calibrated per detector; rebuild it).",
+        _det(lambda d: d.input_drift_false_alarm_rate),
     ),
     # k-of-n alerting reads these (deploy/prometheus/rules, docs/alerts.md).
     gauge(
@@ -414,9 +458,38 @@ FAMILIES: tuple[Family, ...] = (
         _det(lambda d: d.recent_windows),
     ),
     gauge(
-        "silent_failure_suspected_recent_windows",
-        "Of the recent windows, how many raised silent_failure_suspected.",
-        _det(lambda d: d.recent_suspected_windows),
+        "input_drift_recent_windows",
+        "Of the recent windows, how many raised silentwatch_input_drift.",
+        _det(lambda d: d.recent_input_drift_windows),
+    ),
+    gauge(
+        "silent_failure",
+        "1 when there is evidence the classifier got worse (paired canaries or label "
+        "confirmation): the page. Input drift alone never raises it.",
+        _one(lambda s: float(s.silent_failure.active)),
+    ),
+    gauge(
+        "silent_failure_evidence",
+        "1 for each evidence source that raises silentwatch_silent_failure now.",
+        _each(
+            lambda s: (
+                (src, float(src in s.silent_failure.evidence)) for src in s.silent_failure.sources
+            )
+        ),
+        ("source",),
+    ),
+    gauge(
+        "silent_failure_source_available",
+        "1 for each evidence source this sidecar can gather, 0 for those it cannot "
+        "(GetStatus.silent_failure.unavailable says why).",
+        _each(lambda s: ((src, float(src in s.silent_failure.sources)) for src in VERDICT_SOURCES)),
+        ("source",),
+    ),
+    gauge(
+        "silent_failure_false_alarm_rate",
+        "Per check round, the rate at which the available sources together raise "
+        "silentwatch_silent_failure when the classifier is no worse (sum of their alphas).",
+        _one(lambda s: s.silent_failure.false_alarm_rate),
     ),
     gauge(
         "drift_recent_alarms",
@@ -478,6 +551,107 @@ FAMILIES: tuple[Family, ...] = (
         "Checks that confirmed a drop (each false at rate alpha when the classifier is no "
         "worse than the margin).",
         _det(lambda d: d.labelled.confirmation.confirmed_checks),
+    ),
+    # -- paired canaries (monitor/detection/paired_canaries.py) ---------------------------
+    gauge(
+        "paired_canary_available",
+        "1 when the bundle carries canary texts with reference embeddings (GetCanaries works).",
+        _one(lambda s: float(s.paired_canaries.available)),
+    ),
+    counter(
+        "paired_canary_submissions",
+        "Paired canary submissions (SubmitCanaryEmbeddings, or text mode's own runs).",
+        _paired(lambda c: c.submissions, need_last=False),
+    ),
+    counter(
+        "paired_canary_failures",
+        "Submissions whose paired ROC-AUC test confirmed the classifier got worse.",
+        _paired(lambda c: c.failures, need_last=False),
+    ),
+    gauge(
+        "paired_canary_last_submission_timestamp_seconds",
+        "When the last paired canary submission arrived (alert when it gets old).",
+        _paired(lambda c: c.last.at),
+    ),
+    gauge(
+        "paired_canary_failure",
+        "1 when the last submission's paired ROC-AUC drop test confirmed a drop beyond the "
+        "margin (silent-failure evidence).",
+        _paired(lambda c: float(c.last.reading.failure)),
+    ),
+    gauge(
+        "paired_canary_embedder_changed",
+        "1 when the last submission's mean paired angle exceeds the noise-floor tolerance: "
+        "the embedder is not the validated one (informational, not harm).",
+        _paired(lambda c: float(c.last.reading.embedder_changed)),
+    ),
+    gauge(
+        "paired_canary_angle_degrees",
+        "Angle between each canary's live and reference embedding, last submission.",
+        _paired_each(
+            lambda r: (
+                ("mean", r.angle_mean_degrees),
+                ("median", r.angle_median_degrees),
+                ("p90", r.angle_p90_degrees),
+                ("max", r.angle_max_degrees),
+            )
+        ),
+        ("stat",),
+    ),
+    gauge(
+        "paired_canary_linear_cka",
+        "Linear CKA between live and reference canary embeddings (1: same geometry).",
+        _paired(lambda c: c.last.reading.linear_cka),
+    ),
+    *(
+        gauge(
+            f"paired_canary_{name}",
+            f"Frozen head's canary {doc}, last submission: embeddings=live (bound estimate, "
+            "low, high: the confidence interval) or reference (the validated embeddings).",
+            _paired_each(
+                lambda r, live=live, ref=ref: (
+                    (("live", "estimate"), getattr(r, live)),
+                    (("live", "low"), getattr(r, f"{live}_ci")[0]),
+                    (("live", "high"), getattr(r, f"{live}_ci")[1]),
+                    (("reference", "estimate"), getattr(r, ref)),
+                )
+            ),
+            ("embeddings", "bound"),
+        )
+        for live, ref, name, doc in PAIRED_GAUGES
+    ),
+    gauge(
+        "paired_canary_flip_rate",
+        "Share of canaries whose decision differs from the reference's (bound: estimate, "
+        "low, high of the Wilson interval).",
+        _paired_each(
+            lambda r: (
+                ("estimate", r.flip_rate),
+                ("low", r.flip_rate_ci[0]),
+                ("high", r.flip_rate_ci[1]),
+            )
+        ),
+        ("bound",),
+    ),
+    gauge(
+        "paired_canary_auc_drop",
+        "Reference minus live canary ROC-AUC on the same texts (paired), last submission.",
+        _paired(lambda c: c.last.reading.auc_drop.drop),
+    ),
+    gauge(
+        "paired_canary_auc_drop_lower_bound",
+        "One-sided (1 - alpha/2) lower confidence bound of that drop (DeLong et al. 1988).",
+        _paired(lambda c: c.last.reading.auc_drop.lower_bound),
+    ),
+    gauge(
+        "paired_canary_brier_increase",
+        "Mean over canaries of the live minus the reference Brier score, last submission.",
+        _paired(lambda c: c.last.reading.brier_increase.increase),
+    ),
+    gauge(
+        "paired_canary_brier_increase_lower_bound",
+        "One-sided (1 - alpha/2) lower confidence bound of that increase.",
+        _paired(lambda c: c.last.reading.brier_increase.lower_bound),
     ),
     # -- canaries (text mode) ----------------------------------------------------------
     counter(

@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 
 from silentwatch.monitor.scoring import confidence
 from silentwatch.monitor.serving.pipeline import LabelBatch, PredictionBatch
+from silentwatch.v1 import monitor_pb2 as pb
 
 PREFIX = "silentwatch"
 # 0.05-wide buckets on [0, 1]: fixed so that replicas' histograms add up.
@@ -48,7 +49,8 @@ DURATION_BUCKETS = (
     1.0,
     2.5,
 )
-RPCS = ("Classify", "ClassifyBatch", "Observe", "SubmitLabels", "GetStatus")
+# Every Monitor RPC, from the wire contract itself (a new RPC needs no edit here).
+RPCS = tuple(m.name for m in pb.DESCRIPTOR.services_by_name["Monitor"].methods)
 SOURCES = ("classify", "observe")
 
 

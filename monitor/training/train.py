@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +38,10 @@ from silentwatch.monitor.evaluation.classification import (
 from silentwatch.monitor.scoring import LinearScorer, row_norms
 
 MIN_PER_CLASS = 10
+# Paired canaries (docs/detection.md): held-out texts kept with their reference embeddings.
+# 256, half of each class where the held-out rows allow: the paired AUC test's power grows
+# with the smaller class, and a submission of 256 rows is one small request.
+DEFAULT_CANARY_COUNT = 256
 log = logging.getLogger(__name__)
 
 
@@ -138,7 +143,9 @@ def train_bundle(
     reference_size: int = 2000,
     seed: int = 42,
     detectors: DetectorSettings | Literal["auto"] | None = "auto",
-    canaries: tuple[list[str], np.ndarray] | None = None,
+    canaries: tuple[list[str], np.ndarray] | tuple[list[str], np.ndarray, np.ndarray] | None = None,
+    texts: Sequence[str] | None = None,
+    canary_count: int = DEFAULT_CANARY_COUNT,
     classifier: dict[str, np.ndarray] | None = None,
     holdout_rows: np.ndarray | None = None,
     overwrite: bool = False,
@@ -160,8 +167,15 @@ def train_bundle(
     ``classifier`` (keys ``scaler_mean``, ``scaler_scale``, ``coef``, ``intercept``)
     skips fitting and keeps that head frozen: the gate uses it to re-issue a validated
     classifier for a new embedder, with the reference and thresholds of the new space.
+
+    Canaries (paired canaries, docs/detection.md): ``canaries=(texts, labels)`` or
+    ``(texts, labels, embeddings)`` ships those; otherwise, given ``texts`` (one per row
+    of ``x``), up to ``canary_count`` held-out rows are picked, half of each class where
+    possible, and kept with their embeddings. ``canary_count=0`` ships none.
     """
     x, y = _validate(x, y)
+    if texts is not None and len(texts) != x.shape[0]:
+        raise ValueError(f"{len(texts)} texts but {x.shape[0]} embeddings; send one per row")
     if embedder.normalized:
         norms = row_norms(x)
         if (norms == 0).any():
@@ -263,12 +277,55 @@ def train_bundle(
     }
     canary_arrays = None
     if canaries is not None:
-        texts, labels = canaries
-        labels = np.asarray(labels).reshape(-1)
-        if len(texts) == 0 or len(texts) != labels.shape[0]:
-            raise ValueError(f"{len(texts)} canary texts but {labels.shape[0]} labels")
-        canary_arrays = {"texts": np.asarray(texts, dtype=str), "labels": labels.astype(np.int8)}
+        canary_arrays = _canary_arrays(canaries, x.shape[1])
+    elif texts is not None and canary_count > 0 and ho.size:
+        pick = pick_canaries(y[ho], canary_count, seed=seed)
+        rows = ho[pick]
+        canary_arrays = {
+            "texts": np.asarray([texts[i] for i in rows], dtype=str),
+            "labels": y[rows].astype(np.int8),
+            "embeddings": x[rows].astype(np.float32),
+        }
     path = write_bundle(
         out_dir, manifest_fields, classifier, reference, canaries=canary_arrays, overwrite=overwrite
     )
     return TrainResult(path=path, classifier_version=classifier_version, holdout_metrics=metrics)
+
+
+def pick_canaries(y: np.ndarray, count: int, *, seed: int = 0) -> np.ndarray:
+    """Indices of up to ``count`` rows, half of each class where ``y`` has enough.
+
+    A class short of its half gives the rest to the other one. Sorted, seeded.
+
+    >>> y = np.array([0] * 10 + [1] * 3)
+    >>> np.bincount(y[pick_canaries(y, 4)]).tolist(), np.bincount(y[pick_canaries(y, 8)]).tolist()
+    ([2, 2], [5, 3])
+    """
+    y = np.asarray(y).reshape(-1)
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    count = min(count, y.size)
+    n_pos = min(pos.size, max(count // 2, count - neg.size))
+    n_neg = min(neg.size, count - n_pos)
+    out = np.concatenate(
+        [rng.choice(pos, n_pos, replace=False), rng.choice(neg, n_neg, replace=False)]
+    )
+    return np.sort(out)
+
+
+def _canary_arrays(canaries: tuple, dim: int) -> dict[str, np.ndarray]:
+    texts, labels = canaries[0], np.asarray(canaries[1]).reshape(-1)
+    if len(texts) == 0 or len(texts) != labels.shape[0]:
+        raise ValueError(f"{len(texts)} canary texts but {labels.shape[0]} labels")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("canary labels must be 0 (safe) or 1 (unsafe)")
+    out = {"texts": np.asarray(texts, dtype=str), "labels": labels.astype(np.int8)}
+    if len(canaries) > 2 and canaries[2] is not None:
+        emb = np.asarray(canaries[2], dtype=np.float32)
+        if emb.shape != (len(texts), dim) or not np.isfinite(emb).all():
+            raise ValueError(
+                f"canary embeddings must be {len(texts)} finite rows of dimension {dim}, "
+                f"got shape {emb.shape}"
+            )
+        out["embeddings"] = emb
+    return out

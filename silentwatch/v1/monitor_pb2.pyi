@@ -307,7 +307,7 @@ class WindowConfig(_message.Message):
     def __init__(self, mode: _Optional[str] = ..., size: _Optional[int] = ..., stride: _Optional[int] = ..., seconds: _Optional[float] = ..., stride_seconds: _Optional[float] = ..., max_rows: _Optional[int] = ...) -> None: ...
 
 class DetectionStatus(_message.Message):
-    __slots__ = ("enabled", "disabled_reason", "calibration_source", "false_alarm_rate", "window", "windows_evaluated", "windows_skipped", "rows_seen", "detectors", "centroid_angle_degrees", "confidence", "change_points", "drift_alarm", "silent_failure_suspected", "silent_failure_suspected_windows", "change_thinned_rows")
+    __slots__ = ("enabled", "disabled_reason", "calibration_source", "false_alarm_rate", "window", "windows_evaluated", "windows_skipped", "rows_seen", "detectors", "centroid_angle_degrees", "confidence", "change_points", "input_drift", "change_thinned_rows", "input_drift_windows", "input_drift_false_alarm_rate")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     DISABLED_REASON_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -320,10 +320,10 @@ class DetectionStatus(_message.Message):
     CENTROID_ANGLE_DEGREES_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     CHANGE_POINTS_FIELD_NUMBER: _ClassVar[int]
-    DRIFT_ALARM_FIELD_NUMBER: _ClassVar[int]
-    SILENT_FAILURE_SUSPECTED_FIELD_NUMBER: _ClassVar[int]
-    SILENT_FAILURE_SUSPECTED_WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_DRIFT_FIELD_NUMBER: _ClassVar[int]
     CHANGE_THINNED_ROWS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_DRIFT_WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_DRIFT_FALSE_ALARM_RATE_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     disabled_reason: str
     calibration_source: str
@@ -336,11 +336,11 @@ class DetectionStatus(_message.Message):
     centroid_angle_degrees: float
     confidence: ConfidenceStatus
     change_points: _containers.RepeatedCompositeFieldContainer[ChangePointStatus]
-    drift_alarm: bool
-    silent_failure_suspected: bool
-    silent_failure_suspected_windows: int
+    input_drift: bool
     change_thinned_rows: int
-    def __init__(self, enabled: _Optional[bool] = ..., disabled_reason: _Optional[str] = ..., calibration_source: _Optional[str] = ..., false_alarm_rate: _Optional[float] = ..., window: _Optional[_Union[WindowConfig, _Mapping]] = ..., windows_evaluated: _Optional[int] = ..., windows_skipped: _Optional[int] = ..., rows_seen: _Optional[int] = ..., detectors: _Optional[_Iterable[_Union[DetectorReading, _Mapping]]] = ..., centroid_angle_degrees: _Optional[float] = ..., confidence: _Optional[_Union[ConfidenceStatus, _Mapping]] = ..., change_points: _Optional[_Iterable[_Union[ChangePointStatus, _Mapping]]] = ..., drift_alarm: _Optional[bool] = ..., silent_failure_suspected: _Optional[bool] = ..., silent_failure_suspected_windows: _Optional[int] = ..., change_thinned_rows: _Optional[int] = ...) -> None: ...
+    input_drift_windows: int
+    input_drift_false_alarm_rate: float
+    def __init__(self, enabled: _Optional[bool] = ..., disabled_reason: _Optional[str] = ..., calibration_source: _Optional[str] = ..., false_alarm_rate: _Optional[float] = ..., window: _Optional[_Union[WindowConfig, _Mapping]] = ..., windows_evaluated: _Optional[int] = ..., windows_skipped: _Optional[int] = ..., rows_seen: _Optional[int] = ..., detectors: _Optional[_Iterable[_Union[DetectorReading, _Mapping]]] = ..., centroid_angle_degrees: _Optional[float] = ..., confidence: _Optional[_Union[ConfidenceStatus, _Mapping]] = ..., change_points: _Optional[_Iterable[_Union[ChangePointStatus, _Mapping]]] = ..., input_drift: _Optional[bool] = ..., change_thinned_rows: _Optional[int] = ..., input_drift_windows: _Optional[int] = ..., input_drift_false_alarm_rate: _Optional[float] = ...) -> None: ...
 
 class CalibrationMetrics(_message.Message):
     __slots__ = ("n", "positives", "roc_auc", "accuracy", "balanced_accuracy", "ece", "ece_positive_class", "brier", "log_loss", "silent_failure_ratio", "high_confidence_error_ratio", "mean_confidence", "confidence_minus_accuracy")
@@ -445,7 +445,7 @@ class CanaryStatus(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., size: _Optional[int] = ..., runs: _Optional[int] = ..., last_run_at: _Optional[float] = ..., last_run_seconds: _Optional[float] = ..., metrics: _Optional[_Union[CalibrationMetrics, _Mapping]] = ..., last_error: _Optional[str] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("classifier_version", "embedder", "embedding_dim", "flag_threshold", "uptime_seconds", "traffic", "labels", "store", "pipeline", "bundle_sha256", "detection", "labelled", "identity", "canary")
+    __slots__ = ("classifier_version", "embedder", "embedding_dim", "flag_threshold", "uptime_seconds", "traffic", "labels", "store", "pipeline", "bundle_sha256", "detection", "labelled", "identity", "canary", "silent_failure", "paired_canaries")
     CLASSIFIER_VERSION_FIELD_NUMBER: _ClassVar[int]
     EMBEDDER_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -460,6 +460,8 @@ class GetStatusResponse(_message.Message):
     LABELLED_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     CANARY_FIELD_NUMBER: _ClassVar[int]
+    SILENT_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    PAIRED_CANARIES_FIELD_NUMBER: _ClassVar[int]
     classifier_version: str
     embedder: EmbedderIdentity
     embedding_dim: int
@@ -474,7 +476,165 @@ class GetStatusResponse(_message.Message):
     labelled: LabelledStatus
     identity: IdentityStatus
     canary: CanaryStatus
-    def __init__(self, classifier_version: _Optional[str] = ..., embedder: _Optional[_Union[EmbedderIdentity, _Mapping]] = ..., embedding_dim: _Optional[int] = ..., flag_threshold: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., traffic: _Optional[_Union[TrafficStatus, _Mapping]] = ..., labels: _Optional[_Union[LabelStatus, _Mapping]] = ..., store: _Optional[_Union[PredictionStoreStatus, _Mapping]] = ..., pipeline: _Optional[_Union[PipelineStatus, _Mapping]] = ..., bundle_sha256: _Optional[str] = ..., detection: _Optional[_Union[DetectionStatus, _Mapping]] = ..., labelled: _Optional[_Union[LabelledStatus, _Mapping]] = ..., identity: _Optional[_Union[IdentityStatus, _Mapping]] = ..., canary: _Optional[_Union[CanaryStatus, _Mapping]] = ...) -> None: ...
+    silent_failure: SilentFailureStatus
+    paired_canaries: PairedCanaryStatus
+    def __init__(self, classifier_version: _Optional[str] = ..., embedder: _Optional[_Union[EmbedderIdentity, _Mapping]] = ..., embedding_dim: _Optional[int] = ..., flag_threshold: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., traffic: _Optional[_Union[TrafficStatus, _Mapping]] = ..., labels: _Optional[_Union[LabelStatus, _Mapping]] = ..., store: _Optional[_Union[PredictionStoreStatus, _Mapping]] = ..., pipeline: _Optional[_Union[PipelineStatus, _Mapping]] = ..., bundle_sha256: _Optional[str] = ..., detection: _Optional[_Union[DetectionStatus, _Mapping]] = ..., labelled: _Optional[_Union[LabelledStatus, _Mapping]] = ..., identity: _Optional[_Union[IdentityStatus, _Mapping]] = ..., canary: _Optional[_Union[CanaryStatus, _Mapping]] = ..., silent_failure: _Optional[_Union[SilentFailureStatus, _Mapping]] = ..., paired_canaries: _Optional[_Union[PairedCanaryStatus, _Mapping]] = ...) -> None: ...
+
+class Interval(_message.Message):
+    __slots__ = ("estimate", "low", "high")
+    ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    estimate: float
+    low: float
+    high: float
+    def __init__(self, estimate: _Optional[float] = ..., low: _Optional[float] = ..., high: _Optional[float] = ...) -> None: ...
+
+class PairedCanaryReading(_message.Message):
+    __slots__ = ("size", "positives", "at", "source", "embedder_version", "angle_mean_degrees", "angle_median_degrees", "angle_p90_degrees", "angle_max_degrees", "linear_cka", "angle_tolerance_degrees", "embedder_changed", "roc_auc", "reference_roc_auc", "accuracy", "reference_accuracy", "ece", "reference_ece", "mean_confidence", "reference_mean_confidence", "flip_rate", "auc_drop", "auc_drop_standard_error", "auc_drop_lower_bound", "auc_drop_p_value", "margin", "alpha", "failure", "reference_brier", "live_brier", "brier_increase", "brier_increase_lower_bound", "brier_margin", "auc_drop_confirmed", "brier_increase_confirmed")
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    POSITIVES_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ANGLE_MEAN_DEGREES_FIELD_NUMBER: _ClassVar[int]
+    ANGLE_MEDIAN_DEGREES_FIELD_NUMBER: _ClassVar[int]
+    ANGLE_P90_DEGREES_FIELD_NUMBER: _ClassVar[int]
+    ANGLE_MAX_DEGREES_FIELD_NUMBER: _ClassVar[int]
+    LINEAR_CKA_FIELD_NUMBER: _ClassVar[int]
+    ANGLE_TOLERANCE_DEGREES_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDER_CHANGED_FIELD_NUMBER: _ClassVar[int]
+    ROC_AUC_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_ROC_AUC_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    ECE_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_ECE_FIELD_NUMBER: _ClassVar[int]
+    MEAN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_MEAN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    FLIP_RATE_FIELD_NUMBER: _ClassVar[int]
+    AUC_DROP_FIELD_NUMBER: _ClassVar[int]
+    AUC_DROP_STANDARD_ERROR_FIELD_NUMBER: _ClassVar[int]
+    AUC_DROP_LOWER_BOUND_FIELD_NUMBER: _ClassVar[int]
+    AUC_DROP_P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    MARGIN_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_BRIER_FIELD_NUMBER: _ClassVar[int]
+    LIVE_BRIER_FIELD_NUMBER: _ClassVar[int]
+    BRIER_INCREASE_FIELD_NUMBER: _ClassVar[int]
+    BRIER_INCREASE_LOWER_BOUND_FIELD_NUMBER: _ClassVar[int]
+    BRIER_MARGIN_FIELD_NUMBER: _ClassVar[int]
+    AUC_DROP_CONFIRMED_FIELD_NUMBER: _ClassVar[int]
+    BRIER_INCREASE_CONFIRMED_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    positives: int
+    at: float
+    source: str
+    embedder_version: str
+    angle_mean_degrees: float
+    angle_median_degrees: float
+    angle_p90_degrees: float
+    angle_max_degrees: float
+    linear_cka: float
+    angle_tolerance_degrees: float
+    embedder_changed: bool
+    roc_auc: Interval
+    reference_roc_auc: float
+    accuracy: Interval
+    reference_accuracy: float
+    ece: Interval
+    reference_ece: float
+    mean_confidence: Interval
+    reference_mean_confidence: float
+    flip_rate: Interval
+    auc_drop: float
+    auc_drop_standard_error: float
+    auc_drop_lower_bound: float
+    auc_drop_p_value: float
+    margin: float
+    alpha: float
+    failure: bool
+    reference_brier: float
+    live_brier: float
+    brier_increase: float
+    brier_increase_lower_bound: float
+    brier_margin: float
+    auc_drop_confirmed: bool
+    brier_increase_confirmed: bool
+    def __init__(self, size: _Optional[int] = ..., positives: _Optional[int] = ..., at: _Optional[float] = ..., source: _Optional[str] = ..., embedder_version: _Optional[str] = ..., angle_mean_degrees: _Optional[float] = ..., angle_median_degrees: _Optional[float] = ..., angle_p90_degrees: _Optional[float] = ..., angle_max_degrees: _Optional[float] = ..., linear_cka: _Optional[float] = ..., angle_tolerance_degrees: _Optional[float] = ..., embedder_changed: _Optional[bool] = ..., roc_auc: _Optional[_Union[Interval, _Mapping]] = ..., reference_roc_auc: _Optional[float] = ..., accuracy: _Optional[_Union[Interval, _Mapping]] = ..., reference_accuracy: _Optional[float] = ..., ece: _Optional[_Union[Interval, _Mapping]] = ..., reference_ece: _Optional[float] = ..., mean_confidence: _Optional[_Union[Interval, _Mapping]] = ..., reference_mean_confidence: _Optional[float] = ..., flip_rate: _Optional[_Union[Interval, _Mapping]] = ..., auc_drop: _Optional[float] = ..., auc_drop_standard_error: _Optional[float] = ..., auc_drop_lower_bound: _Optional[float] = ..., auc_drop_p_value: _Optional[float] = ..., margin: _Optional[float] = ..., alpha: _Optional[float] = ..., failure: _Optional[bool] = ..., reference_brier: _Optional[float] = ..., live_brier: _Optional[float] = ..., brier_increase: _Optional[float] = ..., brier_increase_lower_bound: _Optional[float] = ..., brier_margin: _Optional[float] = ..., auc_drop_confirmed: _Optional[bool] = ..., brier_increase_confirmed: _Optional[bool] = ...) -> None: ...
+
+class PairedCanaryStatus(_message.Message):
+    __slots__ = ("available", "unavailable_reason", "canary_set_id", "size", "submissions", "failures", "last_submitted_at", "last")
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    UNAVAILABLE_REASON_FIELD_NUMBER: _ClassVar[int]
+    CANARY_SET_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SUBMISSIONS_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    LAST_SUBMITTED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    available: bool
+    unavailable_reason: str
+    canary_set_id: str
+    size: int
+    submissions: int
+    failures: int
+    last_submitted_at: float
+    last: PairedCanaryReading
+    def __init__(self, available: _Optional[bool] = ..., unavailable_reason: _Optional[str] = ..., canary_set_id: _Optional[str] = ..., size: _Optional[int] = ..., submissions: _Optional[int] = ..., failures: _Optional[int] = ..., last_submitted_at: _Optional[float] = ..., last: _Optional[_Union[PairedCanaryReading, _Mapping]] = ...) -> None: ...
+
+class SilentFailureStatus(_message.Message):
+    __slots__ = ("active", "evidence", "sources", "unavailable", "false_alarm_rate", "summary")
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    FALSE_ALARM_RATE_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    active: bool
+    evidence: _containers.RepeatedScalarFieldContainer[str]
+    sources: _containers.RepeatedScalarFieldContainer[str]
+    unavailable: _containers.RepeatedScalarFieldContainer[str]
+    false_alarm_rate: float
+    summary: str
+    def __init__(self, active: _Optional[bool] = ..., evidence: _Optional[_Iterable[str]] = ..., sources: _Optional[_Iterable[str]] = ..., unavailable: _Optional[_Iterable[str]] = ..., false_alarm_rate: _Optional[float] = ..., summary: _Optional[str] = ...) -> None: ...
+
+class GetCanariesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetCanariesResponse(_message.Message):
+    __slots__ = ("canary_set_id", "texts", "embedding_dim", "bundle_sha256", "classifier_version", "embedder")
+    CANARY_SET_ID_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CLASSIFIER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDER_FIELD_NUMBER: _ClassVar[int]
+    canary_set_id: str
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    embedding_dim: int
+    bundle_sha256: str
+    classifier_version: str
+    embedder: EmbedderIdentity
+    def __init__(self, canary_set_id: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., embedding_dim: _Optional[int] = ..., bundle_sha256: _Optional[str] = ..., classifier_version: _Optional[str] = ..., embedder: _Optional[_Union[EmbedderIdentity, _Mapping]] = ...) -> None: ...
+
+class SubmitCanaryEmbeddingsRequest(_message.Message):
+    __slots__ = ("canary_set_id", "embeddings", "embedder_version")
+    CANARY_SET_ID_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    canary_set_id: str
+    embeddings: EmbeddingMatrix
+    embedder_version: str
+    def __init__(self, canary_set_id: _Optional[str] = ..., embeddings: _Optional[_Union[EmbeddingMatrix, _Mapping]] = ..., embedder_version: _Optional[str] = ...) -> None: ...
+
+class SubmitCanaryEmbeddingsResponse(_message.Message):
+    __slots__ = ("reading",)
+    READING_FIELD_NUMBER: _ClassVar[int]
+    reading: PairedCanaryReading
+    def __init__(self, reading: _Optional[_Union[PairedCanaryReading, _Mapping]] = ...) -> None: ...
 
 class ReloadBundleRequest(_message.Message):
     __slots__ = ("bundle_path",)

@@ -59,6 +59,16 @@ class MonitorStub:
                 request_serializer=silentwatch_dot_v1_dot_monitor__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=silentwatch_dot_v1_dot_monitor__pb2.GetStatusResponse.FromString,
                 _registered_method=True)
+        self.GetCanaries = channel.unary_unary(
+                '/silentwatch.v1.Monitor/GetCanaries',
+                request_serializer=silentwatch_dot_v1_dot_monitor__pb2.GetCanariesRequest.SerializeToString,
+                response_deserializer=silentwatch_dot_v1_dot_monitor__pb2.GetCanariesResponse.FromString,
+                _registered_method=True)
+        self.SubmitCanaryEmbeddings = channel.unary_unary(
+                '/silentwatch.v1.Monitor/SubmitCanaryEmbeddings',
+                request_serializer=silentwatch_dot_v1_dot_monitor__pb2.SubmitCanaryEmbeddingsRequest.SerializeToString,
+                response_deserializer=silentwatch_dot_v1_dot_monitor__pb2.SubmitCanaryEmbeddingsResponse.FromString,
+                _registered_method=True)
 
 
 class MonitorServicer:
@@ -94,6 +104,20 @@ class MonitorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCanaries(self, request, context):
+        """Paired canaries (embedding mode): fetch the bundle's canary texts, embed them with the
+        live embedder, submit the embeddings; the reply is the paired reading.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitCanaryEmbeddings(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MonitorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +145,16 @@ def add_MonitorServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=silentwatch_dot_v1_dot_monitor__pb2.GetStatusRequest.FromString,
                     response_serializer=silentwatch_dot_v1_dot_monitor__pb2.GetStatusResponse.SerializeToString,
+            ),
+            'GetCanaries': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCanaries,
+                    request_deserializer=silentwatch_dot_v1_dot_monitor__pb2.GetCanariesRequest.FromString,
+                    response_serializer=silentwatch_dot_v1_dot_monitor__pb2.GetCanariesResponse.SerializeToString,
+            ),
+            'SubmitCanaryEmbeddings': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitCanaryEmbeddings,
+                    request_deserializer=silentwatch_dot_v1_dot_monitor__pb2.SubmitCanaryEmbeddingsRequest.FromString,
+                    response_serializer=silentwatch_dot_v1_dot_monitor__pb2.SubmitCanaryEmbeddingsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +292,60 @@ class Monitor:
             '/silentwatch.v1.Monitor/GetStatus',
             silentwatch_dot_v1_dot_monitor__pb2.GetStatusRequest.SerializeToString,
             silentwatch_dot_v1_dot_monitor__pb2.GetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCanaries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/silentwatch.v1.Monitor/GetCanaries',
+            silentwatch_dot_v1_dot_monitor__pb2.GetCanariesRequest.SerializeToString,
+            silentwatch_dot_v1_dot_monitor__pb2.GetCanariesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitCanaryEmbeddings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/silentwatch.v1.Monitor/SubmitCanaryEmbeddings',
+            silentwatch_dot_v1_dot_monitor__pb2.SubmitCanaryEmbeddingsRequest.SerializeToString,
+            silentwatch_dot_v1_dot_monitor__pb2.SubmitCanaryEmbeddingsResponse.FromString,
             options,
             channel_credentials,
             insecure,
