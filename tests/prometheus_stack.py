@@ -2,8 +2,11 @@
 alert test (tests/test_alerts_e2e.py) and the figure in the README
 (benchmarks/alerts_e2e_figure.py).
 
-The scenario: a bundle trained on a synthetic embedding world, clean traffic with delayed
-labels, then paper A's Gaussian drift standing in for an embedding-model update.
+The scenario (:class:`Scenario`): a bundle trained on a synthetic embedding world, with
+one text per row so that it keeps 256 held-out canaries and their reference embeddings;
+clean traffic with delayed labels; then a topic shift the classifier is blind to (drift,
+no harm); then a broken embedder (a random rotation of the space: the frozen head falls
+to chance) for the traffic and for the canaries the moderation service submits.
 """
 
 from __future__ import annotations
@@ -17,16 +20,16 @@ import time
 import urllib.parse
 import urllib.request
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
 
-from silentwatch.monitor.bundle import EmbedderSpec
+from silentwatch.monitor.bundle import EmbedderSpec, load_bundle
 from silentwatch.monitor.bundle.manifest import DetectorSettings
-from silentwatch.monitor.simulate.drift import gaussian_drift
+from silentwatch.monitor.simulate.drift import normalise
 from silentwatch.monitor.simulate.world import SyntheticWorld
 from silentwatch.monitor.training import train_bundle
 from silentwatch.v1 import monitor_pb2 as pb
@@ -38,7 +41,12 @@ RULES = ROOT / "deploy" / "prometheus" / "rules" / "silentwatch.rules.yml"
 # The scenario's world: small enough to train and calibrate in seconds on 2 cores.
 DIM = 64
 WINDOW = 64
-DRIFT = 0.05  # paper A's per-dimension Gaussian drift s; collapses this world's classifier
+TRAIN_ROWS = 4000
+# The harmless shift: every embedding moves by this much along a high-variance direction of
+# the world that the classifier's weights are orthogonal to (its ROC-AUC does not move),
+# and is put back on the unit sphere. Enough for the drift detectors to alarm on every
+# window of 64 rows.
+TOPIC_SHIFT = 0.2
 
 
 def free_port() -> int:
@@ -61,18 +69,66 @@ def world() -> SyntheticWorld:
     return SyntheticWorld(dim=DIM, delta=0.01, seed=11)
 
 
-def train_scenario_bundle(out: Path, w: SyntheticWorld) -> Path:
-    x, y = w.sample(4000)
+@dataclass
+class Scenario:
+    """The bundle, and the two embedders and the traffic shift the test plays.
+
+    ``embed`` is the validated embedder as the moderation service runs it: it maps each
+    training text (``"e2e text <row>"``) to that row's embedding, so the bundle's canary
+    texts embed exactly as their reference embeddings. ``embed_broken`` is the same
+    service after a broken embedder update: every embedding turned by one random
+    orthogonal ``rotation``, which takes the frozen head to chance.
+    """
+
+    world: SyntheticWorld
+    bundle: Path
+    corpus: dict[str, np.ndarray]
+    harmless: np.ndarray  # unit vector orthogonal to the classifier's weights
+    rotation: np.ndarray  # (DIM, DIM) orthogonal
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return np.stack([self.corpus[t] for t in texts])
+
+    def embed_broken(self, texts: Sequence[str]) -> np.ndarray:
+        return self.broken(self.embed(texts))
+
+    def topic_shift(self, x: np.ndarray) -> np.ndarray:
+        """Drift without harm: the traffic moves where the classifier does not look."""
+        return normalise(x + TOPIC_SHIFT * self.harmless).astype(np.float32)
+
+    def broken(self, x: np.ndarray) -> np.ndarray:
+        """Harm: the embedding space turned under the frozen head."""
+        return (x @ self.rotation).astype(np.float32)
+
+
+def build_scenario(out: Path, w: SyntheticWorld | None = None) -> Scenario:
+    """Train the scenario's bundle (with canaries) into ``out``."""
+    w = w or world()
+    x, y = w.sample(TRAIN_ROWS)
+    texts = [f"e2e text {i}" for i in range(len(x))]
     train_bundle(
         x,
         y,
         out,
         embedder=EmbedderSpec(name="silentwatch/synthetic-world", version="v1"),
         classifier_version="e2e",
-        detectors=DetectorSettings(window_size=WINDOW, calibration_windows=400),
+        detectors=DetectorSettings(window_size=WINDOW, calibration_windows=200),
+        texts=texts,  # keeps 256 held-out rows as canaries, with their embeddings
         overwrite=True,
     )
-    return out
+    weights = load_bundle(out).scorer.weights.astype(np.float64)
+    weights /= np.linalg.norm(weights)
+    # The world's third principal direction (the first is the common mean), with the part
+    # the classifier reads projected out.
+    v = w.basis[:, 2] - (w.basis[:, 2] @ weights) * weights
+    q, _ = np.linalg.qr(np.random.default_rng(7).standard_normal((DIM, DIM)))
+    return Scenario(
+        world=w,
+        bundle=out,
+        corpus=dict(zip(texts, x, strict=True)),
+        harmless=v / np.linalg.norm(v),
+        rotation=q,
+    )
 
 
 class Sidecar:
@@ -233,11 +289,6 @@ class Replay:
 
     def close(self) -> None:
         self._channel.close()
-
-
-def updated(x: np.ndarray, seed: int = 5) -> np.ndarray:
-    """The simulated embedding-model update: paper A's Gaussian drift at ``DRIFT``."""
-    return gaussian_drift(x, DRIFT, np.random.default_rng(seed))
 
 
 def artifacts_dir() -> Path | None:

@@ -1,10 +1,12 @@
 """PromQL helpers shared by the rule and dashboard tests: a small tokenizer that tells
 metric names from functions, keywords and labels, and the metric names a live sidecar
-really exports."""
+really exports (with and without paired canaries)."""
 
 from __future__ import annotations
 
+import functools
 import re
+import tempfile
 from pathlib import Path
 
 import grpc
@@ -12,7 +14,13 @@ import numpy as np
 import pytest
 import yaml
 
+from silentwatch.client import CanaryClient
+from silentwatch.monitor.bundle import EmbedderSpec, load_bundle
+from silentwatch.monitor.bundle.manifest import DetectorSettings
+from silentwatch.monitor.config import load_settings
 from silentwatch.monitor.serving.server import Sidecar
+from silentwatch.monitor.simulate.world import SyntheticWorld
+from silentwatch.monitor.training import train_bundle
 from silentwatch.scrape import scrape
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
@@ -170,6 +178,45 @@ def live_metric_names(sidecar: Sidecar) -> set[str]:
             stub.ClassifyBatch(pb.ClassifyBatchRequest(embeddings=_matrix(unit_rows(1, DIM + 1))))
     assert sidecar.pipeline.wait_idle(10)
     return {name for name, _ in scrape(sidecar.metrics_url, timeout=10)}
+
+
+@functools.cache
+def paired_canary_metric_names() -> frozenset[str]:
+    """Sample names a sidecar exports once its bundle carries canaries and one submission
+    came in: the ``silentwatch_paired_canary_*`` families exist only then.
+
+    The session's ``sidecar`` fixture serves a bundle trained from embeddings alone (no
+    canaries), so the rule and dashboard checks add these names. Cached: one bundle and one
+    sidecar for the whole session.
+    """
+    x, y = SyntheticWorld(dim=DIM, delta=0.02, seed=5).sample(800)
+    texts = [f"canary text {i}" for i in range(len(x))]
+    row = {t: i for i, t in enumerate(texts)}
+    with tempfile.TemporaryDirectory(prefix="silentwatch-canaries-") as tmp:
+        out = Path(tmp) / "b"
+        train_bundle(
+            x,
+            y,
+            out,
+            embedder=EmbedderSpec(name="test/embedder", version="v1"),
+            reference_size=200,
+            detectors=DetectorSettings(window_size=32, calibration_windows=200),
+            texts=texts,
+            canary_count=64,
+        )
+        settings = load_settings(bundle=out, port=0, metrics_port=0, store="memory")
+        sc = Sidecar(settings, bundle=load_bundle(out)).start()
+        try:
+            client = CanaryClient(sc.grpc_target, embedder_version="v1")
+            try:
+                client.check(lambda ts: x[[row[t] for t in ts]])
+            finally:
+                client.stop()
+            names = {name for name, _ in scrape(sc.metrics_url, timeout=10)}
+        finally:
+            sc.stop(grace=0.5)
+    assert "silentwatch_paired_canary_last_submission_timestamp_seconds" in names
+    return frozenset(names)
 
 
 def recording_rule_names(rules_dir: Path) -> set[str]:

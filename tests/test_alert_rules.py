@@ -1,5 +1,6 @@
 """The Prometheus rules (deploy/prometheus/rules): promtool's checks and unit tests, the
-metrics they name, their runbook links, and the false-alarm rate of the k-of-n alerts."""
+metrics they name, their runbook links, the false-alarm rate of the k-of-n input-drift
+ticket, and the split between the two signals (input drift never pages)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,18 @@ import pytest
 import yaml
 from scipy.stats import binom
 
+from silentwatch.monitor.config import ServeSettings
 from silentwatch.monitor.detection.engine import RECENT_WINDOWS
 from silentwatch.monitor.serving.server import Sidecar
 
 from .prometheus_bin import prometheus_binary
-from .promql import PROMETHEUS_BUILTINS, live_metric_names, metric_names, recording_rule_names
+from .promql import (
+    PROMETHEUS_BUILTINS,
+    live_metric_names,
+    metric_names,
+    paired_canary_metric_names,
+    recording_rule_names,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES_DIR = ROOT / "deploy" / "prometheus" / "rules"
@@ -56,8 +64,8 @@ def test_promtool_unit_tests_pass() -> None:
 def test_promtool_unit_tests_can_fail(tmp_path: Path) -> None:
     """A rule file with one threshold changed must fail the same unit tests."""
     broken = RULES.read_text(encoding="utf-8").replace(
-        "silentwatch_silent_failure_suspected_recent_windows >= 5",
-        "silentwatch_silent_failure_suspected_recent_windows >= 6",
+        "silentwatch_input_drift_recent_windows >= 5",
+        "silentwatch_input_drift_recent_windows >= 6",
     )
     assert broken != RULES.read_text(encoding="utf-8")
     (tmp_path / "rules").mkdir()
@@ -66,7 +74,7 @@ def test_promtool_unit_tests_can_fail(tmp_path: Path) -> None:
     (tmp_path / "tests" / "t.yml").write_text(RULE_TESTS.read_text(encoding="utf-8"))
     res = run("test", "rules", str(tmp_path / "tests" / "t.yml"))
     assert res.returncode != 0
-    assert "SilentwatchSilentFailureSuspected" in res.stdout + res.stderr
+    assert "SilentwatchInputDrift" in res.stdout + res.stderr
 
 
 def test_every_alert_is_unit_tested_firing_and_quiet() -> None:
@@ -101,14 +109,65 @@ def test_every_alert_has_severity_summary_description_and_a_runbook_section() ->
         assert name.lower() in headings, f"docs/runbook.md has no section '## {name}'"
 
 
+# Series an annotation template reads with `query` (the numbers quoted in a page).
+_TEMPLATE_QUERY = re.compile(r'printf\s+"([^"]+)"[^}]*\|\s*query\b')
+
+
+def template_queries(rule: dict[str, Any]) -> list[str]:
+    return [
+        q for text in rule.get("annotations", {}).values() for q in _TEMPLATE_QUERY.findall(text)
+    ]
+
+
 def test_rules_name_only_metrics_the_sidecar_exports(sidecar: Sidecar) -> None:
-    known = live_metric_names(sidecar) | recording_rule_names(RULES_DIR) | PROMETHEUS_BUILTINS
+    known = (
+        live_metric_names(sidecar)
+        | paired_canary_metric_names()
+        | recording_rule_names(RULES_DIR)
+        | PROMETHEUS_BUILTINS
+    )
     unknown = {
         f"{r.get('alert') or r.get('record')}: {name}"
         for r in rules()
-        for name in metric_names(r["expr"]) - known
+        for expr in (r["expr"], *template_queries(r))
+        for name in metric_names(expr) - known
     }
     assert unknown == set()
+    # the page's annotations quote numbers read with `query`: those selectors are checked too
+    assert any(template_queries(a) for a in alerts() if a["alert"] == "SilentwatchSilentFailure")
+
+
+# ---- two signals, two meanings ---------------------------------------------------------
+
+INPUT_DRIFT_METRICS = re.compile(
+    r"^silentwatch_(input_drift|drift_|embedding_centroid|confidence_|change_points)"
+)
+
+
+def test_no_page_reads_a_drift_metric() -> None:
+    """Drift is not harm: no critical alert may be raised by input drift or by a drift
+    detector (the promtool case 'input drift alone never fires SilentwatchSilentFailure'
+    shows it on data)."""
+    offending = {
+        a["alert"]: sorted(m for m in metric_names(a["expr"]) if INPUT_DRIFT_METRICS.match(m))
+        for a in alerts()
+        if a["labels"]["severity"] == "critical"
+    }
+    assert {k: v for k, v in offending.items() if v} == {}
+    page = next(a for a in alerts() if a["alert"] == "SilentwatchSilentFailure")
+    assert metric_names(page["expr"]) == {"silentwatch_silent_failure_evidence"}
+    assert page["labels"]["severity"] == "critical" and "for" not in page
+    drift = next(a for a in alerts() if a["alert"] == "SilentwatchInputDrift")
+    assert drift["labels"]["severity"] == "warning"
+
+
+def test_silent_failure_false_alarm_rate_is_the_stated_one() -> None:
+    """docs/alerts.md and the rule file: per check round the page fires on a classifier no
+    worse than the margin at most 0.005 + 0.005 = 0.01 (Bonferroni over the two sources)."""
+    default = {k: f.default for k, f in ServeSettings.model_fields.items()}
+    assert (default["canary_alpha"], default["confirmation_alpha"]) == (0.005, 0.005)
+    assert default["canary_alpha"] + default["confirmation_alpha"] == pytest.approx(0.01)
+    assert (default["canary_margin"], default["confirmation_margin"]) == (0.01, 0.01)
 
 
 # ---- the false-alarm rate of the k-of-n alerts ----------------------------------------
@@ -137,7 +196,7 @@ def _threshold(alert: str) -> int:
     [(0.01, 2.5e-8), (0.05, 6.4e-5), (0.10, 1.7e-3)],
 )
 def test_k_of_n_alerts_keep_the_stated_false_alarm_rate(p0: float, stated: float) -> None:
-    for alert in ("SilentwatchSilentFailureSuspected", "SilentwatchDriftAlarm"):
+    for alert in ("SilentwatchInputDrift",):
         k = _threshold(alert)
         rate = k_of_n_false_alarm_rate(k, RECENT_WINDOWS, p0)
         assert rate <= stated, f"{alert}: {rate:.2e} at p0={p0} exceeds the stated {stated:.1e}"

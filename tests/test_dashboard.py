@@ -29,6 +29,7 @@ from .promql import (
     live_metric_names,
     metric_names,
     metric_selectors,
+    paired_canary_metric_names,
     recording_rule_names,
 )
 
@@ -41,10 +42,10 @@ RULES_DIR = ROOT / "deploy" / "prometheus" / "rules"
 
 DATASOURCE_REF = {"type": "prometheus", "uid": "${datasource}"}
 ROWS = [
-    "Is it failing silently?",
+    "Silent failure (page)",
+    "Input drift (ticket)",
     "Traffic",
     "Scores and confidence",
-    "Drift detectors",
     "Labelled (delayed ground truth)",
     "Identity and health",
 ]
@@ -276,6 +277,8 @@ def test_panel_queries_name_only_existing_metrics(
 ) -> None:
     live = live_metric_names(sidecar)
     assert "silentwatch_requests_total" in live and "silentwatch_drift_statistic" in live
+    # The paired-canary families exist only on a sidecar whose bundle carries canaries.
+    live |= paired_canary_metric_names()
     known = live | recording_rule_names(RULES_DIR) | PROMETHEUS_BUILTINS
     unknown = [
         f"{where(p)} target {k}: unknown metric {name}"
