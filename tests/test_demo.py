@@ -3,31 +3,105 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from rich.console import Console
+from sklearn.metrics import roc_auc_score
 
 from silentwatch.cli import main
-from silentwatch.demo.run import run_demo
-from silentwatch.monitor.simulate.drift import gaussian_drift
+from silentwatch.demo.run import BENIGN, CLEAN, UPDATE, LiveEmbedder, run_demo, topic_axis
+from silentwatch.monitor.bundle import load_bundle
+from silentwatch.monitor.simulate.drift import directional_drift, gaussian_drift
 from silentwatch.monitor.simulate.world import SyntheticWorld
 
 
-def test_demo_shows_the_silent_failure(tmp_path):
+def test_demo_shows_input_drift_and_the_silent_failure(tmp_path):
     console = Console(record=True, width=120)
-    res = run_demo(out_dir=tmp_path, requests=1200, console=console)
-    clean, updated = res.phases
-    assert clean.rows == updated.rows == 600
+    res = run_demo(out_dir=tmp_path, requests=1800, console=console)
+    clean, benign, update = res.phases
+    assert [p.name for p in res.phases] == [CLEAN, BENIGN, UPDATE]
+    assert clean.rows == benign.rows == update.rows == 600
+    assert all(p.labels_joined > 100 for p in res.phases)
+
     assert clean.true_auc > 0.78  # near paper A's 0.85 baseline
-    assert updated.true_auc < 0.62  # collapsed towards chance
+    assert clean.input_drift_windows <= 1 and not clean.silent_failure
+
+    # Benign: the traffic changed (input drift, a ticket) but the classifier did not get
+    # worse, and nothing paged.
+    assert benign.input_drift_windows > 0 and 2 * benign.input_drift_windows >= benign.windows
+    assert not benign.silent_failure and benign.evidence == () and not benign.canary_failure
+    assert benign.label_confirmed_checks == 0
+    assert benign.canary_auc == pytest.approx(benign.canary_reference_auc, abs=1e-6)
+    # 600 rows a phase: two samples differ by ~0.02 by chance; the update moves it by ~0.3.
+    assert abs(benign.true_auc - clean.true_auc) < 0.05
+
+    # The embedder update: the canaries page at its deploy, before labels could.
+    assert update.canary_failure and update.silent_failure
+    assert "paired_canaries" in update.evidence
+    assert update.canary_auc < update.canary_reference_auc - 0.15
+    assert 15 < update.canary_angle < 30
+    assert update.true_auc < 0.62  # collapsed towards chance
     # ... while confidence does not fall: the failure is silent.
-    assert updated.mean_confidence >= clean.mean_confidence - 0.05
-    assert clean.labels_joined > 100 and updated.labels_joined > 100
-    text = console.export_text()
-    assert "Silent failure" in text and "clean" in text and "updated" in text
-    assert (tmp_path / "bundle" / "manifest.json").is_file()
+    assert update.mean_confidence >= clean.mean_confidence - 0.05
+
+    text = " ".join(console.export_text().split())
+    for phrase in (CLEAN, BENIGN, UPDATE, "PAGE", "Benign shift:", "Embedder update:"):
+        assert phrase in text, phrase
+    assert f"input drift in {benign.input_drift_windows} of {benign.windows} windows" in text
+    assert "paged at its first canary submission" in text
+    bundle = load_bundle(tmp_path / "bundle")
+    assert bundle.canaries is not None and bundle.canaries.embeddings.shape == (256, 384)
 
 
-def test_demo_cli_exit_code(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--requests", "400", "--seed", "1"]) == 0
+def test_the_benign_shift_keeps_the_head_and_the_update_breaks_it():
+    """The two shifts on the same rows, judged by the world's own signal direction (a
+    linear head that knows the truth): paired, so no sampling noise hides a real change."""
+    w = SyntheticWorld(seed=3)
+    x, y = w.sample(4000)
+    head = w.signal
+    before = roc_auc_score(y, x @ head)
+    u, sd = topic_axis(x)
+    topic = directional_drift(x, sd, u)
+    assert 5 < np.degrees(np.arccos(np.clip((x * topic).sum(1), -1, 1))).mean() < 20
+    assert abs(roc_auc_score(y, topic @ head) - before) < 0.005
+    texts = [f"synthetic text {i}" for i in range(len(x))]
+    updated = LiveEmbedder(dict(zip(texts, x, strict=True)), drift=0.02, seed=1)(texts)
+    assert before > 0.8 and roc_auc_score(y, updated @ head) < 0.65
+
+
+def test_the_updated_embedder_is_a_function_of_the_text():
+    x, _ = SyntheticWorld(dim=64).sample(50)
+    texts = [f"t{i}" for i in range(50)]
+    known = dict(zip(texts, x, strict=True))
+    same = LiveEmbedder(known)
+    np.testing.assert_array_equal(same(texts[:3]), x[:3])
+    new = LiveEmbedder(known, drift=0.02, seed=7)
+    a = new(texts)
+    np.testing.assert_allclose(new(texts[::-1][:10]), a[::-1][:10], atol=1e-6)  # any batch
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(a, x) and not np.allclose(a, LiveEmbedder(known, 0.02, 8)(texts))
+
+
+def test_demo_cli_passes_its_options(monkeypatch):
+    seen: list[dict] = []
+
+    def fake_run_demo(**kwargs):
+        seen.append(kwargs)
+        if kwargs["requests"] == 2:
+            raise ValueError("--requests 2 leaves no rows for three phases")
+
+    monkeypatch.setattr("silentwatch.demo.run.run_demo", fake_run_demo)
+    assert main(["demo", "--requests", "300", "--seed", "1", "--rate", "50"]) == 0
+    assert seen[-1]["requests"] == 300 and seen[-1]["seed"] == 1 and seen[-1]["rate"] == 50
+    assert (seen[-1]["port"], seen[-1]["metrics_port"], seen[-1]["keep_serving"]) == (0, 0, False)
+    assert "text_column" not in seen[-1]
+    assert main(["demo", "--keep-serving"]) == 0
+    assert seen[-1]["requests"] == 12000  # a third per phase
+    assert (seen[-1]["port"], seen[-1]["metrics_port"]) == (50051, 9464)
+    assert main(["demo", "--data", "x.csv", "--label-column", "toxicity"]) == 0
+    assert seen[-1]["label_column"] == "toxicity" and seen[-1]["text_column"] == "text"
+    assert main(["demo", "--requests", "2"]) == 2
+    assert main(["demo", "--rate", "-1"]) == 2
+    assert len(seen) == 4  # a negative rate is refused before the demo starts
 
 
 def test_world_drift_keeps_vectors_on_the_sphere():
@@ -43,6 +117,7 @@ def test_world_drift_keeps_vectors_on_the_sphere():
 
 
 def test_keep_serving_stays_up_for_prometheus_and_stops_on_ctrl_c(tmp_path):
+    """The real CLI in a subprocess: it replays, keeps serving, and exits 0 on Ctrl-C."""
     import signal
     import subprocess
     import sys
@@ -66,6 +141,11 @@ def test_keep_serving_stays_up_for_prometheus_and_stops_on_ctrl_c(tmp_path):
         assert url, "the demo never reported its metrics URL"
         m = scrape(url)  # still up after the replay
         assert m.get_value("silentwatch_prediction_score_count", source="classify") == 300
+        # One canary submission per phase; the update's paged, and the page is still up.
+        assert m.get_value("silentwatch_paired_canary_submissions_total") == 3
+        assert m.get_value("silentwatch_paired_canary_failures_total") == 1
+        assert m.get_value("silentwatch_silent_failure") == 1
+        assert m.get_value("silentwatch_silent_failure_evidence", source="paired_canaries") == 1
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
     finally:
@@ -78,23 +158,34 @@ def test_the_table_fits_80_columns_without_ellipses():
     the default traffic, folded (never cut) beyond that."""
     import io
 
-    from rich.console import Console
-
     from silentwatch.demo.run import PhaseResult, _table
 
     def render(rows: int, labels: int, windows: int) -> str:
+        common = dict(rows=rows, mean_score=0.5, high_confidence_share=0.4, flagged_rate=0.4,
+                      labels_joined=labels, latency_p99_ms=1.0, windows=windows,
+                      canary_reference_auc=0.857)  # fmt: skip
         phases = [
-            PhaseResult("clean", rows, 0.5, 0.757, 0.422, 0.4, labels, 1.0, 0.854, 0.776,
-                        windows, 0, 0, 0.865),
-            PhaseResult("updated", rows, 0.6, 0.973, 0.947, 0.5, labels, 1.0, 0.532, 0.527,
-                        windows, windows, windows, 0.546),
+            PhaseResult(CLEAN, mean_confidence=0.757, true_auc=0.854, true_accuracy=0.776,
+                        canary_auc=0.857, labelled_auc=0.865, **common),
+            PhaseResult(BENIGN, mean_confidence=0.751, true_auc=0.846, true_accuracy=0.765,
+                        input_drift_windows=windows, canary_auc=0.857, labelled_auc=0.851,
+                        **common),
+            PhaseResult(UPDATE, mean_confidence=0.973, true_auc=0.532, true_accuracy=0.527,
+                        input_drift_windows=windows, canary_auc=0.572, silent_failure=True,
+                        evidence=("paired_canaries", "label_confirmation"), labelled_auc=0.546,
+                        **common),
         ]  # fmt: skip
         out = io.StringIO()
         Console(file=out, width=80, color_system=None).print(_table(phases))
         return out.getvalue()
 
     text = render(40_000, 12_345, 160)
-    assert "…" not in text and "12,345" in text and "160/160" in text, text
-    assert max(len(line) for line in text.splitlines()) <= 80
+    for cell in ("40,000", "12,345", "0/160", "160/160", "0.86/0.86", "0.57/0.86", "PAGE"):
+        assert cell in text, (cell, text)
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80, text
+    # The page names its evidence; the benign shift's ticket is not a page.
+    rows = {line.split()[0]: line for line in text.splitlines() if line.strip()}
+    assert " no " in rows["clean"] and " no " in rows["benign"], text
+    assert " PAGE " in rows["embedder"] and "canary" in text and "+labels" in text, text
     huge = render(4_000_000, 1_234_567, 16_000)
     assert "…" not in huge and max(len(line) for line in huge.splitlines()) <= 80, huge

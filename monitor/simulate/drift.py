@@ -7,6 +7,8 @@ unit-normalised embeddings and the result is re-normalised to the sphere.
   ``"per_dimension"`` draws ``n ~ N(0, I)`` (what the paper's code does; in 1024-d,
   s = 0.02 moves an embedding by ~33 degrees) and ``"total_norm"`` rescales the noise
   to norm 1 so ``||s n|| = s`` (what the paper's "about 1 degree" implies).
+  :func:`keyed_gaussian_drift` seeds each row's noise by a key (its text), so the drift
+  acts as a new embedder: the same text always moves the same way.
 * Directional: ``x' = normalise(x + s * u)`` for one fixed random unit vector ``u``.
 * Rotation: every embedding is rotated by the same angle ``theta`` in ``d / 2`` random
   orthogonal planes; the paper's magnitude ``m`` maps to ``theta = 90 deg * m / 0.15``.
@@ -16,6 +18,8 @@ Always report :func:`mean_angle_degrees` next to a magnitude: it is what was don
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -64,6 +68,36 @@ def gaussian_drift(
     True
     """
     return normalise(x + s * gaussian_noise(np.shape(x), rng, convention))
+
+
+def keyed_gaussian_drift(
+    x: np.ndarray,
+    s: float,
+    keys: Sequence[str],
+    seed: int = 0,
+    convention: GaussianConvention = "per_dimension",
+) -> np.ndarray:
+    """:func:`gaussian_drift` with each row's noise a fixed function of ``(seed, key)``.
+
+    An updated embedder as a function of the text: the same key (text) always moves the
+    same way, whatever batch, order or process it comes in, as a real new model would.
+
+    >>> x = normalise(np.eye(4)[:3] + 0.1)
+    >>> a = keyed_gaussian_drift(x, 0.5, ["a", "b", "c"], seed=1)
+    >>> b = keyed_gaussian_drift(x[::-1], 0.5, ["c", "b", "a"], seed=1)
+    >>> bool(np.allclose(a, b[::-1])), bool(np.allclose(a, x))
+    (True, False)
+    >>> bool(np.allclose(a, keyed_gaussian_drift(x, 0.5, ["a", "b", "c"], seed=2)))
+    False
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if len(keys) != x.shape[0]:
+        raise ValueError(f"{len(keys)} keys for {x.shape[0]} rows; send one key per row")
+    noise = np.empty(x.shape, dtype=np.float32)
+    for i, k in enumerate(keys):
+        h = int.from_bytes(hashlib.blake2b(k.encode("utf-8"), digest_size=8).digest(), "little")
+        noise[i] = gaussian_noise((1, x.shape[1]), np.random.default_rng([seed, h]), convention)
+    return normalise(x + s * noise)
 
 
 def random_direction(dim: int, rng: np.random.Generator) -> np.ndarray:

@@ -1,12 +1,23 @@
 """`silentwatch demo`: the whole loop on an embedded default, through real gRPC.
 
 1. build a bundle (synthetic 384-d world, or real all-MiniLM-L6-v2 embeddings of a
-   labelled file),
+   labelled file) that keeps 256 held-out canary texts with their reference embeddings,
 2. start the sidecar on loopback,
-3. replay traffic with ClassifyBatch, sending delayed labels for a fraction of it,
-4. halfway, simulate an embedding-model update (paper A's Gaussian drift),
-5. scrape the sidecar's own /metrics at each phase boundary and show what a
-   Grafana board would show, beside the ground truth only the demo knows.
+3. replay three phases of traffic with ClassifyBatch, sending delayed labels for a
+   fraction of it:
+
+   * ``clean``: traffic like the training data;
+   * ``benign shift``: the same embedder, different traffic (a topic offset along the
+     traffic's main topic axis and 75% unsafe instead of the training prior): the input
+     changed, the classifier did not get worse;
+   * ``embedder update``: the embedding model changed under the frozen classifier
+     (paper A's Gaussian drift, as a fixed function of each text),
+
+4. at the start of each phase (a deploy) play the moderation service: embed the bundle's
+   canary texts with that phase's live embedder and submit them (``CanaryClient.check``),
+5. scrape the sidecar's own /metrics at each phase boundary and show what a Grafana board
+   would show, beside the ground truth only the demo knows: input drift (a ticket) on
+   both shifts, silent failure (the page) only on the update.
 """
 
 from __future__ import annotations
@@ -14,7 +25,8 @@ from __future__ import annotations
 import tempfile
 import time
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -25,10 +37,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sklearn.metrics import roc_auc_score
 
+from silentwatch.client import CanaryClient
 from silentwatch.monitor.bundle import EmbedderSpec, load_bundle
 from silentwatch.monitor.config import load_settings
+from silentwatch.monitor.evaluation.confirmation import hanley_mcneil_variance
 from silentwatch.monitor.serving.server import Sidecar
-from silentwatch.monitor.simulate.drift import gaussian_drift
+from silentwatch.monitor.simulate.drift import (
+    directional_drift,
+    keyed_gaussian_drift,
+    mean_angle_degrees,
+)
 from silentwatch.monitor.simulate.world import SyntheticWorld
 from silentwatch.monitor.training import train_bundle
 from silentwatch.scrape import Samples, quantile, scrape
@@ -36,6 +54,12 @@ from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 
 DEMO_EMBEDDER = EmbedderSpec(name="silentwatch/synthetic-world", version="v1", pooling="unknown")
+CLEAN, BENIGN, UPDATE = "clean", "benign shift", "embedder update"
+BENIGN_PRIOR = 0.75  # unsafe share of the benign shift's traffic (training: the data's own)
+TOPIC_SHIFT_SD = 1.0  # the benign topic offset, in standard deviations along the topic axis
+SYNTHETIC_POOL = 30_000  # synthetic traffic rows to draw the phases from
+# Short names for the silent-failure evidence sources in the table.
+EVIDENCE = {"paired_canaries": "canary", "label_confirmation": "labels"}
 
 
 @dataclass
@@ -51,8 +75,17 @@ class PhaseResult:
     true_auc: float
     true_accuracy: float
     windows: int = 0
-    drift_windows: int = 0  # windows where the PCA-reconstruction or MMD detector alarmed
-    suspected_windows: int = 0
+    true_auc_se: float = float("nan")  # Hanley-McNeil standard error of true_auc
+    input_drift_windows: int = 0  # windows that raised silentwatch_input_drift (a ticket)
+    canary_auc: float = float("nan")  # frozen head on the canaries' live embeddings
+    canary_reference_auc: float = float("nan")  # ... and on their reference embeddings
+    canary_failure: bool = False  # the phase's canary submission (at its deploy) paged
+    canary_angle: float = float("nan")  # mean angle live vs reference canary embedding
+    canary_size: int = 0  # canary texts submitted
+    silent_failure: bool = False  # silentwatch_silent_failure at the end of the phase
+    evidence: tuple[str, ...] = ()  # its sources then (paired_canaries, label_confirmation)
+    label_checks: int = 0  # label-confirmation checks run in the phase
+    label_confirmed_checks: int = 0  # ... and those that confirmed a drop
     labelled_auc: float = float("nan")  # the sidecar's rolling ROC-AUC on joined labels
 
 
@@ -62,6 +95,78 @@ class DemoResult:
     phases: list[PhaseResult]
     grpc_target: str
     metrics_url: str
+
+
+@dataclass
+class LiveEmbedder:
+    """The moderation service's embedder in one phase: ``embed(texts) -> (n, d)``.
+
+    ``known`` holds every demo text's embedding under the validated embedder (the bundle's);
+    ``drift > 0`` is the updated embedder, paper A's Gaussian drift seeded per text, so the
+    same text always gets the same vector (:func:`keyed_gaussian_drift`).
+    """
+
+    known: dict[str, np.ndarray]
+    drift: float = 0.0
+    seed: int = 0
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        x = np.stack([self.known[t] for t in texts]).astype(np.float32)
+        return x if self.drift == 0 else keyed_gaussian_drift(x, self.drift, texts, self.seed)
+
+
+@dataclass
+class DemoData:
+    """The trained bundle and the traffic pool the phases are drawn from."""
+
+    bundle_dir: Path
+    spec: EmbedderSpec
+    texts: list[str]  # the pool's texts (synthetic: "synthetic text <i>")
+    x: np.ndarray  # (n, d) the pool under the validated embedder
+    y: np.ndarray
+    known: dict[str, np.ndarray] = field(repr=False)  # every text -> validated embedding
+    topic: np.ndarray = field(repr=False)  # unit topic axis (see topic_axis)
+    topic_sd: float = 0.0  # the training rows' standard deviation along it
+
+
+def topic_axis(x: np.ndarray) -> tuple[np.ndarray, float]:
+    """The highest-variance direction of ``x`` orthogonal to its mean, and ``x``'s standard
+    deviation along it: a "topic" axis. Moving every row along it changes what the traffic
+    is about, not the embedder.
+
+    >>> rng = np.random.default_rng(0)
+    >>> x = np.c_[np.full(500, 5.0), 3 * rng.standard_normal(500), rng.standard_normal(500)]
+    >>> u, sd = topic_axis(x)
+    >>> [round(abs(float(v)), 1) for v in u], 2.7 < sd < 3.3
+    ([0.0, 1.0, 0.0], True)
+    """
+    x = np.asarray(x, dtype=np.float64)
+    mu = x.mean(axis=0)
+    m = mu / np.linalg.norm(mu)
+    xc = x - mu
+    xc -= np.outer(xc @ m, m)
+    w, v = np.linalg.eigh(xc.T @ xc / x.shape[0])
+    return v[:, -1].astype(np.float32), float(np.sqrt(max(w[-1], 0.0)))
+
+
+def draw_at_prior(y: np.ndarray, n: int, prior: float, rng: np.random.Generator) -> np.ndarray:
+    """``n`` indices into ``y`` with ``round(n * prior)`` positives, shuffled; with
+    replacement only for a class that has too few rows.
+
+    >>> y = np.array([0] * 90 + [1] * 10)
+    >>> idx = draw_at_prior(y, 40, 0.75, np.random.default_rng(0))
+    >>> len(idx), int(y[idx].sum())
+    (40, 30)
+    """
+    parts = []
+    for cls, k in ((1, round(n * prior)), (0, n - round(n * prior))):
+        pool = np.flatnonzero(y == cls)
+        if k and not pool.size:
+            raise ValueError(f"the traffic has no rows of class {cls} to draw {k} from")
+        parts.append(rng.choice(pool, k, replace=k > pool.size))
+    idx = np.concatenate(parts)
+    rng.shuffle(idx)
+    return idx
 
 
 def _phase_from_scrapes(
@@ -79,6 +184,8 @@ def _phase_from_scrapes(
         (le, c - lat_a.get(le, 0.0))
         for le, c in b.buckets("silentwatch_request_duration_seconds", rpc="ClassifyBatch")
     ]
+    nan = float("nan")
+    auc = float(roc_auc_score(y, p)) if len(set(y.tolist())) == 2 else nan
     return PhaseResult(
         name=name,
         rows=int(n),
@@ -88,54 +195,72 @@ def _phase_from_scrapes(
         flagged_rate=d("silentwatch_predictions_flagged_total", source="classify") / max(n, 1),
         labels_joined=int(d("silentwatch_labels_joined_total")),
         latency_p99_ms=1000 * quantile(0.99, lat),
-        true_auc=float(roc_auc_score(y, p)) if len(set(y.tolist())) == 2 else float("nan"),
+        true_auc=auc,
         true_accuracy=float(np.mean((p >= 0.5) == (y == 1))),
+        true_auc_se=float(np.sqrt(hanley_mcneil_variance(auc, int(y.sum()), int((y == 0).sum())))),
         windows=int(d("silentwatch_drift_windows_evaluated_total")),
-        drift_windows=int(
-            max(
-                d("silentwatch_drift_alarms_total", detector=k)
-                for k in ("mmd", "mmd_rff", "pca_reconstruction", "domain_auc", "bbsd_ks")
-            )
+        input_drift_windows=int(d("silentwatch_input_drift_windows_total")),
+        canary_auc=b.get_value(
+            "silentwatch_paired_canary_roc_auc", nan, embeddings="live", bound="estimate"
         ),
-        suspected_windows=int(d("silentwatch_silent_failure_suspected_windows_total")),
-        labelled_auc=b.get_value("silentwatch_labelled_roc_auc", float("nan"), window="rolling"),
+        canary_reference_auc=b.get_value(
+            "silentwatch_paired_canary_roc_auc", nan, embeddings="reference", bound="estimate"
+        ),
+        silent_failure=b.get_value("silentwatch_silent_failure") == 1,
+        evidence=tuple(
+            src
+            for src in EVIDENCE
+            if b.get_value("silentwatch_silent_failure_evidence", source=src) == 1
+        ),
+        label_checks=int(d("silentwatch_label_confirmation_checks_total")),
+        label_confirmed_checks=int(d("silentwatch_label_confirmation_confirmed_checks_total")),
+        labelled_auc=b.get_value("silentwatch_labelled_roc_auc", nan, window="rolling"),
     )
+
+
+def _page(ph: PhaseResult) -> str:
+    if not ph.silent_failure:
+        return "no"
+    # One source per line: the column stays narrow enough for 80 columns.
+    sources = [EVIDENCE.get(s, s) for s in ph.evidence]
+    return "\n".join(["PAGE", *sources[:1], *("+" + s for s in sources[1:])])
 
 
 def _table(phases: list[PhaseResult]) -> Table:
     t = Table(
         title="What the sidecar's /metrics showed, per phase",
         box=box.SIMPLE_HEAD,
+        show_edge=False,
         pad_edge=False,
         collapse_padding=True,
     )
     # Fold, never ellipsise: a piped run (80 columns) must still show every figure whole.
     t.add_column("phase", overflow="fold")
-    for head in ("rows", "mean\nconf", "conf\n>0.8", "labels\njoined"):
+    for head in ("rows", "mean\nconf", "labels\njoined", "input\ndrift", "canary\nAUC"):
         t.add_column(head, justify="right", overflow="fold")
-    t.add_column("drift\nalarms", justify="right", overflow="fold")
-    t.add_column("silent\nfailure?", justify="right", overflow="fold")
+    t.add_column("silent\nfailure", justify="left", style="bold", overflow="fold")
     t.add_column("label\nAUC", justify="right", overflow="fold")
     t.add_column("true\nAUC*", justify="right", style="bold", overflow="fold")
     t.add_column("true\nacc*", justify="right", style="bold", overflow="fold")
     for ph in phases:
         t.add_row(
-            ph.name,
+            ph.name.replace(" ", "\n"),  # one word a line: the widest is "embedder"
             f"{ph.rows:,}",
             f"{ph.mean_confidence:.3f}",
-            f"{ph.high_confidence_share:.1%}",
             f"{ph.labels_joined:,}",
-            f"{ph.drift_windows}/{ph.windows}",
-            f"{ph.suspected_windows}/{ph.windows}",
+            f"{ph.input_drift_windows}/{ph.windows}",
+            f"{ph.canary_auc:.2f}/{ph.canary_reference_auc:.2f}",
+            _page(ph),
             f"{ph.labelled_auc:.3f}",
             f"{ph.true_auc:.3f}",
             f"{ph.true_accuracy:.0%}",
         )
     t.caption = (
-        "conf = max(p, 1-p), p = P(unsafe); drift alarms = "
-        "windows in which the busiest drift detector alarmed (1% false alarms per window); "
-        "silent failure? = windows with silentwatch_silent_failure_suspected; label AUC = the "
-        "sidecar's rolling ROC-AUC on the delayed labels it joined.\n"
+        "input drift = windows that raised silentwatch_input_drift / windows: the traffic "
+        "changed (a ticket). canary AUC = the frozen head on the canary texts, live / "
+        "reference embeddings. silent failure = silentwatch_silent_failure at the end of the "
+        "phase (the page) and its evidence: paired canaries, label confirmation. label AUC = "
+        "the sidecar's rolling ROC-AUC on the delayed labels it joined. conf = max(p, 1-p).\n"
         "* ground truth only the demo knows; the sidecar sees what its labels tell it"
     )
     return t
@@ -143,13 +268,16 @@ def _table(phases: list[PhaseResult]) -> Table:
 
 def build_bundle(
     out: Path, data: Path | None, seed: int, console: Console, **data_options: object
-) -> tuple[Path, np.ndarray, np.ndarray]:
-    """Train the demo bundle; return it and the held-back traffic (embeddings, labels)."""
+) -> DemoData:
+    """Train the demo bundle (with canaries) and keep the held-back traffic pool."""
     bundle_dir = out / "bundle"
     if data is None:
         world = SyntheticWorld(seed=seed)
         x_train, y_train = world.sample(6000)
-        x_traffic, y_traffic = world.sample(20000)
+        x_pool, y_pool = world.sample(SYNTHETIC_POOL)
+        # No texts in a synthetic world: an id string per row stands in for one.
+        texts = [f"synthetic text {i}" for i in range(len(x_train) + len(x_pool))]
+        t_train, t_pool = texts[: len(x_train)], texts[len(x_train) :]
         spec = DEMO_EMBEDDER
     else:
         from silentwatch.monitor.training.datasets import load_labelled_texts
@@ -168,23 +296,64 @@ def build_bundle(
         order = rng.permutation(len(x))
         cut = int(0.6 * len(x))
         x_train, y_train = x[order[:cut]], table.labels[order[:cut]]
-        x_traffic, y_traffic = x[order[cut:]], table.labels[order[cut:]]
+        x_pool, y_pool = x[order[cut:]], table.labels[order[cut:]]
+        t_train = [table.texts[i] for i in order[:cut]]
+        t_pool = [table.texts[i] for i in order[cut:]]
         spec = emb.spec()
-    res = train_bundle(x_train, y_train, bundle_dir, embedder=spec, seed=seed, overwrite=True)
+    res = train_bundle(
+        x_train, y_train, bundle_dir, embedder=spec, seed=seed, texts=t_train, overwrite=True
+    )
     m = res.holdout_metrics
     console.print(
         f"bundle [bold]{res.classifier_version}[/] -> {bundle_dir}  "
         f"(held-out ROC-AUC {m['roc_auc']:.3f}, accuracy {m['accuracy']:.1%}, "
         f"mean confidence {m['mean_confidence']:.3f})"
     )
-    return bundle_dir, x_traffic, y_traffic
+    known = dict(zip(t_train, x_train, strict=True)) | dict(zip(t_pool, x_pool, strict=True))
+    topic, topic_sd = topic_axis(x_train)
+    return DemoData(bundle_dir, spec, t_pool, x_pool, y_pool, known, topic, topic_sd)
+
+
+@dataclass
+class Phase:
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    embed: Callable[[list[str]], np.ndarray]  # the live embedder the canaries go through
+
+
+def plan_phases(
+    world: DemoData, n: int, drift: float, seed: int
+) -> tuple[list[Phase], dict[str, float]]:
+    """Three phases of ``n // 3`` rows each, and what was done to them (for the narrative)."""
+    m = n // 3
+    same = LiveEmbedder(world.known)
+    updated = LiveEmbedder(world.known, drift=drift, seed=seed)
+    x, y = world.x, world.y
+    # The benign shift draws its rows from beyond the other two phases' (all of the pool
+    # when that is too small), at its own prior, then moves them along the topic axis.
+    rest = np.arange(2 * m, len(y)) if len(set(y[2 * m :].tolist())) == 2 else np.arange(len(y))
+    idx = rest[draw_at_prior(y[rest], m, BENIGN_PRIOR, np.random.default_rng(seed + 11))]
+    x_benign = directional_drift(x[idx], TOPIC_SHIFT_SD * world.topic_sd, world.topic)
+    x_update = updated(world.texts[m : 2 * m])
+    facts = {
+        "topic_angle": mean_angle_degrees(x[idx], x_benign),
+        "update_angle": mean_angle_degrees(x[m : 2 * m], x_update),
+        "clean_prior": float(y[:m].mean()),
+    }
+    phases = [
+        Phase(CLEAN, x[:m], y[:m], same),
+        Phase(BENIGN, x_benign, y[idx], same),
+        Phase(UPDATE, x_update, y[m : 2 * m], updated),
+    ]
+    return phases, facts
 
 
 def run_demo(
     *,
     out_dir: Path | None = None,
     data: Path | None = None,
-    requests: int = 8000,
+    requests: int = 12000,
     batch_size: int = 32,
     label_fraction: float = 0.3,
     label_delay_batches: int = 10,
@@ -200,18 +369,17 @@ def run_demo(
     console = console or Console()
     out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="silentwatch-demo-"))
     out.mkdir(parents=True, exist_ok=True)
-    bundle_dir, x_all, y_all = build_bundle(out, data, seed, console, **data_options)
-    n = min(requests, 2 * (len(x_all) // 2))
-    half = n // 2
+    world = build_bundle(out, data, seed, console, **data_options)
+    n = min(requests, len(world.y))
+    if n < 3:
+        raise ValueError(f"--requests {requests} leaves no rows for three phases")
+    plan, facts = plan_phases(world, n, drift, seed)
     rng = np.random.default_rng(seed + 7)
-    x_clean, y_clean = x_all[:half], y_all[:half]
-    x_upd = gaussian_drift(x_all[half:n], drift, rng)
-    y_upd = y_all[half:n]
-    angle = float(np.degrees(np.arccos(np.clip((x_upd * x_all[half:n]).sum(1), -1, 1))).mean())
+    version = world.spec.version
 
     # Replay runs faster than real time: evaluate every window rather than rate-capping.
     settings = load_settings(
-        bundle=bundle_dir,
+        bundle=world.bundle_dir,
         port=port,
         metrics_port=metrics_port,
         max_window_evaluations_per_second=0,
@@ -219,12 +387,15 @@ def run_demo(
         # The durable store lives with this run's bundle: a rerun never inherits its state.
         state_dir=out / "state",
     )
-    sidecar = Sidecar(settings, bundle=load_bundle(bundle_dir)).start()
+    sidecar = Sidecar(settings, bundle=load_bundle(world.bundle_dir)).start()
     console.print(f"sidecar up: gRPC [bold]{sidecar.grpc_target}[/], metrics {sidecar.metrics_url}")
     phases: list[PhaseResult] = []
     try:
         with grpc.insecure_channel(sidecar.grpc_target) as channel:
             stub = pb_grpc.MonitorStub(channel)
+            # The moderation service's deploy hook: re-embed the bundle's canary texts with
+            # the live embedder and submit them before traffic moves (silentwatch.client).
+            canaries = CanaryClient(channel, embedder_version=version)
             with Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
@@ -233,18 +404,16 @@ def run_demo(
                 console=console,
                 transient=False,
             ) as progress:
-                task = progress.add_task("replaying traffic", total=n)
-                for name, x, y, version in (
-                    ("clean", x_clean, y_clean, "v1"),
-                    ("updated", x_upd, y_upd, "v1"),
-                ):
-                    progress.update(task, description=f"replaying: {name}")
+                task = progress.add_task("replaying traffic", total=sum(len(p.y) for p in plan))
+                for tag, ph in enumerate(plan):
+                    progress.update(task, description=f"replaying: {ph.name}")
                     before = scrape(sidecar.metrics_url)
+                    reading = canaries.check(ph.embed)
                     p = _replay(
                         stub,
-                        x,
-                        y,
-                        name,
+                        ph.x,
+                        ph.y,
+                        f"p{tag}",
                         version,
                         batch_size,
                         label_fraction,
@@ -254,13 +423,18 @@ def run_demo(
                         rate,
                     )
                     sidecar.pipeline.wait_idle()
-                    phases.append(
-                        _phase_from_scrapes(name, before, scrape(sidecar.metrics_url), p, y)
-                    )
+                    res = _phase_from_scrapes(ph.name, before, scrape(sidecar.metrics_url), p, ph.y)
+                    res.canary_failure = reading.failure
+                    res.canary_angle = reading.angle_mean_degrees
+                    res.canary_size = reading.size
+                    phases.append(res)
         console.print(
-            f"\n'updated' = the embedding model changed under the classifier: paper A's Gaussian "
-            f"drift, s = {drift:g} per dimension, mean angle to the original vectors "
-            f"{angle:.1f} deg"
+            f"\n'{BENIGN}' = the same embedder, different traffic: every row moved "
+            f"{TOPIC_SHIFT_SD:g} sd along the traffic's main topic axis (mean angle "
+            f"{facts['topic_angle']:.1f} deg) and {BENIGN_PRIOR:.0%} unsafe instead of "
+            f"{facts['clean_prior']:.0%}.\n'{UPDATE}' = the embedding model changed under "
+            f"the classifier: paper A's Gaussian drift, s = {drift:g} per dimension, mean angle "
+            f"to the original vectors {facts['update_angle']:.1f} deg."
         )
         console.print(_table(phases))
         _summary(console, phases)
@@ -272,16 +446,15 @@ def run_demo(
             sidecar.wait_for_signal()
     finally:
         sidecar.stop(grace=1.0)
-    return DemoResult(bundle_dir, phases, sidecar.grpc_target, sidecar.metrics_url)
+    return DemoResult(world.bundle_dir, phases, sidecar.grpc_target, sidecar.metrics_url)
 
 
 def _replay(
-    stub, x, y, phase, version, batch_size, label_fraction, delay, rng, advance, rate=0.0
+    stub, x, y, tag, version, batch_size, label_fraction, delay, rng, advance, rate=0.0
 ) -> np.ndarray:
     scores = np.empty(len(x), dtype=np.float32)
     t0 = time.monotonic()
     pending: deque[list[pb.Label]] = deque()
-    tag = phase[:1]
     for start in range(0, len(x), batch_size):
         chunk = x[start : start + batch_size]
         ids = [f"demo-{tag}-{i}" for i in range(start, start + len(chunk))]
@@ -309,18 +482,74 @@ def _replay(
     return scores
 
 
+def _checks(n: int) -> str:
+    return f"{n} check" if n == 1 else f"{n} checks"
+
+
 def _summary(console: Console, phases: list[PhaseResult]) -> None:
-    a, b = phases[0], phases[-1]
-    conf_change = (b.mean_confidence - a.mean_confidence) / a.mean_confidence
+    by = {ph.name: ph for ph in phases}
+    clean, benign, upd = by[CLEAN], by[BENIGN], by[UPDATE]
+
+    def moved(ph: PhaseResult) -> tuple[float, float]:
+        """The true ROC-AUC's change from clean, and how far two such samples differ by
+        chance (95%, Hanley-McNeil errors of both)."""
+        return ph.true_auc - clean.true_auc, 1.96 * float(
+            np.hypot(clean.true_auc_se, ph.true_auc_se)
+        )
+
+    d, chance = moved(benign)
+    if benign.silent_failure or benign.label_confirmed_checks or benign.canary_failure:
+        benign_page = "and it paged (see the table)"
+    else:
+        benign_page = "and nothing paged"
+    worse = "the classifier did not get worse" if d > -chance else "yet the classifier got worse"
     console.print(
-        f"\n[bold]Silent failure:[/] after the update the classifier's true ROC-AUC went "
-        f"{a.true_auc:.3f} -> {b.true_auc:.3f} and accuracy {a.true_accuracy:.1%} -> "
-        f"{b.true_accuracy:.1%}, while its mean confidence moved {conf_change:+.1%} "
-        f"({a.mean_confidence:.3f} -> {b.mean_confidence:.3f}) and the share of predictions "
-        f"above 0.8 confidence went {a.high_confidence_share:.0%} -> "
-        f"{b.high_confidence_share:.0%}.\n"
-        f"The sidecar saw it: drift alarms in {b.drift_windows} of {b.windows} windows "
-        f"({a.drift_windows} of {a.windows} before), silent_failure_suspected in "
-        f"{b.suspected_windows}, and its ROC-AUC on the delayed labels it joined fell "
-        f"{a.labelled_auc:.3f} -> {b.labelled_auc:.3f}."
+        f"\n[bold]Benign shift:[/] input drift in {benign.input_drift_windows} of "
+        f"{benign.windows} windows (a ticket; {clean.input_drift_windows} of {clean.windows} "
+        f"on clean traffic) {benign_page}: the canaries read ROC-AUC {benign.canary_auc:.3f} "
+        f"against {benign.canary_reference_auc:.3f} on their reference embeddings (the "
+        f"embedder did not change) and label confirmation confirmed "
+        f"{benign.label_confirmed_checks} of {_checks(benign.label_checks)}. The true ROC-AUC "
+        f"moved by {d:+.3f} ({clean.true_auc:.3f} -> {benign.true_auc:.3f}; two samples of "
+        f"this size differ by up to +/-{chance:.3f} by chance, 95%): the traffic changed, "
+        f"{worse}."
+    )
+    if upd.canary_failure:
+        paged = (
+            f"paged at its first canary submission, before any traffic: the frozen head's "
+            f"ROC-AUC on the same {upd.canary_size} canary texts went "
+            f"{upd.canary_reference_auc:.3f} -> {upd.canary_auc:.3f} (the new embedder moved "
+            f"them {upd.canary_angle:.1f} deg)"
+        )
+    else:
+        paged = (
+            f"did not page at its canary submission: ROC-AUC on the {upd.canary_size} canary "
+            f"texts {upd.canary_reference_auc:.3f} -> {upd.canary_auc:.3f}, not confirmed beyond "
+            f"its margin (the new embedder moved them {upd.canary_angle:.1f} deg)"
+        )
+    if upd.label_confirmed_checks:
+        labels = (
+            f"labels confirmed it too ({upd.label_confirmed_checks} of "
+            f"{_checks(upd.label_checks)}, {upd.labels_joined:,} labels joined in the phase)"
+        )
+    else:
+        labels = (
+            "labels had not yet confirmed it"
+            if upd.canary_failure
+            else "labels did not confirm a drop"
+        )
+        labels += f" after {upd.labels_joined:,} labels ({_checks(upd.label_checks)})"
+    d, chance = moved(upd)
+    conf_change = (upd.mean_confidence - clean.mean_confidence) / clean.mean_confidence
+    if d < -chance:
+        verdict = "the classifier got worse while it kept answering: a silent failure"
+    else:
+        verdict = f"within what chance moves two samples of this size (+/-{chance:.3f})"
+    console.print(
+        f"\n[bold]Embedder update:[/] {paged}; {labels}. The true ROC-AUC went "
+        f"{clean.true_auc:.3f} -> {upd.true_auc:.3f} and accuracy {clean.true_accuracy:.1%} -> "
+        f"{upd.true_accuracy:.1%}, mean confidence {conf_change:+.1%} "
+        f"({clean.mean_confidence:.3f} -> {upd.mean_confidence:.3f}): {verdict}. The "
+        f"sidecar's rolling ROC-AUC on the delayed labels went {clean.labelled_auc:.3f} -> "
+        f"{upd.labelled_auc:.3f}."
     )
