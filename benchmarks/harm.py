@@ -1,17 +1,23 @@
 """Drift is not harm: what the frozen head's ROC-AUC did beside what the sidecar said.
 
 Real all-MiniLM-L6-v2 embeddings (``open_embedder("minilm")``, cached with
-``embed_cached``) of Civil Comments (both fractional files pooled, de-duplicated by text,
-``toxicity >= 0.5``). A bundle (paper A's recipe, ``train_bundle``, detectors calibrated
-at 1% false alarms per window) is trained on a balanced part; the rest is the evaluation
-pool. Each scenario is a stream of labelled traffic rows:
+``embed_cached`` under the gitignored ``.cache/harm``) of two labelled data sets, each
+with its own bundle (paper A's recipe, ``train_bundle`` on that data set's training part,
+detectors calibrated at 1% false alarms per window, 35% of the bundle rows held out):
 
-  control   iid: held-out Civil Comments rows at the training prior (50% unsafe);
-  benign?   case-type (topic) mixes, a prior shift, the other Civil Comments collection,
-            the Civil Comments test split, TweetEval offensive (train / test), Davidson,
-            and the int8 export of the same model;
-  harmful?  paraphrase-MiniLM-L3-v2 (ONNX), MiniLM truncated to 16 / 32 tokens,
-            first-token (CLS) pooling, a 50% rollout of L3, paper A's Gaussian drift.
+  civil_comments  both fractional Civil Comments files (toxicity >= 0.5), balanced bundle
+                  (a weak head: held-out AUC ~0.70). Benign? case-type (topic) mixes, prior
+                  shifts, the other collection, the test split, TweetEval offensive
+                  (train / test), Davidson.
+  instructions    refusal_direction's harmful vs harmless instructions, bundle at 20%
+                  unsafe from AdvBench, JailbreakBench, StrongREJECT and harmful_train
+                  (a strong head: ~0.998). Benign? category mixes, AdvBench only, prior
+                  shifts, the harmless test split, HarmBench (unseen), XSTest.
+
+On each, the iid stream's own texts re-embedded (paired with it): the int8 export,
+paraphrase-MiniLM-L3-v2, a 50% rollout of L3, truncation, first-token (CLS) pooling and
+paper A's Gaussian drift. Every ``Scenario`` carries its live embedder (``live``,
+``live_embed(texts)``), so canary texts can be embedded the way that scenario's traffic was.
 
 Whether a candidate is benign (|dAUC| < 0.01 vs the iid stream) or harmful
 (dAUC <= -0.02) is measured, not assumed. Each stream goes through a real in-process
@@ -21,8 +27,9 @@ once the window is evaluated. Replayed faster than real time, so the window-eval
 and change-point rate caps are off, and the domain classifier runs every window
 (``domain_every`` 1) so that every detector reads every window.
 
-    python benchmarks/harm.py             # ~10 minutes on 2 cores the first time (embedding)
-    python benchmarks/harm.py --quick     # small sizes: a smoke test of about a minute
+    python benchmarks/harm.py                # ~7 minutes on 2 cores once embeddings are cached
+    python benchmarks/harm.py --no-sidecar   # the truth (dAUC, CIs) only
+    python benchmarks/harm.py --quick        # 512 rows per scenario: a smoke test
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
+import hashlib
+import json
 import os
 import tempfile
 import time
@@ -41,6 +50,7 @@ from typing import Any
 import numpy as np
 from harness import ROOT, SHARED_DATA, channel, machine, markdown_table, write_json
 
+from silentwatch.client import CanaryClient
 from silentwatch.monitor.bundle import load_bundle
 from silentwatch.monitor.config import ServeSettings
 from silentwatch.monitor.evaluation.classification import roc_auc
@@ -54,6 +64,7 @@ from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 # Gitignored (.cache/): embeddings are the run's only real cost, and never belong in git.
 CACHE = ROOT / ".cache" / "harm"
 BENIGN_MAX, HARMFUL_MIN = 0.01, 0.02  # |dAUC| below: benign; dAUC at or below minus: harmful
+TARGET_ROWS = 1024  # harm must be flagged within this many traffic rows (issue 15's target)
 LABEL_SHARE = 0.3  # share of each batch a human reviews and labels (SubmitLabels)
 ALPHA = 0.01  # false alarms per window the detectors are calibrated to
 
@@ -61,7 +72,7 @@ ALPHA = 0.01  # false alarms per window the detectors are calibrated to
 # -- data ---------------------------------------------------------------------------------
 @dataclass
 class Texts:
-    """Labelled texts with where each came from (file, case-type bucket)."""
+    """Labelled texts with where each came from (file or collection, case-type bucket)."""
 
     text: list[str] = field(default_factory=list)
     y: list[int] = field(default_factory=list)
@@ -74,11 +85,21 @@ class Texts:
         self.source.append(source)
         self.case.append(case)
 
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Labels (int8), sources and cases as arrays, for masks."""
+        return np.asarray(self.y, dtype=np.int8), np.asarray(self.source), np.asarray(self.case)
+
 
 def _rows(path: Path) -> Iterator[dict[str, str]]:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8", newline="") as fh:
         yield from csv.DictReader(fh)
+
+
+def _json(path: Path) -> list[dict[str, Any]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        return json.load(fh)
 
 
 def civil_comments() -> Texts:
@@ -129,8 +150,71 @@ def davidson() -> Texts:
     return out
 
 
+# StrongREJECT's six categories as refusal_direction's harmful_test spells them; its other
+# capitalised categories (ten prompts each) are JailbreakBench's, its snake_case ones HarmBench's.
+_STRONGREJECT = {
+    "Non-violent crimes", "Violence", "Disinformation and deception",
+    "Hate, harassment and discrimination", "Illegal goods and services", "Sexual content",
+}  # fmt: skip
+
+
+def instructions() -> Texts:
+    """refusal_direction's instructions: unsafe = harmful (AdvBench, HarmBench, ...), safe =
+    harmless (Alpaca); de-duplicated by text, first source wins.
+
+    ``source`` is the collection: ``advbench``, ``harmbench`` (raw val + test, harmful_val
+    and harmful_test's snake_case categories), ``jailbreakbench``, ``strongreject``,
+    ``rd-train`` (harmful_train's rows not in AdvBench: MaliciousInstruct, TDC2023),
+    ``harmless-train`` / ``-val`` / ``-test``; ``case`` is the category where one is known.
+    """
+    out, seen = Texts(), set()
+    rd, raw = (
+        SHARED_DATA / "refusal_direction" / "splits",
+        SHARED_DATA / "refusal_direction" / "raw",
+    )
+
+    def add(t: str, y: int, source: str, case: str = "") -> None:
+        t = (t or "").strip()
+        if t and t not in seen:
+            seen.add(t)
+            out.add(t, y, source, case or "")
+
+    for row in _rows(raw / "advbench.csv"):
+        add(row["goal"], 1, "advbench")
+    for name in ("harmbench_val.csv", "harmbench_test.csv"):
+        for row in _rows(raw / name):
+            add(row["Behavior"], 1, "harmbench", row["SemanticCategory"])
+    for row in _json(rd / "harmful_val.json"):
+        add(row["instruction"], 1, "harmbench", row["category"])
+    for row in _json(rd / "harmful_test.json"):
+        cat = row["category"] or ""
+        src = (
+            "strongreject" if cat in _STRONGREJECT
+            else "harmbench" if cat.islower() else "jailbreakbench"
+        )  # fmt: skip
+        add(row["instruction"], 1, src, cat)
+    for row in _json(rd / "harmful_train.json"):
+        add(row["instruction"], 1, "rd-train")
+    for split in ("train", "val", "test"):
+        name = f"harmless_{split}.json" + (".gz" if split == "train" else "")
+        for row in _json(rd / name):
+            add(row["instruction"], 0, f"harmless-{split}")
+    return out
+
+
+def xstest() -> Texts:
+    """XSTest: safe prompts that look unsafe (homonyms, figurative language ...) and their
+    unsafe contrasts."""
+    out = Texts()
+    for row in _rows(SHARED_DATA / "xstest" / "xstest_prompts.csv"):
+        t = (row.get("prompt") or "").strip()
+        if t:
+            out.add(t, int(row["label"] == "unsafe"), "xstest", row["type"])
+    return out
+
+
 # -- embeddings -----------------------------------------------------------------------------
-def _first_token_embedder(max_length: int) -> Any:
+def _first_token_embedder(max_length: int, raw: bool = False) -> Any:
     """MiniLM with first-token ([CLS]) pooling: emulated here, offline/ offers mean / last.
 
     A subclass of the transformers backend that replaces ``_pool``; its ``info()`` says
@@ -144,53 +228,216 @@ def _first_token_embedder(max_length: int) -> Any:
     class FirstToken(TransformerEmbedder):
         def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode():
-                return torch.nn.functional.normalize(hidden.float()[:, 0], dim=-1)
+                first = hidden.float()[:, 0]
+                return first if raw else torch.nn.functional.normalize(first, dim=-1)
 
         def info(self) -> Any:
             # EmbeddingInfo validates pooling against what offline/ implements (mean,
             # last_token); model_copy skips that, and the cache key then says "cls".
-            return super().info().model_copy(update={"pooling": "cls"})
+            return super().info().model_copy(update={"pooling": "cls-raw" if raw else "cls"})
 
     return FirstToken(minilm_path(), name=MINILM_NAME, pooling="mean", max_length=max_length)
 
 
+def _raw(embedder: Any) -> Any:
+    """The same embedder without the final L2 normalisation (pooled vectors as they come):
+    what a caller that sends raw vectors would send. Cache-keyed as ``mean-raw``."""
+    import types
+
+    if hasattr(embedder, "session"):  # the ONNX backend: its embed loop, minus the division
+
+        def embed_raw(self: Any, texts: list[str]) -> np.ndarray:
+            out = np.zeros((len(texts), self.dim), dtype=np.float32)
+            order = np.argsort([len(t) for t in texts], kind="stable")
+            for start in range(0, len(texts), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                enc = self.tokenizer([texts[i] for i in idx], self.max_length)
+                feed = {k: enc[k].astype(np.int64) for k in self._inputs if k in enc}
+                if "token_type_ids" in self._inputs and "token_type_ids" not in feed:
+                    feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
+                tokens = self.session.run([self._output], feed)[0]
+                mask = enc["attention_mask"].astype(np.float32)[:, :, None]
+                out[idx] = (tokens * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+            return out
+
+        embedder.embed = types.MethodType(embed_raw, embedder)
+    else:  # transformers: pool without normalising
+        import torch
+
+        def pool_raw(self: Any, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                hidden = hidden.float()
+                m = mask.unsqueeze(-1).to(hidden.dtype)
+                return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+        embedder._pool = types.MethodType(pool_raw, embedder)
+    info = embedder.info().model_copy(update={"pooling": embedder.info().pooling + "-raw"})
+    embedder.info = lambda: info
+    return embedder
+
+
 _LOADED: dict[str, Any] = {}
+# Rows already embedded in this process, by variant and text: the on-disk cache is keyed on
+# whole lists, so a subset of texts embedded before (a stream's, a bundle's canaries) is
+# looked up here instead of re-embedded.
+_MEMO: dict[str, dict[str, np.ndarray]] = {}
+VALIDATED = "minilm"  # every bundle's embedder: all-MiniLM-L6-v2, mean pooling, 256 tokens
 
 
-def embed(variant: str, texts: list[str]) -> np.ndarray:
-    """(n, 384) unit rows of ``texts`` by one embedder variant, through the embedding cache.
+def embed(variant: str, texts: list[str], *, raw: bool = False) -> np.ndarray:
+    """(n, 384) rows of ``texts`` by one embedder variant, through the embedding cache.
 
-    ``minilm`` (mean pooling, 256 tokens: the bundle's embedder), ``minilm-int8``,
-    ``paraphrase-l3``, ``minilm-len16`` / ``minilm-len32`` (truncation), ``minilm-cls``.
+    ``minilm`` (mean pooling, 256 tokens: the bundles' embedder), ``minilm-int8``,
+    ``paraphrase-l3``, ``minilm-lenN`` (truncation to N tokens), ``minilm-cls``
+    (first-token pooling), ``minilm-bf16`` (bfloat16 forward pass). Unit rows, or with
+    ``raw`` the pooled vectors before normalisation.
     """
     from silentwatch.offline.embedders import embed_cached, open_embedder
 
-    if variant not in _LOADED:
+    key = variant + ("@raw" if raw else "")
+    if key not in _LOADED:
         if variant == "minilm-cls":
-            _LOADED[variant] = _first_token_embedder(256)
-        elif variant.startswith("minilm-len"):
-            _LOADED[variant] = open_embedder("minilm", max_length=int(variant[10:]))
+            e = _first_token_embedder(256, raw)
         else:
-            _LOADED[variant] = open_embedder(variant)
+            if variant.startswith("minilm-len"):
+                e = open_embedder("minilm", max_length=int(variant[10:]))
+            elif variant == "minilm-bf16":
+                e = open_embedder("minilm", dtype="bfloat16")
+            else:
+                e = open_embedder(variant)
+            e = _raw(e) if raw else e
+        _LOADED[key] = e
+    memo = _MEMO.setdefault(key, {})
+    if texts and all(t in memo for t in texts):  # every text already embedded in this run
+        return np.stack([memo[t] for t in texts])
     t0 = time.perf_counter()
-    x = embed_cached(_LOADED[variant], texts, CACHE / "embeddings")
+    x = np.asarray(embed_cached(_LOADED[key], texts, CACHE / "embeddings"), dtype=np.float32)
     if (dt := time.perf_counter() - t0) > 2:
-        print(f"  embedded {len(texts):,} texts with {variant} in {dt:.0f} s", flush=True)
-    return np.asarray(x, dtype=np.float32)
+        print(f"  embedded {len(texts):,} texts with {key} in {dt:.0f} s", flush=True)
+    memo.update(zip(texts, x, strict=True))
+    return x
+
+
+def _text_unit(texts: list[str], seed: int) -> np.ndarray:
+    """A number in [0, 1) per text, from (seed, text) alone: the same text always routes
+    (and is perturbed) the same way, whichever batch or stream it comes in."""
+    return np.asarray(
+        [
+            int.from_bytes(hashlib.sha256(f"{seed}\0{t}".encode()).digest()[:8], "little") / 2**64
+            for t in texts
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class LiveEmbedder:
+    """What produces a scenario's live embeddings, for replaying any text through it.
+
+    ``kind``:
+
+    * ``validated``: the bundle's embedder, unchanged (traffic shifts);
+    * ``variant``: every row re-embedded by ``variant`` (a model swap or a configuration
+      change of the same model);
+    * ``rollout``: a share ``share`` of texts re-embedded by ``variant``, the rest by the
+      validated embedder; which texts is decided by ``(seed, text)``, so a text always
+      lands on the same side (sticky routing);
+    * ``gaussian``: the validated embedder's unit rows plus N(0, ``sigma``²) per
+      dimension, re-normalised (paper A's Gaussian drift); the noise is drawn from
+      ``(seed, text)``, so a text always gets the same vector.
+    """
+
+    kind: str = "validated"
+    variant: str = VALIDATED
+    share: float = 1.0
+    sigma: float = 0.0
+    seed: int = 0
+
+    def describe(self) -> str:
+        if self.kind == "validated":
+            return f"validated ({VALIDATED})"
+        if self.kind == "variant":
+            return self.variant
+        if self.kind == "rollout":
+            return f"{self.share:.0%} of texts from {self.variant} (seed {self.seed})"
+        return f"{VALIDATED} + Gaussian sigma={self.sigma} per dimension (seed {self.seed})"
+
+    def embed(self, texts: list[str], *, raw: bool = False) -> np.ndarray:
+        """(n, 384) rows of ``texts`` as this live embedder would send them (cached)."""
+        texts = list(texts)
+        if self.kind == "variant":
+            return embed(self.variant, texts, raw=raw)
+        x0 = embed(VALIDATED, texts, raw=raw)
+        if self.kind == "validated":
+            return x0
+        if self.kind == "rollout":
+            moved = _text_unit(texts, self.seed) < self.share
+            if not moved.any():
+                return x0
+            out = x0.copy()
+            idx = np.flatnonzero(moved)
+            out[idx] = embed(self.variant, [texts[i] for i in idx], raw=raw)
+            return out
+        if self.kind == "gaussian":
+            u = _text_unit(texts, self.seed)
+            noise = np.stack(
+                [np.random.default_rng(int(v * 2**63)).standard_normal(x0.shape[1]) for v in u]
+            ).astype(np.float32)
+            if raw:  # noise on the raw scale, in proportion to each row's norm
+                norms = np.linalg.norm(x0, axis=1, keepdims=True)
+                return x0 + self.sigma * norms * noise
+            return drift.normalise(x0 + self.sigma * noise).astype(np.float32)
+        raise ValueError(f"unknown live embedder kind {self.kind!r}")
 
 
 # -- scenarios ------------------------------------------------------------------------------
 @dataclass
 class Scenario:
-    """One stream of traffic: embeddings and labels, and what it is a candidate for."""
+    """One stream of traffic: texts, embeddings and labels, and what it is a candidate for.
+
+    ``live`` says which embedder produced ``x`` from ``texts``; ``live_embed(texts)``
+    embeds any texts (a bundle's canaries, say) the same way, so ``live_embed(texts)``
+    reproduces ``x`` row for row (to float32 rounding: batches differ).
+    """
 
     name: str
     candidate: str  # control, benign or harmful: what it is expected to be, then measured
+    kind: str  # what changed: control, topic, prior, collection, split, platform, embedder
+    dataset: str
+    texts: list[str]
     x: np.ndarray
     y: np.ndarray
     unique_rows: int
+    live: LiveEmbedder = field(default_factory=LiveEmbedder)
     paired: bool = False  # same texts, same order as the iid stream (paired bootstrap)
     angle: float | None = None  # mean angle to the bundle embedder's rows of the same texts
+
+    def live_embed(self, texts: list[str]) -> np.ndarray:
+        """``texts`` embedded the way this scenario's live embedder would (through the cache)."""
+        return self.live.embed(texts)
+
+
+@dataclass
+class Dataset:
+    """One labelled data set with its own bundle (trained on its own training part) and
+    its scenarios. Indices are rows of ``texts`` / ``x``."""
+
+    name: str
+    texts: Texts
+    x: np.ndarray  # the validated embedder's unit rows of every text in ``texts``
+    y: np.ndarray
+    bundle_rows: np.ndarray  # rows given to train_bundle (its training + held-out rows)
+    holdout: np.ndarray  # the held-out part of bundle_rows (calibration, held-out metrics)
+    pool: np.ndarray  # rows the bundle never saw: the iid stream comes from here
+    bundle_dir: Path
+    scorer: LinearScorer
+    window: int
+    info: dict[str, Any]
+    scenarios: list[Scenario] = field(default_factory=list)
+
+    @property
+    def fit_rows(self) -> np.ndarray:
+        """The rows the head was fitted on (the bundle's reference is drawn from these)."""
+        return np.setdiff1d(self.bundle_rows, self.holdout)
 
 
 def draw(idx: np.ndarray, y: np.ndarray, n: int, prior: float | None, rng) -> np.ndarray:
@@ -205,109 +452,250 @@ def draw(idx: np.ndarray, y: np.ndarray, n: int, prior: float | None, rng) -> np
     return rng.permutation(np.concatenate(parts))
 
 
-def build(
-    args: argparse.Namespace,
-) -> tuple[Path, LinearScorer, list[Scenario], dict[str, Any]]:
-    rng = np.random.default_rng(args.seed)
-    cc = civil_comments()
-    y_cc = np.asarray(cc.y, dtype=np.int8)
-    pos, neg = (
-        rng.permutation(np.flatnonzero(y_cc == 1)),
-        rng.permutation(np.flatnonzero(y_cc == 0)),
+def _bundle(
+    name: str, texts: Texts, x: np.ndarray, rows: np.ndarray, pool: np.ndarray, seed: int
+) -> Dataset:
+    """``train_bundle`` on ``rows`` (35% of them held out, stratified, for calibration)."""
+    y = np.asarray(texts.y, dtype=np.int8)
+    rng = np.random.default_rng(seed)
+    ho_local = np.concatenate(
+        [
+            rng.permutation(np.flatnonzero(y[rows] == c))[: round(0.35 * (y[rows] == c).sum())]
+            for c in (0, 1)
+        ]
     )
-    # Balanced training rows; the rest is the evaluation pool. The pool keeps enough unsafe
-    # rows for one balanced iid stream without repeats (n/2 of them).
-    n_train = min(args.train_per_class, pos.size - args.rows // 2)
-    train = np.concatenate([pos[:n_train], neg[:n_train]])
-    pool = np.concatenate([pos[n_train:], neg[n_train:]])
-    x_cc = embed("minilm", cc.text)
-    tmp = Path(tempfile.mkdtemp(prefix="sw-harm-"))
+    tmp = Path(tempfile.mkdtemp(prefix=f"sw-harm-{name}-"))
     t0 = time.perf_counter()
     train_bundle(
-        x_cc[train],
-        y_cc[train],
+        x[rows],
+        y[rows],
         tmp / "bundle",
-        embedder=_LOADED["minilm"].spec(),
-        holdout_fraction=0.35,
-        seed=args.seed,
+        embedder=_LOADED[VALIDATED].spec(),
+        holdout_rows=ho_local,
+        seed=seed,
+        # Paired canaries: 256 held-out rows, half of each class, with their embeddings.
+        texts=[texts.text[i] for i in rows],
         # "auto": the default settings (window 256, alpha 0.01), the window halved until
         # the held-out rows can calibrate it, as `silentwatch bundle train` does.
         detectors="auto",
     )
     bundle = load_bundle(tmp / "bundle")
     window = bundle.manifest.detectors.settings.window_size
+    m = bundle.manifest.training.holdout_metrics
     print(
-        f"bundle: {train.size} training rows ({n_train} per class), window {window}, "
+        f"[{name}] bundle: {rows.size} rows ({int(y[rows].sum())} unsafe), "
+        f"{ho_local.size} held out, held-out AUC {m['roc_auc']:.3f}, window {window}, "
         f"train + calibrate {time.perf_counter() - t0:.1f} s",
         flush=True,
     )
-    n = args.rows
-    case = np.asarray(cc.case)
-    source = np.asarray(cc.source)
-    iid = draw(pool, y_cc, n, 0.5, rng)
-    scen = [
-        Scenario("iid (control)", "control", x_cc[iid], y_cc[iid], np.unique(iid).size, True, 0.0)
-    ]
-
-    def sub(name: str, mask: np.ndarray, prior: float | None) -> None:
-        idx = draw(pool[mask[pool]], y_cc, n, prior, rng)
-        scen.append(Scenario(name, "benign", x_cc[idx], y_cc[idx], np.unique(idx).size))
-
-    sub("case mix: identity_attack + threat", np.isin(case, ["identity_attack", "threat"]), 0.5)
-    sub(
-        "case mix: obscene + sexual + severe",
-        np.isin(case, ["obscene", "sexual_explicit", "severe_toxicity"]),
-        0.5,
-    )
-    sub("case mix: clean + insult (natural prior)", np.isin(case, ["clean", "insult"]), None)
-    sub("prior shift: 85% unsafe", np.ones(case.size, dtype=bool), 0.85)
-    sub("prior shift: 10% unsafe", np.ones(case.size, dtype=bool), 0.10)
-    sub("collection: autolabel-1k rows only", source == "autolabel", 0.5)
-
-    for name, texts in (
-        ("Civil Comments test split (any-attribute label)", civil_comments_test()),
-        ("platform: TweetEval offensive train", tweeteval_offensive("train")),
-        ("time: TweetEval offensive test", tweeteval_offensive("test")),
-        ("platform: Davidson hate/offensive", davidson()),
-    ):
-        yt = np.asarray(texts.y, dtype=np.int8)
-        # Embed only what is streamed: Davidson alone would be 25k texts.
-        idx = draw(np.arange(yt.size), yt, n, None, rng)
-        uniq, inv = np.unique(idx, return_inverse=True)
-        xt = embed("minilm", [texts.text[i] for i in uniq])[inv]
-        scen.append(Scenario(name, "benign", xt, yt[idx], uniq.size))
-
-    # Re-embeddings of the iid stream's own texts: paired with the control row for row.
-    uniq, inv = np.unique(iid, return_inverse=True)
-    iid_texts = [cc.text[i] for i in uniq]
-    x0 = x_cc[iid]
-
-    def swap(name: str, candidate: str, x: np.ndarray) -> None:
-        scen.append(
-            Scenario(
-                name, candidate, x, y_cc[iid], uniq.size, True, drift.mean_angle_degrees(x0, x)
-            )
-        )
-
-    swap("re-embed: minilm-int8 (ONNX int8 export)", "benign", embed("minilm-int8", iid_texts)[inv])
-    x_l3 = embed("paraphrase-l3", iid_texts)[inv]
-    swap("swap: paraphrase-MiniLM-L3-v2", "harmful", x_l3)
-    half = rng.random(n) < 0.5
-    swap("partial rollout: 50% of rows from L3", "harmful", np.where(half[:, None], x_l3, x0))
-    swap("config: max_length 32", "harmful", embed("minilm-len32", iid_texts)[inv])
-    swap("config: max_length 16", "harmful", embed("minilm-len16", iid_texts)[inv])
-    swap("config: first-token (CLS) pooling", "harmful", embed("minilm-cls", iid_texts)[inv])
-    swap("Gaussian drift s=0.02 (paper A)", "harmful", drift.gaussian_drift(x0, 0.02, rng))
     info = {
-        "bundle_training_rows": int(train.size),
+        "bundle_rows": int(rows.size),
+        "bundle_unsafe_share": float(y[rows].mean()),
         "evaluation_pool_rows": int(pool.size),
         "window_size": int(window),
-        "bundle_holdout_metrics": dict(bundle.manifest.training.holdout_metrics),
+        "bundle_holdout_metrics": dict(m),
         "reference_mean_confidence": bundle.manifest.detectors.reference_confidence[
             "mean_confidence"
         ],
     }
-    return tmp / "bundle", bundle.scorer, scen, info
+    return Dataset(
+        name, texts, x, y, rows, rows[ho_local], pool, tmp / "bundle", bundle.scorer, window, info
+    )
+
+
+class _Builder:
+    """Appends a dataset's scenarios; holds the iid stream the paired ones re-embed."""
+
+    def __init__(self, ds: Dataset, n: int, rng: np.random.Generator, seed: int) -> None:
+        self.ds, self.n, self.rng, self.seed = ds, n, rng, seed
+        self.iid: np.ndarray | None = None
+
+    def rows(self, name: str, kind: str, idx: np.ndarray, candidate: str = "benign") -> None:
+        """A traffic shift: rows of the dataset's own texts, validated embedder."""
+        ds = self.ds
+        sc = Scenario(
+            name, candidate, kind, ds.name, [ds.texts.text[i] for i in idx], ds.x[idx],
+            ds.y[idx], np.unique(idx).size,
+        )  # fmt: skip
+        if candidate == "control":
+            self.iid, sc.paired, sc.angle = idx, True, 0.0
+        ds.scenarios.append(sc)
+
+    def sub(self, name: str, kind: str, mask: np.ndarray, prior: float | None) -> None:
+        pool = self.ds.pool
+        self.rows(name, kind, draw(pool[mask[pool]], self.ds.y, self.n, prior, self.rng))
+
+    def other(self, name: str, kind: str, texts: Texts, prior: float | None = None) -> None:
+        """A stream from another file or data set: embed only what is streamed."""
+        yt = np.asarray(texts.y, dtype=np.int8)
+        idx = draw(np.arange(yt.size), yt, self.n, prior, self.rng)
+        uniq, inv = np.unique(idx, return_inverse=True)
+        t = [texts.text[i] for i in idx]
+        xt = embed(VALIDATED, [texts.text[i] for i in uniq])[inv]
+        self.ds.scenarios.append(
+            Scenario(name, "benign", kind, self.ds.name, t, xt, yt[idx], uniq.size)
+        )
+
+    def live(self, name: str, candidate: str, live: LiveEmbedder) -> None:
+        """The iid stream's own texts through another live embedder: paired with it."""
+        assert self.iid is not None, "the control comes first"
+        ds, iid = self.ds, self.iid
+        texts = [ds.texts.text[i] for i in iid]
+        uniq, inv = np.unique(iid, return_inverse=True)
+        x = live.embed([ds.texts.text[i] for i in uniq])[inv]
+        ds.scenarios.append(
+            Scenario(
+                name, candidate, "embedder", ds.name, texts, x, ds.y[iid], uniq.size, live,
+                True, drift.mean_angle_degrees(ds.x[iid], x),
+            )
+        )  # fmt: skip
+
+    def embedder_changes(self, sigmas: tuple[float, ...], lengths: tuple[int, ...]) -> None:
+        s = self.seed
+        self.live(
+            "re-embed: minilm-int8 (ONNX int8 export)",
+            "benign",
+            LiveEmbedder("variant", "minilm-int8"),
+        )
+        self.live(
+            "swap: paraphrase-MiniLM-L3-v2", "harmful", LiveEmbedder("variant", "paraphrase-l3")
+        )
+        self.live(
+            "partial rollout: 50% of texts from L3", "harmful",
+            LiveEmbedder("rollout", "paraphrase-l3", share=0.5, seed=s),
+        )  # fmt: skip
+        for n in lengths:
+            self.live(
+                f"config: max_length {n}", "harmful", LiveEmbedder("variant", f"minilm-len{n}")
+            )
+        self.live(
+            "config: first-token (CLS) pooling", "harmful", LiveEmbedder("variant", "minilm-cls")
+        )
+        for sigma in sigmas:
+            self.live(
+                f"Gaussian drift s={sigma} (paper A)", "harmful",
+                LiveEmbedder("gaussian", sigma=sigma, seed=s),
+            )  # fmt: skip
+
+
+def civil_comments_dataset(args: argparse.Namespace) -> Dataset:
+    """Civil Comments (toxicity >= 0.5): a balanced bundle; topic, prior, collection, split
+    and platform shifts; the embedder changes on the iid stream's texts."""
+    rng = np.random.default_rng(args.seed)
+    cc = civil_comments()
+    y, source, case = cc.arrays()
+    pos, neg = rng.permutation(np.flatnonzero(y == 1)), rng.permutation(np.flatnonzero(y == 0))
+    # Balanced bundle rows; the rest is the evaluation pool. The pool keeps enough unsafe
+    # rows for one balanced iid stream without repeats (n/2 of them).
+    k = min(args.train_per_class, pos.size - args.rows // 2)
+    rows, pool = np.concatenate([pos[:k], neg[:k]]), np.concatenate([pos[k:], neg[k:]])
+    ds = _bundle("civil_comments", cc, embed(VALIDATED, cc.text), rows, pool, args.seed)
+    b = _Builder(ds, args.rows, rng, args.seed)
+    b.rows("iid (control)", "control", draw(pool, y, args.rows, 0.5, rng), "control")
+    everything = np.ones(y.size, dtype=bool)
+    b.sub(
+        "case mix: identity_attack + threat",
+        "topic",
+        np.isin(case, ["identity_attack", "threat"]),
+        0.5,
+    )
+    b.sub(
+        "case mix: obscene + sexual + severe", "topic",
+        np.isin(case, ["obscene", "sexual_explicit", "severe_toxicity"]), 0.5,
+    )  # fmt: skip
+    b.sub(
+        "case mix: clean + insult (natural prior)",
+        "topic",
+        np.isin(case, ["clean", "insult"]),
+        None,
+    )
+    b.sub("prior shift: 85% unsafe", "prior", everything, 0.85)
+    b.sub("prior shift: 10% unsafe", "prior", everything, 0.10)
+    b.sub("collection: autolabel-1k rows only", "collection", source == "autolabel", 0.5)
+    b.other("Civil Comments test split (any-attribute label)", "split", civil_comments_test())
+    b.other("platform: TweetEval offensive train", "platform", tweeteval_offensive("train"))
+    b.other("time: TweetEval offensive test", "split", tweeteval_offensive("test"))
+    b.other("platform: Davidson hate/offensive", "platform", davidson())
+    b.embedder_changes(sigmas=(0.02,), lengths=(32, 16))
+    return ds
+
+
+def instructions_dataset(args: argparse.Namespace) -> Dataset:
+    """refusal_direction instructions (harmful vs harmless), where a MiniLM head is strong.
+
+    The bundle sees AdvBench, JailbreakBench, StrongREJECT and harmful_train's other rows
+    (60% of them) against harmless_train rows at 20% unsafe; HarmBench is kept out whole
+    (an unseen collection), and so are the harmless val / test splits.
+    """
+    rng = np.random.default_rng(args.seed + 1)
+    it = instructions()
+    y, source, case = it.arrays()
+    seen_harmful = rng.permutation(
+        np.flatnonzero(np.isin(source, ["advbench", "jailbreakbench", "strongreject", "rd-train"]))
+    )
+    harmless = rng.permutation(np.flatnonzero(source == "harmless-train"))
+    k = round(0.6 * seen_harmful.size)
+    n_safe = 4 * k  # 20% unsafe
+    rows = np.concatenate([seen_harmful[:k], harmless[:n_safe]])
+    # The evaluation pool: the other 40% of those collections' harmful rows and enough
+    # harmless_train rows for every stream (the rest of harmless_train is left unembedded).
+    pool = np.concatenate([seen_harmful[k:], harmless[n_safe : n_safe + 2 * args.rows]])
+    test = rng.permutation(np.flatnonzero(source == "harmless-test"))[: 2 * args.rows]
+    used = np.concatenate([rows, pool, np.flatnonzero(source == "harmbench"), test])
+    x = np.zeros((y.size, 384), dtype=np.float32)  # rows never used stay zero, unembedded
+    x[used] = embed(VALIDATED, [it.text[i] for i in used])
+    ds = _bundle("instructions", it, x, rows, pool, args.seed)
+    ds.info["prior"] = 0.2
+    b = _Builder(ds, args.rows, rng, args.seed)
+    b.rows("iid (control)", "control", draw(pool, y, args.rows, 0.2, rng), "control")
+    everything = np.ones(y.size, dtype=bool)
+    harmless_pool = pool[y[pool] == 0]
+    for name, cats in (
+        ("category mix: violence + sexual + hate", [
+            "Violence", "Sexual content", "Hate, harassment and discrimination",
+            "Harassment/Discrimination", "Physical harm", "Sexual/Adult content"]),
+        ("category mix: fraud + malware + economic", [
+            "Non-violent crimes", "Illegal goods and services", "Malware/Hacking",
+            "Economic harm", "Fraud/Deception", "Privacy"]),
+    ):  # fmt: skip
+        harmful = pool[np.isin(case[pool], cats)]
+        idx = np.concatenate(
+            [
+                rng.choice(harmful, round(0.2 * args.rows)),
+                rng.choice(harmless_pool, args.rows - round(0.2 * args.rows), replace=False),
+            ]
+        )
+        b.rows(name, "topic", rng.permutation(idx))
+    b.sub("collection: AdvBench only (harmful side)", "collection",
+          (source == "advbench") | (y == 0), 0.2)  # fmt: skip
+    b.sub("prior shift: 50% unsafe", "prior", everything, 0.5)
+    b.sub("prior shift: 5% unsafe", "prior", everything, 0.05)
+    # Unseen: HarmBench's behaviours (no row in the bundle), harmless from the test split.
+    unseen = np.concatenate([np.flatnonzero(source == "harmbench"), test])
+    b.rows("collection: HarmBench (unseen) + harmless test split", "collection",
+           draw(unseen, y, args.rows, 0.2, rng))  # fmt: skip
+    k = round(0.2 * args.rows)
+    split = [rng.choice(pool[y[pool] == 1], k), rng.choice(test, args.rows - k, replace=False)]
+    b.rows(
+        "split: harmless test split + pool harmful", "split", rng.permutation(np.concatenate(split))
+    )
+    b.other("dataset: XSTest (safe look-alikes vs unsafe)", "platform", xstest())
+    b.embedder_changes(sigmas=(0.02, 0.07), lengths=(16, 8))
+    return ds
+
+
+DATASETS = {"civil_comments": civil_comments_dataset, "instructions": instructions_dataset}
+
+
+def build_datasets(args: argparse.Namespace) -> list[Dataset]:
+    """Every data set named in ``args.datasets``, its bundle and its scenarios."""
+    out = []
+    for name in args.datasets:
+        t0 = time.perf_counter()
+        out.append(DATASETS[name](args))
+        print(f"[{name}] {len(out[-1].scenarios)} scenarios built in "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
+    return out
 
 
 # -- truth ----------------------------------------------------------------------------------
@@ -351,9 +739,14 @@ def replay(bundle: Path, sc: Scenario, window: int, seed: int, state: Path) -> d
     sidecar = Sidecar(settings).start()
     rng = np.random.default_rng(seed)
     windows: list[dict[str, Any]] = []
+    # Joined labels and traffic rows when label confirmation first raised the page.
+    label_confirmed_after: tuple[int, int] | None = None
     try:
         with channel(sidecar.grpc_target) as ch:
             stub = pb_grpc.MonitorStub(ch)
+            # The deploy: the moderation service re-embeds the canaries with its live
+            # embedder (this scenario's) before traffic flows, as CanaryClient does.
+            canary = CanaryClient(ch).check(sc.live_embed)
             for k, start in enumerate(range(0, sc.y.size - window + 1, window)):
                 x = sc.x[start : start + window]
                 ids = [f"r{start + i}" for i in range(window)]
@@ -376,10 +769,14 @@ def replay(bundle: Path, sc: Scenario, window: int, seed: int, state: Path) -> d
                 )
                 st = wait_for(stub, lambda s, k=k: s.detection.windows_evaluated >= k + 1)
                 d = st.detection
+                by_labels = "label_confirmation" in st.silent_failure.evidence
+                if by_labels and label_confirmed_after is None:
+                    label_confirmed_after = (int(st.labels.joined), start + window)
                 windows.append(
                     {
-                        "drift_alarm": d.drift_alarm,
-                        "silent_failure_suspected": d.silent_failure_suspected,
+                        "input_drift": d.input_drift,
+                        "silent_failure": st.silent_failure.active,
+                        "by_labels": by_labels,
                         "detectors": {r.name: r.alarm for r in d.detectors},
                         "confidence_relative_change": d.confidence.mean_confidence_relative_change,
                         "window_mean_confidence": d.confidence.window.mean_confidence,
@@ -390,8 +787,25 @@ def replay(bundle: Path, sc: Scenario, window: int, seed: int, state: Path) -> d
             st = wait_for(stub, lambda s: s.labelled.cumulative.n >= joined)
     finally:
         sidecar.stop(grace=1.0)
+    r = canary
     return {
         "windows": windows,
+        "canary": {
+            "failure": r.failure,
+            "embedder_changed": r.embedder_changed,
+            "angle_mean": r.angle_mean_degrees,
+            "linear_cka": r.linear_cka,
+            "auc_live": r.roc_auc.estimate,
+            "auc_reference": r.reference_roc_auc,
+            "auc_drop": r.auc_drop,
+            "auc_drop_lower_bound": r.auc_drop_lower_bound,
+            "brier_reference": r.reference_brier,
+            "brier_live": r.live_brier,
+            "brier_increase_lower_bound": r.brier_increase_lower_bound,
+            "flip_rate": r.flip_rate.estimate,
+            "size": r.size,
+        },
+        "label_confirmed_after_labels": label_confirmed_after,
         "labels_joined": int(st.labels.joined),
         "rolling_auc": st.labelled.rolling.roc_auc,
         "rolling_n": int(st.labelled.rolling.n),
@@ -423,95 +837,190 @@ def verdict(candidate: str, delta: float) -> str:
     return "neither"
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small sizes: a ~1 minute smoke test")
+    ap.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
     ap.add_argument("--rows", type=int, default=None, help="rows per scenario (default 2048)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (1000)")
-    ap.add_argument("--train-per-class", type=int, default=1400, help="bundle rows per class")
+    ap.add_argument(
+        "--train-per-class", type=int, default=1400, help="Civil Comments bundle rows per class"
+    )
+    ap.add_argument(
+        "--datasets", default=",".join(DATASETS), help=f"comma list of {', '.join(DATASETS)}"
+    )
+    ap.add_argument("--no-sidecar", action="store_true", help="the truth (dAUC) only, no replay")
     ap.add_argument("--out", type=Path, default=CACHE / "results.json")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     args.rows = args.rows or (512 if args.quick else 2048)
     args.bootstrap = args.bootstrap or (100 if args.quick else 1000)
-    t_start = time.perf_counter()
-    bundle, scorer, scenarios, info = build(args)
-    window = info["window_size"]
-    control = scenarios[0]
-    p0 = scorer.predict_proba(control.x)
+    args.datasets = [d for d in args.datasets.split(",") if d]
+    if unknown := set(args.datasets) - set(DATASETS):
+        ap.error(f"unknown data sets {sorted(unknown)}; choose from {list(DATASETS)}")
+    return args
+
+
+def evaluate(ds: Dataset, args: argparse.Namespace, state: Path) -> list[dict[str, Any]]:
+    """Truth (AUC, dAUC vs the iid stream) and, unless --no-sidecar, the replay, per scenario."""
+    control = ds.scenarios[0]
+    p0 = ds.scorer.predict_proba(control.x)
     c0 = float(confidence(p0).mean())
     results = []
-    with tempfile.TemporaryDirectory(prefix="sw-harm-state-") as state:
-        for k, sc in enumerate(scenarios):
-            t0 = time.perf_counter()
-            p = scorer.predict_proba(sc.x)
-            truth = auc_ci(p, sc.y, p0, control.y, sc.paired, args.bootstrap, args.seed + k)
-            side = replay(bundle, sc, window, args.seed + k, Path(state) / str(k))
+    for k, sc in enumerate(ds.scenarios):
+        t0 = time.perf_counter()
+        p = ds.scorer.predict_proba(sc.x)
+        truth = auc_ci(p, sc.y, p0, control.y, sc.paired, args.bootstrap, args.seed + k)
+        r: dict[str, Any] = {
+            "dataset": ds.name,
+            "scenario": sc.name,
+            "kind": sc.kind,
+            "live_embedder": sc.live.describe(),
+            "candidate": sc.candidate,
+            "verdict": verdict(sc.candidate, truth["delta"]),
+            "rows": int(sc.y.size),
+            "unique_rows": sc.unique_rows,
+            "unsafe_share": float(sc.y.mean()),
+            "mean_angle_deg": sc.angle,
+            **truth,
+            "mean_confidence": float(confidence(p).mean()),
+            "mean_confidence_change_vs_iid": float(confidence(p).mean()) - c0,
+        }
+        if not args.no_sidecar:
+            side = replay(ds.bundle_dir, sc, ds.window, args.seed + k, state / f"{ds.name}-{k}")
             w = side.pop("windows")
             dets = sorted({d for win in w for d in win["detectors"]})
-            results.append(
-                {
-                    "scenario": sc.name,
-                    "candidate": sc.candidate,
-                    "verdict": verdict(sc.candidate, truth["delta"]),
-                    "rows": int(sc.y.size),
-                    "unique_rows": sc.unique_rows,
-                    "unsafe_share": float(sc.y.mean()),
-                    "mean_angle_deg": sc.angle,
-                    **truth,
-                    "mean_confidence": float(confidence(p).mean()),
-                    "mean_confidence_change_vs_iid": float(confidence(p).mean()) - c0,
-                    "sidecar_confidence_relative_change": float(
-                        np.mean([x["confidence_relative_change"] for x in w])
-                    ),
-                    "windows": len(w),
-                    "drift_alarm_share": float(np.mean([x["drift_alarm"] for x in w])),
-                    "suspected_share": float(np.mean([x["silent_failure_suspected"] for x in w])),
-                    "detector_alarm_share": {
-                        d: float(np.mean([x["detectors"].get(d, False) for x in w])) for d in dets
-                    },
-                    **side,
-                    "seconds": time.perf_counter() - t0,
-                }
-            )
-            r = results[-1]
-            print(
-                f"  {sc.name}: AUC {r['auc']:.3f} ({r['delta']:+.3f}), drift "
-                f"{r['drift_alarm_share']:.2f}, suspected {r['suspected_share']:.2f}, "
-                f"{r['seconds']:.1f} s",
-                flush=True,
-            )
-    line = machine(("numpy", "grpcio", "torch", "onnxruntime"))
-    print(
-        f"\nMachine: {line}\n{args.rows} rows per scenario, window {window}, "
-        f"{LABEL_SHARE:.0%} labelled, alpha {ALPHA} per window, seed {args.seed}, "
-        f"{args.bootstrap} bootstrap resamples; bundle: {info['bundle_training_rows']} "
-        f"balanced Civil Comments rows\n"
-    )
-    det_names = list(results[0]["detector_alarm_share"])
+            r |= {
+                "sidecar_confidence_relative_change": float(
+                    np.mean([x["confidence_relative_change"] for x in w])
+                ),
+                "windows": len(w),
+                "drift_alarm_share": float(np.mean([x["input_drift"] for x in w])),
+                "silent_failure_share": float(np.mean([x["silent_failure"] for x in w])),
+                # Labels alone (what the page would be without canaries).
+                "label_page_share": float(np.mean([x["by_labels"] for x in w])),
+                "detector_alarm_share": {
+                    d: float(np.mean([x["detectors"].get(d, False) for x in w])) for d in dets
+                },
+                **side,
+            }
+        r["seconds"] = time.perf_counter() - t0
+        results.append(r)
+        side_line = (
+            ""
+            if args.no_sidecar
+            else f", input drift {r['drift_alarm_share']:.2f}, silent failure "
+            f"{r['silent_failure_share']:.2f} (canary AUC {r['canary']['auc_reference']:.3f}"
+            f" -> {r['canary']['auc_live']:.3f}, failure {r['canary']['failure']})"
+        )
+        print(
+            f"  [{ds.name}] {sc.name}: AUC {r['auc']:.3f} ({r['delta']:+.3f} "
+            f"[{r['delta_lo']:+.3f}, {r['delta_hi']:+.3f}]){side_line}, {r['seconds']:.1f} s",
+            flush=True,
+        )
+    return results
+
+
+def table(results: list[dict[str, Any]], sidecar: bool) -> str:
     cols = [
-        "scenario", "expected", "measured", "ROC-AUC [95% CI]", "ΔAUC [95% CI]", "angle°",
-        "Δ mean conf", "drift windows", "suspected windows",
-        *det_names, "sidecar rolling AUC",
+        "dataset", "scenario", "live embedder", "expected", "measured", "ROC-AUC [95% CI]",
+        "ΔAUC [95% CI]", "angle°", "Δ mean conf",
     ]  # fmt: skip
+    if sidecar:
+        cols += [
+            "input drift windows", "silent failure windows", "canary AUC ref → live",
+            "canary AUC drop ≥ / Brier rise ≥", "canary angle°", "canary flips", "canary page",
+            "labels confirm after", "sidecar rolling AUC",
+        ]  # fmt: skip
     rows = []
     for r in results:
-        rows.append(
-            [
-                r["scenario"],
-                r["candidate"],
-                r["verdict"],
-                f"{r['auc']:.3f} [{r['auc_lo']:.3f}, {r['auc_hi']:.3f}]",
-                f"{r['delta']:+.3f} [{r['delta_lo']:+.3f}, {r['delta_hi']:+.3f}]",
-                "" if r["mean_angle_deg"] is None else f"{r['mean_angle_deg']:.1f}",
-                f"{r['mean_confidence_change_vs_iid']:+.3f}",
+        row = [
+            r["dataset"],
+            r["scenario"],
+            r["live_embedder"],
+            r["candidate"],
+            r["verdict"],
+            f"{r['auc']:.3f} [{r['auc_lo']:.3f}, {r['auc_hi']:.3f}]",
+            f"{r['delta']:+.3f} [{r['delta_lo']:+.3f}, {r['delta_hi']:+.3f}]",
+            "" if r["mean_angle_deg"] is None else f"{r['mean_angle_deg']:.1f}",
+            f"{r['mean_confidence_change_vs_iid']:+.3f}",
+        ]
+        if sidecar:
+            c = r["canary"]
+            after = r["label_confirmed_after_labels"]
+            row += [
                 f"{r['drift_alarm_share']:.2f} of {r['windows']}",
-                f"{r['suspected_share']:.2f}",
-                *(f"{r['detector_alarm_share'][d]:.2f}" for d in det_names),
+                f"{r['silent_failure_share']:.2f}",
+                f"{c['auc_reference']:.3f} → {c['auc_live']:.3f}",
+                f"{c['auc_drop_lower_bound']:+.3f} / {c['brier_increase_lower_bound']:+.3f}",
+                f"{c['angle_mean']:.1f}",
+                f"{c['flip_rate']:.2f}",
+                "PAGE" if c["failure"] else "no",
+                "—" if after is None else f"{after[0]:,} labels ({after[1]:,} rows)",
                 f"{r['rolling_auc']:.3f} (n={r['rolling_n']})",
             ]
+        rows.append(row)
+    return markdown_table(cols, rows, "lllll" + "r" * (len(cols) - 5))
+
+
+def caught(r: dict[str, Any]) -> bool:
+    """Harm flagged in time: at the first canary submission, or by labels within 1,024
+    traffic rows (about 307 labels at 30%)."""
+    after = r["label_confirmed_after_labels"]
+    return bool(r["canary"]["failure"]) or (after is not None and after[1] <= TARGET_ROWS)
+
+
+def confusion(results: list[dict[str, Any]]) -> str:
+    """The issue's targets, per data set: harmful caught, benign quiet, iid input drift."""
+    lines = []
+    for name in dict.fromkeys(r["dataset"] for r in results):
+        rs = [r for r in results if r["dataset"] == name]
+        # The issue's harmful changes are embedder changes; a traffic shift that costs the
+        # head AUC (a harder topic, XSTest) is counted apart: canaries cannot see it (the
+        # embedder did not change), only labels can.
+        harm = [r for r in rs if r["verdict"] == "harmful" and r["kind"] == "embedder"]
+        hard = [r for r in rs if r["verdict"] == "harmful" and r["kind"] != "embedder"]
+        benign = [r for r in rs if r["verdict"] == "benign"]
+        iid = [r for r in rs if r["verdict"] == "control"]
+        missed = [r["scenario"] for r in harm if not caught(r)]
+        loud = [r["scenario"] for r in benign if r["silent_failure_share"] > 0.01]
+        hard_caught = [r["scenario"] for r in hard if caught(r)]
+        lines.append(
+            f"{name}: harmful embedder changes caught {len(harm) - len(missed)}/{len(harm)}"
+            + (f" (missed: {', '.join(missed)})" if missed else "")
+            + f"; harmful traffic shifts caught within {TARGET_ROWS} rows "
+            f"{len(hard_caught)}/{len(hard)}"
+            + f"; benign quiet (silent failure <= 1% of windows) {len(benign) - len(loud)}/"
+            f"{len(benign)}"
+            + (f" (loud: {', '.join(loud)})" if loud else "")
+            + "; iid input drift "
+            + ", ".join(f"{r['drift_alarm_share']:.3f} of {r['windows']} windows" for r in iid)
         )
-    print(markdown_table(cols, rows, "lll" + "r" * (len(cols) - 3)))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    args = parse_args()
+    t_start = time.perf_counter()
+    datasets = build_datasets(args)
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="sw-harm-state-") as state:
+        for ds in datasets:
+            results += evaluate(ds, args, Path(state))
+    line = machine(("numpy", "grpcio", "torch", "onnxruntime"))
+    bundles = "; ".join(
+        f"{ds.name}: {ds.info['bundle_rows']} bundle rows "
+        f"({ds.info['bundle_unsafe_share']:.0%} unsafe), held-out AUC "
+        f"{ds.info['bundle_holdout_metrics']['roc_auc']:.3f}, window {ds.window}"
+        for ds in datasets
+    )
+    print(
+        f"\nMachine: {line}\n{args.rows} rows per scenario, {LABEL_SHARE:.0%} labelled, "
+        f"alpha {ALPHA} per window, seed {args.seed}, {args.bootstrap} bootstrap resamples\n"
+        f"bundles: {bundles}\n"
+    )
+    print(table(results, not args.no_sidecar))
+    if not args.no_sidecar:
+        print("\n" + confusion(results))
     wall = time.perf_counter() - t_start
     print(f"\nwall time {wall:.0f} s")
     write_json(
@@ -521,7 +1030,7 @@ def main() -> int:
             "args": {k: str(v) for k, v in vars(args).items()},
             "label_share": LABEL_SHARE,
             "alpha": ALPHA,
-            **info,
+            "datasets": {ds.name: ds.info for ds in datasets},
             "results": results,
             "wall_seconds": wall,
         },
