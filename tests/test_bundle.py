@@ -753,6 +753,12 @@ def test_cli_train_from_csv_with_minilm(tmp_path, capsys):
     auc = b.manifest.training.holdout_metrics["roc_auc"]
     assert isinstance(auc, float) and 0.0 <= auc <= 1.0
     np.testing.assert_allclose(np.linalg.norm(b.reference.embeddings, axis=1), 1.0, atol=1e-4)
+    # Paired canaries by default: the 12 held-out texts, with their MiniLM embeddings.
+    assert "12 canaries (6 unsafe), with reference embeddings" in captured.out
+    assert b.canaries is not None and b.canaries.embeddings is not None
+    assert b.canaries.embeddings.shape == (12, 384)
+    by_text = dict(toxic + clean)
+    assert all(t in by_text for t in b.canaries.texts)
 
 
 def test_a_refused_write_never_clobbers_the_existing_bundle(tmp_path):

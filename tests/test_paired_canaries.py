@@ -325,3 +325,23 @@ def test_label_confirmation_raises_the_page_on_its_own(paired_bundle):
     quiet.evaluate(np.full((32, DIM), 1 / np.sqrt(DIM), np.float32), np.full(32, 0.9), 0.0)
     assert quiet.snapshot().input_drift
     assert not silent_failure(quiet.snapshot(), unavailable_status(NO_CANARIES)).active
+
+
+def test_canary_options_are_checked(tmp_path, corpus):
+    x, y, texts = corpus.x[:400], corpus.y[:400], corpus.texts[:400]
+    none = train_bundle(
+        x, y, tmp_path / "none", embedder=SPEC, texts=texts, canary_count=0, detectors=None
+    )
+    assert load_bundle(none.path).canaries is None
+    few = train_bundle(
+        x, y, tmp_path / "few", embedder=SPEC, texts=texts, canary_count=10, detectors=None
+    )
+    can = load_bundle(few.path).canaries
+    assert can is not None and len(can.texts) == 10 and int(can.labels.sum()) == 5
+    with pytest.raises(ValueError, match="one per row"):
+        train_bundle(x, y, tmp_path / "bad", embedder=SPEC, texts=texts[:-1], detectors=None)
+    with pytest.raises(ValueError, match="dimension"):
+        train_bundle(
+            x, y, tmp_path / "bad2", embedder=SPEC, detectors=None,
+            canaries=(texts[:5], y[:5], np.zeros((5, DIM + 1), np.float32)),
+        )  # fmt: skip
