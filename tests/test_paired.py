@@ -31,7 +31,13 @@ from silentwatch.monitor.evaluation.paired import (
 )
 from silentwatch.monitor.scoring import LinearScorer
 from silentwatch.monitor.simulate.world import SyntheticWorld
-from silentwatch.offline.similarity import linear_cka as feature_form_cka
+
+
+def feature_form_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Kornblith et al. (2019), eq. 2, written out in the feature-space form."""
+    x, y = x - x.mean(0), y - y.mean(0)
+    cross = np.linalg.norm(y.T @ x, "fro") ** 2
+    return float(cross / (np.linalg.norm(x.T @ x, "fro") * np.linalg.norm(y.T @ y, "fro")))
 
 
 def _binormal(n_pos: int, n_neg: int, mu: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
