@@ -3,7 +3,8 @@
 Real all-MiniLM-L6-v2 embeddings (``open_embedder("minilm")``, cached with
 ``embed_cached`` under the gitignored ``.cache/harm``) of two labelled data sets, each
 with its own bundle (paper A's recipe, ``train_bundle`` on that data set's training part,
-detectors calibrated at 1% false alarms per window, 35% of the bundle rows held out):
+drift detectors calibrated family-wise at 1% of clean windows, 35% of the bundle rows held
+out, 256 of them kept as paired canaries):
 
   civil_comments  both fractional Civil Comments files (toxicity >= 0.5), balanced bundle
                   (a weak head: held-out AUC ~0.70). Benign? case-type (topic) mixes, prior
@@ -21,13 +22,14 @@ paper A's Gaussian drift. Every ``Scenario`` carries its live embedder (``live``
 
 Whether a candidate is benign (|dAUC| < 0.01 vs the iid stream) or harmful
 (dAUC <= -0.02) is measured, not assumed. Each stream goes through a real in-process
-sidecar (``Sidecar``) over loopback gRPC: ClassifyBatch (one window of rows, with request
-ids), then SubmitLabels for a random 30% of them (delayed human review), then GetStatus
+sidecar (``Sidecar``) over loopback gRPC: first one canary submission by the scenario's
+live embedder (``CanaryClient.check``, as on a deploy), then per window ClassifyBatch (one
+window of rows, with request ids), SubmitLabels for a random 30% of them (delayed human review), then GetStatus
 once the window is evaluated. Replayed faster than real time, so the window-evaluation
 and change-point rate caps are off, and the domain classifier runs every window
 (``domain_every`` 1) so that every detector reads every window.
 
-    python benchmarks/harm.py                # ~7 minutes on 2 cores once embeddings are cached
+    python benchmarks/harm.py                # ~1 minute on 2 cores once embeddings are cached
     python benchmarks/harm.py --no-sidecar   # the truth (dAUC, CIs) only
     python benchmarks/harm.py --quick        # 512 rows per scenario: a smoke test
 """
