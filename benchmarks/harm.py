@@ -24,10 +24,10 @@ Whether a candidate is benign (|dAUC| < 0.01 vs the iid stream) or harmful
 (dAUC <= -0.02) is measured, not assumed. Each stream goes through a real in-process
 sidecar (``Sidecar``) over loopback gRPC: first one canary submission by the scenario's
 live embedder (``CanaryClient.check``, as on a deploy), then per window ClassifyBatch (one
-window of rows, with request ids), SubmitLabels for a random 30% of them (delayed human review), then GetStatus
-once the window is evaluated. Replayed faster than real time, so the window-evaluation
-and change-point rate caps are off, and the domain classifier runs every window
-(``domain_every`` 1) so that every detector reads every window.
+window of rows, with request ids), SubmitLabels for a random 30% of them (delayed human
+review), then GetStatus once the window is evaluated. Replayed faster than real time, so
+the window-evaluation and change-point rate caps are off, and the domain classifier runs
+every window (``domain_every`` 1) so that every detector reads every window.
 
     python benchmarks/harm.py                # ~1 minute on 2 cores once embeddings are cached
     python benchmarks/harm.py --no-sidecar   # the truth (dAUC, CIs) only

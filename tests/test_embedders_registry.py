@@ -169,17 +169,18 @@ def test_onnx_routes_call_the_onnx_backend(monkeypatch: pytest.MonkeyPatch) -> N
     calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
     monkeypatch.setattr(onnx, "load_onnx_embedder", lambda *a, **k: calls.append(("named", a, k)))
     monkeypatch.setattr(onnx, "load_onnx_file", lambda *a, **k: calls.append(("file", a, k)))
-    options = LoadOptions(device="cuda:0", dtype="float16", batch_size=3, max_length=9)
+    options = LoadOptions(
+        device="cuda:0", dtype="float16", batch_size=3, max_length=9, pooling="cls", normalize=False
+    )
     resolve("minilm-int8").load(options)
     EmbedderRoute("onnx:m.onnx", "onnxruntime", "onnx-file", "m.onnx", tokenizer="t").load()
     kw = {"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+    set_kw = {"batch_size": 3, "max_length": 9, "pooling": "cls", "normalize": False}
+    # No pooling given: ONNX encoders mean-pool, as the shipped exports were trained.
+    default_kw = {"batch_size": 64, "max_length": 256, "pooling": "mean", "normalize": True}
     assert calls == [
-        ("named", ("minilm-int8",), {**kw, "batch_size": 3, "max_length": 9}),
-        (
-            "file",
-            (Path("m.onnx"), "t"),
-            {"providers": ["CPUExecutionProvider"], "batch_size": 64, "max_length": 256},
-        ),
+        ("named", ("minilm-int8",), {**kw, **set_kw}),
+        ("file", (Path("m.onnx"), "t"), {"providers": ["CPUExecutionProvider"], **default_kw}),
     ]
 
 
@@ -194,7 +195,10 @@ def test_transformers_routes_call_the_hf_backend(monkeypatch: pytest.MonkeyPatch
     options = LoadOptions(device="cpu", dtype="float32", batch_size=2, max_length=8)
     resolve("sentence-transformers/all-MiniLM-L6-v2").load(options)
     resolve("hf:org/model").load(options)
-    common = {"device": "cpu", "dtype": "float32", "batch_size": 2, "max_length": 8}
+    common = {
+        "device": "cpu", "dtype": "float32", "batch_size": 2, "max_length": 8,
+        "pooling": None, "normalize": True,
+    }  # fmt: skip
     assert calls == [
         ("named", ("minilm",), common),
         ("path", ("org/model",), {"gguf_file": None, **common}),

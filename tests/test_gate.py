@@ -249,12 +249,142 @@ def test_a_deployed_bundle_is_judged_frozen(tmp_path: Path, data_file: Path) -> 
         run_gate(cfg, open_embedder=_opener)
 
 
-@pytest.mark.parametrize("name", ["minilm-to-l3.yaml", "minilm-to-int8.yaml"])
-def test_the_shipped_example_configs_validate(name: str) -> None:
-    path = Path(__file__).resolve().parents[1] / "examples" / "gate" / name
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((REPO / "examples" / "gate").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_the_shipped_example_configs_run_from_a_fresh_clone(path: Path) -> None:
+    # Every example's data lies inside the repository: a clone without ../shared runs it.
     cfg = load_gate_config(path)
     assert cfg.old.embedder == "minilm" and cfg.thresholds.allow_retrain is False
-    assert all(p.name.endswith(".csv") for p in cfg.data.paths)
+    for p in cfg.data.paths:
+        assert p.is_file() and p.resolve().is_relative_to(REPO), p
+        assert p.stat().st_size < 2_000_000
+    assert cfg.embedding.cache_dir is not None and cfg.embedding.cache_dir.is_relative_to(REPO)
+
+
+def test_the_in_repo_sample_matches_its_provenance() -> None:
+    sample = REPO / "examples" / "data" / "civil_comments_sample.csv"
+    digest = hashlib.sha256(sample.read_bytes()).hexdigest()
+    assert digest in (REPO / "examples" / "data" / "PROVENANCE.md").read_text()
+    with sample.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    toxic = sum(float(r["toxicity"]) >= 0.5 for r in rows)
+    assert (len(rows), toxic) == (2000, 1000)
+
+
+def test_side_settings_default_to_the_shared_block(tmp_path: Path, data_file: Path) -> None:
+    cfg = _cfg(tmp_path, data_file, "old")
+    cfg = GateConfig.model_validate(
+        {
+            **cfg.model_dump(),
+            "embedding": {"cache_dir": None, "max_length": 128, "dtype": "float32"},
+            "new": {"embedder": "old", "max_length": 32, "pooling": "cls", "normalize": False},
+        }
+    )
+    old, new = cfg.side_settings("old"), cfg.side_settings("new")
+    assert (old.max_length, old.pooling, old.dtype, old.normalize) == (128, None, "float32", True)
+    assert (new.max_length, new.pooling, new.dtype, new.normalize) == (32, "cls", "float32", False)
+    assert cfg.settings_changes() == [
+        "max_length: 128 -> 32",
+        "pooling: model default -> cls",
+        "normalize: True -> False",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("where", "key", "value", "allowed"),
+    [
+        ("new", "pooling", "max", "mean, cls, last_token"),
+        ("old", "dtype", "fp8", "auto, float32, bfloat16, float16"),
+        ("embedding", "pooling", "avg", "mean, cls, last_token"),
+        ("embedding", "dtype", "int4", "auto, float32, bfloat16, float16"),
+    ],
+)
+def test_unknown_pooling_or_dtype_names_the_allowed_values(
+    tmp_path: Path, data_file: Path, where: str, key: str, value: str, allowed: str
+) -> None:
+    raw = {"data": {"path": str(data_file)}, "old": {"embedder": "old"}, "new": {"embedder": "x"}}
+    raw.setdefault(where, {})[key] = value
+    p = tmp_path / "gate.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match=f"unknown {key} '{value}': use one of {allowed}"):
+        load_gate_config(p)
+
+
+def test_each_side_is_opened_with_its_own_settings_and_the_report_says_what_differed(
+    tmp_path: Path, data_file: Path
+) -> None:
+    opened: list[tuple[str, dict[str, object]]] = []
+
+    def opener(spec: str, **kw: object) -> FakeEmbedder:
+        opened.append((spec, kw))
+        return FakeEmbedder(spec)
+
+    cfg = _cfg(tmp_path, data_file, "benign")
+    cfg.new.max_length = 32
+    cfg.new.dtype = "bfloat16"
+    report, _ = run_gate(cfg, open_embedder=opener)
+    (_, old_kw), (_, new_kw) = opened
+    assert (old_kw["max_length"], old_kw["dtype"]) == (256, "auto")
+    assert (new_kw["max_length"], new_kw["dtype"]) == (32, "bfloat16")
+    assert old_kw["pooling"] is None and new_kw["normalize"] is True
+    assert report.embedding_settings["new"]["max_length"] == 32
+    assert report.embedding_settings["old"]["max_length"] == 256
+    assert report.settings_changed == [
+        "embedder: old -> benign",
+        "dtype: auto -> bfloat16",
+        "max_length: 256 -> 32",
+    ]
+    assert report.configuration_only is False  # the fakes have different weights
+    md = write_report(report, tmp_path / "rep")[1].read_text()
+    assert "## Embedder settings" in md
+    assert "Configured differences: embedder: old -> benign; dtype: auto -> bfloat16" in md
+    payload = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert payload["settings_changed"] == report.settings_changed
+
+
+def test_a_missing_data_file_says_what_to_fix(tmp_path: Path, data_file: Path) -> None:
+    cfg = _cfg(tmp_path, data_file, "benign")
+    cfg.data.path = tmp_path / "gone.csv"
+    with pytest.raises(GateError, match=r"gone\.csv does not exist: point data\.path at"):
+        run_gate(cfg, open_embedder=_opener)
+
+
+def _info(**over: object) -> EmbeddingInfo:
+    base: dict[str, object] = {
+        "name": "m", "weights_sha256": "a" * 64, "dtype": "float32", "pooling": "mean",
+        "max_length": 256, "dim": 8, "device": "cpu", "backend": "transformers",
+    }  # fmt: skip
+    return EmbeddingInfo.model_validate({**base, **over})
+
+
+def test_cache_keys_separate_sides_with_different_settings() -> None:
+    from silentwatch.offline.embedders import cache_key
+
+    texts = ["a", "b"]
+    keys = {
+        cache_key(_info(**over), texts)
+        for over in (
+            {},
+            {"max_length": 32},
+            {"pooling": "cls"},
+            {"dtype": "bfloat16"},
+            {"normalized": False},
+        )
+    }
+    assert len(keys) == 5
+    # Unit-normalised runs keep the key earlier releases wrote: existing caches still hit.
+    head = {
+        "weights_sha256": "a" * 64, "pooling": "mean", "max_length": 256, "dtype": "float32",
+        "layer": -1, "backend": "transformers",
+    }  # fmt: skip
+    h = hashlib.sha256(json.dumps(head, sort_keys=True).encode())
+    for t in texts:
+        h.update(len(t.encode()).to_bytes(8, "little"))
+        h.update(t.encode())
+    assert cache_key(_info(), texts) == h.hexdigest()
 
 
 def test_retrained_churn_is_reported_and_judged_only_on_request(

@@ -6,6 +6,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -152,3 +153,50 @@ def test_stress_command_writes_its_report(world, tmp_path, capsys) -> None:
     assert payload["separability"][str(world["a"])]["silhouette"] > 0
     assert "Failure threshold" in (tmp_path / "stress" / "stress.md").read_text()
     assert "clean AUC" in capsys.readouterr().out
+
+
+def _new_side(path: Path, **settings: object) -> Path:
+    """The config at ``path`` with ``settings`` under ``new:``."""
+    cfg = yaml.safe_load(path.read_text())
+    cfg["new"].update(settings)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_per_side_settings_reach_the_embedder_and_the_bundle(world, tmp_path, capsys) -> None:
+    from silentwatch.offline.embedders import cache_key, open_embedder
+
+    texts = ["green awful hateful river", "lovely kind city"]
+    plain = open_embedder(str(world["a"]))
+    odd = open_embedder(str(world["a"]), pooling="cls", normalize=False, max_length=16)
+    info = odd.info()
+    assert (info.pooling, info.normalized, info.max_length) == ("cls", False, 16)
+    assert odd.spec().version == plain.spec().version + "+cls,len16,raw"
+    assert odd.spec().pooling == "cls" and odd.spec().normalized is False
+    assert cache_key(info, texts) != cache_key(plain.info(), texts)
+    assert abs(float(np.linalg.norm(odd.embed(texts)[0])) - 1.0) > 1e-3  # raw, not unit rows
+    # A configuration-only update: longer truncation than the texts need gives the same
+    # vectors, so it passes, and the re-issued bundle names the new settings.
+    path = _new_side(_config(world, tmp_path, "a"), max_length=64)
+    assert main(["gate", "--config", str(path)]) == 0
+    capsys.readouterr()
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["settings_changed"] == ["max_length: 256 -> 64"]
+    assert report["configuration_only"] is True
+    assert report["new_embedder"]["max_length"] == 64
+    spec = load_bundle(tmp_path / "report" / "bundle").manifest.embedder
+    assert spec.version == plain.spec().version + "+len64"
+
+
+def test_bad_settings_and_missing_data_exit_2_with_one_line(world, tmp_path, capsys) -> None:
+    path = _new_side(_config(world, tmp_path, "a"), pooling="max")
+    assert main(["gate", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "use one of mean, cls, last_token" in err[0]
+    path = _config(world, tmp_path, "a")
+    cfg = yaml.safe_load(path.read_text())
+    cfg["data"]["path"] = "no-such.csv"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["gate", "--config", str(path)]) == 2
+    err = [ln for ln in capsys.readouterr().err.strip().splitlines() if "error" in ln]
+    assert len(err) == 1 and "no-such.csv does not exist: point data.path at" in err[0]

@@ -19,7 +19,23 @@ if TYPE_CHECKING:
 
 Backend = Literal["transformers", "onnxruntime"]
 
-__all__ = ["Backend", "Embedder", "EmbeddingInfo", "file_sha256", "weights_sha256"]
+__all__ = [
+    "DEFAULT_MAX_LENGTH",
+    "POOLINGS",
+    "Backend",
+    "Embedder",
+    "EmbeddingInfo",
+    "Pooling",
+    "file_sha256",
+    "settings_tag",
+    "weights_sha256",
+]
+
+Pooling = Literal["mean", "cls", "last_token"]
+#: Every pooling an embedder accepts (``cls``: the first token, BERT-style encoders).
+POOLINGS: tuple[str, ...] = ("mean", "cls", "last_token")
+#: Tokens kept per text unless a config says otherwise.
+DEFAULT_MAX_LENGTH = 256
 
 
 class EmbeddingInfo(BaseModel):
@@ -35,7 +51,7 @@ class EmbeddingInfo(BaseModel):
         The dtype the forward pass ran in (``float32``, ``bfloat16``, ``float16``);
         pooling and normalisation always run in float32.
     pooling
-        ``mean`` (encoders) or ``last_token`` (decoders).
+        ``mean`` (encoders' default), ``cls`` (first token) or ``last_token`` (decoders).
     max_length
         Tokens kept per text (longer texts are truncated).
     dim
@@ -44,6 +60,8 @@ class EmbeddingInfo(BaseModel):
         Where the forward pass ran (``cpu``, ``cuda``, ``cuda:1``...).
     backend
         ``transformers`` or ``onnxruntime``.
+    normalized
+        Rows are unit-normalised (the default); ``False``: the raw pooled vectors.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -51,11 +69,63 @@ class EmbeddingInfo(BaseModel):
     name: str = Field(min_length=1)
     weights_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     dtype: str
-    pooling: Literal["mean", "last_token"]
+    pooling: Pooling
     max_length: int = Field(ge=1)
     dim: int = Field(ge=1)
     device: str
     backend: Backend
+    normalized: bool = True
+
+
+def settings_tag(
+    *,
+    pooling: str,
+    default_pooling: str,
+    max_length: int,
+    dtype: str,
+    normalized: bool,
+) -> str:
+    """A version suffix naming the settings that differ from the embedder's defaults.
+
+    The same weights run with another pooling, truncation, dtype or without normalisation
+    give other vectors, so a bundle validated for them must not carry the default version:
+    the sidecar's identity check compares versions only.
+
+    Parameters
+    ----------
+    pooling, default_pooling
+        The pooling used and the one the model uses by default.
+    max_length
+        Tokens kept per text (default :data:`DEFAULT_MAX_LENGTH`).
+    dtype
+        The forward pass's dtype (default ``float32``).
+    normalized
+        Rows are unit-normalised (default ``True``).
+
+    Returns
+    -------
+    str
+        ``""`` for the defaults, else e.g. ``"+len32"`` or ``"+cls,bfloat16"``.
+
+    Examples
+    --------
+    >>> settings_tag(pooling="mean", default_pooling="mean", max_length=256,
+    ...              dtype="float32", normalized=True)
+    ''
+    >>> settings_tag(pooling="cls", default_pooling="mean", max_length=32,
+    ...              dtype="bfloat16", normalized=False)
+    '+cls,len32,bfloat16,raw'
+    """
+    parts = []
+    if pooling != default_pooling:
+        parts.append(pooling)
+    if max_length != DEFAULT_MAX_LENGTH:
+        parts.append(f"len{max_length}")
+    if dtype != "float32":
+        parts.append(dtype)
+    if not normalized:
+        parts.append("raw")
+    return "+" + ",".join(parts) if parts else ""
 
 
 class Embedder(Protocol):

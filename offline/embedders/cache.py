@@ -1,6 +1,7 @@
 """An on-disk cache of embeddings, keyed on everything that changes the numbers.
 
-``embed_cached`` keys a ``.npy`` file on the weights, pooling, truncation, dtype, layer and
+``embed_cached`` keys a ``.npy`` file on the weights, pooling, truncation, dtype,
+normalisation, layer and
 the texts, so a gate run that re-embeds the same data set with the same model never
 touches the model again. numpy only: it works with any backend's embedder.
 """
@@ -20,13 +21,14 @@ __all__ = ["cache_key", "embed_cached"]
 
 
 def cache_key(info: EmbeddingInfo, texts: list[str], layer: int = -1) -> str:
-    """sha256 over what changes the vectors: weights, pooling, truncation, dtype, layer, texts.
+    """sha256 over what changes the vectors: weights, pooling, truncation, dtype,
+    normalisation, layer, texts.
 
     The model's name is left out on purpose: the same weights under another name give
     the same vectors. Models without a weights digest fall back to the name.
     """
     h = hashlib.sha256()
-    head = {
+    head: dict[str, object] = {
         "weights_sha256": info.weights_sha256 or f"name:{info.name}",
         "pooling": info.pooling,
         "max_length": info.max_length,
@@ -34,6 +36,10 @@ def cache_key(info: EmbeddingInfo, texts: list[str], layer: int = -1) -> str:
         "layer": layer,
         "backend": info.backend,
     }
+    if not info.normalized:
+        # Only when set: keys of unit-normalised runs stay those of earlier releases, so
+        # existing caches keep hitting.
+        head["normalized"] = False
     h.update(json.dumps(head, sort_keys=True).encode())
     for t in texts:
         # Length-prefixed, so ["ab", "c"] and ["a", "bc"] hash differently.

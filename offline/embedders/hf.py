@@ -26,7 +26,14 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from silentwatch.monitor.bundle import EmbedderSpec
 from silentwatch.offline.dtypes import TORCH_DTYPES, resolve_dtype
-from silentwatch.offline.embedders.base import EmbeddingInfo, file_sha256, weights_sha256
+from silentwatch.offline.embedders.base import (
+    POOLINGS,
+    EmbeddingInfo,
+    Pooling,
+    file_sha256,
+    settings_tag,
+    weights_sha256,
+)
 from silentwatch.offline.embedders.packaged import (
     MINILM_NAME,
     SMOLLM2_NAME,
@@ -34,7 +41,6 @@ from silentwatch.offline.embedders.packaged import (
     smollm2_gguf_path,
 )
 
-Pooling = Literal["mean", "last_token"]
 # Padded tokens per forward pass on CPU: small batches of long texts stay in cache. On 2
 # EPYC cores (benchmarks/extraction.py) SmolLM2 ran 25% faster with this cap than with
 # plain 64-row batches, MiniLM the same or slightly faster; on CUDA big batches win.
@@ -102,7 +108,8 @@ class TransformerEmbedder:
     name
         The name recorded in specs (default: the config's ``_name_or_path``).
     pooling
-        ``"mean"`` or ``"last_token"``; ``None`` picks it from the config.
+        ``"mean"``, ``"cls"`` (first token) or ``"last_token"``; ``None`` picks it from
+        the config.
     max_length
         Tokens kept per text.
     batch_size
@@ -119,6 +126,8 @@ class TransformerEmbedder:
         ``"auto"`` is :data:`CPU_BATCH_TOKENS` on CPU and no cap elsewhere; ``None``
         no cap. Batches of long texts get fewer rows, batches of short ones up to
         ``batch_size``.
+    normalize
+        Unit-normalise the pooled rows (default); ``False`` returns them raw.
     """
 
     model_path: str
@@ -130,9 +139,12 @@ class TransformerEmbedder:
     dtype: str = "auto"
     gguf_file: str | None = None
     max_batch_tokens: int | Literal["auto"] | None = "auto"
+    normalize: bool = True
 
     def __post_init__(self) -> None:
         self.dtype = resolve_dtype(self.dtype, self.device)
+        if self.pooling is not None and self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {self.pooling!r}")
         load_kw: dict[str, Any] = {}
         if self.gguf_file:
             if importlib.util.find_spec("gguf") is None:
@@ -142,8 +154,9 @@ class TransformerEmbedder:
                 )
             load_kw["gguf_file"] = self.gguf_file
         cfg = AutoConfig.from_pretrained(self.model_path, **load_kw)
+        self._default_pooling = default_pooling(cfg)
         if self.pooling is None:
-            self.pooling = default_pooling(cfg)
+            self.pooling = self._default_pooling
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, **load_kw)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -169,14 +182,26 @@ class TransformerEmbedder:
             self.weights_sha256 = weights_sha256(path) if path.is_dir() else None
 
     def spec(self, version: str | None = None) -> EmbedderSpec:
-        """The bundle's record of this embedder (version defaults to the weights digest)."""
+        """The bundle's record of this embedder.
+
+        The version defaults to the weights digest plus :func:`settings_tag` (pooling,
+        truncation, dtype or normalisation other than the defaults), so a bundle for
+        MiniLM at ``max_length`` 32 never accepts vectors from MiniLM at 256.
+        """
         digest = self.weights_sha256
+        tag = settings_tag(
+            pooling=self.pooling or self._default_pooling,
+            default_pooling=self._default_pooling,
+            max_length=self.max_length,
+            dtype=self.dtype,
+            normalized=self.normalize,
+        )
         return EmbedderSpec(
             name=str(self.name),
-            version=version or (f"sha256:{digest[:12]}" if digest else "unversioned"),
+            version=version or (f"sha256:{digest[:12]}{tag}" if digest else f"unversioned{tag}"),
             weights_sha256=digest,
             pooling=self.pooling or "unknown",
-            normalized=True,
+            normalized=self.normalize,
         )
 
     def info(self) -> EmbeddingInfo:
@@ -190,6 +215,7 @@ class TransformerEmbedder:
             dim=self.dim,
             device=str(self.device),
             backend="transformers",
+            normalized=self.normalize,
         )
 
     def embed(self, texts: list[str], layer: int = -1) -> np.ndarray:
@@ -285,15 +311,20 @@ class TransformerEmbedder:
             return self.model(**batch, **kw)
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(b, t, d) hidden states -> (b, d) float32 unit rows."""
+        """(b, t, d) hidden states -> (b, d) float32 rows (unit rows unless ``normalize``
+        is off)."""
         with torch.inference_mode():
             hidden = hidden.float()  # pool in float32 whatever the forward dtype
             if self.pooling == "mean":
                 m = mask.unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+            elif self.pooling == "cls":
+                pooled = hidden[:, 0]  # right padding: position 0 is always a real token
             else:
                 last = mask.sum(1) - 1  # right padding: the last non-padding position
                 pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+            if not self.normalize:
+                return pooled
             return torch.nn.functional.normalize(pooled, dim=-1)
 
 
@@ -309,15 +340,19 @@ def load_embedder(model: str | None = None, **kwargs: Any) -> TransformerEmbedde
     **kwargs
         Passed to :class:`TransformerEmbedder` (``device``, ``dtype``, ``batch_size``...).
     """
+    # An explicit pooling (gate.yaml's per-side settings) overrides the model's own.
+    pooling = kwargs.pop("pooling", None)
     if model in (None, "minilm", MINILM_NAME):
-        return TransformerEmbedder(minilm_path(), name=MINILM_NAME, pooling="mean", **kwargs)
+        return TransformerEmbedder(
+            minilm_path(), name=MINILM_NAME, pooling=pooling or "mean", **kwargs
+        )
     if model == "smollm2":
         gguf = smollm2_gguf_path()
         return TransformerEmbedder(
             str(gguf.parent),
             name=SMOLLM2_NAME,
-            pooling="last_token",
+            pooling=pooling or "last_token",
             gguf_file=gguf.name,
             **kwargs,
         )
-    return TransformerEmbedder(model, **kwargs)
+    return TransformerEmbedder(model, pooling=pooling, **kwargs)

@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from silentwatch.offline.embedders.base import EmbeddingInfo, file_sha256
+from silentwatch.offline.embedders.base import (
+    POOLINGS,
+    EmbeddingInfo,
+    Pooling,
+    file_sha256,
+    settings_tag,
+)
 from silentwatch.offline.embedders.packaged import (
     MINILM_INT8_NAME,
     PARAPHRASE_L3_NAME,
@@ -163,7 +169,7 @@ def providers_for(device: str) -> list[str]:
 
 @dataclass
 class OnnxEmbedder:
-    """Mean-pooled, unit-normalised sentence embeddings from an ONNX encoder.
+    """Pooled (mean by default), unit-normalised sentence embeddings from an ONNX encoder.
 
     Parameters
     ----------
@@ -181,6 +187,11 @@ class OnnxEmbedder:
         Texts per ``session.run``.
     providers
         onnxruntime execution providers, in order of preference.
+    pooling
+        ``"mean"`` (what the shipped exports were trained with), ``"cls"`` (first token)
+        or ``"last_token"``.
+    normalize
+        Unit-normalise the pooled rows (default); ``False`` returns them raw.
     """
 
     onnx_path: Path
@@ -190,8 +201,12 @@ class OnnxEmbedder:
     max_length: int = 256
     batch_size: int = 64
     providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    pooling: Pooling = "mean"
+    normalize: bool = True
 
     def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {self.pooling!r}")
         import onnxruntime as ort
 
         self.onnx_path = Path(self.onnx_path)
@@ -227,12 +242,20 @@ class OnnxEmbedder:
         # Imported here: the sidecar's bundle module is only needed when a spec is written.
         from silentwatch.monitor.bundle import EmbedderSpec
 
+        # Settings other than the defaults are part of the identity (see settings_tag).
+        tag = settings_tag(
+            pooling=self.pooling,
+            default_pooling="mean",
+            max_length=self.max_length,
+            dtype="float32",
+            normalized=self.normalize,
+        )
         return EmbedderSpec(
             name=self.name,
-            version=version or self.version,
+            version=version or f"{self.version}{tag}",
             weights_sha256=self.weights_sha256,
-            pooling="mean",
-            normalized=True,
+            pooling=self.pooling,
+            normalized=self.normalize,
         )
 
     def info(self) -> EmbeddingInfo:
@@ -241,15 +264,17 @@ class OnnxEmbedder:
             name=self.name,
             weights_sha256=self.weights_sha256,
             dtype="float32",  # the graph's output; an int8 export dequantises inside it
-            pooling="mean",
+            pooling=self.pooling,
             max_length=self.max_length,
             dim=self.dim,
             device=self.device,
             backend="onnxruntime",
+            normalized=self.normalize,
         )
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """(n, dim) float32 rows on the unit sphere, in the order of ``texts``."""
+        """(n, dim) float32 rows (on the unit sphere unless ``normalize`` is off), in the
+        order of ``texts``."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         order = np.argsort([len(t) for t in texts], kind="stable")  # less padding per batch
         for start in range(0, len(texts), self.batch_size):
@@ -259,10 +284,22 @@ class OnnxEmbedder:
             if "token_type_ids" in self._inputs and "token_type_ids" not in feed:
                 feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
             tokens = self.session.run([self._output], feed)[0]
-            mask = enc["attention_mask"].astype(np.float32)[:, :, None]
-            pooled = (tokens * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
-            out[idx] = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+            pooled = _pool(tokens, enc["attention_mask"], self.pooling)
+            if self.normalize:
+                pooled = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+            out[idx] = pooled
         return out
+
+
+def _pool(tokens: np.ndarray, attention_mask: np.ndarray, pooling: str) -> np.ndarray:
+    """(b, t, d) token embeddings -> (b, d) pooled rows (right padding)."""
+    if pooling == "cls":
+        return tokens[:, 0]
+    if pooling == "last_token":
+        last = attention_mask.sum(axis=1).astype(np.int64) - 1
+        return tokens[np.arange(tokens.shape[0]), last]
+    mask = attention_mask.astype(np.float32)[:, :, None]
+    return (tokens * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
 
 
 def load_onnx_embedder(model: str, **kwargs: Any) -> OnnxEmbedder:
@@ -273,7 +310,8 @@ def load_onnx_embedder(model: str, **kwargs: Any) -> OnnxEmbedder:
     model
         ``"minilm-int8"`` or ``"paraphrase-l3"``.
     **kwargs
-        Passed to :class:`OnnxEmbedder` (``max_length``, ``batch_size``, ``providers``).
+        Passed to :class:`OnnxEmbedder` (``max_length``, ``batch_size``, ``providers``,
+        ``pooling``, ``normalize``).
 
     Raises
     ------
@@ -310,7 +348,8 @@ def load_onnx_file(path: Path, tokenizer: str | None = None, **kwargs: Any) -> O
         A tokenizer folder; ``None``: the one saved beside the export, else MiniLM's (the
         shipped exports use it).
     **kwargs
-        Passed to :class:`OnnxEmbedder` (``max_length``, ``batch_size``, ``providers``).
+        Passed to :class:`OnnxEmbedder` (``max_length``, ``batch_size``, ``providers``,
+        ``pooling``, ``normalize``).
     """
     path = Path(path)
     if tokenizer is None:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from silentwatch.offline.embedders.base import Backend, Embedder
 from silentwatch.offline.embedders.packaged import (
@@ -127,12 +127,18 @@ class LoadOptions:
         Texts per forward pass.
     max_length
         Tokens kept per text.
+    pooling
+        ``"mean"``, ``"cls"`` or ``"last_token"``; ``None``: the model's own.
+    normalize
+        Unit-normalise the rows (default).
     """
 
     device: str = "cpu"
     dtype: str = "auto"
     batch_size: int = 64
     max_length: int = 256
+    pooling: str | None = None
+    normalize: bool = True
 
 
 @dataclass(frozen=True)
@@ -186,10 +192,12 @@ class EmbedderRoute:
                 providers_for,
             )
 
-            kw = {
+            kw: dict[str, Any] = {
                 "providers": providers_for(o.device),
                 "batch_size": o.batch_size,
                 "max_length": o.max_length,
+                "pooling": o.pooling or "mean",
+                "normalize": o.normalize,
             }
             if self.kind == "named":
                 return load_onnx_embedder(self.target, **kw)
@@ -197,14 +205,16 @@ class EmbedderRoute:
 
         from silentwatch.offline.embedders.hf import TransformerEmbedder, load_embedder
 
-        common = {
+        common: dict[str, Any] = {
             "device": o.device,
             "dtype": o.dtype,
             "batch_size": o.batch_size,
             "max_length": o.max_length,
+            "pooling": o.pooling,
+            "normalize": o.normalize,
         }
         if self.kind == "named":
-            return load_embedder(self.target, **common)
+            return load_embedder(self.target, **common)  # None: the named model's pooling
         return TransformerEmbedder(self.target, gguf_file=self.gguf_file, **common)
 
 
@@ -317,6 +327,8 @@ def open_embedder(
     dtype: str = "auto",
     batch_size: int = 64,
     max_length: int = 256,
+    pooling: str | None = None,
+    normalize: bool = True,
 ) -> Embedder:
     """Load an embedder by name or path: ``resolve(spec).load(...)``.
 
@@ -338,6 +350,11 @@ def open_embedder(
         Texts per forward pass.
     max_length
         Tokens kept per text.
+    pooling
+        ``"mean"``, ``"cls"`` or ``"last_token"``; ``None``: the model's own (mean for
+        encoders, last token for decoders).
+    normalize
+        Unit-normalise the rows (default); ``False``: raw pooled vectors.
 
     Returns
     -------
@@ -349,4 +366,6 @@ def open_embedder(
     ValueError
         For a spec that is none of the above (the message lists the choices).
     """
-    return resolve(spec).load(LoadOptions(device, dtype, batch_size, max_length))
+    return resolve(spec).load(
+        LoadOptions(device, dtype, batch_size, max_length, pooling, normalize)
+    )

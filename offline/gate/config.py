@@ -18,19 +18,40 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from silentwatch.monitor.yaml_file import read_yaml_mapping
 from silentwatch.offline.audit.config import AuditConfig
 from silentwatch.offline.evalset import DataSettings
 from silentwatch.offline.stress.sweep import StressSettings
 
+#: The forward-pass dtypes an embedder accepts (``auto``: float32 on CPU, bfloat16 on CUDA).
+DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
+#: The poolings an embedder accepts (kept in step with ``offline.embedders.base.POOLINGS``,
+#: which is not imported here so that reading a config stays free of the embedders).
+POOLINGS: tuple[str, ...] = ("mean", "cls", "last_token")
+#: The settings a side may override; they change the vectors (or where they are made).
+SIDE_SETTINGS: tuple[str, ...] = ("device", "dtype", "max_length", "pooling", "normalize")
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _one_of(value: str | None, allowed: tuple[str, ...], what: str) -> str | None:
+    if value is not None and value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}: use one of {', '.join(allowed)}")
+    return value
+
+
 class Side(_Strict):
+    """One side of the update: the embedder and, optionally, its own settings.
+
+    Every setting left out (``None``) is the shared ``embedding:`` block's, so a
+    configuration-only update (the same weights at another ``max_length``, pooling or
+    dtype) is one line under ``new:``.
+    """
+
     embedder: str = Field(
         ...,
         description="minilm | minilm-int8 | paraphrase-l3 | smollm2 | a local model directory",
@@ -38,6 +59,21 @@ class Side(_Strict):
     bundle: Path | None = Field(
         None, description="the deployed classifier bundle (old side only): judged frozen"
     )
+    device: str | None = Field(None, description="default: embedding.device")
+    dtype: str | None = Field(None, description="default: embedding.dtype")
+    max_length: int | None = Field(None, ge=8, description="default: embedding.max_length")
+    pooling: str | None = Field(None, description="default: embedding.pooling")
+    normalize: bool | None = Field(None, description="default: embedding.normalize")
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, v: str | None) -> str | None:
+        return _one_of(v, DTYPES, "dtype")
+
+    @field_validator("pooling")
+    @classmethod
+    def _known_pooling(cls, v: str | None) -> str | None:
+        return _one_of(v, POOLINGS, "pooling")
 
 
 class EmbeddingSettings(_Strict):
@@ -45,9 +81,41 @@ class EmbeddingSettings(_Strict):
     dtype: str = "auto"
     batch_size: int = Field(64, ge=1)
     max_length: int = Field(256, ge=8)
+    pooling: str | None = Field(None, description="null: each model's own (mean for encoders)")
+    normalize: bool = Field(True, description="unit-normalise the rows")
     cache_dir: Path | None = Field(
         Path(".cache/embeddings"), description="re-runs skip the models; null disables"
     )
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, v: str) -> str:
+        return _one_of(v, DTYPES, "dtype") or v
+
+    @field_validator("pooling")
+    @classmethod
+    def _known_pooling(cls, v: str | None) -> str | None:
+        return _one_of(v, POOLINGS, "pooling")
+
+    def for_side(self, side: Side) -> EmbeddingSettings:
+        """These settings with the side's own ones (those it sets) in their place.
+
+        Parameters
+        ----------
+        side
+            ``old`` or ``new`` from ``gate.yaml``.
+
+        Returns
+        -------
+        EmbeddingSettings
+            The effective settings that side's embedder is opened (and cached) with.
+        """
+        own = {k: getattr(side, k) for k in SIDE_SETTINGS if getattr(side, k) is not None}
+        return self.model_copy(update=own)
+
+    def describe(self) -> dict[str, Any]:
+        """The settings that change a side's vectors, for the report."""
+        return {k: getattr(self, k) for k in SIDE_SETTINGS}
 
     def open(self, spec: str, opener: Callable[..., Any] | None = None) -> Any:
         """The embedder named ``spec`` with these settings (``opener``: a test double)."""
@@ -59,6 +127,8 @@ class EmbeddingSettings(_Strict):
             dtype=self.dtype,
             batch_size=self.batch_size,
             max_length=self.max_length,
+            pooling=self.pooling,
+            normalize=self.normalize,
         )
 
 
@@ -108,6 +178,30 @@ class GateConfig(_Strict):
         description="paper B's representation audit of a chat model update (docs/audit.md); "
         "the gate fails when the audit fails",
     )
+
+    def side_settings(self, side: str) -> EmbeddingSettings:
+        """The effective embedding settings of ``"old"`` or ``"new"``."""
+        return self.embedding.for_side(getattr(self, side))
+
+    def settings_changes(self) -> list[str]:
+        """What differs between the two sides, one ``"key: old -> new"`` per setting.
+
+        Returns
+        -------
+        list of str
+            The embedder spec first (when it differs), then each differing setting in
+            :data:`SIDE_SETTINGS` order; empty when both sides are configured alike.
+        """
+        out = []
+        if self.old.embedder != self.new.embedder:
+            out.append(f"embedder: {self.old.embedder} -> {self.new.embedder}")
+        old, new = self.side_settings("old").describe(), self.side_settings("new").describe()
+        for k in SIDE_SETTINGS:
+            if old[k] != new[k]:
+                # null pooling reads "model default": clearer in a report than "None".
+                a, b = (("model default" if v is None else v) for v in (old[k], new[k]))
+                out.append(f"{k}: {a} -> {b}")
+        return out
 
     @model_validator(mode="after")
     def _new_has_no_bundle(self) -> GateConfig:

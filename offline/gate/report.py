@@ -92,6 +92,23 @@ def _metrics_table(report: GateReport) -> list[str]:
     return out
 
 
+def _settings_section(r: GateReport) -> list[str]:
+    """Each side's effective embedding settings, as run, and what differed."""
+    if not r.embedding_settings:
+        return []  # a report from before per-side settings
+    keys = ("dtype", "max_length", "pooling", "normalized", "device", "dim", "backend")
+    # What ran (EmbeddingInfo: auto dtype and model-default pooling resolved), not the YAML.
+    rows = [(k, r.old_embedder.get(k, "—"), r.new_embedder.get(k, "—")) for k in keys]
+    lines = ["", "## Embedder settings", "", "| setting | old | new |", "|---|---|---|"]
+    for k, a, b in rows:
+        mark = " (differs)" if a != b else ""
+        lines.append(f"| {k} | {a} | {b}{mark} |")
+    changed = "; ".join(r.settings_changed) if r.settings_changed else "nothing"
+    kind = " (configuration-only update: same weights)" if r.configuration_only else ""
+    lines += ["", f"Configured differences: {changed}{kind}."]
+    return lines
+
+
 def render_markdown(report: GateReport) -> str:
     r = report
     d = r.real_drift
@@ -108,6 +125,7 @@ def render_markdown(report: GateReport) -> str:
     ]
     if r.bundle:
         lines.append(f"* bundle for the sidecar: `{r.bundle}` (route: {r.route})")
+    lines += _settings_section(r)
     lines += ["", "## Checks", "", "| check | value | limit | result | detail |"]
     lines.append("|---|---|---|---|---|")
     for c in r.checks:

@@ -97,6 +97,11 @@ class GateReport(BaseModel):
     bundle: str | None
     timings_seconds: dict[str, float]
     representation: AuditReport | None = None
+    # Effective embedding settings per side (the shared block with each side's own on top)
+    # and what differs between them, e.g. "max_length: 256 -> 32".
+    embedding_settings: dict[str, dict[str, Any]] = {}
+    settings_changed: list[str] = []
+    configuration_only: bool = False  # same weights, other settings
 
 
 @dataclass
@@ -240,13 +245,15 @@ def _frozen_arrays(scorer: LinearScorer) -> dict[str, np.ndarray]:
     }
 
 
-def scorer_from_arrays(arrays: dict[str, np.ndarray]) -> LinearScorer:
+def scorer_from_arrays(arrays: dict[str, np.ndarray], normalize: bool = True) -> LinearScorer:
+    """A scorer for classifier arrays; ``normalize`` as the sidecar will for that embedder
+    (a bundle whose spec says ``normalized=False`` scores raw rows)."""
     return LinearScorer.from_standardized(
         arrays["scaler_mean"],
         arrays["scaler_scale"],
         arrays["coef"],
         float(arrays["intercept"][0]),
-        normalize=True,
+        normalize=normalize,
     )
 
 
@@ -311,6 +318,14 @@ def run_gate(
 
     say("loading data")
     d = cfg.data
+    missing = [p for p in d.paths if not p.exists()]
+    if missing:
+        # Say what to fix, not only what is wrong: an example copied without its data,
+        # or run from a checkout without the sample, lands here.
+        raise GateError(
+            f"data file {missing[0]} does not exist: point data.path at your labelled "
+            "CSV/JSONL/parquet file (relative paths resolve against the config's folder)"
+        )
     try:
         ev = load_evalset(d)
     except ValueError as err:
@@ -325,6 +340,8 @@ def run_gate(
     timings["data"] = time.perf_counter() - t0
 
     e = cfg.embedding
+    # Each side is opened, cached and recorded with its own effective settings.
+    eff = {side: cfg.side_settings(side) for side in ("old", "new")}
     xs: dict[str, np.ndarray] = {}
     infos: dict[str, dict[str, Any]] = {}
     specs: dict[str, EmbedderSpec] = {}
@@ -333,7 +350,7 @@ def run_gate(
         name = getattr(cfg, side).embedder
         say(f"embedding {len(texts):,} texts with the {side} embedder ({name})")
         try:
-            emb = e.open(name, open_embedder)
+            emb = eff[side].open(name, open_embedder)
         except (ValueError, ImportError, OSError) as err:
             raise GateError(f"{side} embedder {name!r}: {err}") from None
         infos[side] = emb.info().model_dump(mode="json")
@@ -362,16 +379,21 @@ def run_gate(
         old_arrays = _frozen_arrays(bundle.scorer)
     else:
         old_arrays = fit_classifier(x_old[split.train], y[split.train], seed=d.seed)
-    old_scorer = scorer_from_arrays(old_arrays)
+    # Each head scores as the sidecar would for that side's embedder spec.
+    old_spec = bundle.manifest.embedder if bundle is not None else specs["old"]
+    old_norm = old_spec.normalized
+    new_norm = specs["new"].normalized
+    old_scorer = scorer_from_arrays(old_arrays, old_norm)
     hc = cfg.stress.high_confidence
     y_test = y[split.test]
     p_old = old_scorer.predict_proba(x_old[split.test])
     old_metrics = side_metrics(p_old, y_test, hc)
-    p_frozen = old_scorer.predict_proba(x_new[split.test]) if same_space else None
+    frozen_scorer = scorer_from_arrays(old_arrays, new_norm)
+    p_frozen = frozen_scorer.predict_proba(x_new[split.test]) if same_space else None
     frozen_metrics = None if p_frozen is None else side_metrics(p_frozen, y_test, hc)
     flip = None if p_frozen is None else float(np.mean((p_frozen >= 0.5) != (p_old >= 0.5)))
     new_arrays = fit_classifier(x_new[split.train], y[split.train], seed=d.seed)
-    p_retrained = scorer_from_arrays(new_arrays).predict_proba(x_new[split.test])
+    p_retrained = scorer_from_arrays(new_arrays, new_norm).predict_proba(x_new[split.test])
     retrained_metrics = side_metrics(p_retrained, y_test, hc)
     retrained_flip = float(np.mean((p_retrained >= 0.5) != (p_old >= 0.5)))
     timings["heads"] = time.perf_counter() - t
@@ -382,7 +404,7 @@ def run_gate(
         stress = run_stress(
             {"old": StressModel(x_old[split.test], y_test, old_scorer)},
             cfg.stress,
-            device=e.device,
+            device=eff["old"].device,
             progress=advance,
         )
     timings["stress"] = time.perf_counter() - t
@@ -411,6 +433,14 @@ def run_gate(
     elif retrained_ok and cfg.thresholds.allow_retrain:
         route = "retrained"
     summary = _summary(route, retrained_ok, checks)
+    changed = cfg.settings_changes()
+    config_only = (
+        infos["old"].get("weights_sha256") is not None
+        and infos["old"].get("weights_sha256") == infos["new"].get("weights_sha256")
+        and infos["old"].get("backend") == infos["new"].get("backend")
+    )
+    if config_only:
+        summary = f"Configuration-only update ({'; '.join(changed) or 'no change'}). {summary}"
 
     audit = None
     if cfg.representation is not None:
@@ -473,6 +503,9 @@ def run_gate(
         bundle=bundle_path,
         timings_seconds=timings,
         representation=audit,
+        embedding_settings={side: eff[side].describe() for side in ("old", "new")},
+        settings_changed=changed,
+        configuration_only=config_only,
     )
     return report, GateArrays(split.test, y_test, p_old, p_frozen, p_retrained)
 
