@@ -216,68 +216,6 @@ def xstest() -> Texts:
 
 
 # -- embeddings -----------------------------------------------------------------------------
-def _first_token_embedder(max_length: int, raw: bool = False) -> Any:
-    """MiniLM with first-token ([CLS]) pooling: emulated here, offline/ offers mean / last.
-
-    A subclass of the transformers backend that replaces ``_pool``; its ``info()`` says
-    ``pooling="cls"``, so the embedding cache keys it apart from mean pooling.
-    """
-    import torch
-
-    from silentwatch.offline.embedders.hf import TransformerEmbedder
-    from silentwatch.offline.embedders.packaged import MINILM_NAME, minilm_path
-
-    class FirstToken(TransformerEmbedder):
-        def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            with torch.inference_mode():
-                first = hidden.float()[:, 0]
-                return first if raw else torch.nn.functional.normalize(first, dim=-1)
-
-        def info(self) -> Any:
-            # EmbeddingInfo validates pooling against what offline/ implements (mean,
-            # last_token); model_copy skips that, and the cache key then says "cls".
-            return super().info().model_copy(update={"pooling": "cls-raw" if raw else "cls"})
-
-    return FirstToken(minilm_path(), name=MINILM_NAME, pooling="mean", max_length=max_length)
-
-
-def _raw(embedder: Any) -> Any:
-    """The same embedder without the final L2 normalisation (pooled vectors as they come):
-    what a caller that sends raw vectors would send. Cache-keyed as ``mean-raw``."""
-    import types
-
-    if hasattr(embedder, "session"):  # the ONNX backend: its embed loop, minus the division
-
-        def embed_raw(self: Any, texts: list[str]) -> np.ndarray:
-            out = np.zeros((len(texts), self.dim), dtype=np.float32)
-            order = np.argsort([len(t) for t in texts], kind="stable")
-            for start in range(0, len(texts), self.batch_size):
-                idx = order[start : start + self.batch_size]
-                enc = self.tokenizer([texts[i] for i in idx], self.max_length)
-                feed = {k: enc[k].astype(np.int64) for k in self._inputs if k in enc}
-                if "token_type_ids" in self._inputs and "token_type_ids" not in feed:
-                    feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
-                tokens = self.session.run([self._output], feed)[0]
-                mask = enc["attention_mask"].astype(np.float32)[:, :, None]
-                out[idx] = (tokens * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
-            return out
-
-        embedder.embed = types.MethodType(embed_raw, embedder)
-    else:  # transformers: pool without normalising
-        import torch
-
-        def pool_raw(self: Any, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            with torch.inference_mode():
-                hidden = hidden.float()
-                m = mask.unsqueeze(-1).to(hidden.dtype)
-                return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
-
-        embedder._pool = types.MethodType(pool_raw, embedder)
-    info = embedder.info().model_copy(update={"pooling": embedder.info().pooling + "-raw"})
-    embedder.info = lambda: info
-    return embedder
-
-
 _LOADED: dict[str, Any] = {}
 # Rows already embedded in this process, by variant and text: the on-disk cache is keyed on
 # whole lists, so a subset of texts embedded before (a stream's, a bundle's canaries) is
@@ -298,17 +236,15 @@ def embed(variant: str, texts: list[str], *, raw: bool = False) -> np.ndarray:
 
     key = variant + ("@raw" if raw else "")
     if key not in _LOADED:
+        # The variants are the embedders' own load options (offline/embedders/registry.py).
+        opts: dict[str, Any] = {"normalize": not raw}
         if variant == "minilm-cls":
-            e = _first_token_embedder(256, raw)
-        else:
-            if variant.startswith("minilm-len"):
-                e = open_embedder("minilm", max_length=int(variant[10:]))
-            elif variant == "minilm-bf16":
-                e = open_embedder("minilm", dtype="bfloat16")
-            else:
-                e = open_embedder(variant)
-            e = _raw(e) if raw else e
-        _LOADED[key] = e
+            variant, opts["pooling"] = "minilm", "cls"
+        elif variant.startswith("minilm-len"):
+            variant, opts["max_length"] = "minilm", int(variant[10:])
+        elif variant == "minilm-bf16":
+            variant, opts["dtype"] = "minilm", "bfloat16"
+        _LOADED[key] = open_embedder(variant, **opts)
     memo = _MEMO.setdefault(key, {})
     if texts and all(t in memo for t in texts):  # every text already embedded in this run
         return np.stack([memo[t] for t in texts])

@@ -168,6 +168,8 @@ def test_bad_submissions_get_a_precise_status_and_nothing_is_recorded(running, c
     nan[3, 0] = np.nan
     inf = x.copy()
     inf[7, 1] = np.inf
+    zero = x.copy()
+    zero[5] = 0.0  # no angle to measure: refused, not an INTERNAL error
     cases = {
         "too few rows": (
             _submit(c.canary_set_id, x[:-1]),
@@ -181,8 +183,9 @@ def test_bad_submissions_get_a_precise_status_and_nothing_is_recorded(running, c
         ),
         "reordered": (_submit(c.canary_set_id, x[::-1]), grpc.StatusCode.INVALID_ARGUMENT, "order"),
         "dimension": (_submit(c.canary_set_id, x[:, 1:]), grpc.StatusCode.INVALID_ARGUMENT, "dim"),
-        "NaN": (_submit(c.canary_set_id, nan), grpc.StatusCode.INVALID_ARGUMENT, "row 3"),
-        "Inf": (_submit(c.canary_set_id, inf), grpc.StatusCode.INVALID_ARGUMENT, "row 7"),
+        "NaN": (_submit(c.canary_set_id, nan), grpc.StatusCode.INVALID_ARGUMENT, "rows [3]"),
+        "Inf": (_submit(c.canary_set_id, inf), grpc.StatusCode.INVALID_ARGUMENT, "rows [7]"),
+        "zero row": (_submit(c.canary_set_id, zero), grpc.StatusCode.INVALID_ARGUMENT, "rows [5]"),
         "no set id": (_submit("", x), grpc.StatusCode.INVALID_ARGUMENT, "canary_set_id"),
         "unknown set": (_submit("0123-k9", x), grpc.StatusCode.NOT_FOUND, "GetCanaries"),
         "no embeddings": (

@@ -107,6 +107,10 @@ class PairedCanaries:
         self.texts = list(can.texts)
         self.labels = can.labels
         self.reference = can.embeddings
+        # Unit rows once, for the order check on every submission.
+        self._reference_unit = can.embeddings / np.linalg.norm(
+            can.embeddings, axis=1, keepdims=True
+        )
         self.set_id = canary_set_id(bundle)
         self.dim = bundle.dim
         self._predict = bundle.scorer.predict_proba
@@ -143,9 +147,8 @@ class PairedCanaries:
         near-permutation, the rows were reordered, not re-embedded by another model (a
         different model's space matches no row in particular). Cost: one K x K product.
         """
-        a = self.reference / np.linalg.norm(self.reference, axis=1, keepdims=True)
-        b = live / np.maximum(np.linalg.norm(live, axis=1, keepdims=True), 1e-30)
-        sim = b @ a.T  # (K, K): live row i against reference row j
+        b = live / np.linalg.norm(live, axis=1, keepdims=True)  # rows checked non-zero
+        sim = b @ self._reference_unit.T  # (K, K): live row i against reference row j
         best = sim.argmax(axis=1)
         own = np.diagonal(sim)
         k = self.size

@@ -161,17 +161,6 @@ class Sidecar:
         self.registry.register(self.traffic.confidence)
         self.engine, reason = build_engine(self.bundle, s)
         self.store = self._open_store(keep_labels=self.engine is not None)
-        self.canary: CanaryRunner | None = None
-        paired = self._paired_canaries(self.bundle)
-        if self.text_embedder is not None and self.bundle.canaries is not None:
-            t = self.bundle.manifest.thresholds
-            self.canary = CanaryRunner(
-                self._canary_target,
-                self.text_embedder,
-                interval=s.canary_interval_seconds,
-                threshold=t.flag,
-                high_confidence=t.high_confidence,
-            )
         engine_sinks: list[Sink] = [self.engine] if self.engine is not None else []
         self.pipeline = Pipeline(
             [self.traffic, *engine_sinks, *self.extra_sinks], max_queued_rows=s.max_queued_rows
@@ -193,12 +182,22 @@ class Sidecar:
             engine=self.engine,
             detection_disabled_reason=reason,
             text_embedder=self.text_embedder,
-            canary=self.canary,
             persister=persister,
             store_open_error=self.store_open_error,
             reloads=self.reloads,
-            paired_canaries=paired,
+            paired_canaries=self._paired_canaries(self.bundle),
         )
+        # Text mode's canary runs read the bundle the service serves at each run.
+        self.canary: CanaryRunner | None = None
+        if self.text_embedder is not None and self.bundle.canaries is not None:
+            t = self.bundle.manifest.thresholds
+            self.canary = self.service.canary = CanaryRunner(
+                self._canary_target,
+                self.text_embedder,
+                interval=s.canary_interval_seconds,
+                threshold=t.flag,
+                high_confidence=t.high_confidence,
+            )
         m = self.bundle.manifest
         self._info = self._bundle_info(self.bundle)
         self._holdout = dict(m.training.holdout_metrics)
@@ -231,14 +230,14 @@ class Sidecar:
 
     def _canary_target(self) -> CanaryTarget:
         """Text mode's canary runs read the bundle served now (it may have been reloaded)."""
-        sv = self.service.served if hasattr(self, "service") else None
-        bundle = self.bundle if sv is None else sv.bundle
-        if bundle is None or bundle.canaries is None:
+        sv = self.service.served
+        bundle = sv.bundle
+        if bundle.canaries is None:
             raise ValueError("the served bundle carries no canaries (reloaded without them)")
         return CanaryTarget(
             canaries=bundle.canaries,
             scorer=bundle.scorer,
-            paired=None if sv is None else sv.canaries,
+            paired=sv.canaries,
             embedder_version=bundle.manifest.embedder.version,
         )
 

@@ -37,7 +37,11 @@ from silentwatch.monitor.serving.status import (
     StoreStatus,
     TrafficStatus,
 )
-from silentwatch.monitor.serving.status_proto import reading_message, status_message
+from silentwatch.monitor.serving.status_proto import (
+    embedder_message,
+    reading_message,
+    status_message,
+)
 from silentwatch.monitor.serving.wire import (
     check_request_ids,
     checked_norms,
@@ -81,11 +85,9 @@ class Served:
         bundle: LoadedBundle,
         engine: DetectionEngine | None,
         reason: str,
-        canaries: PairedCanaries | str | None = None,
+        canaries: PairedCanaries | str,
     ) -> Served:
         m = bundle.manifest
-        if canaries is None:
-            canaries = PairedCanaries.for_bundle(bundle)
         return cls(
             bundle,
             engine,
@@ -109,6 +111,7 @@ class MonitorService(pb_grpc.MonitorServicer):
         pipeline: Pipeline,
         metrics: RequestMetrics,
         traffic: TrafficSink,
+        paired_canaries: PairedCanaries | str,
         engine: DetectionEngine | None = None,
         detection_disabled_reason: str = "",
         text_embedder: TextEmbedder | None = None,
@@ -116,7 +119,6 @@ class MonitorService(pb_grpc.MonitorServicer):
         persister: StatePersister | None = None,
         store_open_error: str = "",
         reloads: dict[str, int] | None = None,
-        paired_canaries: PairedCanaries | str | None = None,
     ) -> None:
         self.served = Served.of(bundle, engine, detection_disabled_reason, paired_canaries)
         # Canary sets of bundles served before a reload: a submission for one is stale.
@@ -423,7 +425,6 @@ class MonitorService(pb_grpc.MonitorServicer):
     def GetCanaries(self, request: pb.GetCanariesRequest, context: grpc.ServicerContext):
         sv = self.served
         pc = self._paired(sv)
-        e = sv.bundle.manifest.embedder
         return (
             pb.GetCanariesResponse(
                 canary_set_id=pc.set_id,
@@ -431,13 +432,7 @@ class MonitorService(pb_grpc.MonitorServicer):
                 embedding_dim=sv.dim,
                 bundle_sha256=sv.bundle.sha256,
                 classifier_version=sv.classifier_version,
-                embedder=pb.EmbedderIdentity(
-                    name=e.name,
-                    version=e.version,
-                    weights_sha256=e.weights_sha256 or "",
-                    pooling=e.pooling,
-                    accepted_versions=list(e.accepted_versions),
-                ),
+                embedder=embedder_message(sv.bundle.manifest.embedder),
             ),
             0,
         )
@@ -474,12 +469,9 @@ class MonitorService(pb_grpc.MonitorServicer):
                 "text GetCanaries returned, in its order"
             )
         x = decode_matrix(m, sv.dim, max(pc.size, self.settings.max_batch_rows))
-        if not np.isfinite(x).all():
-            row = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
-            raise invalid(
-                f"canary embedding row {row} holds NaN or Inf; fix the embedder's output and "
-                "resubmit (nothing was recorded)"
-            )
+        # Every canary is compared by angle, so zero rows are refused too, whatever the
+        # bundle's normalisation.
+        checked_norms(x, need_nonzero=True)
         if why := pc.misordered(x):
             raise invalid(why)
         sub = pc.update(x, source=SOURCE_SUBMITTED, embedder_version=request.embedder_version)

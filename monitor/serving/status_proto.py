@@ -6,7 +6,7 @@ renames and flattens. ``None`` (not yet known) becomes ``-1`` or NaN as the prot
 
 from __future__ import annotations
 
-from silentwatch.monitor.bundle import LoadedBundle
+from silentwatch.monitor.bundle import EmbedderSpec, LoadedBundle
 from silentwatch.monitor.detection.canary import CanaryStatus
 from silentwatch.monitor.detection.detectors.confidence import ConfidenceProfile
 from silentwatch.monitor.detection.paired_canaries import CanarySubmission, PairedCanaryStatus
@@ -43,17 +43,10 @@ def _profile(p: ConfidenceProfile | None) -> pb.ConfidenceProfile:
 def status_message(s: SidecarStatus, bundle: LoadedBundle) -> pb.GetStatusResponse:
     """The ``GetStatus`` answer for status ``s`` of a sidecar serving ``bundle``."""
     m = bundle.manifest
-    e = m.embedder
     st = s.store
     return pb.GetStatusResponse(
         classifier_version=m.classifier_version,
-        embedder=pb.EmbedderIdentity(
-            name=e.name,
-            version=e.version,
-            weights_sha256=e.weights_sha256 or "",
-            pooling=e.pooling,
-            accepted_versions=list(e.accepted_versions),
-        ),
+        embedder=embedder_message(m.embedder),
         embedding_dim=m.embedding_dim,
         flag_threshold=m.thresholds.flag,
         uptime_seconds=s.uptime_seconds,
@@ -102,6 +95,17 @@ def status_message(s: SidecarStatus, bundle: LoadedBundle) -> pb.GetStatusRespon
             embedder_version_mismatch=s.identity.embedder_version_mismatch,
             last_mismatch_seconds_ago=_or(s.identity.last_mismatch_seconds_ago, -1.0),
         ),
+    )
+
+
+def embedder_message(e: EmbedderSpec) -> pb.EmbedderIdentity:
+    """The embedder a bundle was validated for (GetStatus, GetCanaries)."""
+    return pb.EmbedderIdentity(
+        name=e.name,
+        version=e.version,
+        weights_sha256=e.weights_sha256 or "",
+        pooling=e.pooling,
+        accepted_versions=list(e.accepted_versions),
     )
 
 
