@@ -316,10 +316,6 @@ class DetectionEngine:
             self._window_profile, self._reference_profile, self.options.confidence_band
         )
 
-    def confidence_relative_change(self) -> float:
-        """``(mean conf(window) - mean conf(reference)) / mean conf(reference)``."""
-        return self._confidence_status().mean_confidence_relative_change
-
     # -- persistence (monitor/state/persistence.py) ------------------------------------------
     def _fingerprint(self) -> dict[str, Any]:
         w = self.options.window
