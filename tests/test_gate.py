@@ -124,6 +124,10 @@ def test_benign_update_passes_and_reissues_the_frozen_head(tmp_path: Path, data_
     x_old = FakeEmbedder("old").table[arrays.test_rows]
     np.testing.assert_allclose(bundle.scorer.predict_proba(x_old), arrays.p_old, atol=1e-6)
     assert bundle.manifest.detectors is not None  # thresholds calibrated on the new space
+    # ... and paired canaries in the new space: the 180 held-out texts, new embeddings.
+    can = bundle.canaries
+    assert can is not None and can.embeddings is not None
+    assert can.embeddings.shape == (180, bundle.dim)
     paths = write_report(report, tmp_path / "out")
     assert {p.name for p in paths} == {
         "report.json",

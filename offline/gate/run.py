@@ -472,6 +472,8 @@ def run_gate(
                 embedder=specs["new"],
                 classifier=arrays,
                 holdout_rows=held_out,
+                # Paired canaries in the new space: held-out texts with their new embeddings.
+                texts=texts,
                 classifier_version=cfg.output.classifier_version,
                 seed=d.seed,
                 overwrite=cfg.output.overwrite,
