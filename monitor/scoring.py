@@ -9,6 +9,7 @@ embedding on the unit sphere first when the bundle was trained that way
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,6 +74,93 @@ class LinearScorer:
         return z
 
     def predict_proba(self, x: np.ndarray, norms: np.ndarray | None = None) -> np.ndarray:
+        return expit(self.logits(x, norms))
+
+
+@dataclass(frozen=True)
+class HeadScorer:
+    """k linear heads over one embedding: one (n, d) @ (d, k) product, norms once.
+
+    Column ``j`` of every result is head ``j`` (the bundle's head order, the default
+    first), and equals ``LinearScorer.predict_proba`` of that head to float32 rounding.
+
+    Attributes
+    ----------
+    weights : numpy.ndarray
+        (d, k) float32, each head's scaler folded in (column ``j`` = head ``j``).
+    biases : numpy.ndarray
+        (k,) float32.
+    normalize : bool
+        Divide each row's logits by its norm (the heads were trained on the unit sphere).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = LinearScorer.from_standardized(
+    ...     mean=np.zeros(2), scale=np.ones(2), coef=np.array([2.0, 0.0]), intercept=0.0,
+    ...     normalize=False)
+    >>> b = LinearScorer.from_standardized(
+    ...     mean=np.zeros(2), scale=np.ones(2), coef=np.array([0.0, -1.0]), intercept=1.0,
+    ...     normalize=False)
+    >>> hs = HeadScorer.stack([a, b])
+    >>> hs.dim, hs.k
+    (2, 2)
+    >>> p = hs.predict_proba(np.array([[0.0, 1.0], [1.0, 0.0]], dtype=np.float32))
+    >>> p.shape, p.dtype
+    ((2, 2), dtype('float32'))
+    >>> [[round(float(v), 3) for v in row] for row in p]
+    [[0.5, 0.5], [0.881, 0.731]]
+    >>> bool(np.allclose(p[:, 1], b.predict_proba(np.array([[0.0, 1.0], [1.0, 0.0]]))))
+    True
+    """
+
+    weights: np.ndarray
+    biases: np.ndarray
+    normalize: bool
+
+    @classmethod
+    def stack(cls, scorers: Sequence[LinearScorer]) -> HeadScorer:
+        """The heads of ``scorers``, in that order; they share one dimension and ``normalize``.
+
+        Raises
+        ------
+        ValueError
+            No scorers, or scorers that disagree on the dimension or on normalisation.
+        """
+        if not scorers:
+            raise ValueError("HeadScorer.stack needs at least one scorer")
+        first = scorers[0]
+        for j, s in enumerate(scorers):
+            if s.dim != first.dim or s.normalize != first.normalize:
+                raise ValueError(
+                    f"head {j} has dimension {s.dim} (normalize={s.normalize}) but head 0 has "
+                    f"{first.dim} (normalize={first.normalize}); heads share one embedding"
+                )
+        # Fortran order: each head's weights are one contiguous column, as BLAS reads them.
+        weights = np.asfortranarray(np.stack([s.weights for s in scorers], axis=1), np.float32)
+        biases = np.asarray([s.bias for s in scorers], dtype=np.float32)
+        return cls(weights=weights, biases=biases, normalize=first.normalize)
+
+    @property
+    def dim(self) -> int:
+        return int(self.weights.shape[0])
+
+    @property
+    def k(self) -> int:
+        return int(self.weights.shape[1])
+
+    def logits(self, x: np.ndarray, norms: np.ndarray | None = None) -> np.ndarray:
+        """(n, k) float32 logits for a (n, d) float32 matrix; ``norms`` are its row norms."""
+        z = x @ self.weights
+        if self.normalize:
+            if norms is None:
+                norms = row_norms(x)
+            z /= norms[:, None]
+        z += self.biases
+        return z
+
+    def predict_proba(self, x: np.ndarray, norms: np.ndarray | None = None) -> np.ndarray:
+        """(n, k) float32 P(unsafe) of every head for a (n, d) float32 matrix."""
         return expit(self.logits(x, norms))
 
 

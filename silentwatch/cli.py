@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from silentwatch import __version__
 
 if TYPE_CHECKING:  # the CLI imports the library lazily, per subcommand
+    from silentwatch.monitor.bundle import LoadedBundle
     from silentwatch.monitor.bundle.manifest import DetectorCalibration
 
 EXIT_ERROR = 2
@@ -101,7 +102,11 @@ def _add_bundle(sub: argparse._SubParsersAction) -> None:
     )
     src = t.add_argument_group("input (one of)")
     src.add_argument("--embeddings", type=Path, help=".npy (n, d) matrix; needs --labels")
-    src.add_argument("--labels", type=Path, help=".npy (n,) 0/1 labels, 1 = unsafe")
+    src.add_argument(
+        "--labels",
+        type=Path,
+        help=".npy (n,) 0/1 labels, 1 = unsafe; or (n, k), one column per head (--head-names)",
+    )
     src.add_argument(
         "--data",
         type=Path,
@@ -110,12 +115,18 @@ def _add_bundle(sub: argparse._SubParsersAction) -> None:
     )
     txt = t.add_argument_group("text input")
     txt.add_argument("--text-column", default="text")
-    txt.add_argument("--label-column", default="label")
+    txt.add_argument(
+        "--label-column",
+        default="label",
+        help="the label column; a comma-separated list (toxicity,threat,insult) trains one "
+        "head per column, the first the default head",
+    )
     txt.add_argument(
         "--label-threshold",
         type=float,
         default=0.5,
-        help="fractional labels (Civil Comments' toxicity) count as unsafe at >= this",
+        help="fractional labels (Civil Comments' rater fractions) count as unsafe at >= this, "
+        "in every label column",
     )
     txt.add_argument("--positive-label", help="string label value meaning unsafe, e.g. 'toxic'")
     txt.add_argument(
@@ -129,6 +140,11 @@ def _add_bundle(sub: argparse._SubParsersAction) -> None:
     ident.add_argument("--embedder-version", help="version string callers will send")
     ident.add_argument("--pooling", choices=["mean", "last_token", "cls", "unknown"], default=None)
     ident.add_argument("--classifier-version", help="default: lr-<hash of the weights>")
+    ident.add_argument(
+        "--head-names",
+        help="comma-separated head names, one per label column (default: the column names; "
+        "one column: 'default'); names a (n, k) --labels .npy's columns",
+    )
     ident.add_argument(
         "--no-normalize",
         action="store_true",
@@ -204,18 +220,54 @@ def _add_bundle(sub: argparse._SubParsersAction) -> None:
     v.set_defaults(func=_cmd_bundle_verify)
 
 
+def _split_list(value: str, flag: str) -> list[str]:
+    """``a,b,c`` as ``["a", "b", "c"]``; an empty item is a :class:`UserError`."""
+    items = [v.strip() for v in value.split(",")]
+    if not all(items):
+        raise UserError(f"{flag} {value!r} has an empty item; give comma-separated names")
+    return items
+
+
+def _head_names(args: argparse.Namespace, columns: list[str] | None) -> list[str] | None:
+    """The heads' names: --head-names, else the label columns when there are several."""
+    if args.head_names is not None:
+        names = _split_list(args.head_names, "--head-names")
+        if columns is not None and len(names) != len(columns):
+            raise UserError(
+                f"--head-names gives {len(names)} names for {len(columns)} label columns "
+                f"({', '.join(columns)}); give one per column"
+            )
+        return names
+    # One column keeps the bundle of old: a single head called "default".
+    return columns if columns is not None and len(columns) > 1 else None
+
+
+def _check_heads(y, names: list[str] | None, from_columns: bool) -> None:
+    """Head names and per-head class counts, checked before anything is embedded or fitted."""
+    from silentwatch.monitor.training.train import check_head_labels
+
+    try:
+        check_head_labels(y, names)
+    except ValueError as exc:
+        hint = (
+            "; rename the heads with --head-names"
+            if from_columns and "head name" in str(exc) and "invalid" in str(exc)
+            else ""
+        )
+        raise UserError(f"{exc}{hint}") from None
+
+
 def _load_xy(args: argparse.Namespace):
+    """Embeddings, labels ((n,) or (n, k)), the embedder, the texts and the head names."""
     import numpy as np
 
     if args.embeddings is not None:
         if args.labels is None:
             raise UserError("--embeddings needs --labels")
-        return (
-            np.load(args.embeddings, allow_pickle=False),
-            np.load(args.labels, allow_pickle=False),
-            None,
-            None,
-        )
+        y = np.load(args.labels, allow_pickle=False)
+        names = _head_names(args, None)
+        _check_heads(y, names, from_columns=False)
+        return np.load(args.embeddings, allow_pickle=False), y, None, None, names
     if args.data is None:
         raise UserError("give --embeddings and --labels, or --data")
     if args.data.suffix == ".npz":
@@ -223,17 +275,24 @@ def _load_xy(args: argparse.Namespace):
             missing = {"embeddings", "labels"} - set(z.files)
             if missing:
                 raise UserError(f"{args.data} lacks arrays {sorted(missing)} (it has {z.files})")
-            return z["embeddings"], z["labels"], None, None
+            names = _head_names(args, None)
+            _check_heads(z["labels"], names, from_columns=False)
+            return z["embeddings"], z["labels"], None, None, names
     from silentwatch.monitor.training.datasets import load_labelled_texts
 
+    columns = _split_list(args.label_column, "--label-column")
+    names = _head_names(args, columns)
     table = load_labelled_texts(
         args.data,
         text_column=args.text_column,
-        label_column=args.label_column,
+        label_column=columns if len(columns) > 1 else columns[0],
         label_threshold=args.label_threshold,
         positive_label=args.positive_label,
         limit=args.limit,
     )
+    # Before the embedder loads: embedding thousands of texts to then refuse a head wastes
+    # minutes.
+    _check_heads(table.labels, names, from_columns=args.head_names is None)
     try:
         from silentwatch.offline.embedders import load_embedder
     except ImportError as exc:
@@ -243,7 +302,7 @@ def _load_xy(args: argparse.Namespace):
         ) from None
     emb = load_embedder(args.embedder)
     print(f"embedding {len(table.texts):,} texts with {emb.name} ({emb.pooling} pooling) ...")
-    return emb.embed(table.texts), table.labels, emb, list(table.texts)
+    return emb.embed(table.texts), table.labels, emb, list(table.texts), names
 
 
 def _cmd_bundle_train(args: argparse.Namespace) -> int:
@@ -278,7 +337,7 @@ def _cmd_bundle_train(args: argparse.Namespace) -> int:
     try:
         if args.canaries < 0:
             raise UserError("--canaries must be 0 (none) or a positive count")
-        x, y, emb, texts = _load_xy(args)
+        x, y, emb, texts, head_names = _load_xy(args)
         if emb is not None:
             spec = emb.spec(args.embedder_version)
         else:
@@ -297,10 +356,11 @@ def _cmd_bundle_train(args: argparse.Namespace) -> int:
         if args.canary_file is not None:
             from silentwatch.monitor.training.datasets import load_labelled_texts
 
+            columns = _split_list(args.label_column, "--label-column")
             ct = load_labelled_texts(
                 args.canary_file,
                 text_column=args.text_column,
-                label_column=args.label_column,
+                label_column=columns if len(columns) > 1 else columns[0],
                 label_threshold=args.label_threshold,
                 positive_label=args.positive_label,
                 limit=args.canary_limit,
@@ -316,6 +376,7 @@ def _cmd_bundle_train(args: argparse.Namespace) -> int:
             x,
             y,
             args.out,
+            head_names=head_names,
             canaries=canaries,
             texts=texts,
             canary_count=args.canaries,
@@ -337,6 +398,11 @@ def _cmd_bundle_train(args: argparse.Namespace) -> int:
         for k, v in res.holdout_metrics.items()
     )
     print(f"wrote bundle {res.classifier_version} to {res.path} (held-out: {metrics})")
+    if len(res.head_metrics) > 1:
+        for name, hm in res.head_metrics.items():
+            auc = f"roc_auc {hm['roc_auc']:.3f}" if "roc_auc" in hm else "no roc_auc (one class)"
+            pos = f", {hm['positives']:.0f} positives" if "positives" in hm else ""
+            print(f"  head {name}: held-out {auc}{pos}")
     cal = load_bundle(res.path).manifest.detectors
     if cal is not None:
         print(
@@ -353,6 +419,13 @@ def _cmd_bundle_train(args: argparse.Namespace) -> int:
             f"{len(can.texts)} canaries ({int(can.labels.sum())} unsafe), {paired} reference "
             "embeddings"
         )
+        if can.head_labels is not None:
+            b = load_bundle(res.path)
+            per = ", ".join(
+                f"{n} {int(c)}"
+                for n, c in zip(b.head_names, can.head_labels.sum(axis=0), strict=True)
+            )
+            print(f"  unsafe canaries per head: {per}")
     return 0
 
 
@@ -389,6 +462,34 @@ def family_lines(cal: DetectorCalibration) -> list[str]:
     ]
 
 
+def head_lines(bundle: LoadedBundle) -> list[str]:
+    """``bundle inspect``'s table of heads: name, share of unsafe rows, held-out ROC-AUC.
+
+    Parameters
+    ----------
+    bundle : LoadedBundle
+        A loaded bundle (a legacy one has one head, "default").
+
+    Returns
+    -------
+    list of str
+        A header line and one indented line per head, the default first.
+    """
+    lines = [f"heads             {len(bundle.heads)} (default {bundle.heads[0].name})"]
+    width = max(len(h.name) for h in bundle.heads)
+    for h in bundle.heads:
+        t = h.training
+        auc = t.holdout_metrics.get("roc_auc")
+        pos = t.holdout_metrics.get("positives")
+        lines.append(
+            f"  {h.name:<{width}}  {t.positive_rate:6.1%} unsafe  held-out roc_auc "
+            + ("   n/a" if auc is None else f"{auc:.4f}")
+            + ("" if pos is None else f" ({pos:.0f} positives of {t.n_holdout:,})")
+            + f"  flag at {h.thresholds.flag:g}"
+        )
+    return lines
+
+
 def _cmd_bundle_inspect(args: argparse.Namespace) -> int:
     from silentwatch.monitor.bundle import BundleError, load_bundle
 
@@ -398,7 +499,7 @@ def _cmd_bundle_inspect(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     m = b.manifest
     if args.json:
-        print(m.model_dump_json(indent=2))
+        print(m.to_json())
         return 0
     e = m.embedder
     ref = b.reference
@@ -420,6 +521,7 @@ def _cmd_bundle_inspect(args: argparse.Namespace) -> int:
         lines.append(
             f"  held-out {k:<8} {v:.0f}" if k == "positives" else f"  held-out {k:<8} {v:.4f}"
         )
+    lines += head_lines(b)
     lines.append(
         f"reference         {ref.embeddings.shape[0]:,} embeddings, mean score "
         f"{float(ref.scores.mean()):.3f}"

@@ -139,9 +139,9 @@ def test_the_sidecar_confirms_a_drop_and_not_clean_traffic(sidecar_factory) -> N
     assert c.checks == 16 and c.confirmed and c.confirmed_checks >= 1
     assert c.drop > 0.2 and c.drop_lower_bound > c.margin and c.p_value < 0.001
     m = scrape(sc.metrics_url)
-    assert m.get_value("silentwatch_label_degradation_confirmed") == 1
-    assert m.get_value("silentwatch_label_confirmation_checks_total") == 16
-    assert m.get_value("silentwatch_label_auc_drop") == pytest.approx(c.drop)
+    assert m.get_value("silentwatch_label_degradation_confirmed", head="default") == 1
+    assert m.get_value("silentwatch_label_confirmation_checks_total", head="default") == 16
+    assert m.get_value("silentwatch_label_auc_drop", head="default") == pytest.approx(c.drop)
 
 
 def test_the_reference_comes_from_the_bundle(tmp_path, bundle_dir) -> None:
@@ -153,9 +153,9 @@ def test_the_reference_comes_from_the_bundle(tmp_path, bundle_dir) -> None:
         x, y, tmp_path / "b", embedder=EmbedderSpec(name="t", version="v1"),
         holdout_fraction=0.0, detectors=None,
     ).path  # fmt: skip
-    assert _confirmation_reference(load_bundle(out).manifest) == {"reference_auc": None}
+    assert _confirmation_reference(load_bundle(out).manifest.training) == {"reference_auc": None}
     m = load_bundle(bundle_dir).manifest
-    ref = _confirmation_reference(m)
+    ref = _confirmation_reference(m.training)
     t = m.training
     assert ref["reference_auc"] == t.holdout_metrics["roc_auc"]
     assert ref["reference_positives"] == t.holdout_metrics["positives"]
@@ -163,5 +163,9 @@ def test_the_reference_comes_from_the_bundle(tmp_path, bundle_dir) -> None:
     metrics = {k: v for k, v in t.holdout_metrics.items() if k != "positives"}
     old = m.model_copy(update={"training": t.model_copy(update={"holdout_metrics": metrics})})
     assert (
-        abs(_confirmation_reference(old)["reference_positives"] - ref["reference_positives"]) <= 1
+        abs(
+            _confirmation_reference(old.training)["reference_positives"]
+            - ref["reference_positives"]
+        )
+        <= 1
     )

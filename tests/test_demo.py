@@ -140,12 +140,20 @@ def test_keep_serving_stays_up_for_prometheus_and_stops_on_ctrl_c(tmp_path):
                 break
         assert url, "the demo never reported its metrics URL"
         m = scrape(url)  # still up after the replay
-        assert m.get_value("silentwatch_prediction_score_count", source="classify") == 300
+        assert (
+            m.get_value("silentwatch_prediction_score_count", source="classify", head="default")
+            == 300
+        )
         # One canary submission per phase; the update's paged, and the page is still up.
         assert m.get_value("silentwatch_paired_canary_submissions_total") == 3
         assert m.get_value("silentwatch_paired_canary_failures_total") == 1
-        assert m.get_value("silentwatch_silent_failure") == 1
-        assert m.get_value("silentwatch_silent_failure_evidence", source="paired_canaries") == 1
+        assert m.get_value("silentwatch_silent_failure", head="default") == 1
+        assert (
+            m.get_value(
+                "silentwatch_silent_failure_evidence", source="paired_canaries", head="default"
+            )
+            == 1
+        )
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
     finally:

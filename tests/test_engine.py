@@ -111,7 +111,7 @@ def test_drift_raises_alarms_and_they_are_exported(fast, world):
     angle = m.get_value("silentwatch_embedding_centroid_angle_degrees")
     assert angle == pytest.approx(d.centroid_angle_degrees) and angle > 0
     # Drift is not harm: the page needs evidence the classifier got worse, and there is none.
-    assert m.get_value("silentwatch_silent_failure") == 0.0
+    assert m.get_value("silentwatch_silent_failure", head="default") == 0.0
     sf = stub.GetStatus(pb.GetStatusRequest()).silent_failure
     assert not sf.active and not sf.evidence
 
@@ -211,10 +211,10 @@ def test_delayed_labels_feed_rolling_and_cumulative_metrics(fast, world):
         assert getattr(lab.rolling, key) == pytest.approx(want[key], rel=1e-5), key
     assert lab.cumulative.roc_auc == pytest.approx(want["roc_auc"], abs=0.01)
     m = scrape(sc.metrics_url)
-    assert m.get_value("silentwatch_labelled_samples", window="rolling") == 300
-    assert m.get_value("silentwatch_labelled_roc_auc", window="cumulative") == pytest.approx(
-        lab.cumulative.roc_auc
-    )
+    assert m.get_value("silentwatch_labelled_samples", window="rolling", head="default") == 300
+    assert m.get_value(
+        "silentwatch_labelled_roc_auc", window="cumulative", head="default"
+    ) == pytest.approx(lab.cumulative.roc_auc)
 
 
 def test_unvalidated_embedder_version_raises_the_mismatch_gauge(sidecar_factory, world):

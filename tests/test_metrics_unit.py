@@ -100,9 +100,9 @@ def test_traffic_sink_counts_and_histograms():
     assert sink.predictions == {"classify": 0, "observe": 4}
     assert sink.flagged == {"classify": 0, "observe": 2}
     assert sink.labels_folded == 2
-    cum, total = sink.scores.snapshot("observe")
+    cum, total = sink.scores.snapshot(("observe", "default"))
     assert int(cum[-1]) == 4 and total == pytest.approx(1.8, abs=1e-6)
-    conf_cum, conf_total = sink.confidence.snapshot("observe")
+    conf_cum, conf_total = sink.confidence.snapshot(("observe", "default"))
     assert conf_total == pytest.approx(0.9 + 0.5 + 0.9 + 0.7, abs=1e-6)
     le = dict(zip(UNIT_BUCKETS, conf_cum[:-1].tolist(), strict=True))
     assert (le[0.45], le[0.5], le[0.7], le[0.9]) == (0, 1, 2, 4)

@@ -139,10 +139,15 @@ def test_a_breaking_embedder_is_a_silent_failure_page(running, corpus):
     assert st.silent_failure.active and list(st.silent_failure.evidence) == [PAIRED_CANARIES]
     assert "canaries: ROC-AUC" in st.silent_failure.summary
     m = scrape(sc.metrics_url)
-    assert m.get_value("silentwatch_silent_failure") == 1.0
-    assert m.get_value("silentwatch_silent_failure_evidence", source=PAIRED_CANARIES) == 1.0
+    assert m.get_value("silentwatch_silent_failure", head="default") == 1.0
+    assert (
+        m.get_value("silentwatch_silent_failure_evidence", source=PAIRED_CANARIES, head="default")
+        == 1.0
+    )
     assert m.get_value("silentwatch_paired_canary_failures_total") == 1.0
-    live = m.get_value("silentwatch_paired_canary_roc_auc", embeddings="live", bound="estimate")
+    live = m.get_value(
+        "silentwatch_paired_canary_roc_auc", embeddings="live", bound="estimate", head="default"
+    )
     assert live == pytest.approx(reading.roc_auc.estimate)
     # Rolling the embedder back clears the page at the next submission.
     CanaryClient(sc.grpc_target).check(corpus.embed)

@@ -95,13 +95,19 @@ def test_metrics_count_exactly_what_was_sent(sidecar, stub):
         m.get_value("silentwatch_embeddings_received_total", rpc="ClassifyBatch") == batches * rows
     )
     assert m.get_value("silentwatch_request_duration_seconds_count", rpc="ClassifyBatch") == batches
-    assert m.get_value("silentwatch_prediction_score_count", source="classify") == total
-    assert m.get_value("silentwatch_prediction_confidence_count", source="classify") == total
-    assert m.get_value("silentwatch_predictions_total", source="classify") == total
-    assert m.get_value("silentwatch_prediction_score_count", source="observe") == 2
-    assert m.get_value("silentwatch_prediction_score_sum", source="observe") == pytest.approx(
-        1.02, abs=1e-5
+    assert (
+        m.get_value("silentwatch_prediction_score_count", source="classify", head="default")
+        == total
     )
+    assert (
+        m.get_value("silentwatch_prediction_confidence_count", source="classify", head="default")
+        == total
+    )
+    assert m.get_value("silentwatch_predictions_total", source="classify") == total
+    assert m.get_value("silentwatch_prediction_score_count", source="observe", head="default") == 2
+    assert m.get_value(
+        "silentwatch_prediction_score_sum", source="observe", head="default"
+    ) == pytest.approx(1.02, abs=1e-5)
     # Buckets are cumulative and agree with the scores the client saw.
     buckets = m.buckets("silentwatch_prediction_score", source="classify")
     assert [le for le, _ in buckets][:3] == [0.05, 0.1, 0.15] and buckets[-1] == (

@@ -4,13 +4,28 @@ Only the format lives here (manifest schema, reading and writing, signatures); b
 bundle from data is :mod:`silentwatch.monitor.training`.
 """
 
-from silentwatch.monitor.bundle.io import BundleError, LoadedBundle, load_bundle, write_bundle
-from silentwatch.monitor.bundle.manifest import BundleManifest, EmbedderSpec, Thresholds
+from silentwatch.monitor.bundle.io import (
+    BundleError,
+    Head,
+    LoadedBundle,
+    load_bundle,
+    write_bundle,
+)
+from silentwatch.monitor.bundle.manifest import (
+    MAX_HEADS,
+    BundleManifest,
+    EmbedderSpec,
+    HeadManifest,
+    Thresholds,
+)
 
 __all__ = [
+    "MAX_HEADS",
     "BundleError",
     "BundleManifest",
     "EmbedderSpec",
+    "Head",
+    "HeadManifest",
     "LoadedBundle",
     "Thresholds",
     "load_bundle",

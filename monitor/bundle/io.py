@@ -1,9 +1,10 @@
 """Write and load bundles: hashes verified, shapes checked, no pickle.
 
 A bundle directory holds ``manifest.json``, ``classifier.npz`` and
-``reference.npz``. Every payload file's sha256 is in the manifest; loading reads
-each file once, checks its hash on those bytes and only then parses them with
-``numpy.load(allow_pickle=False)``.
+``reference.npz``, and in a multi-head bundle one ``head-<name>.npz`` per further head
+(the same four arrays as ``classifier.npz``). Every payload file's sha256 is in the
+manifest; loading reads each file once, checks its hash on those bytes and only then
+parses them with ``numpy.load(allow_pickle=False)``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,13 +28,15 @@ from pydantic import ValidationError
 from silentwatch.monitor.bundle.manifest import (
     CANARY_FILE,
     CLASSIFIER_FILE,
+    MANIFEST_FILE,
     REFERENCE_FILE,
     BundleManifest,
+    HeadManifest,
+    Thresholds,
+    TrainingSummary,
 )
 from silentwatch.monitor.detection.registry import persisted_arrays
-from silentwatch.monitor.scoring import LinearScorer
-
-MANIFEST_FILE = "manifest.json"
+from silentwatch.monitor.scoring import HeadScorer, LinearScorer
 
 CLASSIFIER_KEYS = ("scaler_mean", "scaler_scale", "coef", "intercept")
 REFERENCE_REQUIRED = ("embeddings", "scores")
@@ -57,24 +61,61 @@ class Canaries:
     """Labelled texts shipped with the bundle, to measure accuracy without waiting for labels."""
 
     texts: list[str]
-    labels: np.ndarray  # (n,) int8
+    labels: np.ndarray  # (n,) int8: the default head's
     # (n, d) float32: the texts under the validated embedder, for paired canaries
     # (docs/detection.md); None in bundles written without them (text mode only).
     embeddings: np.ndarray | None = None
+    # (n, k) int8, column j = head j (column 0 == labels); None for one-head bundles.
+    head_labels: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Head:
+    """One classifier head of a bundle: its name, scorer, thresholds and training record."""
+
+    name: str
+    scorer: LinearScorer
+    thresholds: Thresholds
+    training: TrainingSummary
 
 
 @dataclass(frozen=True)
 class LoadedBundle:
     path: Path
     manifest: BundleManifest
-    scorer: LinearScorer
+    scorer: LinearScorer  # the default head's
     reference: Reference
     sha256: str  # of manifest.json: identifies the whole bundle, since it pins every file
+    # Every head in the bundle's order, the default first (a legacy bundle: one head).
+    heads: tuple[Head, ...]
+    # All heads at once: one matmul per batch, column j = heads[j].
+    head_scorer: HeadScorer
     canaries: Canaries | None = None
 
     @property
     def dim(self) -> int:
         return self.manifest.embedding_dim
+
+    @property
+    def head_names(self) -> tuple[str, ...]:
+        return tuple(h.name for h in self.heads)
+
+    def head_index(self, name: str) -> int:
+        """Index of head ``name`` in the bundle's order; ``""`` is the default head (0).
+
+        Raises
+        ------
+        KeyError
+            The bundle has no head of that name (the message lists the ones it has).
+        """
+        if name == "":
+            return 0
+        for i, head in enumerate(self.heads):
+            if head.name == name:
+                return i
+        raise KeyError(
+            f"the bundle has no head {name!r}; its heads are {', '.join(self.head_names)}"
+        )
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -94,11 +135,14 @@ def write_bundle(
     reference: dict[str, np.ndarray],
     *,
     canaries: dict[str, np.ndarray] | None = None,
+    head_classifiers: Mapping[str, dict[str, np.ndarray]] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a bundle atomically: a sibling temp dir is filled, then renamed into place.
 
     ``manifest_fields`` are the manifest without ``files``; the hashes are added here.
+    ``head_classifiers`` maps each of ``manifest_fields["heads"]``' names to its arrays
+    (the four of ``classifier``), written to that head's ``file``.
     """
     target = Path(directory)
     if target.exists() and not overwrite:
@@ -106,6 +150,19 @@ def write_bundle(
     payload = {CLASSIFIER_FILE: _npz_bytes(classifier), REFERENCE_FILE: _npz_bytes(reference)}
     if canaries is not None:
         payload[CANARY_FILE] = _npz_bytes(canaries)
+    heads = [
+        h if isinstance(h, HeadManifest) else HeadManifest.model_validate(h)
+        for h in manifest_fields.get("heads", ())
+    ]
+    arrays = dict(head_classifiers or {})
+    named = [h.name for h in heads]
+    if sorted(arrays) != sorted(named):
+        raise BundleError(
+            f"head_classifiers has arrays for heads {sorted(arrays)} but the manifest lists "
+            f"heads {named}; give each listed head its arrays"
+        )
+    for h in heads:
+        payload[h.file] = _npz_bytes(arrays[h.name])
     manifest = BundleManifest(
         **manifest_fields, files={name: sha256_bytes(b) for name, b in payload.items()}
     )
@@ -117,7 +174,7 @@ def write_bundle(
         tmp.chmod(0o755)
         for name, data in payload.items():
             (tmp / name).write_bytes(data)
-        (tmp / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
+        (tmp / MANIFEST_FILE).write_text(manifest.to_json() + "\n")
         # The loader is the single source of truth for validity: prove the bundle loads
         # before it replaces anything, so a bad write never clobbers a good bundle.
         load_bundle(tmp)
@@ -229,6 +286,23 @@ def _require(arrays: dict[str, np.ndarray], keys: tuple[str, ...], fname: str) -
         raise BundleError(f"{fname} lacks arrays {missing}; rebuild the bundle")
 
 
+def _scorer(clf: dict[str, np.ndarray], fname: str, dim: int, normalize: bool) -> LinearScorer:
+    """A head's scorer from its four arrays, each checked against ``embedding_dim``."""
+    _require(clf, CLASSIFIER_KEYS, fname)
+    mean = _check_vector(clf["scaler_mean"], "scaler_mean", dim, fname)
+    scale = _check_vector(clf["scaler_scale"], "scaler_scale", dim, fname)
+    coef = _check_vector(clf["coef"], "coef", dim, fname)
+    _check_numeric(clf["intercept"], "intercept", fname)
+    intercept = np.asarray(clf["intercept"], dtype=np.float64).reshape(-1)
+    if intercept.shape != (1,) or not np.isfinite(intercept).all():
+        raise BundleError(f"{fname}:intercept must be one finite number")
+    if (scale <= 0).any():
+        raise BundleError(f"{fname}:scaler_scale has non-positive entries")
+    return LinearScorer.from_standardized(
+        mean, scale, coef, float(intercept[0]), normalize=normalize
+    )
+
+
 def _check_numeric(arr: np.ndarray, name: str, fname: str, kinds: str = "fiu") -> None:
     if arr.dtype.kind not in kinds:
         raise BundleError(f"{fname}:{name} has dtype {arr.dtype}, expected a numeric array")
@@ -336,20 +410,18 @@ def load_bundle(directory: str | os.PathLike[str]) -> LoadedBundle:
         raise BundleError(f"{manifest_path} is invalid: {problems}") from None
 
     dim = manifest.embedding_dim
+    normalize = manifest.embedder.normalized
     clf = _read_npz(path / CLASSIFIER_FILE, manifest.files[CLASSIFIER_FILE])
-    _require(clf, CLASSIFIER_KEYS, CLASSIFIER_FILE)
-    mean = _check_vector(clf["scaler_mean"], "scaler_mean", dim, CLASSIFIER_FILE)
-    scale = _check_vector(clf["scaler_scale"], "scaler_scale", dim, CLASSIFIER_FILE)
-    coef = _check_vector(clf["coef"], "coef", dim, CLASSIFIER_FILE)
-    _check_numeric(clf["intercept"], "intercept", CLASSIFIER_FILE)
-    intercept = np.asarray(clf["intercept"], dtype=np.float64).reshape(-1)
-    if intercept.shape != (1,) or not np.isfinite(intercept).all():
-        raise BundleError(f"{CLASSIFIER_FILE}:intercept must be one finite number")
-    if (scale <= 0).any():
-        raise BundleError(f"{CLASSIFIER_FILE}:scaler_scale has non-positive entries")
-    scorer = LinearScorer.from_standardized(
-        mean, scale, coef, float(intercept[0]), normalize=manifest.embedder.normalized
-    )
+    scorer = _scorer(clf, CLASSIFIER_FILE, dim, normalize)
+    heads = [Head(manifest.default_head, scorer, manifest.thresholds, manifest.training)]
+    for hm in manifest.heads:
+        try:
+            arrays = _read_npz(path / hm.file, manifest.files[hm.file])
+            head_scorer = _scorer(arrays, hm.file, dim, normalize)
+        except BundleError as exc:
+            # Which head is broken matters more to the reader than which file.
+            raise BundleError(f"head {hm.name!r}: {exc}") from None
+        heads.append(Head(hm.name, head_scorer, hm.thresholds, hm.training))
 
     ref = _read_npz(path / REFERENCE_FILE, manifest.files[REFERENCE_FILE])
     _require(ref, REFERENCE_REQUIRED, REFERENCE_FILE)
@@ -407,8 +479,12 @@ def load_bundle(directory: str | os.PathLike[str]) -> LoadedBundle:
                     f"dimension {dim} (found {emb_c.shape}); rebuild the bundle"
                 )
             emb_c = np.ascontiguousarray(emb_c, dtype=np.float32)
+        head_labels = _head_labels(can.get("head_labels"), labels, len(heads))
         canaries = Canaries(
-            texts=[str(t) for t in texts], labels=labels.astype(np.int8), embeddings=emb_c
+            texts=[str(t) for t in texts],
+            labels=labels.astype(np.int8),
+            embeddings=emb_c,
+            head_labels=head_labels,
         )
     return LoadedBundle(
         path=path,
@@ -416,5 +492,31 @@ def load_bundle(directory: str | os.PathLike[str]) -> LoadedBundle:
         scorer=scorer,
         reference=reference,
         sha256=sha256_bytes(manifest_bytes),
+        heads=tuple(heads),
+        head_scorer=HeadScorer.stack([h.scorer for h in heads]),
         canaries=canaries,
     )
+
+
+def _head_labels(arr: np.ndarray | None, labels: np.ndarray, k: int) -> np.ndarray | None:
+    """canaries.npz's per-head labels: (n, k) 0/1, column 0 the default head's ``labels``.
+
+    None for a one-head bundle (``labels`` says it all) and for a multi-head bundle whose
+    canaries carry the default head's labels only.
+    """
+    if arr is None:
+        return None
+    _check_numeric(arr, "head_labels", CANARY_FILE, kinds="iub")
+    if arr.shape != (labels.shape[0], k):
+        raise BundleError(
+            f"{CANARY_FILE}:head_labels has shape {arr.shape}, expected ({labels.shape[0]}, {k}): "
+            "one row per canary, one column per head; rebuild the bundle"
+        )
+    if not np.isin(arr, (0, 1)).all():
+        raise BundleError(f"{CANARY_FILE}:head_labels must be 0 or 1")
+    if not np.array_equal(arr[:, 0], labels):
+        raise BundleError(
+            f"{CANARY_FILE}:head_labels column 0 (the default head) differs from labels; "
+            "rebuild the bundle"
+        )
+    return None if k == 1 else arr.astype(np.int8)

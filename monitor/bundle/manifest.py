@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Literal
 
@@ -16,6 +17,36 @@ CLASSIFIER_FILE = "classifier.npz"
 REFERENCE_FILE = "reference.npz"
 CANARY_FILE = "canaries.npz"  # optional: labelled texts the sidecar re-embeds (text mode)
 REQUIRED_FILES = (CLASSIFIER_FILE, REFERENCE_FILE)
+MANIFEST_FILE = "manifest.json"
+
+#: A head's name: it becomes a Prometheus label value and a wire identifier, so it is short,
+#: lowercase and needs no escaping anywhere.
+HEAD_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+#: Heads per bundle, the default included: the bundle bounds the ``head`` label's
+#: cardinality in every Prometheus family, never the requests.
+MAX_HEADS = 16
+DEFAULT_HEAD = "default"
+_HEAD_NAME = re.compile(HEAD_NAME_PATTERN)
+
+
+def check_head_name(name: str) -> str:
+    """``name`` when it is a valid head name, else :class:`ValueError` saying why.
+
+    >>> check_head_name("threat")
+    'threat'
+    >>> try:
+    ...     check_head_name("Threat")
+    ... except ValueError as exc:
+    ...     print(str(exc)[:40])
+    head name 'Threat' is invalid: a head na
+    """
+    if not isinstance(name, str) or not _HEAD_NAME.fullmatch(name):
+        raise ValueError(
+            f"head name {name!r} is invalid: a head name is a lowercase letter, then up to 31 "
+            f"lowercase letters, digits or underscores ({HEAD_NAME_PATTERN})"
+        )
+    return name
+
 
 Pooling = Literal["mean", "last_token", "cls", "unknown"]
 
@@ -198,6 +229,34 @@ class DetectorCalibration(_Strict):
                 )
 
 
+class HeadManifest(_Strict):
+    """One additional classifier head over the bundle's embedding (multi-head bundles).
+
+    ``file`` holds the same four arrays as ``classifier.npz`` (``scaler_mean``,
+    ``scaler_scale``, ``coef``, ``intercept``) and is pinned by its sha256 in the
+    manifest's ``files``.
+    """
+
+    name: str
+    file: str = Field(min_length=1, description="e.g. head-threat.npz")
+    thresholds: Thresholds = Thresholds()
+    training: TrainingSummary
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        return check_head_name(name)
+
+
+def head_file(name: str) -> str:
+    """The file name ``bundle train`` gives head ``name``'s arrays.
+
+    >>> head_file("threat")
+    'head-threat.npz'
+    """
+    return f"head-{check_head_name(name)}.npz"
+
+
 class BundleManifest(_Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     classifier_version: str = Field(min_length=1, max_length=128)
@@ -209,8 +268,30 @@ class BundleManifest(_Strict):
     # Absent in bundles written before the detection engine: the sidecar then calibrates
     # at start-up on a split of the reference sample and says so in GetStatus.
     detectors: DetectorCalibration | None = None
+    # The top-level classifier.npz / thresholds / training are the default head, named
+    # here; ``heads`` are the others, in the bundle's fixed order (index 0 is the default).
+    # A bundle written before multi-head bundles is one head called "default".
+    default_head: str = DEFAULT_HEAD
+    heads: tuple[HeadManifest, ...] = ()
     # sha256 of every payload file, by file name.
     files: dict[str, str]
+
+    @field_validator("default_head")
+    @classmethod
+    def _default_head(cls, name: str) -> str:
+        return check_head_name(name)
+
+    @property
+    def head_names(self) -> tuple[str, ...]:
+        """Every head's name in the bundle's order, the default first."""
+        return (self.default_head, *(h.name for h in self.heads))
+
+    def to_json(self) -> str:
+        """``manifest.json``'s text. A one-head bundle whose head is called "default" is
+        written without ``default_head`` / ``heads``, exactly as before multi-head bundles,
+        so that a sidecar rolled back to an older silentwatch still loads it."""
+        legacy = self.default_head == DEFAULT_HEAD and not self.heads
+        return self.model_dump_json(indent=2, exclude={"default_head", "heads"} if legacy else None)
 
     @field_validator("files")
     @classmethod
@@ -229,4 +310,37 @@ class BundleManifest(_Strict):
     def _aware_time(self) -> BundleManifest:
         if self.created_at.tzinfo is None:
             raise ValueError("created_at must carry a timezone (UTC)")
+        return self
+
+    @model_validator(mode="after")
+    def _heads_consistent(self) -> BundleManifest:
+        """Unique names, at most MAX_HEADS, each head's own file listed with its sha256."""
+        if len(self.heads) + 1 > MAX_HEADS:
+            raise ValueError(
+                f"the bundle has {len(self.heads) + 1} heads (default {self.default_head!r} "
+                f"and {len(self.heads)} more); at most {MAX_HEADS} are allowed"
+            )
+        seen = {self.default_head: "the default head"}
+        # signature.json: bundle/signature.py's, written beside the manifest after the fact.
+        reserved = {CLASSIFIER_FILE, REFERENCE_FILE, CANARY_FILE, MANIFEST_FILE, "signature.json"}
+        files: dict[str, str] = {}
+        for i, head in enumerate(self.heads):
+            if head.name in seen:
+                raise ValueError(
+                    f"head name {head.name!r} is used twice (heads.{i} and {seen[head.name]}); "
+                    "head names are unique in a bundle"
+                )
+            seen[head.name] = f"heads.{i}"
+            if head.file in reserved or head.file in files:
+                other = files.get(head.file, "the bundle's own files")
+                raise ValueError(
+                    f"head {head.name!r} stores its arrays in {head.file!r}, already used by "
+                    f"{other}; every head has a file of its own"
+                )
+            files[head.file] = f"head {head.name!r}"
+            if head.file not in self.files:
+                raise ValueError(
+                    f"head {head.name!r}: its file {head.file!r} has no sha256 in files; "
+                    "rebuild the bundle with `silentwatch bundle train`"
+                )
         return self

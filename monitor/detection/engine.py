@@ -23,10 +23,8 @@ import numpy as np
 
 from silentwatch.monitor.detection.detectors.base import WindowDetector
 from silentwatch.monitor.detection.detectors.changepoints import ChangeTracker
-from silentwatch.monitor.detection.detectors.confidence import (
-    ConfidenceProfile,
-    confidence_profile,
-)
+from silentwatch.monitor.detection.detectors.confidence import ConfidenceProfile
+from silentwatch.monitor.detection.heads import HeadMonitor, HeadSpec
 from silentwatch.monitor.detection.registry import (
     CENTROID_ANGLE,
     DEFAULT_CHANGE_PAIRS,
@@ -37,10 +35,8 @@ from silentwatch.monitor.detection.status import (
     NAN,
     ChangePointStatus,
     ConfidenceStatus,
-    ConfirmationStatus,
     DetectorStatus,
     EngineStatus,
-    LabelledStatus,
     Reading,
 )
 from silentwatch.monitor.detection.suite import DetectorSuite
@@ -49,8 +45,6 @@ from silentwatch.monitor.evaluation.confirmation import (
     DEFAULT_ALPHA,
     DEFAULT_CONFIRM_EVERY,
     DEFAULT_MARGIN,
-    AucDropTest,
-    auc_drop_test,
 )
 from silentwatch.monitor.evaluation.labelled import LabelledWindow
 from silentwatch.monitor.scoring import FLAG_THRESHOLD, HIGH_CONFIDENCE
@@ -85,8 +79,14 @@ class EngineOptions:
     reference_positives: int = 0
     reference_negatives: int = 0
     confirmation_margin: float = DEFAULT_MARGIN
+    # For the whole bundle: each head's check runs at confirmation_alpha / heads (Bonferroni),
+    # so the label-confirmation source pages at most at this rate per check round.
     confirmation_alpha: float = DEFAULT_ALPHA
     confirm_every: int = DEFAULT_CONFIRM_EVERY
+    # Multi-head bundles: the default head's name, and the other heads (heads.py). The
+    # fields above (flag, high_confidence, reference_*) describe the default head.
+    default_head: str = "default"
+    extra_heads: tuple[HeadSpec, ...] = ()
 
 
 class DetectionEngine:
@@ -107,7 +107,7 @@ class DetectionEngine:
             raise ValueError(
                 f"window size {w.size} is below the smallest calibrated size {smallest}"
             )
-        self.buffer = WindowBuffer(w.capacity, suite.dim)
+        self.buffer = WindowBuffer(w.capacity, suite.dim, heads=1 + len(options.extra_heads))
         stats = suite.calibration.stream_stats
         self._stream_sources: dict[str, WindowDetector] = {}
         for _, stream in options.change_pairs:
@@ -125,8 +125,27 @@ class DetectionEngine:
         self.trackers = [
             ChangeTracker(kind, stream, *stats[stream]) for kind, stream in options.change_pairs
         ]
-        self.labelled = LabelledWindow(
-            options.label_window, threshold=options.flag, high_confidence=options.high_confidence
+        o = options
+        default = HeadSpec(
+            name=o.default_head,
+            flag=o.flag,
+            high_confidence=o.high_confidence,
+            reference_profile=ConfidenceProfile(**suite.calibration.reference_confidence),
+            reference_auc=o.reference_auc,
+            reference_positives=o.reference_positives,
+            reference_negatives=o.reference_negatives,
+        )
+        specs = (default, *o.extra_heads)
+        self.heads = tuple(
+            HeadMonitor(
+                spec,
+                label_window=o.label_window,
+                confidence_band=o.confidence_band,
+                margin=o.confirmation_margin,
+                alpha=o.confirmation_alpha / len(specs),
+                confirm_every=o.confirm_every,
+            )
+            for spec in specs
         )
         self.readings: dict[str, Reading] = {}
         self.alarms_total = dict.fromkeys(self.names, 0)
@@ -145,17 +164,15 @@ class DetectionEngine:
         self.change_thinned_rows = 0
         self._last_eval_wall = 0.0
         self._last_eval_at = float("-inf")  # traffic time of the last time-window evaluation
-        self._window_profile: ConfidenceProfile | None = None
-        self._reference_profile = ConfidenceProfile(**suite.calibration.reference_confidence)
         self._input_drift = False
         self._input_drift_windows = 0
-        self.labels_seq = -1  # the last durable label folded into self.labelled
-        self._labels_since_check = 0
-        self.confirmation_checks = 0
-        self.confirmed_checks = 0
-        self._last_check: AucDropTest | None = None
-        self._labelled_status = self._build_labelled_status()
+        self.labels_seq = -1  # the last durable label folded into the heads' windows
         self._status = self._build_status()
+
+    @property
+    def labelled(self) -> LabelledWindow:
+        """The default head's labelled window."""
+        return self.heads[0].labelled
 
     @staticmethod
     def _check_detectors(suite: DetectorSuite, wanted: tuple[str, ...] | None) -> tuple[str, ...]:
@@ -174,7 +191,10 @@ class DetectionEngine:
 
     # -- sink -------------------------------------------------------------------------
     def on_predictions(self, batch: PredictionBatch) -> None:
-        x, s, m = batch.embeddings, batch.scores, batch.rows
+        x, m = batch.embeddings, batch.rows
+        # One column per head (multi-head bundles): the ring keeps every head's scores so
+        # each head's window profile covers the same rows as the drift detectors.
+        s = batch.scores if batch.head_scores is None else batch.head_scores
 
         def unit(lo: int, hi: int) -> np.ndarray:
             # Only rows a detector will read are normalised: at high traffic that is a
@@ -185,7 +205,7 @@ class DetectionEngine:
             keep = self._change_rows(m)
             if keep.size:
                 xs = x[keep] / batch.norms[keep, None] if self.normalize else x[keep]
-                streams = {"score": s[keep]}
+                streams = {"score": batch.scores[keep]}
                 for stream, source in self._stream_sources.items():
                     streams[stream] = source.stream(stream, xs)
                 for t in self.trackers:
@@ -243,35 +263,17 @@ class DetectionEngine:
         return np.linspace(0, n - 1, take).astype(np.int64)
 
     def on_labels(self, batch: LabelBatch) -> None:
-        self.labelled.update(batch.scores, batch.labels)
+        if batch.heads is None:
+            self.heads[0].on_labels(batch.scores, batch.labels)
+        else:
+            # A label for one head never touches another head's window.
+            for j in np.unique(batch.heads):
+                if not 0 <= j < len(self.heads):
+                    log.error("labels for head index %d, which this bundle lacks: dropped", j)
+                    continue
+                rows = batch.heads == j
+                self.heads[j].on_labels(batch.scores[rows], batch.labels[rows])
         self.labels_seq = max(self.labels_seq, batch.last_seq)
-        self._labels_since_check += int(batch.labels.shape[0])
-        if self.options.reference_auc is not None and (
-            self._labels_since_check >= self.options.confirm_every
-        ):
-            self._labels_since_check = 0
-            self._confirm()
-        self._labelled_status = self._build_labelled_status()
-
-    def _confirm(self) -> None:
-        """One label-confirmation check on the rolling window (a checkpoint every
-        ``confirm_every`` joined labels, so the per-check rate alpha means something)."""
-        o = self.options
-        m = self.labelled.rolling()
-        n, pos = int(m["n"]), int(m["positives"])
-        assert o.reference_auc is not None  # callers check
-        self._last_check = auc_drop_test(
-            float(m["roc_auc"]),
-            pos,
-            n - pos,
-            o.reference_auc,
-            o.reference_positives,
-            o.reference_negatives,
-            margin=o.confirmation_margin,
-            alpha=o.confirmation_alpha,
-        )
-        self.confirmation_checks += 1
-        self.confirmed_checks += self._last_check.confirmed
 
     # -- evaluation -------------------------------------------------------------------
     def _evaluation_allowed(self) -> bool:
@@ -284,9 +286,13 @@ class DetectionEngine:
         return True
 
     def evaluate(self, x: np.ndarray, s: np.ndarray, at: float) -> dict[str, Reading]:
-        """Run every enabled detector on one window (rows already unit-normalised)."""
+        """Run every enabled detector on one window (rows already unit-normalised).
+
+        ``s`` holds the default head's scores, (n,), or every head's, (n, heads)."""
         n = x.shape[0]
         suite = self.suite
+        heads_s = s if s.ndim == 2 else s[:, None]
+        s = heads_s[:, 0]
         for name in self.names:
             if name in self._periodic and self.windows_evaluated % self.options.domain_every:
                 continue  # periodic: the previous reading stands until the next run
@@ -298,9 +304,8 @@ class DetectionEngine:
             self.evaluations_total[name] += 1
             self.recent_alarms[name].append(alarm)
         self.windows_evaluated += 1
-        self._window_profile = confidence_profile(
-            s, flag=self.options.flag, high_confidence=self.options.high_confidence
-        )
+        for j, head in enumerate(self.heads):
+            head.on_window(heads_s[:, j])
         # Input drift: the family alarm the thresholds are calibrated for (suite.py). It says
         # the traffic changed, not that the classifier got worse (verdict.py).
         self._input_drift = any(
@@ -312,9 +317,7 @@ class DetectionEngine:
         return dict(self.readings)
 
     def _confidence_status(self) -> ConfidenceStatus:
-        return ConfidenceStatus(
-            self._window_profile, self._reference_profile, self.options.confidence_band
-        )
+        return self.heads[0].confidence_status()
 
     # -- persistence (monitor/state/persistence.py) ------------------------------------------
     def _fingerprint(self) -> dict[str, Any]:
@@ -323,6 +326,7 @@ class DetectionEngine:
             "detectors": list(self.names),
             "window": [w.mode, w.size, w.stride, w.capacity],
             "dim": int(self.buffer.x.shape[1]),
+            "heads": [h.name for h in self.heads],
         }
 
     def window_state(self) -> bytes:
@@ -344,9 +348,8 @@ class DetectionEngine:
             "pending": self._pending,
             "change_thinned_rows": self.change_thinned_rows,
             "last_eval_at": self._last_eval_at,
-            "window_profile": None
-            if self._window_profile is None
-            else self._window_profile.as_dict(),
+            "window_profile": self.heads[0].window_profile_state(),
+            "head_profiles": [h.window_profile_state() for h in self.heads[1:]],
             "input_drift": self._input_drift,
             "input_drift_windows": self._input_drift_windows,
         }
@@ -364,7 +367,7 @@ class DetectionEngine:
         try:
             state = {
                 "x": expect(arrays, "x", (cap, dim)),
-                "scores": expect(arrays, "scores", (cap,)),
+                "scores": expect(arrays, "scores", self.buffer.scores.shape),
                 "times": expect(arrays, "times", (cap,)),
                 "counts": expect(arrays, "counts", (3,)),
             }
@@ -388,12 +391,9 @@ class DetectionEngine:
             self._pending = int(h["pending"]) % self.options.window.stride
             self.change_thinned_rows = int(h["change_thinned_rows"])
             self._last_eval_at = float(h["last_eval_at"])
-            prof = h["window_profile"]
-            self._window_profile = (
-                None
-                if prof is None
-                else ConfidenceProfile(**{k: float(v) for k, v in prof.items()})
-            )
+            self.heads[0].load_window_profile(h["window_profile"])
+            for head, prof in zip(self.heads[1:], h.get("head_profiles", ()), strict=False):
+                head.load_window_profile(prof)
             self._input_drift = bool(h.get("input_drift", h.get("drift_alarm", False)))
             self._input_drift_windows = int(h.get("input_drift_windows", 0))
         except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -403,33 +403,39 @@ class DetectionEngine:
         self._status = self._build_status()
 
     def labelled_state(self) -> bytes:
-        """The labelled calibration state (rolling ring + cumulative sums) as bytes."""
-        arrays, numbers = self.labelled.state()
-        header = {
-            "numbers": numbers,
-            "window_size": self.labelled.window_size,
-            "labels_seq": self.labels_seq,
-            "confirmation": [
-                self._labels_since_check,
-                self.confirmation_checks,
-                self.confirmed_checks,
-            ],
-        }
+        """Every head's labelled state (rolling ring, cumulative sums, confirmation counters)
+        as bytes. The default head's sits where one-head snapshots always had it; the others'
+        arrays are prefixed ``<head name>/``."""
+        arrays, header = self.heads[0].labelled_state()
+        header["labels_seq"] = self.labels_seq
+        header["heads"] = [h.name for h in self.heads]
+        extra = []
+        for head in self.heads[1:]:
+            a, hh = head.labelled_state()
+            arrays.update({f"{head.name}/{k}": v for k, v in a.items()})
+            extra.append(hh)
+        header["head_states"] = extra
         return encode(arrays, header)
 
     def load_labelled_state(self, data: bytes) -> None:
         """Restore :meth:`labelled_state`; raises SnapshotError when it does not fit."""
         arrays, h = decode(data)
+        names = [head.name for head in self.heads]
+        if h.get("heads", names[:1]) != names:
+            raise SnapshotError(
+                f"labelled snapshot is for heads {h.get('heads', names[:1])}, this bundle has "
+                f"{names}"
+            )
         try:
-            self.labelled.load_state(arrays, h["numbers"])
+            own = {k: v for k, v in arrays.items() if "/" not in k}
+            self.heads[0].load_labelled_state(own, h)
+            for head, hh in zip(self.heads[1:], h.get("head_states", []), strict=True):
+                prefix = f"{head.name}/"
+                part = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+                head.load_labelled_state(part, hh)
             self.labels_seq = int(h["labels_seq"])
-            # Snapshots written before label confirmation carry no counters: start at 0.
-            since, checks, confirmed = (int(v) for v in h.get("confirmation", (0, 0, 0)))
-            self._labels_since_check = since % max(1, self.options.confirm_every)
-            self.confirmation_checks, self.confirmed_checks = checks, confirmed
         except (KeyError, TypeError, ValueError) as exc:
             raise SnapshotError(f"labelled snapshot does not fit ({exc})") from None
-        self._labelled_status = self._build_labelled_status()
 
     # -- snapshots --------------------------------------------------------------------
     def _build_status(self) -> EngineStatus:
@@ -466,7 +472,8 @@ class DetectionEngine:
             ),
             recent_windows=len(self.recent_input_drift),
             recent_input_drift_windows=sum(self.recent_input_drift),
-            labelled=self._labelled_status,
+            labelled=self.heads[0].labelled_status(),
+            heads=tuple(h.status() for h in self.heads),
         )
 
     def _change_point_status(self) -> tuple[ChangePointStatus, ...]:
@@ -483,24 +490,6 @@ class DetectionEngine:
             for t in self.trackers
         )
 
-    def _build_labelled_status(self) -> LabelledStatus:
-        o = self.options
-        return LabelledStatus(
-            window_size=o.label_window,
-            rolling=self.labelled.rolling(),
-            cumulative=self.labelled.cumulative(),
-            confirmation=ConfirmationStatus(
-                enabled=o.reference_auc is not None,
-                reference_auc=NAN if o.reference_auc is None else o.reference_auc,
-                margin=o.confirmation_margin,
-                alpha=o.confirmation_alpha,
-                confirm_every=o.confirm_every,
-                last=self._last_check,
-                checks=self.confirmation_checks,
-                confirmed_checks=self.confirmed_checks,
-            ),
-        )
-
     def snapshot(self) -> EngineStatus:
         """The last evaluation's status with the live counters (plain reads, no lock)."""
         return replace(
@@ -509,5 +498,6 @@ class DetectionEngine:
             rows_seen=self.buffer.total,
             change_points=self._change_point_status(),
             change_thinned_rows=self.change_thinned_rows,
-            labelled=self._labelled_status,
+            labelled=self.heads[0].labelled_status(),
+            heads=tuple(h.status() for h in self.heads),
         )

@@ -9,6 +9,11 @@ in text mode) embeds the same texts and submits them; each submission gives one
 paired ROC-AUC drop test and a paired Brier-score test). A reading whose tests confirm
 harm is silent-failure evidence (:mod:`.verdict`); an angle alone is not.
 
+A multi-head bundle's canaries carry one label per head; each submission is read once per
+head (the same angles, each head's own paired tests), and each head's tests run at
+``alpha / heads`` (Bonferroni), so the source still raises silent failure at most at
+``alpha`` per submission for the whole bundle.
+
 State is river-shaped: :meth:`PairedCanaries.update` folds one submission in,
 :meth:`PairedCanaries.snapshot` is a cheap read. One instance per served bundle: a hot
 reload builds a new one, and submissions for the old set are refused as stale.
@@ -47,12 +52,18 @@ NO_EMBEDDINGS = (
 
 @dataclass(frozen=True)
 class CanarySubmission:
-    """One submission: its reading and where it came from."""
+    """One submission: its readings (one per head) and where it came from."""
 
-    reading: PairedCanaryReading
+    reading: PairedCanaryReading  # the default head's (heads[0])
     at: float  # unix seconds
     source: str  # SOURCE_SUBMITTED or SOURCE_SIDECAR
     embedder_version: str  # as the submitter said; "" unknown
+    heads: tuple[PairedCanaryReading, ...] = ()  # every head's, the default first
+
+    @property
+    def failure(self) -> bool:
+        """Some head's paired tests confirmed it got worse."""
+        return any(r.failure for r in self.heads) or self.reading.failure
 
 
 @dataclass(frozen=True)
@@ -67,12 +78,20 @@ class PairedCanaryStatus:
     failures: int
     last: CanarySubmission | None  # None before the first submission
     margin: float
-    alpha: float  # per submission: the paired test's false-failure rate
+    alpha: float  # per submission, all heads together: the false-failure rate
     angle_tolerance: float
+    head_names: tuple[str, ...] = ()
+    head_positives: tuple[int, ...] = ()  # canaries labelled unsafe, per head
 
     @property
     def failure(self) -> bool:
-        return self.last is not None and self.last.reading.failure
+        return self.last is not None and self.last.failure
+
+    def head_reading(self, index: int) -> PairedCanaryReading | None:
+        """Head ``index``'s reading of the last submission (None before one)."""
+        if self.last is None:
+            return None
+        return self.last.heads[index] if self.last.heads else self.last.reading
 
 
 def unavailable_status(reason: str) -> PairedCanaryStatus:
@@ -103,9 +122,20 @@ class PairedCanaries:
         can = bundle.canaries
         if can is None or can.embeddings is None:
             raise ValueError(NO_CANARIES if can is None else NO_EMBEDDINGS)
-        t = bundle.manifest.thresholds
         self.texts = list(can.texts)
         self.labels = can.labels
+        heads = bundle.heads
+        # (K, heads): column j labels the canaries for head j (one-head bundles: the labels).
+        self.head_labels = can.labels[:, None] if can.head_labels is None else can.head_labels
+        if self.head_labels.shape[1] != len(heads):
+            raise ValueError(
+                f"the bundle's canaries carry labels for {self.head_labels.shape[1]} heads but "
+                f"it has {len(heads)}; rebuild it with `silentwatch bundle train`"
+            )
+        self.head_names = tuple(h.name for h in heads)
+        self._heads = [
+            (h.scorer.predict_proba, h.thresholds.flag, h.thresholds.high_confidence) for h in heads
+        ]
         self.reference = can.embeddings
         # Unit rows once, for the order check on every submission.
         self._reference_unit = can.embeddings / np.linalg.norm(
@@ -113,9 +143,6 @@ class PairedCanaries:
         )
         self.set_id = canary_set_id(bundle)
         self.dim = bundle.dim
-        self._predict = bundle.scorer.predict_proba
-        self.flag = t.flag
-        self.high_confidence = t.high_confidence
         self.margin = margin
         self.alpha = alpha
         self.angle_tolerance = angle_tolerance
@@ -176,23 +203,29 @@ class PairedCanaries:
     ) -> CanarySubmission:
         """Fold in one submission: ``live`` holds the canary texts' live embeddings, in
         the set's order (checked by the caller: shape, finite)."""
-        reading = paired_canary_reading(
-            self.reference,
-            live,
-            self.labels,
-            self._predict,
-            flag=self.flag,
-            high_confidence=self.high_confidence,
-            margin=self.margin,
-            alpha=self.alpha,
-            angle_tolerance=self.angle_tolerance,
-            bootstrap=self.bootstrap,
-            brier_margin=self.brier_margin,
+        alpha = self.alpha / len(self._heads)  # Bonferroni over the heads
+        readings = tuple(
+            paired_canary_reading(
+                self.reference,
+                live,
+                self.head_labels[:, j],
+                predict,
+                flag=flag,
+                high_confidence=high,
+                margin=self.margin,
+                alpha=alpha,
+                angle_tolerance=self.angle_tolerance,
+                bootstrap=self.bootstrap,
+                brier_margin=self.brier_margin,
+            )
+            for j, (predict, flag, high) in enumerate(self._heads)
         )
-        sub = CanarySubmission(reading, time.time() if at is None else at, source, embedder_version)
+        sub = CanarySubmission(
+            readings[0], time.time() if at is None else at, source, embedder_version, readings
+        )
         with self._lock:
             self._submissions += 1
-            self._failures += reading.failure
+            self._failures += sub.failure
             if self._last is None or sub.at >= self._last.at:
                 self._last = sub
         return sub
@@ -209,4 +242,6 @@ class PairedCanaries:
             margin=self.margin,
             alpha=self.alpha,
             angle_tolerance=self.angle_tolerance,
+            head_names=self.head_names,
+            head_positives=tuple(int(v) for v in self.head_labels.sum(axis=0)),
         )

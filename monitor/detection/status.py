@@ -122,7 +122,9 @@ class EngineStatus:
     input_drift_false_alarm_rate: float
     recent_windows: int
     recent_input_drift_windows: int
-    labelled: LabelledStatus
+    labelled: LabelledStatus  # the default head's (heads[0].labelled)
+    # Every head's score-side status, the default first (monitor/detection/heads.py).
+    heads: tuple = ()
 
     def detector(self, name: str) -> DetectorStatus:
         """The status of detector ``name`` (KeyError when it is not run)."""

@@ -17,6 +17,11 @@ Real traffic always changes, and a frozen head's accuracy often does not move wi
 Each source is a one-sided test at its own ``alpha`` per check; the signal is their
 union, so per check round its false-alarm rate is at most the sum of the alphas
 (Bonferroni), 0.005 + 0.005 = 0.01 by default.
+
+A multi-head bundle has one signal per head (which category got worse) and the bundle's
+signal is their union. Each head's tests run at ``alpha / heads`` (the engine and
+:mod:`.paired_canaries` split it), so the union over heads and sources keeps the same
+bound: 0.01 per check round by default, however many heads.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from silentwatch.monitor.detection.paired_canaries import PairedCanaryStatus
-from silentwatch.monitor.detection.status import EngineStatus
+from silentwatch.monitor.detection.status import ConfirmationStatus, EngineStatus
 
 PAIRED_CANARIES = "paired_canaries"
 LABEL_CONFIRMATION = "label_confirmation"
@@ -33,7 +38,11 @@ SOURCES = (PAIRED_CANARIES, LABEL_CONFIRMATION)
 
 @dataclass(frozen=True)
 class SilentFailureStatus:
-    """The page: which evidence raised it, and which evidence this sidecar can gather."""
+    """The page: which evidence raised it, and which evidence this sidecar can gather.
+
+    For the bundle, ``heads`` holds each head's own status (the default first) and the
+    fields above are their union; a head's own status has ``heads == ()``.
+    """
 
     active: bool
     evidence: tuple[str, ...]  # the sources that raised it now
@@ -41,20 +50,29 @@ class SilentFailureStatus:
     unavailable: tuple[str, ...]  # "<source>: <why not>"
     false_alarm_rate: float  # per check round, all available sources together
     summary: str
+    heads: tuple[HeadVerdict, ...] = ()
+
+    @property
+    def failing_heads(self) -> tuple[str, ...]:
+        return tuple(h.name for h in self.heads if h.status.active)
 
 
-def silent_failure(
-    detection: EngineStatus | None,
+@dataclass(frozen=True)
+class HeadVerdict:
+    """One head's silent-failure status."""
+
+    name: str
+    status: SilentFailureStatus
+
+
+def _head_status(
+    conf: ConfirmationStatus | None,
     canaries: PairedCanaryStatus,
-    detection_disabled_reason: str = "",
+    index: int,
+    heads: int,
+    detection_off: str,
 ) -> SilentFailureStatus:
-    """Combine the evidence sources into the silent-failure signal (module docstring).
-
-    >>> from silentwatch.monitor.detection.paired_canaries import unavailable_status
-    >>> s = silent_failure(None, unavailable_status("no canaries"), "detection off")
-    >>> s.active, s.sources, s.unavailable
-    (False, (), ('paired_canaries: no canaries', 'label_confirmation: detection off'))
-    """
+    """One head's evidence (module docstring); ``conf`` None: detection is off."""
     sources: list[str] = []
     unavailable: list[str] = []
     evidence: list[str] = []
@@ -62,22 +80,19 @@ def silent_failure(
     parts: list[str] = []
     if canaries.available:
         sources.append(PAIRED_CANARIES)
-        rate += canaries.alpha
-        last = canaries.last
-        if last is not None:
-            r = last.reading
-            if r.failure:
-                evidence.append(PAIRED_CANARIES)
-                b = r.brier_increase
-                parts.append(
-                    f"canaries: ROC-AUC {r.reference_auc:.3f} -> {r.live_auc:.3f}, Brier "
-                    f"{b.reference_brier:.3f} -> {b.live_brier:.3f} on the same {r.size} texts "
-                    f"(AUC drop >= {r.auc_drop.lower_bound:.3f}, Brier rise >= "
-                    f"{b.lower_bound:.3f}, each at {1 - r.alpha / 2:.2%} confidence)"
-                )
+        rate += canaries.alpha / heads
+        r = canaries.head_reading(index)
+        if r is not None and r.failure:
+            evidence.append(PAIRED_CANARIES)
+            b = r.brier_increase
+            parts.append(
+                f"canaries: ROC-AUC {r.reference_auc:.3f} -> {r.live_auc:.3f}, Brier "
+                f"{b.reference_brier:.3f} -> {b.live_brier:.3f} on the same {r.size} texts "
+                f"(AUC drop >= {r.auc_drop.lower_bound:.3f}, Brier rise >= "
+                f"{b.lower_bound:.3f}, each at {1 - r.alpha / 2:.2%} confidence)"
+            )
     else:
         unavailable.append(f"{PAIRED_CANARIES}: {canaries.unavailable_reason}")
-    conf = None if detection is None else detection.labelled.confirmation
     if conf is not None and conf.enabled:
         sources.append(LABEL_CONFIRMATION)
         rate += conf.alpha
@@ -92,7 +107,7 @@ def silent_failure(
     elif conf is not None:
         unavailable.append(f"{LABEL_CONFIRMATION}: the bundle records no held-out ROC-AUC")
     else:
-        unavailable.append(f"{LABEL_CONFIRMATION}: {detection_disabled_reason or 'detection off'}")
+        unavailable.append(f"{LABEL_CONFIRMATION}: {detection_off}")
     if evidence:
         summary = "the classifier got worse: " + "; ".join(parts)
     elif sources:
@@ -108,4 +123,64 @@ def silent_failure(
         unavailable=tuple(unavailable),
         false_alarm_rate=rate,
         summary=summary,
+    )
+
+
+def silent_failure(
+    detection: EngineStatus | None,
+    canaries: PairedCanaryStatus,
+    detection_disabled_reason: str = "",
+    head_names: tuple[str, ...] = ("default",),
+) -> SilentFailureStatus:
+    """Combine the evidence sources into the silent-failure signal, per head and for the
+    bundle (module docstring).
+
+    >>> from silentwatch.monitor.detection.paired_canaries import unavailable_status
+    >>> s = silent_failure(None, unavailable_status("no canaries"), "detection off")
+    >>> s.active, s.sources, s.unavailable
+    (False, (), ('paired_canaries: no canaries', 'label_confirmation: detection off'))
+    """
+    off = detection_disabled_reason or "detection off"
+    k = len(head_names)
+    per_head = []
+    for j, name in enumerate(head_names):
+        conf = None
+        if detection is not None:
+            conf = (
+                detection.heads[j].labelled.confirmation
+                if detection.heads
+                else detection.labelled.confirmation
+            )
+        per_head.append(HeadVerdict(name, _head_status(conf, canaries, j, k, off)))
+    if k == 1:
+        only = per_head[0].status
+        return SilentFailureStatus(
+            only.active,
+            only.evidence,
+            only.sources,
+            only.unavailable,
+            only.false_alarm_rate,
+            only.summary,
+            tuple(per_head),
+        )
+
+    def union(attr: str) -> tuple[str, ...]:
+        seen: dict[str, None] = {}
+        for h in per_head:
+            seen.update(dict.fromkeys(getattr(h.status, attr)))
+        return tuple(seen)
+
+    failing = [h for h in per_head if h.status.active]
+    if failing:
+        summary = "; ".join(f"head {h.name}: {h.status.summary}" for h in failing)
+    else:
+        summary = per_head[0].status.summary.replace("the classifier", "any head")
+    return SilentFailureStatus(
+        active=bool(failing),
+        evidence=union("evidence"),
+        sources=union("sources"),
+        unavailable=union("unavailable"),
+        false_alarm_rate=sum(h.status.false_alarm_rate for h in per_head),
+        summary=summary,
+        heads=tuple(per_head),
     )

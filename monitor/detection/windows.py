@@ -1,5 +1,5 @@
 """How traffic is cut into windows (:class:`WindowSpec`), and a fixed-size ring of recent
-rows (embedding, score, arrival time) for the window detectors.
+rows (embedding, score per head, arrival time) for the window detectors.
 
 Memory is ``capacity x (d + 2)`` numbers whatever the traffic; the oldest rows are
 overwritten first.
@@ -36,14 +36,18 @@ class WindowBuffer:
     >>> b.push(np.arange(5, dtype=np.float32)[:, None], np.arange(5.0), 0.0)
     >>> b.last(2)[1].tolist()
     [3.0, 4.0]
+
+    With ``heads > 1`` the scores are ``(capacity, heads)``, one column per classifier head.
     """
 
-    def __init__(self, capacity: int, dim: int) -> None:
-        if capacity < 1:
-            raise ValueError("capacity must be at least 1")
+    def __init__(self, capacity: int, dim: int, heads: int = 1) -> None:
+        if capacity < 1 or heads < 1:
+            raise ValueError("capacity and heads must be at least 1")
         self.capacity = capacity
         self.x = np.zeros((capacity, dim), dtype=np.float32)
-        self.scores = np.zeros(capacity, dtype=np.float32)
+        # One head keeps the 1-D layout, so one-head snapshots stay loadable.
+        shape = (capacity,) if heads == 1 else (capacity, heads)
+        self.scores = np.zeros(shape, dtype=np.float32)
         self.times = np.zeros(capacity, dtype=np.float64)
         self.head = 0  # next slot to write
         self.count = 0

@@ -33,10 +33,12 @@ class PredictionBatch:
 
     embeddings: np.ndarray  # (n, d) float32 as received
     norms: np.ndarray  # (n,) row norms
-    scores: np.ndarray  # (n,) P(unsafe)
+    scores: np.ndarray  # (n,) P(unsafe) of the default head
     source: str
     embedder_version: str
     received_at: float  # time.time()
+    # Multi-head bundles: (n, heads) P(unsafe), column 0 == scores; None for one head.
+    head_scores: np.ndarray | None = None
 
     @property
     def rows(self) -> int:
@@ -51,6 +53,9 @@ class LabelBatch:
     labels: np.ndarray  # (k,) int8
     received_at: float
     last_seq: int = -1  # durable store: sequence number of the batch's last label
+    # Multi-head bundles: (k,) int head index of each label, aligned with scores and
+    # labels (each score is that head's); None: every label is for head 0.
+    heads: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -85,12 +90,20 @@ def concat_predictions(batches: list[PredictionBatch]) -> list[PredictionBatch]:
                     source=g0.source,
                     embedder_version=g0.embedder_version,
                     received_at=group[-1].received_at,
+                    head_scores=None
+                    if g0.head_scores is None
+                    else np.concatenate([b.head_scores for b in group]),
                 )
             )
         group.clear()
 
+    def key(b: PredictionBatch) -> tuple:
+        # Batches scored by different bundles (a reload between them) never merge.
+        heads = None if b.head_scores is None else b.head_scores.shape[1]
+        return b.source, b.embedder_version, heads
+
     for b in batches:
-        if group and (b.source, b.embedder_version) != (group[0].source, group[0].embedder_version):
+        if group and key(b) != key(group[0]):
             flush()
         group.append(b)
     flush()

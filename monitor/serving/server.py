@@ -21,13 +21,20 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import start_http_server
 
-from silentwatch.monitor.bundle import BundleError, BundleManifest, LoadedBundle, load_bundle
+from silentwatch.monitor.bundle import BundleError, LoadedBundle, load_bundle
+from silentwatch.monitor.bundle.io import Head
+from silentwatch.monitor.bundle.manifest import TrainingSummary
 from silentwatch.monitor.bundle.signature import verify_bundle_signature
 from silentwatch.monitor.config import ServeSettings
 from silentwatch.monitor.detection.canary import CanaryRunner, CanaryTarget, TextEmbedder
+from silentwatch.monitor.detection.detectors.confidence import (
+    ConfidenceProfile,
+    confidence_profile,
+)
 from silentwatch.monitor.detection.engine import DetectionEngine, EngineOptions
+from silentwatch.monitor.detection.heads import HeadSpec
 from silentwatch.monitor.detection.paired_canaries import PairedCanaries
-from silentwatch.monitor.detection.registry import parse_change_pair
+from silentwatch.monitor.detection.registry import CONFIDENCE_PROFILE, parse_change_pair
 from silentwatch.monitor.detection.suite import CalibrationError, suite_for_bundle
 from silentwatch.monitor.detection.windows import WindowSpec
 from silentwatch.monitor.serving.admin import ADMIN_SERVICE_NAME, AdminService
@@ -94,19 +101,52 @@ def build_engine(bundle: LoadedBundle, s: ServeSettings) -> tuple[DetectionEngin
         change_pairs=tuple(parse_change_pair(item) for item in s.change_detectors),
         flag=m.thresholds.flag,
         high_confidence=m.thresholds.high_confidence,
-        **_confirmation_reference(m),
+        **_confirmation_reference(m.training),
         confirmation_margin=s.confirmation_margin,
         confirmation_alpha=s.confirmation_alpha,
         confirm_every=s.confirm_every,
+        default_head=bundle.heads[0].name,
+        extra_heads=tuple(_head_spec(bundle, h) for h in bundle.heads[1:]),
     )
     return DetectionEngine(suite, options, normalize=m.embedder.normalized), ""
 
 
-def _confirmation_reference(m: BundleManifest) -> dict[str, Any]:
+def _head_flags(bundle: LoadedBundle) -> tuple[list[float], list[str]]:
+    """Each head's flag threshold and name, in the bundle's order (TrafficSink)."""
+    return [h.thresholds.flag for h in bundle.heads], [h.name for h in bundle.heads]
+
+
+def _head_spec(bundle: LoadedBundle, head: Head) -> HeadSpec:
+    """What the engine needs about a head other than the default one.
+
+    Its reference confidence profile: the head's held-out one when the bundle recorded
+    it, else its scores on the bundle's reference sample (training rows: slightly more
+    confident than unseen traffic, as the default head's would be without calibration).
+    """
+    t = head.thresholds
+    held = getattr(head.training, "reference_confidence", None)
+    if held:
+        profile = ConfidenceProfile(**{k: float(held[k]) for k in CONFIDENCE_PROFILE})
+    else:
+        profile = confidence_profile(
+            head.scorer.predict_proba(bundle.reference.embeddings),
+            flag=t.flag,
+            high_confidence=t.high_confidence,
+        )
+    ref = _confirmation_reference(head.training)
+    return HeadSpec(
+        name=head.name,
+        flag=t.flag,
+        high_confidence=t.high_confidence,
+        reference_profile=profile,
+        **ref,
+    )
+
+
+def _confirmation_reference(t: TrainingSummary) -> dict[str, Any]:
     """The held-out ROC-AUC and class counts label confirmation tests against (none when the
-    bundle held nothing out). Bundles written before the counts were recorded give the
+    head held nothing out). Bundles written before the counts were recorded give the
     positives from the stratified split's positive rate."""
-    t = m.training
     auc = t.holdout_metrics.get("roc_auc")
     if auc is None or t.n_holdout < 2:
         return {"reference_auc": None}
@@ -156,7 +196,7 @@ class Sidecar:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self.request_metrics = RequestMetrics(self.registry)
-        self.traffic = TrafficSink(self.bundle.manifest.thresholds.flag)
+        self.traffic = TrafficSink(*_head_flags(self.bundle))
         self.registry.register(self.traffic.scores)
         self.registry.register(self.traffic.confidence)
         self.engine, reason = build_engine(self.bundle, s)
@@ -257,6 +297,7 @@ class Sidecar:
                     synchronous=s.store_synchronous,
                     max_bytes=s.store_max_bytes,
                     keep_labels=keep_labels,
+                    heads=len(self.bundle.heads),
                 )
             except (OSError, sqlite3.Error, StoreUnavailable) as exc:
                 self.store_open_error = f"{type(exc).__name__}: {exc}"
@@ -267,7 +308,7 @@ class Sidecar:
                     path,
                     self.store_open_error,
                 )
-        return MemoryStore(s.store_capacity, s.store_ttl_seconds)
+        return MemoryStore(s.store_capacity, s.store_ttl_seconds, heads=len(self.bundle.heads))
 
     def _persister_for(self, engine: DetectionEngine | None) -> StatePersister | None:
         """Snapshots need a durable store and an engine whose state they save."""
@@ -328,6 +369,7 @@ class Sidecar:
                 # On the worker thread: batches queued before the swap reach the old engine,
                 # and no snapshot of the old engine runs after it.
                 sinks = [self.traffic, *([engine] if engine is not None else []), *self.extra_sinks]
+                self.traffic.set_heads(*_head_flags(new))
                 self.pipeline.sinks = sinks
                 old = self.service.persister
                 if old is not None and engine is not None:
@@ -335,9 +377,8 @@ class Sidecar:
                 else:
                     self.service.persister = self._persister_for(engine)
 
-            dropped = self.store.rebind(new.sha256)
+            dropped = self.store.rebind(new.sha256, heads=len(new.heads))
             self.pipeline.run_on_worker(swap_sinks)
-            self.traffic.flag_threshold = new.manifest.thresholds.flag
             self.service.swap(Served.of(new, engine, reason, self._paired_canaries(new)))
             self.bundle, self.engine = new, engine
             self._info.clear()

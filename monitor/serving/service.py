@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -22,14 +22,17 @@ from silentwatch.monitor.detection.engine import DetectionEngine
 from silentwatch.monitor.detection.paired_canaries import (
     SOURCE_SUBMITTED,
     PairedCanaries,
+    PairedCanaryStatus,
     unavailable_status,
 )
-from silentwatch.monitor.detection.verdict import silent_failure
+from silentwatch.monitor.detection.status import EngineStatus
+from silentwatch.monitor.detection.verdict import SilentFailureStatus, silent_failure
 from silentwatch.monitor.scoring import confidence
 from silentwatch.monitor.serving.errors import RequestError, invalid, precondition
 from silentwatch.monitor.serving.pipeline import LabelBatch, Pipeline, PredictionBatch
 from silentwatch.monitor.serving.rpc import rpc
 from silentwatch.monitor.serving.status import (
+    HeadView,
     IdentityStatus,
     LabelCounts,
     PipelineStatus,
@@ -47,6 +50,8 @@ from silentwatch.monitor.serving.wire import (
     checked_norms,
     decode_embedding,
     decode_matrix,
+    head_scores_message,
+    select_heads,
 )
 from silentwatch.monitor.state.persistence import StatePersister
 from silentwatch.monitor.state.store import (
@@ -54,7 +59,7 @@ from silentwatch.monitor.state.store import (
     PredictionStore,
     StoreUnavailable,
 )
-from silentwatch.monitor.telemetry.prometheus import RequestMetrics, TrafficSink
+from silentwatch.monitor.telemetry.prometheus import SOURCES, RequestMetrics, TrafficSink
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 
@@ -78,6 +83,14 @@ class Served:
     # Paired canaries of this bundle, or why it has none (the reason GetCanaries gives).
     canaries: PairedCanaries | None
     canaries_reason: str
+    # Multi-head bundles: the heads in column order (the default first) and their flag
+    # thresholds; ``scorer`` then returns (n, heads). One head: (n,), as always.
+    head_names: tuple[str, ...] = ("default",)
+    head_flags: np.ndarray = field(default_factory=lambda: np.array([0.5], np.float32))
+
+    @property
+    def multi(self) -> bool:
+        return len(self.head_names) > 1
 
     @classmethod
     def of(
@@ -88,17 +101,20 @@ class Served:
         canaries: PairedCanaries | str,
     ) -> Served:
         m = bundle.manifest
+        heads = bundle.heads
         return cls(
             bundle,
             engine,
             reason,
-            scorer=bundle.scorer,
+            scorer=bundle.head_scorer if len(heads) > 1 else bundle.scorer,
             dim=m.embedding_dim,
             normalize=m.embedder.normalized,
             threshold=m.thresholds.flag,
             classifier_version=m.classifier_version,
             canaries=canaries if isinstance(canaries, PairedCanaries) else None,
             canaries_reason=canaries if isinstance(canaries, str) else "",
+            head_names=tuple(h.name for h in heads),
+            head_flags=np.array([h.thresholds.flag for h in heads], dtype=np.float32),
         )
 
 
@@ -225,6 +241,16 @@ class MonitorService(pb_grpc.MonitorServicer):
     def _record(self, ids: list[str], scores: np.ndarray) -> None:
         if not ids or not self._recording:
             return
+        heads = 1 if scores.ndim == 1 else scores.shape[1]
+        if heads != self.store.heads:
+            # A request scored by the bundle a hot reload just replaced: the store now keeps
+            # the new bundle's heads. Counted and logged like any prediction not recorded.
+            self.predictions_not_recorded += len(ids)
+            self._log_store_error(
+                StoreUnavailable(f"scores for {heads} heads, the store keeps {self.store.heads}"),
+                "predictions scored during a bundle reload are not recorded",
+            )
+            return
         try:
             self.store.record(ids, scores)
         except StoreUnavailable as exc:
@@ -260,9 +286,22 @@ class MonitorService(pb_grpc.MonitorServicer):
     def _enqueue(
         self, x: np.ndarray, norms: np.ndarray, p: np.ndarray, source: str, ev: str
     ) -> None:
+        """``p``: (n,) for one head, (n, heads) for several (column 0: the default head)."""
         if not self._recording:
             return
-        self.pipeline.submit_predictions(PredictionBatch(x, norms, p, source, ev, time.time()))
+        if p.ndim == 2:
+            batch = PredictionBatch(x, norms, p[:, 0], source, ev, time.time(), head_scores=p)
+        else:
+            batch = PredictionBatch(x, norms, p, source, ev, time.time())
+        self.pipeline.submit_predictions(batch)
+
+    @staticmethod
+    def _heads_reply(sv: Served, p: np.ndarray, cols: np.ndarray | None) -> pb.HeadScores | None:
+        """The reply's per-head scores: every head of a multi-head bundle, or those named."""
+        if cols is None and not sv.multi:
+            return None
+        return head_scores_message(p if p.ndim == 2 else p[:, None], sv.head_names,
+                                   sv.head_flags, cols)  # fmt: skip
 
     # -- RPCs -------------------------------------------------------------------------
     @rpc("Classify")
@@ -281,21 +320,22 @@ class MonitorService(pb_grpc.MonitorServicer):
         rid = request.request_id
         if rid:
             check_request_ids([rid], 1, self.settings.max_request_id_length)
+        cols = select_heads(request.heads, sv.head_names)
         norms = checked_norms(x, need_nonzero=sv.normalize)
         p = sv.scorer.predict_proba(x, norms)
         self._record([rid] if rid else [], p)
         self._enqueue(x, norms, p, "classify", ev)
-        p0 = float(p[0])
-        return (
-            pb.ClassifyResponse(
-                request_id=rid,
-                p_unsafe=p0,
-                flagged=p0 >= sv.threshold,
-                confidence=max(p0, 1.0 - p0),
-                classifier_version=sv.classifier_version,
-            ),
-            1,
+        p0 = float(p[0, 0] if p.ndim == 2 else p[0])
+        resp = pb.ClassifyResponse(
+            request_id=rid,
+            p_unsafe=p0,
+            flagged=p0 >= sv.threshold,
+            confidence=max(p0, 1.0 - p0),
+            classifier_version=sv.classifier_version,
         )
+        if (heads := self._heads_reply(sv, p, cols)) is not None:
+            resp.heads.CopyFrom(heads)
+        return resp, 1
 
     @rpc("ClassifyBatch")
     def ClassifyBatch(self, request: pb.ClassifyBatchRequest, context: grpc.ServicerContext):
@@ -312,14 +352,18 @@ class MonitorService(pb_grpc.MonitorServicer):
             x = decode_matrix(request.embeddings, sv.dim, self.settings.max_batch_rows)
         ids = list(request.request_ids)
         check_request_ids(ids, x.shape[0], self.settings.max_request_id_length)
+        cols = select_heads(request.heads, sv.head_names)
         norms = checked_norms(x, need_nonzero=sv.normalize)
-        p = sv.scorer.predict_proba(x, norms)
-        self._record(ids, p)
-        self._enqueue(x, norms, p, "classify", ev)
+        p_all = sv.scorer.predict_proba(x, norms)
+        self._record(ids, p_all)
+        self._enqueue(x, norms, p_all, "classify", ev)
+        p = p_all[:, 0] if p_all.ndim == 2 else p_all
         resp = pb.ClassifyBatchResponse(classifier_version=sv.classifier_version)
         resp.p_unsafe.extend(p.tolist())
         resp.flagged.extend((p >= sv.threshold).tolist())
         resp.confidence.extend(confidence(p).tolist())
+        if (heads := self._heads_reply(sv, p_all, cols)) is not None:
+            resp.heads.CopyFrom(heads)
         return resp, x.shape[0]
 
     @rpc("Observe")
@@ -340,6 +384,11 @@ class MonitorService(pb_grpc.MonitorServicer):
             p = np.asarray(request.p_unsafe, dtype=np.float32)
             if not (np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()):
                 raise invalid("p_unsafe values must be probabilities in [0, 1]")
+            if sv.multi:
+                # The caller's score is the default head's; the other heads are the bundle's.
+                p_all = sv.scorer.predict_proba(x, norms)
+                p_all[:, 0] = p
+                p = p_all
         else:
             p = sv.scorer.predict_proba(x, norms)
         self._record(ids, p)
@@ -357,9 +406,10 @@ class MonitorService(pb_grpc.MonitorServicer):
             )
         ids = [lab.request_id for lab in labels]
         y = np.fromiter((lab.unsafe for lab in labels), dtype=np.int8, count=len(labels))
+        heads = self._label_heads(sv, labels)
         carried, refused = self._carried_scores(sv, labels)
         try:
-            res = self.store.join(ids, y, carried)
+            res = self.store.join(ids, y, carried, heads=heads)
         except StoreUnavailable as exc:
             self.store_errors["join"] += 1
             self._log_store_error(exc, "labels are being refused with UNAVAILABLE")
@@ -371,7 +421,13 @@ class MonitorService(pb_grpc.MonitorServicer):
         self.carried_refused += refused
         if res.joined:
             self.pipeline.submit_labels(
-                LabelBatch(res.scores, res.labels, time.time(), last_seq=res.label_seq)
+                LabelBatch(
+                    res.scores,
+                    res.labels,
+                    time.time(),
+                    last_seq=res.label_seq,
+                    heads=res.heads if sv.multi else None,
+                )
             )
         return (
             pb.SubmitLabelsResponse(
@@ -386,6 +442,27 @@ class MonitorService(pb_grpc.MonitorServicer):
             ),
             0,
         )
+
+    @staticmethod
+    def _label_heads(sv: Served, labels) -> np.ndarray | None:
+        """Each label's head index (None: every label is for the default head). An unknown
+        head refuses the whole request before anything is joined."""
+        if not any(lab.head for lab in labels):
+            return None
+        index = {n: j for j, n in enumerate(sv.head_names)}
+        out = np.zeros(len(labels), dtype=np.int16)
+        for i, lab in enumerate(labels):
+            if not lab.head:
+                continue
+            j = index.get(lab.head)
+            if j is None:
+                raise invalid(
+                    f"label {i} ({lab.request_id!r}) is for head {lab.head!r}, which this "
+                    f"bundle does not have (its heads: {', '.join(sv.head_names)}); nothing "
+                    "in this request was accepted"
+                )
+            out[i] = j
+        return out
 
     def _carried_scores(self, sv: Served, labels) -> tuple[np.ndarray | None, int]:
         """Scores labels carry for the stateless path (NaN: none or refused), and how many
@@ -475,17 +552,24 @@ class MonitorService(pb_grpc.MonitorServicer):
         if why := pc.misordered(x):
             raise invalid(why)
         sub = pc.update(x, source=SOURCE_SUBMITTED, embedder_version=request.embedder_version)
-        if sub.reading.failure:
-            log.error(
-                "paired canaries: the classifier got worse on its canaries (ROC-AUC %.3f -> "
-                "%.3f, drop >= %.3f); embedder_version %r",
-                sub.reading.reference_auc,
-                sub.reading.live_auc,
-                sub.reading.auc_drop.lower_bound,
-                sub.embedder_version,
-                extra={"event": "canary_failure"},
-            )
-        return pb.SubmitCanaryEmbeddingsResponse(reading=reading_message(sub)), pc.size
+        readings = sub.heads or (sub.reading,)
+        for name, r in zip(sv.head_names, readings, strict=True):
+            if r.failure:
+                log.error(
+                    "paired canaries: head %s got worse on its canaries (ROC-AUC %.3f -> "
+                    "%.3f, drop >= %.3f); embedder_version %r",
+                    name,
+                    r.reference_auc,
+                    r.live_auc,
+                    r.auc_drop.lower_bound,
+                    sub.embedder_version,
+                    extra={"event": "canary_failure", "head": name},
+                )
+        resp = pb.SubmitCanaryEmbeddingsResponse(reading=reading_message(sub))
+        if sv.multi:
+            for name, r in zip(sv.head_names, readings, strict=True):
+                resp.heads.add(head=name, reading=reading_message(sub, r))
+        return resp, pc.size
 
     # -- status ----------------------------------------------------------------------
     def state(self) -> SidecarStatus:
@@ -503,6 +587,9 @@ class MonitorService(pb_grpc.MonitorServicer):
             unavailable_status(sv.canaries_reason)
             if sv.canaries is None
             else sv.canaries.snapshot()
+        )
+        verdict = silent_failure(
+            detection, paired, sv.detection_disabled_reason, head_names=sv.head_names
         )
         return SidecarStatus(
             uptime_seconds=now - self.started_at,
@@ -553,7 +640,34 @@ class MonitorService(pb_grpc.MonitorServicer):
             detection_disabled_reason=sv.detection_disabled_reason,
             canary=None if self.canary is None else self.canary.snapshot(),
             paired_canaries=paired,
-            silent_failure=silent_failure(detection, paired, sv.detection_disabled_reason),
+            silent_failure=verdict,
+            heads=self._head_views(sv, detection, paired, verdict),
+        )
+
+    def _head_views(
+        self,
+        sv: Served,
+        detection: EngineStatus | None,
+        paired: PairedCanaryStatus,
+        verdict: SilentFailureStatus,
+    ) -> tuple[HeadView, ...]:
+        t = self.traffic
+        positives = dict(zip(paired.head_names, paired.head_positives, strict=True))
+        return tuple(
+            HeadView(
+                name=head.name,
+                is_default=j == 0,
+                flag_threshold=head.thresholds.flag,
+                high_confidence=head.thresholds.high_confidence,
+                flagged={src: t.flagged_by_head.get((src, head.name), 0) for src in SOURCES},
+                detection=None
+                if detection is None or len(detection.heads) <= j
+                else detection.heads[j],
+                paired_canary=paired.head_reading(j) if paired.available else None,
+                canary_positives=positives.get(head.name, 0),
+                silent_failure=verdict.heads[j].status,
+            )
+            for j, head in enumerate(sv.bundle.heads)
         )
 
     def status(self) -> pb.GetStatusResponse:

@@ -12,9 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from silentwatch.monitor.detection.canary import CanaryStatus
+from silentwatch.monitor.detection.heads import HeadStatus
 from silentwatch.monitor.detection.paired_canaries import PairedCanaryStatus
 from silentwatch.monitor.detection.status import EngineStatus
 from silentwatch.monitor.detection.verdict import SilentFailureStatus
+from silentwatch.monitor.evaluation.paired import PairedCanaryReading
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,22 @@ class IdentityStatus:
 
 
 @dataclass(frozen=True)
+class HeadView:
+    """One classifier head, everything reported about it (GetStatus ``heads``, metrics with
+    a ``head`` label)."""
+
+    name: str
+    is_default: bool
+    flag_threshold: float
+    high_confidence: float
+    flagged: dict[str, int]  # predictions this head flagged, by source
+    detection: HeadStatus | None  # confidence and labelled metrics; None: detection is off
+    paired_canary: PairedCanaryReading | None  # the last submission, scored by this head
+    canary_positives: int  # canaries labelled unsafe for this head (0: no canaries)
+    silent_failure: SilentFailureStatus
+
+
+@dataclass(frozen=True)
 class SidecarStatus:
     """Everything GetStatus and /metrics report, read at one moment."""
 
@@ -94,3 +112,4 @@ class SidecarStatus:
     canary: CanaryStatus | None  # None: no canaries run (embedding mode, or none in the bundle)
     paired_canaries: PairedCanaryStatus  # available=False says why not
     silent_failure: SilentFailureStatus  # the page: evidence the classifier got worse
+    heads: tuple[HeadView, ...] = ()  # every head, the default first

@@ -12,13 +12,15 @@ from silentwatch.monitor.detection.detectors.confidence import ConfidenceProfile
 from silentwatch.monitor.detection.paired_canaries import CanarySubmission, PairedCanaryStatus
 from silentwatch.monitor.detection.status import (
     NAN,
+    ConfidenceStatus,
     ConfirmationStatus,
     EngineStatus,
     LabelledStatus,
 )
 from silentwatch.monitor.detection.verdict import SilentFailureStatus
 from silentwatch.monitor.evaluation.confirmation import AucDropTest
-from silentwatch.monitor.serving.status import SidecarStatus
+from silentwatch.monitor.evaluation.paired import PairedCanaryReading
+from silentwatch.monitor.serving.status import HeadView, SidecarStatus
 from silentwatch.v1 import monitor_pb2 as pb
 
 _METRIC_FIELDS = pb.CalibrationMetrics.DESCRIPTOR.fields_by_name
@@ -91,6 +93,7 @@ def status_message(s: SidecarStatus, bundle: LoadedBundle) -> pb.GetStatusRespon
         canary=canary_message(s.canary),
         silent_failure=silent_failure_message(s.silent_failure),
         paired_canaries=paired_status_message(s.paired_canaries),
+        heads=[head_message(h, s.paired_canaries.last) for h in s.heads],
         identity=pb.IdentityStatus(
             embedder_version_mismatch=s.identity.embedder_version_mismatch,
             last_mismatch_seconds_ago=_or(s.identity.last_mismatch_seconds_ago, -1.0),
@@ -149,13 +152,7 @@ def detection_message(d: EngineStatus | None, disabled_reason: str) -> pb.Detect
         rows_seen=d.rows_seen,
         detectors=readings,
         centroid_angle_degrees=d.centroid_angle_degrees,
-        confidence=pb.ConfidenceStatus(
-            window=_profile(c.window),
-            reference=_profile(c.reference),
-            mean_confidence_change=c.mean_confidence_change,
-            mean_confidence_relative_change=c.mean_confidence_relative_change,
-            band=c.band,
-        ),
+        confidence=confidence_message(c),
         change_points=[
             pb.ChangePointStatus(
                 detector=cp.kind,
@@ -172,6 +169,35 @@ def detection_message(d: EngineStatus | None, disabled_reason: str) -> pb.Detect
         input_drift_false_alarm_rate=d.input_drift_false_alarm_rate,
         change_thinned_rows=d.change_thinned_rows,
     )
+
+
+def confidence_message(c: ConfidenceStatus) -> pb.ConfidenceStatus:
+    return pb.ConfidenceStatus(
+        window=_profile(c.window),
+        reference=_profile(c.reference),
+        mean_confidence_change=c.mean_confidence_change,
+        mean_confidence_relative_change=c.mean_confidence_relative_change,
+        band=c.band,
+    )
+
+
+def head_message(h: HeadView, sub: CanarySubmission | None) -> pb.HeadStatus:
+    """One head (GetStatus ``heads``); ``sub``: the last paired canary submission."""
+    msg = pb.HeadStatus(
+        name=h.name,
+        is_default=h.is_default,
+        flag_threshold=h.flag_threshold,
+        high_confidence=h.high_confidence,
+        flagged=sum(h.flagged.values()),
+        silent_failure=silent_failure_message(h.silent_failure),
+        canary_positives=h.canary_positives,
+    )
+    if h.detection is not None:
+        msg.confidence.CopyFrom(confidence_message(h.detection.confidence))
+        msg.labelled.CopyFrom(labelled_message(h.detection.labelled))
+    if sub is not None and h.paired_canary is not None:
+        msg.paired_canary.CopyFrom(reading_message(sub, h.paired_canary))
+    return msg
 
 
 def labelled_message(lab: LabelledStatus | None) -> pb.LabelledStatus:
@@ -253,9 +279,13 @@ def _interval(estimate: float, ci: tuple[float, float]) -> pb.Interval:
     return pb.Interval(estimate=estimate, low=ci[0], high=ci[1])
 
 
-def reading_message(sub: CanarySubmission) -> pb.PairedCanaryReading:
-    """One paired canary submission as the wire message (SubmitCanaryEmbeddings, GetStatus)."""
-    r, t, b = sub.reading, sub.reading.auc_drop, sub.reading.brier_increase
+def reading_message(
+    sub: CanarySubmission, reading: PairedCanaryReading | None = None
+) -> pb.PairedCanaryReading:
+    """One paired canary submission as the wire message (SubmitCanaryEmbeddings, GetStatus);
+    ``reading``: one head's (default: the default head's)."""
+    r = sub.reading if reading is None else reading
+    t, b = r.auc_drop, r.brier_increase
     return pb.PairedCanaryReading(
         size=r.size,
         positives=r.positives,

@@ -209,3 +209,66 @@ class MalformedRequestGuard(grpc.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(
             unary_unary, request_deserializer=None, response_serializer=handler.response_serializer
         )
+
+
+def select_heads(requested: Any, names: tuple[str, ...]) -> np.ndarray | None:
+    """Column indices of the heads a request named (``None``: it named none).
+
+    Raises INVALID_ARGUMENT naming an unknown or repeated head; checked before anything
+    is recorded.
+
+    >>> select_heads(["threat"], ("toxicity", "threat")).tolist()
+    [1]
+    >>> select_heads([], ("toxicity",)) is None
+    True
+    """
+    if not len(requested):
+        return None
+    index = {n: j for j, n in enumerate(names)}
+    cols = []
+    for name in requested:
+        j = index.get(name)
+        if j is None:
+            raise invalid(
+                f"heads names {name!r}, which this bundle does not have (its heads: "
+                f"{', '.join(names)}); nothing was recorded"
+            )
+        cols.append(j)
+    if len(set(cols)) != len(cols):
+        raise invalid("heads names a head twice; name each head once (nothing was recorded)")
+    return np.asarray(cols, dtype=np.intp)
+
+
+def head_scores_message(
+    p: np.ndarray, names: tuple[str, ...], flags: np.ndarray, cols: np.ndarray | None
+) -> pb.HeadScores:
+    """Every head's (or the chosen ``cols``') scores, packed row-major: one ``tobytes``
+    per field, so a client decodes n rows x k heads with one ``numpy.frombuffer`` each.
+
+    >>> import numpy as np
+    >>> m = head_scores_message(np.array([[0.9, 0.2]], dtype=np.float32), ("a", "b"),
+    ...                         np.array([0.5, 0.5], dtype=np.float32), None)
+    >>> list(m.heads), np.frombuffer(m.flagged, dtype=np.uint8).tolist()
+    (['a', 'b'], [1, 0])
+    """
+    if cols is not None:
+        p, flags, names = p[:, cols], flags[cols], tuple(names[j] for j in cols)
+    p = np.ascontiguousarray(p, dtype=_F32LE)
+    return pb.HeadScores(
+        heads=names,
+        rows=p.shape[0],
+        p_unsafe_f32le=p.tobytes(),
+        flagged=(p >= flags).astype(np.uint8).tobytes(),
+        confidence_f32le=np.maximum(p, 1.0 - p).astype(_F32LE, copy=False).tobytes(),
+    )
+
+
+def decode_head_scores(msg: pb.HeadScores) -> dict[str, np.ndarray]:
+    """A :class:`HeadScores` message as ``{"p_unsafe", "flagged", "confidence"}`` arrays of
+    shape (rows, heads), for clients (one ``numpy.frombuffer`` per field)."""
+    shape = (msg.rows, len(msg.heads))
+    return {
+        "p_unsafe": np.frombuffer(msg.p_unsafe_f32le, dtype=_F32LE).reshape(shape),
+        "flagged": np.frombuffer(msg.flagged, dtype=np.uint8).reshape(shape).astype(bool),
+        "confidence": np.frombuffer(msg.confidence_f32le, dtype=_F32LE).reshape(shape),
+    }

@@ -85,8 +85,13 @@ class StatePersister:
                     self.store.path,
                     exc,
                 )
-        for scores, labels, seq in self.store.labels_after(eng.labels_seq):
-            eng.on_labels(LabelBatch(scores, labels, time.time(), last_seq=seq))
+        multi = self.store.heads > 1  # as the servicer: heads=None for a one-head bundle
+        for scores, labels, seq, heads in self.store.labels_after(eng.labels_seq):
+            eng.on_labels(
+                LabelBatch(
+                    scores, labels, time.time(), last_seq=seq, heads=heads if multi else None
+                )
+            )
             rep.labels_replayed += int(scores.shape[0])
         got = self.store.load_snapshot(WINDOWS)
         if got is not None:

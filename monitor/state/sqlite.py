@@ -5,12 +5,15 @@ and age, every eviction counted, late labels told apart as expired / already lab
 unknown), plus what must survive a restart or ``kill -9``:
 
 * **predictions awaiting a label**: each recorded batch is one journal row (its ids, as
-  JSON, and its scores, as float32 bytes), so the request path pays one SQL insert per
-  call, not one B-tree insert per id. At start the journal is replayed through the
-  in-memory store, which re-applies capacity and TTL;
-* **which ids were labelled** (``labelled``), so a replayed prediction that was already
-  labelled is not resurrected and a second label for it is not joined twice;
-* **labels joined but not yet folded into a calibration snapshot** (``labels``), so no
+  JSON, and its n x k scores, as row-major float32 bytes; k, the bundle's heads, is in
+  ``meta``), so the request path pays one SQL insert per call, not one B-tree insert per
+  id. At start the journal is replayed through the in-memory store, which re-applies
+  capacity and TTL;
+* **which (id, head) pairs were labelled** (``labelled``), so a replayed prediction that
+  was already labelled is not resurrected (or, partly labelled, keeps waiting only for its
+  other heads) and a second label for one head is not joined twice;
+* **labels joined but not yet folded into a calibration snapshot** (``labels``, with their
+  head), so no
   accepted label is missing from the calibration figures after a restart. The engine's
   snapshot records the sequence number of the last label it folded; saving it deletes
   the labels up to there in the same transaction (exactly once).
@@ -21,6 +24,9 @@ commit reaches the OS before the call returns, which a killed process cannot los
 ``synchronous=FULL`` also fsyncs each commit, for power loss. Counters (labels joined,
 evictions ...) are per process, like any Prometheus counter; ids evicted before a restart
 and no longer in the journal count as ``unknown`` rather than ``expired`` afterwards.
+
+A schema-2 database (one head, before multi-head bundles) is migrated in place at open
+(as k = 1, head 0), so an upgrade keeps its pending predictions and unfolded labels.
 """
 
 from __future__ import annotations
@@ -33,16 +39,17 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
 
-from silentwatch.monitor.state.memory import MemoryStore
+from silentwatch.monitor.state.memory import MemoryStore, check_heads
 from silentwatch.monitor.state.store import JoinResult, StoreCounters, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Journal rows older than the oldest pending prediction are dropped every this many records.
 _CLEAN_EVERY = 64
 
@@ -56,15 +63,18 @@ CREATE TABLE IF NOT EXISTS batches (
     scores BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS labelled (
-    request_id TEXT PRIMARY KEY,
-    pred_seq INTEGER NOT NULL
+    request_id TEXT NOT NULL,
+    head INTEGER NOT NULL,
+    pred_seq INTEGER NOT NULL,
+    PRIMARY KEY (request_id, head)
 );
 CREATE INDEX IF NOT EXISTS labelled_by_seq ON labelled(pred_seq);
 CREATE TABLE IF NOT EXISTS labels (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     score REAL NOT NULL,
     label INTEGER NOT NULL,
-    at REAL NOT NULL
+    at REAL NOT NULL,
+    head INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS snapshots (
     name TEXT PRIMARY KEY,
@@ -73,6 +83,20 @@ CREATE TABLE IF NOT EXISTS snapshots (
     data BLOB NOT NULL
 );
 """
+
+# Schema 2 -> 3, in one transaction: labelled is keyed by (request_id, head), labels get a
+# head column; batches keep their bytes (n x 1 float32 is n float32). Everything is head 0.
+_MIGRATE_2_TO_3 = (
+    "ALTER TABLE labels ADD COLUMN head INTEGER NOT NULL DEFAULT 0",
+    "CREATE TABLE labelled_v3 (request_id TEXT NOT NULL, head INTEGER NOT NULL, "
+    "pred_seq INTEGER NOT NULL, PRIMARY KEY (request_id, head))",
+    "INSERT INTO labelled_v3 (request_id, head, pred_seq) "
+    "SELECT request_id, 0, pred_seq FROM labelled ORDER BY rowid",
+    "DROP TABLE labelled",  # drops labelled_by_seq with it
+    "ALTER TABLE labelled_v3 RENAME TO labelled",
+    "CREATE INDEX labelled_by_seq ON labelled(pred_seq)",
+    "INSERT OR REPLACE INTO meta VALUES ('schema', '3'), ('heads', '1')",
+)
 
 
 class SqliteStore:
@@ -84,9 +108,10 @@ class SqliteStore:
         Database file; its directory is created. ``-wal`` and ``-shm`` files sit beside it.
     capacity, ttl_seconds
         As for :class:`~.memory.MemoryStore`.
-    bundle_sha256
-        The served bundle. State written for another bundle is dropped at open (logged):
-        its scores and windows belong to another classifier.
+    bundle_sha256, heads
+        The served bundle and its number of heads (scores per prediction). State written
+        for another bundle or head count is dropped at open (logged): its scores and
+        windows belong to another classifier.
     synchronous
         ``"normal"`` survives process crashes; ``"full"`` also power loss (slower).
     max_bytes
@@ -110,6 +135,21 @@ class SqliteStore:
     >>> (len(s), s.join(["a", "b"], np.array([0, 1])).already_labelled)
     (1, 1)
     >>> s.close()
+
+    Three heads: each label names its head, and what was labelled survives a reopen.
+
+    >>> s = SqliteStore(d + "/k3.db", capacity=10, ttl_seconds=60, bundle_sha256="b", heads=3)
+    >>> s.record(["a"], np.array([[0.25, 0.5, 0.75]], dtype=np.float32))
+    >>> s.join(["a", "a"], np.array([1, 0]), heads=np.array([2, 0])).scores.tolist()
+    [0.75, 0.25]
+    >>> s.close()
+    >>> s = SqliteStore(d + "/k3.db", capacity=10, ttl_seconds=60, bundle_sha256="b", heads=3)
+    >>> r = s.join(["a", "a"], np.array([1, 1]), heads=np.array([2, 1]))
+    >>> (r.joined, r.already_labelled, r.heads.tolist(), len(s))
+    (1, 1, [1], 0)
+    >>> [h.tolist() for _, _, _, h in s.labels_after(-1)]
+    [[2, 0, 1]]
+    >>> s.close()
     """
 
     durable = True
@@ -127,6 +167,7 @@ class SqliteStore:
         max_unmatched_reported: int = 20,
         keep_labels: bool = True,
         clock: Callable[[], float] = time.time,
+        heads: int = 1,
     ) -> None:
         if synchronous not in ("normal", "full"):
             raise ValueError("synchronous must be 'normal' or 'full'")
@@ -137,6 +178,7 @@ class SqliteStore:
             tombstone_capacity=tombstone_capacity,
             max_unmatched_reported=max_unmatched_reported,
             clock=clock,
+            heads=check_heads(heads),
         )
         self.path = Path(path)
         self.keep_labels = keep_labels
@@ -174,6 +216,10 @@ class SqliteStore:
         return self.mem.ttl_seconds
 
     @property
+    def heads(self) -> int:
+        return self.mem.heads
+
+    @property
     def counters(self) -> StoreCounters:
         return self.mem.counters
 
@@ -198,7 +244,9 @@ class SqliteStore:
         version = None
         with contextlib.suppress(sqlite3.OperationalError):  # a new file has no meta yet
             version = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        if version is not None and int(version[0]) != SCHEMA_VERSION:
+        if version is not None and int(version[0]) == 2:
+            self._migrate(_MIGRATE_2_TO_3, 2)
+        elif version is not None and int(version[0]) != SCHEMA_VERSION:
             raise StoreUnavailable(
                 f"{self.path} has schema {version[0]}, this silentwatch writes "
                 f"{SCHEMA_VERSION}; move the file aside or point state_dir elsewhere"
@@ -209,70 +257,120 @@ class SqliteStore:
             db.execute(f"PRAGMA max_page_count={max(16, int(max_bytes) // page)}")
         self._check_owner(bundle_sha256)
 
+    def _migrate(self, steps: Sequence[str], old: int) -> None:
+        """Upgrade the schema in place, in one transaction (all or nothing)."""
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for sql in steps:
+                db.execute(sql)
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise StoreUnavailable(
+                f"{self.path}: migrating schema {old} to {SCHEMA_VERSION} failed ({exc}); "
+                "move the file aside or point state_dir elsewhere"
+            ) from exc
+        log.info("migrated %s from schema %d to %d", self.path, old, SCHEMA_VERSION)
+
+    def _stored_heads(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key='heads'").fetchone()
+        return 1 if row is None else int(row[0])
+
     def _check_owner(self, bundle_sha256: str) -> None:
-        """At open: drop state written for another bundle, then claim the store."""
+        """At open: drop state written for another bundle or head count, then claim it."""
         db = self._db
         row = db.execute("SELECT value FROM meta WHERE key='bundle_sha256'").fetchone()
-        if row is not None and row[0] != bundle_sha256:
+        old_heads = self._stored_heads()
+        drop = row is not None and (row[0] != bundle_sha256 or old_heads != self.heads)
+        if drop:
             dropped = db.execute("SELECT coalesce(sum(n), 0) FROM batches").fetchone()[0]
             log.warning(
-                "state in %s belongs to bundle %s, not the served %s: dropping its %d journalled "
-                "predictions, unfolded labels and snapshots (they describe another classifier)",
+                "state in %s belongs to bundle %s with %d head(s), not the served %s with %d: "
+                "dropping its %d journalled predictions, unfolded labels and snapshots (they "
+                "describe another classifier)",
                 self.path,
                 row[0][:16],
+                old_heads,
                 bundle_sha256[:16],
+                self.heads,
                 dropped,
             )
-            # Late labels for them count as expired, not unknown (bounded by the tombstones).
-            labelled = {r[0] for r in db.execute("SELECT request_id FROM labelled")}
+            # Late labels for them count as expired, not unknown (bounded by the tombstones);
+            # the heads they had labelled stay labelled, as after a rebind.
+            done: dict[str, int] = {}
+            for rid, head in db.execute("SELECT request_id, head FROM labelled"):
+                done[rid] = done.get(rid, 0) | (1 << head)
+            full = (1 << old_heads) - 1
+            gone = []
             for (ids,) in db.execute("SELECT ids FROM batches ORDER BY seq_start"):
-                self.mem._bury_many([i for i in json.loads(ids) if i not in labelled])
-        self._claim(bundle_sha256, drop=row is not None and row[0] != bundle_sha256)
+                gone += [(i, done.get(i, 0)) for i in json.loads(ids) if done.get(i, 0) != full]
+            self.mem._bury_left(gone)
+        self._claim(bundle_sha256, self.heads, drop=drop)
 
-    def _claim(self, bundle_sha256: str, *, drop: bool) -> None:
-        """Record the served bundle; with ``drop``, delete the previous bundle's state."""
+    def _claim(self, bundle_sha256: str, heads: int, *, drop: bool) -> None:
+        """Record the served bundle and head count; with ``drop``, delete the previous
+        bundle's state."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         if drop:
             for table in ("batches", "labelled", "labels", "snapshots"):
                 db.execute(f"DELETE FROM {table}")
         db.execute(
-            "INSERT OR REPLACE INTO meta VALUES ('bundle_sha256', ?), ('schema', ?)",
-            (bundle_sha256, str(SCHEMA_VERSION)),
+            "INSERT OR REPLACE INTO meta VALUES ('bundle_sha256', ?), ('schema', ?), ('heads', ?)",
+            (bundle_sha256, str(SCHEMA_VERSION), str(heads)),
         )
         db.execute("COMMIT")
 
     def _replay(self) -> None:
-        """Rebuild the in-memory store from the journal, then forget the labelled ids."""
+        """Rebuild the in-memory store from the journal, then re-apply the labelled
+        (id, head) pairs."""
         db, mem = self._db, self.mem
         first = True
-        for seq_start, at, ids, scores in db.execute(
-            "SELECT seq_start, at, ids, scores FROM batches ORDER BY seq_start"
+        k = mem.heads
+        for seq_start, n, at, ids, scores in db.execute(
+            "SELECT seq_start, n, at, ids, scores FROM batches ORDER BY seq_start"
         ):
             if first:
                 mem._seq = int(seq_start)  # continue the journal's numbering
                 first = False
             elif seq_start != mem.next_seq:
                 raise StoreUnavailable(f"{self.path}: journal gap at prediction {seq_start}")
-            mem.record(json.loads(ids), np.frombuffer(scores, dtype=np.float32), now=at)
+            ids = json.loads(ids)
+            arr = np.frombuffer(scores, dtype=np.float32)
+            if len(ids) != n or arr.size != n * k:
+                raise StoreUnavailable(
+                    f"{self.path}: journal row {seq_start} holds {len(ids)} ids and "
+                    f"{arr.size} scores, expected {n} and {n} x {k}"
+                )
+            # An id recorded again (allowed once its earlier prediction left) would be
+            # refused as a duplicate while that one is still pending in the replay.
+            mem._forget_pending(ids)
+            mem.record(ids, arr.reshape(n, k), now=at)
         top = db.execute("SELECT max(seq_start + n) FROM batches").fetchone()[0]
         if top is None:  # nothing journalled: continue after the labelled ones, if any
             top = db.execute("SELECT coalesce(max(pred_seq) + 1, 0) FROM labelled").fetchone()[0]
             mem._seq = int(top)
-        mem.restore_labelled([r[0] for r in db.execute("SELECT request_id FROM labelled")])
+        rows = db.execute("SELECT request_id, head, pred_seq FROM labelled ORDER BY rowid")
+        labelled = rows.fetchall()
+        if labelled:
+            rids, heads, seqs = zip(*labelled, strict=True)
+            mem.restore_labelled(rids, heads, seqs)
         mem.expire()
         # Replay is not traffic: the counters start at zero for this process.
         mem.counters = StoreCounters()
         self.restored_entries = len(mem)
 
-    def rebind(self, bundle_sha256: str) -> int:
-        """Serve another bundle: drop pending predictions (late labels then count as
-        expired), unfolded labels and snapshots, which all describe the old classifier.
-        Returns the number of predictions dropped."""
+    def rebind(self, bundle_sha256: str, heads: int = 1) -> int:
+        """Serve another bundle (with ``heads`` heads): drop pending predictions (late labels
+        then count as expired), unfolded labels and snapshots, which all describe the old
+        classifier. Returns the number of predictions dropped."""
+        heads = check_heads(heads)
         with self._lock:
-            self._claim(bundle_sha256, drop=True)
+            self._claim(bundle_sha256, heads, drop=True)
             # Buries the pending ids as expired; the journal's others left with a tombstone.
-            return self.mem.rebind(bundle_sha256)
+            return self.mem.rebind(bundle_sha256, heads)
 
     def close(self) -> None:
         with self._lock:
@@ -302,12 +400,12 @@ class SqliteStore:
     def record(self, ids: Sequence[str], scores: np.ndarray) -> None:
         """Record one prediction per id; refuse the whole batch if any id is pending.
 
-        Raises :class:`StoreUnavailable` (and records nothing) when the journal cannot be
-        written.
+        ``scores``: (n, heads) float32 ((n,) for one head). Raises
+        :class:`StoreUnavailable` (and records nothing) when the journal cannot be written.
         """
 
         def journal(ids: list[str], scores: np.ndarray, first: int, now: float) -> None:
-            blob = np.ascontiguousarray(scores, dtype=np.float32).tobytes()
+            blob = np.ascontiguousarray(scores, dtype=np.float32).tobytes()  # row-major n x k
             self._records += 1
             clean = self._records % _CLEAN_EVERY == 0
 
@@ -335,7 +433,8 @@ class SqliteStore:
             "FROM batches)",
             (oldest,),
         )
-        # Carried labels have no prediction here; keep them for a store's worth of traffic.
+        # Carried labels have no prediction here; keep them for a store's worth of traffic
+        # (counted in (id, head) pairs).
         db.execute(
             "DELETE FROM labelled WHERE pred_seq < 0 AND rowid IN (SELECT rowid FROM labelled "
             "WHERE pred_seq < 0 ORDER BY rowid LIMIT max(0, (SELECT count(*) FROM labelled "
@@ -352,40 +451,45 @@ class SqliteStore:
         ids: Sequence[str],
         labels: np.ndarray,
         carried: np.ndarray | None = None,
+        heads: np.ndarray | None = None,
     ) -> JoinResult:
-        """Pop the predictions these labels belong to and keep the joined labels durably.
+        """Join labels to the predictions they belong to and keep the joined labels durably.
 
+        ``heads`` ((m,) ints, None: all head 0) names each label's head; a label joins its
+        head's score and does not touch the other heads (see :meth:`MemoryStore.join`).
         ``carried`` (optional, NaN where absent) is the score the caller says the serving
         replica gave: it joins a label whose prediction this store never saw or already
-        evicted (the stateless multi-replica path). A label for an id already labelled
-        never joins twice. Raises :class:`StoreUnavailable` when nothing could be written
-        (then nothing was accepted: the caller should retry).
+        evicted (the stateless multi-replica path). A label for an (id, head) already
+        labelled never joins twice. Raises :class:`StoreUnavailable` when nothing could be
+        written (then nothing was accepted: the caller should retry).
         """
         now = self._clock()
 
-        def journal(res: JoinResult, joined: list[tuple[str, int]]) -> None:
+        def journal(res: JoinResult, joined: list[tuple[str, int, int]]) -> None:
             if not joined:
                 return
 
             def write(db: sqlite3.Connection) -> None:
                 db.executemany(
-                    "INSERT OR REPLACE INTO labelled(request_id, pred_seq) VALUES (?, ?)", joined
+                    "INSERT OR REPLACE INTO labelled(request_id, pred_seq, head) VALUES (?, ?, ?)",
+                    joined,
                 )
                 if self.keep_labels:
                     db.executemany(
-                        "INSERT INTO labels(score, label, at) VALUES (?, ?, ?)",
+                        "INSERT INTO labels(score, label, at, head) VALUES (?, ?, ?, ?)",
                         zip(
                             res.scores.astype(np.float64).tolist(),
                             res.labels.tolist(),
-                            [now] * len(joined),
-                            strict=True,
+                            repeat(now),
+                            res.heads.tolist(),
+                            strict=False,
                         ),
                     )
                     res.label_seq = db.execute("SELECT max(seq) FROM labels").fetchone()[0]
 
             self._tx(write)
 
-        return self.mem.join(ids, labels, carried, journal=journal)
+        return self.mem.join(ids, labels, carried, heads, journal=journal)
 
     # -- snapshots ----------------------------------------------------------------------------
     def save_snapshots(self, items: dict[str, bytes], label_seq: int) -> None:
@@ -413,19 +517,25 @@ class SqliteStore:
 
     def labels_after(
         self, seq: int, chunk: int = 50_000
-    ) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-        """Joined labels with ``seq`` above the given one, oldest first, in chunks."""
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, int, np.ndarray]]:
+        """Joined labels with ``seq`` above the given one, oldest first, in chunks of
+        ``(scores, labels, last seq, heads)`` (heads: int16 head index of each label)."""
         while True:
             with self._lock:
                 rows = self._db.execute(
-                    "SELECT seq, score, label FROM labels WHERE seq > ? ORDER BY seq LIMIT ?",
+                    "SELECT seq, score, label, head FROM labels WHERE seq > ? ORDER BY seq LIMIT ?",
                     (seq, chunk),
                 ).fetchall()
             if not rows:
                 return
             arr = np.asarray(rows, dtype=np.float64)
             seq = int(arr[-1, 0])
-            yield arr[:, 1].astype(np.float32), arr[:, 2].astype(np.int8), seq
+            yield (
+                arr[:, 1].astype(np.float32),
+                arr[:, 2].astype(np.int8),
+                seq,
+                arr[:, 3].astype(np.int16),
+            )
 
     def unfolded_labels(self) -> int:
         with self._lock:

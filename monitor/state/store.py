@@ -1,9 +1,12 @@
 """The label-join store's contract: what both stores (memory, SQLite) offer the request path.
 
-A store keeps recorded predictions (request id -> score) until their delayed label
-arrives, bounded in size (``capacity``) and age (``ttl_seconds``), and tells a late label
-apart as joined, unknown, expired or already labelled. :class:`~.memory.MemoryStore` keeps
-them in the process; :class:`~.sqlite.SqliteStore` adds a journal that survives a restart.
+A store keeps recorded predictions (request id -> one score per head) until their delayed
+labels arrive, bounded in size (``capacity``) and age (``ttl_seconds``), and tells a late
+label apart as joined, unknown, expired or already labelled. A store is built for the
+bundle's number of heads (``heads``, k; head 0 is the default head); a label names its head
+and joins only that head's score, so a label for one head does not touch the others.
+:class:`~.memory.MemoryStore` keeps them in the process; :class:`~.sqlite.SqliteStore` adds
+a journal that survives a restart.
 """
 
 from __future__ import annotations
@@ -17,16 +20,21 @@ import numpy as np
 
 @dataclass
 class JoinResult:
-    """Outcome of joining one batch of labels."""
+    """Outcome of joining one batch of labels (one row per joined label)."""
 
-    scores: np.ndarray  # (k,) P(unsafe) of the joined predictions
-    labels: np.ndarray  # (k,) int8 ground truth, aligned with scores
+    scores: np.ndarray  # (j,) P(unsafe) of the joined predictions, for the label's head
+    labels: np.ndarray  # (j,) int8 ground truth, aligned with scores
     unknown: int = 0
     expired: int = 0
     already_labelled: int = 0
     unmatched_ids: list[str] = field(default_factory=list)
     carried: int = 0  # joined through the score the label carried (no local prediction)
     label_seq: int = -1  # durable stores: sequence number of the last label kept
+    heads: np.ndarray | None = None  # (j,) int16 head index of each joined label (None: all 0)
+
+    def __post_init__(self) -> None:
+        if self.heads is None:
+            self.heads = np.zeros(np.shape(self.scores)[0], dtype=np.int16)
 
     @property
     def joined(self) -> int:
@@ -65,28 +73,36 @@ class PredictionStore(Protocol):
 
     capacity: int
     ttl_seconds: float
+    heads: int  # scores per prediction (the bundle's heads, default head first)
     counters: StoreCounters
     durable: bool
 
     def __len__(self) -> int: ...
 
     def record(self, ids: Sequence[str], scores: np.ndarray) -> None:
-        """Keep ``scores`` under ``ids`` until their labels arrive; raises
-        :class:`DuplicateRequestIds` (nothing recorded) or :class:`StoreUnavailable`."""
+        """Keep ``scores`` ((n, heads) float32; (n,) for one head) under ``ids`` until their
+        labels arrive; raises :class:`DuplicateRequestIds` (nothing recorded),
+        :class:`StoreUnavailable` or ValueError (a shape that does not fit)."""
         ...
 
     def join(
-        self, ids: Sequence[str], labels: np.ndarray, carried: np.ndarray | None = None
+        self,
+        ids: Sequence[str],
+        labels: np.ndarray,
+        carried: np.ndarray | None = None,
+        heads: np.ndarray | None = None,
     ) -> JoinResult:
-        """Join labels to recorded predictions (``carried``: scores labels brought along)."""
+        """Join labels to recorded predictions (``carried``: scores labels brought along;
+        ``heads``: each label's head index, None for all head 0)."""
         ...
 
     def expire(self) -> None:
         """Evict what has outlived ``ttl_seconds`` (counted)."""
         ...
 
-    def rebind(self, bundle_sha256: str) -> int:
-        """Drop pending predictions of the previous bundle; returns how many were dropped."""
+    def rebind(self, bundle_sha256: str, heads: int = 1) -> int:
+        """Serve another bundle with ``heads`` heads: drop pending predictions of the previous
+        one; returns how many were dropped."""
         ...
 
     def close(self) -> None: ...

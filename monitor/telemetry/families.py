@@ -22,11 +22,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from silentwatch.monitor.detection.heads import HeadStatus
 from silentwatch.monitor.detection.paired_canaries import PairedCanaryStatus
-from silentwatch.monitor.detection.status import NAN, EngineStatus
+from silentwatch.monitor.detection.status import NAN, ConfidenceStatus, EngineStatus
 from silentwatch.monitor.detection.verdict import SOURCES as VERDICT_SOURCES
 from silentwatch.monitor.evaluation.paired import PairedCanaryReading
-from silentwatch.monitor.serving.status import SidecarStatus
+from silentwatch.monitor.serving.status import HeadView, SidecarStatus
 from silentwatch.monitor.telemetry.prometheus import PREFIX, SOURCES
 
 Samples = list[tuple[tuple[str, ...], float]]
@@ -166,8 +167,8 @@ def _store_errors(s: SidecarStatus) -> Iterator[tuple[str, float]]:
     yield "open", 1.0 if s.store.open_error else 0.0
 
 
-def _profile_value(d: EngineStatus, sample: str, key: str) -> float:
-    p = d.confidence.window if sample == "window" else d.confidence.reference
+def _profile_value(c: ConfidenceStatus, sample: str, key: str) -> float:
+    p = c.window if sample == "window" else c.reference
     return NAN if p is None else getattr(p, key)
 
 
@@ -207,6 +208,42 @@ def _paired_each(
     return read
 
 
+def _heads(
+    fn: Callable[[HeadView], Iterable[tuple[str | tuple[str, ...], float]] | float | None],
+) -> Callable[[SidecarStatus], Samples | None]:
+    """A per-head family: the ``head`` label comes last; a head whose ``fn`` returns None
+    has no samples, and the family is absent when no head has any."""
+
+    def read(s: SidecarStatus) -> Samples | None:
+        out: Samples = []
+        for h in s.heads:
+            got = fn(h)
+            if got is None:
+                continue
+            if isinstance(got, int | float):
+                out.append(((h.name,), float(got)))
+                continue
+            for k, v in got:
+                out.append(((k, h.name) if isinstance(k, str) else (*k, h.name), v))
+        return out or None
+
+    return read
+
+
+def _head_det(
+    fn: Callable[[HeadStatus], Iterable[tuple[str | tuple[str, ...], float]] | float],
+) -> Callable[[SidecarStatus], Samples | None]:
+    """A per-head detection family: absent while detection is off."""
+    return _heads(lambda h: None if h.detection is None else fn(h.detection))
+
+
+def _head_paired(
+    fn: Callable[[PairedCanaryReading], Iterable[tuple[str | tuple[str, ...], float]] | float],
+) -> Callable[[SidecarStatus], Samples | None]:
+    """A per-head paired-canary family: absent before the first submission."""
+    return _heads(lambda h: None if h.paired_canary is None else fn(h.paired_canary))
+
+
 def _canary(fn: Callable[[SidecarStatus], float]) -> Callable[[SidecarStatus], Samples | None]:
     return lambda s: None if s.canary is None else [((), fn(s))]
 
@@ -221,9 +258,9 @@ FAMILIES: tuple[Family, ...] = (
     ),
     counter(
         "predictions_flagged",
-        "Predictions with P(unsafe) >= the flag threshold.",
-        _each(lambda s: ((src, s.traffic.flagged[src]) for src in SOURCES)),
-        ("source",),
+        "Predictions with P(unsafe) >= the head's flag threshold, by source and head.",
+        _heads(lambda h: ((src, h.flagged.get(src, 0)) for src in SOURCES)),
+        ("source", "head"),
     ),
     counter(
         "labels_received",
@@ -402,25 +439,28 @@ FAMILIES: tuple[Family, ...] = (
     *(
         gauge(
             name,
-            doc + " sample=window: latest window; sample=reference: held-out clean data.",
-            _det(
+            doc + " sample=window: latest window; sample=reference: held-out clean data. Per head.",
+            _head_det(
                 lambda d, key=key: (
-                    (sample, _profile_value(d, sample, key)) for sample in ("window", "reference")
+                    (sample, _profile_value(d.confidence, sample, key))
+                    for sample in ("window", "reference")
                 )
             ),
-            ("sample",),
+            ("sample", "head"),
         )
         for key, name, doc in CONFIDENCE_GAUGES
     ),
     gauge(
         "confidence_mean_change",
-        "Window mean confidence minus the reference's.",
-        _det(lambda d: d.confidence.mean_confidence_change),
+        "Window mean confidence minus the reference's, per head.",
+        _head_det(lambda d: d.confidence.mean_confidence_change),
+        ("head",),
     ),
     gauge(
         "confidence_mean_relative_change",
-        "(window - reference) / reference mean confidence.",
-        _det(lambda d: d.confidence.mean_confidence_relative_change),
+        "(window - reference) / reference mean confidence, per head.",
+        _head_det(lambda d: d.confidence.mean_confidence_relative_change),
+        ("head",),
     ),
     counter(
         "change_stream_thinned_rows",
@@ -464,19 +504,20 @@ FAMILIES: tuple[Family, ...] = (
     ),
     gauge(
         "silent_failure",
-        "1 when there is evidence the classifier got worse (paired canaries or label "
+        "1 when there is evidence the head got worse (paired canaries or label "
         "confirmation): the page. Input drift alone never raises it.",
-        _one(lambda s: float(s.silent_failure.active)),
+        _heads(lambda h: float(h.silent_failure.active)),
+        ("head",),
     ),
     gauge(
         "silent_failure_evidence",
-        "1 for each evidence source that raises silentwatch_silent_failure now.",
-        _each(
-            lambda s: (
-                (src, float(src in s.silent_failure.evidence)) for src in s.silent_failure.sources
+        "1 for each evidence source that raises silentwatch_silent_failure for the head now.",
+        _heads(
+            lambda h: (
+                (src, float(src in h.silent_failure.evidence)) for src in h.silent_failure.sources
             )
         ),
-        ("source",),
+        ("source", "head"),
     ),
     gauge(
         "silent_failure_source_available",
@@ -506,15 +547,15 @@ FAMILIES: tuple[Family, ...] = (
     *(
         gauge(
             f"labelled_{name}",
-            doc + " window=rolling: the last label_window labelled predictions; "
+            doc + " window=rolling: the last label_window labelled predictions of the head; "
             "window=cumulative: since start.",
-            _det(
+            _head_det(
                 lambda d, key=key: (
                     ("rolling", d.labelled.rolling.get(key, NAN)),
                     ("cumulative", d.labelled.cumulative.get(key, NAN)),
                 )
             ),
-            ("window",),
+            ("window", "head"),
         )
         for key, name, doc in LABELLED_METRICS
     ),
@@ -522,35 +563,43 @@ FAMILIES: tuple[Family, ...] = (
     gauge(
         "label_confirmation_reference_auc",
         "The bundle's held-out ROC-AUC that label confirmation tests the rolling one against.",
-        _det(lambda d: d.labelled.confirmation.reference_auc),
+        _head_det(lambda d: d.labelled.confirmation.reference_auc),
+        ("head",),
     ),
     gauge(
         "label_auc_drop",
         "Held-out minus rolling labelled ROC-AUC at the last confirmation check.",
-        _det(lambda d: NAN if (t := d.labelled.confirmation.last) is None else t.drop),
+        _head_det(lambda d: NAN if (t := d.labelled.confirmation.last) is None else t.drop),
+        ("head",),
     ),
     gauge(
         "label_auc_drop_lower_bound",
         "One-sided (1 - alpha) lower confidence bound of that drop (Hanley & McNeil errors "
         "of both AUCs); NaN with too few labels of a class.",
-        _det(lambda d: NAN if (t := d.labelled.confirmation.last) is None else t.drop_lower_bound),
+        _head_det(
+            lambda d: NAN if (t := d.labelled.confirmation.last) is None else t.drop_lower_bound
+        ),
+        ("head",),
     ),
     gauge(
         "label_degradation_confirmed",
         "1 when the last check confirmed a ROC-AUC drop beyond the margin: labelled evidence "
         "that the classifier got worse.",
-        _det(lambda d: float(d.labelled.confirmation.confirmed)),
+        _head_det(lambda d: float(d.labelled.confirmation.confirmed)),
+        ("head",),
     ),
     counter(
         "label_confirmation_checks",
         "Label-confirmation checks run (one every confirm_every joined labels).",
-        _det(lambda d: d.labelled.confirmation.checks),
+        _head_det(lambda d: d.labelled.confirmation.checks),
+        ("head",),
     ),
     counter(
         "label_confirmation_confirmed_checks",
         "Checks that confirmed a drop (each false at rate alpha when the classifier is no "
         "worse than the margin).",
-        _det(lambda d: d.labelled.confirmation.confirmed_checks),
+        _head_det(lambda d: d.labelled.confirmation.confirmed_checks),
+        ("head",),
     ),
     # -- paired canaries (monitor/detection/paired_canaries.py) ---------------------------
     gauge(
@@ -575,9 +624,10 @@ FAMILIES: tuple[Family, ...] = (
     ),
     gauge(
         "paired_canary_failure",
-        "1 when the last submission's paired ROC-AUC drop test confirmed a drop beyond the "
-        "margin (silent-failure evidence).",
-        _paired(lambda c: float(c.last.reading.failure)),
+        "1 when the last submission's paired tests confirmed the head got worse beyond the "
+        "margin (silent-failure evidence), per head.",
+        _head_paired(lambda r: float(r.failure)),
+        ("head",),
     ),
     gauge(
         "paired_canary_embedder_changed",
@@ -608,7 +658,7 @@ FAMILIES: tuple[Family, ...] = (
             f"paired_canary_{name}",
             f"Frozen head's canary {doc}, last submission: embeddings=live (bound estimate, "
             "low, high: the confidence interval) or reference (the validated embeddings).",
-            _paired_each(
+            _head_paired(
                 lambda r, live=live, ref=ref: (
                     (("live", "estimate"), getattr(r, live)),
                     (("live", "low"), getattr(r, f"{live}_ci")[0]),
@@ -616,42 +666,55 @@ FAMILIES: tuple[Family, ...] = (
                     (("reference", "estimate"), getattr(r, ref)),
                 )
             ),
-            ("embeddings", "bound"),
+            ("embeddings", "bound", "head"),
         )
         for live, ref, name, doc in PAIRED_GAUGES
     ),
     gauge(
         "paired_canary_flip_rate",
         "Share of canaries whose decision differs from the reference's (bound: estimate, "
-        "low, high of the Wilson interval).",
-        _paired_each(
+        "low, high of the Wilson interval), per head.",
+        _head_paired(
             lambda r: (
                 ("estimate", r.flip_rate),
                 ("low", r.flip_rate_ci[0]),
                 ("high", r.flip_rate_ci[1]),
             )
         ),
-        ("bound",),
+        ("bound", "head"),
     ),
     gauge(
         "paired_canary_auc_drop",
-        "Reference minus live canary ROC-AUC on the same texts (paired), last submission.",
-        _paired(lambda c: c.last.reading.auc_drop.drop),
+        "Reference minus live canary ROC-AUC on the same texts (paired), last submission, "
+        "per head.",
+        _head_paired(lambda r: r.auc_drop.drop),
+        ("head",),
     ),
     gauge(
         "paired_canary_auc_drop_lower_bound",
         "One-sided (1 - alpha/2) lower confidence bound of that drop (DeLong et al. 1988).",
-        _paired(lambda c: c.last.reading.auc_drop.lower_bound),
+        _head_paired(lambda r: r.auc_drop.lower_bound),
+        ("head",),
     ),
     gauge(
         "paired_canary_brier_increase",
-        "Mean over canaries of the live minus the reference Brier score, last submission.",
-        _paired(lambda c: c.last.reading.brier_increase.increase),
+        "Mean over canaries of the live minus the reference Brier score, last submission, "
+        "per head.",
+        _head_paired(lambda r: r.brier_increase.increase),
+        ("head",),
     ),
     gauge(
         "paired_canary_brier_increase_lower_bound",
         "One-sided (1 - alpha/2) lower confidence bound of that increase.",
-        _paired(lambda c: c.last.reading.brier_increase.lower_bound),
+        _head_paired(lambda r: r.brier_increase.lower_bound),
+        ("head",),
+    ),
+    gauge(
+        "paired_canary_positives",
+        "Canaries labelled unsafe for each head (few: the head's canary tests have little "
+        "power; see docs/detection.md).",
+        _heads(lambda h: None if h.paired_canary is None else h.canary_positives),
+        ("head",),
     ),
     # -- canaries (text mode) ----------------------------------------------------------
     counter(

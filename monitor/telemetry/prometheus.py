@@ -54,11 +54,16 @@ RPCS = tuple(m.name for m in pb.DESCRIPTOR.services_by_name["Monitor"].methods)
 SOURCES = ("classify", "observe")
 
 
+LabelValues = str | tuple[str, ...]
+
+
 class ArrayHistogram(Collector):
     """A labelled histogram fed whole numpy arrays at a time.
 
     ``observe_many`` costs one ``searchsorted`` + ``bincount`` per batch, where
-    prometheus_client's ``Histogram.observe`` would cost a Python call per value.
+    prometheus_client's ``Histogram.observe`` would cost a Python call per value. With
+    several labels, label values are tuples; a value seen for the first time adds a
+    series (callers bound them: sources and the bundle's heads).
 
     >>> import numpy as np
     >>> h = ArrayHistogram("x_ratio", "demo", (0.5, 1.0), "source", ("a",))
@@ -72,36 +77,53 @@ class ArrayHistogram(Collector):
         name: str,
         documentation: str,
         buckets: Sequence[float],
-        label: str,
-        label_values: Sequence[str],
+        label: str | tuple[str, ...],
+        label_values: Sequence[LabelValues],
     ) -> None:
-        self.name, self.documentation, self.label = name, documentation, label
+        self.name, self.documentation = name, documentation
+        self.labels = (label,) if isinstance(label, str) else tuple(label)
         self.bounds = np.asarray(buckets, dtype=np.float64)
-        self._counts = {v: np.zeros(len(buckets) + 1, dtype=np.int64) for v in label_values}
-        self._sums = dict.fromkeys(label_values, 0.0)
+        self._counts: dict[tuple[str, ...], np.ndarray] = {}
+        self._sums: dict[tuple[str, ...], float] = {}
         self._lock = threading.Lock()
+        for v in label_values:
+            self._ensure(self._key(v))
 
-    def observe_many(self, label_value: str, values: np.ndarray) -> None:
+    @staticmethod
+    def _key(value: LabelValues) -> tuple[str, ...]:
+        return (value,) if isinstance(value, str) else tuple(value)
+
+    def _ensure(self, key: tuple[str, ...]) -> None:
+        if key not in self._counts:
+            self._counts[key] = np.zeros(self.bounds.size + 1, dtype=np.int64)
+            self._sums[key] = 0.0
+
+    def observe_many(self, label_value: LabelValues, values: np.ndarray) -> None:
         # side="left": a value equal to a bound counts in that bucket (le semantics).
         idx = np.searchsorted(self.bounds, values, side="left")
         inc = np.bincount(idx, minlength=self.bounds.size + 1)
         total = float(np.sum(values, dtype=np.float64))
+        key = self._key(label_value)
         with self._lock:
-            self._counts[label_value] += inc
-            self._sums[label_value] += total
+            self._ensure(key)
+            self._counts[key] += inc
+            self._sums[key] += total
 
-    def snapshot(self, label_value: str) -> tuple[np.ndarray, float]:
+    def snapshot(self, label_value: LabelValues) -> tuple[np.ndarray, float]:
         """Cumulative bucket counts (last = +Inf = count) and the sum."""
+        key = self._key(label_value)
         with self._lock:
-            return np.cumsum(self._counts[label_value]), self._sums[label_value]
+            return np.cumsum(self._counts[key]), self._sums[key]
 
     def collect(self) -> Iterable[Metric]:
-        fam = HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
-        for value in self._counts:
-            cum, total = self.snapshot(value)
+        fam = HistogramMetricFamily(self.name, self.documentation, labels=list(self.labels))
+        with self._lock:
+            keys = list(self._counts)
+        for key in keys:
+            cum, total = self.snapshot(key)
             buckets = [(_fmt(b), int(c)) for b, c in zip(self.bounds, cum[:-1], strict=True)]
             buckets.append(("+Inf", int(cum[-1])))
-            fam.add_metric([value], buckets, total)
+            fam.add_metric(list(key), buckets, total)
         yield fam
 
 
@@ -110,34 +132,73 @@ def _fmt(x: float) -> str:
 
 
 class TrafficSink:
-    """Pipeline sink: score / confidence histograms and prediction counts."""
+    """Pipeline sink: score / confidence histograms and prediction counts, per head.
 
-    def __init__(self, flag_threshold: float) -> None:
-        self.flag_threshold = flag_threshold
+    Parameters
+    ----------
+    flag_threshold
+        The flag threshold of each head (a float: one head), in the bundle's head order.
+    heads
+        The heads' names, the default first.
+    """
+
+    def __init__(
+        self, flag_threshold: float | Sequence[float], heads: Sequence[str] = ("default",)
+    ) -> None:
         self.scores = ArrayHistogram(
             f"{PREFIX}_prediction_score",
-            "P(unsafe) of each prediction (Classify: the bundle's; Observe: the caller's).",
+            "P(unsafe) of each prediction by each head (Classify: the bundle's; Observe: the "
+            "caller's for the default head).",
             UNIT_BUCKETS,
-            "source",
-            SOURCES,
+            ("source", "head"),
+            (),
         )
         self.confidence = ArrayHistogram(
             f"{PREFIX}_prediction_confidence",
-            "Top-label confidence max(p, 1 - p) of each prediction (paper A, section 3.3).",
+            "Top-label confidence max(p, 1 - p) of each prediction by each head (paper A, "
+            "section 3.3).",
             UNIT_BUCKETS,
-            "source",
-            SOURCES,
+            ("source", "head"),
+            (),
         )
         self.predictions = dict.fromkeys(SOURCES, 0)
-        self.flagged = dict.fromkeys(SOURCES, 0)
+        self.flagged: dict[str, int] = {}  # the default head's, by source
+        # (source, head) -> predictions that head flagged; heads of earlier bundles stay
+        # (counters never go back), bounded by the bundles' heads.
+        self.flagged_by_head: dict[tuple[str, str], int] = {}
         self.labels_folded = 0
+        self.set_heads(flag_threshold, heads)
+
+    def set_heads(self, flag_threshold: float | Sequence[float], heads: Sequence[str]) -> None:
+        """Serve another bundle's heads (a reload); called on the worker thread."""
+        flags = [flag_threshold] if isinstance(flag_threshold, float | int) else flag_threshold
+        if len(flags) != len(heads):
+            raise ValueError(f"{len(flags)} flag thresholds for {len(heads)} heads")
+        self.head_names = tuple(heads)
+        self.flag_thresholds = np.asarray(flags, dtype=np.float32)
+        for src in SOURCES:
+            for h in self.head_names:
+                self.scores._ensure((src, h))
+                self.confidence._ensure((src, h))
+                self.flagged_by_head.setdefault((src, h), 0)
+        self.flagged = {src: self.flagged_by_head[(src, self.head_names[0])] for src in SOURCES}
+
+    @property
+    def flag_threshold(self) -> float:
+        """The default head's flag threshold."""
+        return float(self.flag_thresholds[0])
 
     def on_predictions(self, batch: PredictionBatch) -> None:
-        p = batch.scores
-        self.scores.observe_many(batch.source, p)
-        self.confidence.observe_many(batch.source, confidence(p))
-        self.predictions[batch.source] += batch.rows
-        self.flagged[batch.source] += int(np.count_nonzero(p >= self.flag_threshold))
+        src = batch.source
+        p_all = batch.scores[:, None] if batch.head_scores is None else batch.head_scores
+        flagged = np.count_nonzero(p_all >= self.flag_thresholds[: p_all.shape[1]], axis=0)
+        for j, head in enumerate(self.head_names[: p_all.shape[1]]):
+            p = p_all[:, j]
+            self.scores.observe_many((src, head), p)
+            self.confidence.observe_many((src, head), confidence(p))
+            self.flagged_by_head[(src, head)] += int(flagged[j])
+        self.predictions[src] += batch.rows
+        self.flagged[src] = self.flagged_by_head[(src, self.head_names[0])]
 
     def on_labels(self, batch: LabelBatch) -> None:
         self.labels_folded += int(batch.labels.shape[0])

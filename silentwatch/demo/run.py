@@ -170,14 +170,17 @@ def draw_at_prior(y: np.ndarray, n: int, prior: float, rng: np.random.Generator)
 
 
 def _phase_from_scrapes(
-    name: str, a: Samples, b: Samples, p: np.ndarray, y: np.ndarray
+    name: str, a: Samples, b: Samples, p: np.ndarray, y: np.ndarray, head: str = "default"
 ) -> PhaseResult:
+    """What one phase did, read from two scrapes as Grafana would (``head``: the bundle's
+    head the per-head families are read for)."""
+
     def d(metric: str, **labels: str) -> float:
         return b.get_value(metric, **labels) - a.get_value(metric, **labels)
 
-    n = d("silentwatch_prediction_score_count", source="classify")
-    conf_b = dict(b.buckets("silentwatch_prediction_confidence", source="classify"))
-    conf_a = dict(a.buckets("silentwatch_prediction_confidence", source="classify"))
+    n = d("silentwatch_prediction_score_count", source="classify", head=head)
+    conf_b = dict(b.buckets("silentwatch_prediction_confidence", source="classify", head=head))
+    conf_a = dict(a.buckets("silentwatch_prediction_confidence", source="classify", head=head))
     le_08 = conf_b.get(0.8, 0.0) - conf_a.get(0.8, 0.0)
     lat_a = dict(a.buckets("silentwatch_request_duration_seconds", rpc="ClassifyBatch"))
     lat = [
@@ -189,10 +192,12 @@ def _phase_from_scrapes(
     return PhaseResult(
         name=name,
         rows=int(n),
-        mean_score=d("silentwatch_prediction_score_sum", source="classify") / max(n, 1),
-        mean_confidence=d("silentwatch_prediction_confidence_sum", source="classify") / max(n, 1),
+        mean_score=d("silentwatch_prediction_score_sum", source="classify", head=head) / max(n, 1),
+        mean_confidence=d("silentwatch_prediction_confidence_sum", source="classify", head=head)
+        / max(n, 1),
         high_confidence_share=1.0 - le_08 / max(n, 1),
-        flagged_rate=d("silentwatch_predictions_flagged_total", source="classify") / max(n, 1),
+        flagged_rate=d("silentwatch_predictions_flagged_total", source="classify", head=head)
+        / max(n, 1),
         labels_joined=int(d("silentwatch_labels_joined_total")),
         latency_p99_ms=1000 * quantile(0.99, lat),
         true_auc=auc,
@@ -201,20 +206,26 @@ def _phase_from_scrapes(
         windows=int(d("silentwatch_drift_windows_evaluated_total")),
         input_drift_windows=int(d("silentwatch_input_drift_windows_total")),
         canary_auc=b.get_value(
-            "silentwatch_paired_canary_roc_auc", nan, embeddings="live", bound="estimate"
+            "silentwatch_paired_canary_roc_auc", nan, embeddings="live", bound="estimate", head=head
         ),
         canary_reference_auc=b.get_value(
-            "silentwatch_paired_canary_roc_auc", nan, embeddings="reference", bound="estimate"
+            "silentwatch_paired_canary_roc_auc",
+            nan,
+            embeddings="reference",
+            bound="estimate",
+            head=head,
         ),
-        silent_failure=b.get_value("silentwatch_silent_failure") == 1,
+        silent_failure=b.get_value("silentwatch_silent_failure", head=head) == 1,
         evidence=tuple(
             src
             for src in EVIDENCE
-            if b.get_value("silentwatch_silent_failure_evidence", source=src) == 1
+            if b.get_value("silentwatch_silent_failure_evidence", source=src, head=head) == 1
         ),
-        label_checks=int(d("silentwatch_label_confirmation_checks_total")),
-        label_confirmed_checks=int(d("silentwatch_label_confirmation_confirmed_checks_total")),
-        labelled_auc=b.get_value("silentwatch_labelled_roc_auc", nan, window="rolling"),
+        label_checks=int(d("silentwatch_label_confirmation_checks_total", head=head)),
+        label_confirmed_checks=int(
+            d("silentwatch_label_confirmation_confirmed_checks_total", head=head)
+        ),
+        labelled_auc=b.get_value("silentwatch_labelled_roc_auc", nan, window="rolling", head=head),
     )
 
 

@@ -33,58 +33,80 @@ class EmbeddingMatrix(_message.Message):
     def __init__(self, rows: _Optional[int] = ..., dim: _Optional[int] = ..., f32le: _Optional[bytes] = ..., values: _Optional[_Union[FloatValues, _Mapping]] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("request_id", "embedding", "embedder_version", "classifier_version", "text")
+    __slots__ = ("request_id", "embedding", "embedder_version", "classifier_version", "text", "heads")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     EMBEDDER_VERSION_FIELD_NUMBER: _ClassVar[int]
     CLASSIFIER_VERSION_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     embedding: Embedding
     embedder_version: str
     classifier_version: str
     text: str
-    def __init__(self, request_id: _Optional[str] = ..., embedding: _Optional[_Union[Embedding, _Mapping]] = ..., embedder_version: _Optional[str] = ..., classifier_version: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
+    heads: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_id: _Optional[str] = ..., embedding: _Optional[_Union[Embedding, _Mapping]] = ..., embedder_version: _Optional[str] = ..., classifier_version: _Optional[str] = ..., text: _Optional[str] = ..., heads: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class HeadScores(_message.Message):
+    __slots__ = ("heads", "rows", "p_unsafe_f32le", "flagged", "confidence_f32le")
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    P_UNSAFE_F32LE_FIELD_NUMBER: _ClassVar[int]
+    FLAGGED_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_F32LE_FIELD_NUMBER: _ClassVar[int]
+    heads: _containers.RepeatedScalarFieldContainer[str]
+    rows: int
+    p_unsafe_f32le: bytes
+    flagged: bytes
+    confidence_f32le: bytes
+    def __init__(self, heads: _Optional[_Iterable[str]] = ..., rows: _Optional[int] = ..., p_unsafe_f32le: _Optional[bytes] = ..., flagged: _Optional[bytes] = ..., confidence_f32le: _Optional[bytes] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
-    __slots__ = ("request_id", "p_unsafe", "flagged", "confidence", "classifier_version")
+    __slots__ = ("request_id", "p_unsafe", "flagged", "confidence", "classifier_version", "heads")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     P_UNSAFE_FIELD_NUMBER: _ClassVar[int]
     FLAGGED_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     CLASSIFIER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     p_unsafe: float
     flagged: bool
     confidence: float
     classifier_version: str
-    def __init__(self, request_id: _Optional[str] = ..., p_unsafe: _Optional[float] = ..., flagged: _Optional[bool] = ..., confidence: _Optional[float] = ..., classifier_version: _Optional[str] = ...) -> None: ...
+    heads: HeadScores
+    def __init__(self, request_id: _Optional[str] = ..., p_unsafe: _Optional[float] = ..., flagged: _Optional[bool] = ..., confidence: _Optional[float] = ..., classifier_version: _Optional[str] = ..., heads: _Optional[_Union[HeadScores, _Mapping]] = ...) -> None: ...
 
 class ClassifyBatchRequest(_message.Message):
-    __slots__ = ("request_ids", "embeddings", "embedder_version", "classifier_version", "texts")
+    __slots__ = ("request_ids", "embeddings", "embedder_version", "classifier_version", "texts", "heads")
     REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     EMBEDDER_VERSION_FIELD_NUMBER: _ClassVar[int]
     CLASSIFIER_VERSION_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
     request_ids: _containers.RepeatedScalarFieldContainer[str]
     embeddings: EmbeddingMatrix
     embedder_version: str
     classifier_version: str
     texts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., embeddings: _Optional[_Union[EmbeddingMatrix, _Mapping]] = ..., embedder_version: _Optional[str] = ..., classifier_version: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
+    heads: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., embeddings: _Optional[_Union[EmbeddingMatrix, _Mapping]] = ..., embedder_version: _Optional[str] = ..., classifier_version: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., heads: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ClassifyBatchResponse(_message.Message):
-    __slots__ = ("p_unsafe", "flagged", "confidence", "classifier_version")
+    __slots__ = ("p_unsafe", "flagged", "confidence", "classifier_version", "heads")
     P_UNSAFE_FIELD_NUMBER: _ClassVar[int]
     FLAGGED_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     CLASSIFIER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
     p_unsafe: _containers.RepeatedScalarFieldContainer[float]
     flagged: _containers.RepeatedScalarFieldContainer[bool]
     confidence: _containers.RepeatedScalarFieldContainer[float]
     classifier_version: str
-    def __init__(self, p_unsafe: _Optional[_Iterable[float]] = ..., flagged: _Optional[_Iterable[bool]] = ..., confidence: _Optional[_Iterable[float]] = ..., classifier_version: _Optional[str] = ...) -> None: ...
+    heads: HeadScores
+    def __init__(self, p_unsafe: _Optional[_Iterable[float]] = ..., flagged: _Optional[_Iterable[bool]] = ..., confidence: _Optional[_Iterable[float]] = ..., classifier_version: _Optional[str] = ..., heads: _Optional[_Union[HeadScores, _Mapping]] = ...) -> None: ...
 
 class ObserveRequest(_message.Message):
     __slots__ = ("request_ids", "embeddings", "p_unsafe", "embedder_version")
@@ -105,18 +127,20 @@ class ObserveResponse(_message.Message):
     def __init__(self, accepted: _Optional[int] = ...) -> None: ...
 
 class Label(_message.Message):
-    __slots__ = ("request_id", "unsafe", "p_unsafe", "embedder_version", "classifier_version")
+    __slots__ = ("request_id", "unsafe", "p_unsafe", "embedder_version", "classifier_version", "head")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     UNSAFE_FIELD_NUMBER: _ClassVar[int]
     P_UNSAFE_FIELD_NUMBER: _ClassVar[int]
     EMBEDDER_VERSION_FIELD_NUMBER: _ClassVar[int]
     CLASSIFIER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     unsafe: bool
     p_unsafe: float
     embedder_version: str
     classifier_version: str
-    def __init__(self, request_id: _Optional[str] = ..., unsafe: _Optional[bool] = ..., p_unsafe: _Optional[float] = ..., embedder_version: _Optional[str] = ..., classifier_version: _Optional[str] = ...) -> None: ...
+    head: str
+    def __init__(self, request_id: _Optional[str] = ..., unsafe: _Optional[bool] = ..., p_unsafe: _Optional[float] = ..., embedder_version: _Optional[str] = ..., classifier_version: _Optional[str] = ..., head: _Optional[str] = ...) -> None: ...
 
 class SubmitLabelsRequest(_message.Message):
     __slots__ = ("labels",)
@@ -445,7 +469,7 @@ class CanaryStatus(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., size: _Optional[int] = ..., runs: _Optional[int] = ..., last_run_at: _Optional[float] = ..., last_run_seconds: _Optional[float] = ..., metrics: _Optional[_Union[CalibrationMetrics, _Mapping]] = ..., last_error: _Optional[str] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("classifier_version", "embedder", "embedding_dim", "flag_threshold", "uptime_seconds", "traffic", "labels", "store", "pipeline", "bundle_sha256", "detection", "labelled", "identity", "canary", "silent_failure", "paired_canaries")
+    __slots__ = ("classifier_version", "embedder", "embedding_dim", "flag_threshold", "uptime_seconds", "traffic", "labels", "store", "pipeline", "bundle_sha256", "detection", "labelled", "identity", "canary", "silent_failure", "paired_canaries", "heads")
     CLASSIFIER_VERSION_FIELD_NUMBER: _ClassVar[int]
     EMBEDDER_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -462,6 +486,7 @@ class GetStatusResponse(_message.Message):
     CANARY_FIELD_NUMBER: _ClassVar[int]
     SILENT_FAILURE_FIELD_NUMBER: _ClassVar[int]
     PAIRED_CANARIES_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
     classifier_version: str
     embedder: EmbedderIdentity
     embedding_dim: int
@@ -478,7 +503,32 @@ class GetStatusResponse(_message.Message):
     canary: CanaryStatus
     silent_failure: SilentFailureStatus
     paired_canaries: PairedCanaryStatus
-    def __init__(self, classifier_version: _Optional[str] = ..., embedder: _Optional[_Union[EmbedderIdentity, _Mapping]] = ..., embedding_dim: _Optional[int] = ..., flag_threshold: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., traffic: _Optional[_Union[TrafficStatus, _Mapping]] = ..., labels: _Optional[_Union[LabelStatus, _Mapping]] = ..., store: _Optional[_Union[PredictionStoreStatus, _Mapping]] = ..., pipeline: _Optional[_Union[PipelineStatus, _Mapping]] = ..., bundle_sha256: _Optional[str] = ..., detection: _Optional[_Union[DetectionStatus, _Mapping]] = ..., labelled: _Optional[_Union[LabelledStatus, _Mapping]] = ..., identity: _Optional[_Union[IdentityStatus, _Mapping]] = ..., canary: _Optional[_Union[CanaryStatus, _Mapping]] = ..., silent_failure: _Optional[_Union[SilentFailureStatus, _Mapping]] = ..., paired_canaries: _Optional[_Union[PairedCanaryStatus, _Mapping]] = ...) -> None: ...
+    heads: _containers.RepeatedCompositeFieldContainer[HeadStatus]
+    def __init__(self, classifier_version: _Optional[str] = ..., embedder: _Optional[_Union[EmbedderIdentity, _Mapping]] = ..., embedding_dim: _Optional[int] = ..., flag_threshold: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., traffic: _Optional[_Union[TrafficStatus, _Mapping]] = ..., labels: _Optional[_Union[LabelStatus, _Mapping]] = ..., store: _Optional[_Union[PredictionStoreStatus, _Mapping]] = ..., pipeline: _Optional[_Union[PipelineStatus, _Mapping]] = ..., bundle_sha256: _Optional[str] = ..., detection: _Optional[_Union[DetectionStatus, _Mapping]] = ..., labelled: _Optional[_Union[LabelledStatus, _Mapping]] = ..., identity: _Optional[_Union[IdentityStatus, _Mapping]] = ..., canary: _Optional[_Union[CanaryStatus, _Mapping]] = ..., silent_failure: _Optional[_Union[SilentFailureStatus, _Mapping]] = ..., paired_canaries: _Optional[_Union[PairedCanaryStatus, _Mapping]] = ..., heads: _Optional[_Iterable[_Union[HeadStatus, _Mapping]]] = ...) -> None: ...
+
+class HeadStatus(_message.Message):
+    __slots__ = ("name", "is_default", "flag_threshold", "high_confidence", "flagged", "confidence", "labelled", "paired_canary", "silent_failure", "canary_positives")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    FLAG_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    HIGH_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    FLAGGED_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    LABELLED_FIELD_NUMBER: _ClassVar[int]
+    PAIRED_CANARY_FIELD_NUMBER: _ClassVar[int]
+    SILENT_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    CANARY_POSITIVES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    is_default: bool
+    flag_threshold: float
+    high_confidence: float
+    flagged: int
+    confidence: ConfidenceStatus
+    labelled: LabelledStatus
+    paired_canary: PairedCanaryReading
+    silent_failure: SilentFailureStatus
+    canary_positives: int
+    def __init__(self, name: _Optional[str] = ..., is_default: _Optional[bool] = ..., flag_threshold: _Optional[float] = ..., high_confidence: _Optional[float] = ..., flagged: _Optional[int] = ..., confidence: _Optional[_Union[ConfidenceStatus, _Mapping]] = ..., labelled: _Optional[_Union[LabelledStatus, _Mapping]] = ..., paired_canary: _Optional[_Union[PairedCanaryReading, _Mapping]] = ..., silent_failure: _Optional[_Union[SilentFailureStatus, _Mapping]] = ..., canary_positives: _Optional[int] = ...) -> None: ...
 
 class Interval(_message.Message):
     __slots__ = ("estimate", "low", "high")
@@ -631,10 +681,20 @@ class SubmitCanaryEmbeddingsRequest(_message.Message):
     def __init__(self, canary_set_id: _Optional[str] = ..., embeddings: _Optional[_Union[EmbeddingMatrix, _Mapping]] = ..., embedder_version: _Optional[str] = ...) -> None: ...
 
 class SubmitCanaryEmbeddingsResponse(_message.Message):
-    __slots__ = ("reading",)
+    __slots__ = ("reading", "heads")
     READING_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
     reading: PairedCanaryReading
-    def __init__(self, reading: _Optional[_Union[PairedCanaryReading, _Mapping]] = ...) -> None: ...
+    heads: _containers.RepeatedCompositeFieldContainer[HeadCanaryReading]
+    def __init__(self, reading: _Optional[_Union[PairedCanaryReading, _Mapping]] = ..., heads: _Optional[_Iterable[_Union[HeadCanaryReading, _Mapping]]] = ...) -> None: ...
+
+class HeadCanaryReading(_message.Message):
+    __slots__ = ("head", "reading")
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    READING_FIELD_NUMBER: _ClassVar[int]
+    head: str
+    reading: PairedCanaryReading
+    def __init__(self, head: _Optional[str] = ..., reading: _Optional[_Union[PairedCanaryReading, _Mapping]] = ...) -> None: ...
 
 class ReloadBundleRequest(_message.Message):
     __slots__ = ("bundle_path",)
