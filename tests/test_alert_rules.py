@@ -1,6 +1,7 @@
 """The Prometheus rules (deploy/prometheus/rules): promtool's checks and unit tests, the
 metrics they name, their runbook links, the false-alarm rate of the k-of-n input-drift
-ticket, and the split between the two signals (input drift never pages)."""
+ticket, the split between the two signals (input drift never pages), and heads kept apart
+(every rule on a per-head family keeps the ``head`` label and every alert names it)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,11 @@ from scipy.stats import binom
 
 from silentwatch.monitor.config import ServeSettings
 from silentwatch.monitor.detection.engine import RECENT_WINDOWS
+from silentwatch.monitor.detection.paired_canaries import PairedCanaryStatus
+from silentwatch.monitor.detection.verdict import silent_failure
 from silentwatch.monitor.serving.server import Sidecar
+from silentwatch.monitor.telemetry.families import FAMILIES
+from silentwatch.monitor.telemetry.prometheus import PREFIX, TrafficSink
 
 from .prometheus_bin import prometheus_binary
 from .promql import (
@@ -170,6 +175,23 @@ def test_silent_failure_false_alarm_rate_is_the_stated_one() -> None:
     assert (default["canary_margin"], default["confirmation_margin"]) == (0.01, 0.01)
 
 
+@pytest.mark.parametrize("heads", [1, 2, 8])
+def test_the_bundle_false_alarm_rate_does_not_grow_with_heads(heads: int) -> None:
+    """docs/alerts.md: each source splits its alpha over the heads, so the page (one alert
+    per failing head) keeps the bundle's per-round bound however many heads there are.
+    The canary source's split, read from the verdict itself (label confirmation's split is
+    the engine's; tests/test_multihead_serving.py checks it on a served 3-head bundle)."""
+    names = tuple(f"h{j}" for j in range(heads))
+    canaries = PairedCanaryStatus(
+        True, "", "set", 256, 0, 0, None, 0.01, 0.005, 1.0, head_names=names
+    )
+    verdict = silent_failure(None, canaries, "detection off", head_names=names)
+    assert [h.status.false_alarm_rate for h in verdict.heads] == [
+        pytest.approx(0.005 / heads)
+    ] * heads
+    assert verdict.false_alarm_rate == pytest.approx(0.005)
+
+
 # ---- the false-alarm rate of the k-of-n alerts ----------------------------------------
 
 
@@ -209,3 +231,160 @@ def test_k_of_n_rate_matches_a_simulation() -> None:
     alarms = rng.random((200_000, RECENT_WINDOWS)) < 0.1
     simulated = float((alarms.sum(axis=1) >= 5).mean())
     assert simulated == pytest.approx(k_of_n_false_alarm_rate(5, RECENT_WINDOWS, 0.1), rel=0.15)
+
+
+# ---- heads: categories are never summed, every alert names its head --------------------
+
+
+def per_head_metric_names() -> set[str]:
+    """Sample names of the families that carry a ``head`` label (monitor/telemetry), and of
+    the recording rules built on them."""
+    names = set()
+    for f in FAMILIES:
+        if "head" in f.labels:
+            base = f"{PREFIX}_{f.name}"
+            names |= {base, f"{base}_total"} if f.kind == "counter" else {base}
+    sink = TrafficSink(0.5, ("default",))
+    for h in (sink.scores, sink.confidence):
+        if "head" in h.labels:
+            names |= {f"{h.name}_{suffix}" for suffix in ("bucket", "sum", "count")}
+    # recording rules: in file order, so a rule built on a recorded per-head series counts
+    for r in rules():
+        if "record" in r and metric_names(r["expr"]) & names:
+            names.add(r["record"])
+    return names
+
+
+def test_the_per_head_families_are_the_ones_issue_19_names() -> None:
+    names = per_head_metric_names()
+    for expected in (
+        "silentwatch_silent_failure",
+        "silentwatch_silent_failure_evidence",
+        "silentwatch_labelled_roc_auc",
+        "silentwatch_labelled_ece",
+        "silentwatch_labelled_samples",
+        "silentwatch_label_confirmation_reference_auc",
+        "silentwatch_paired_canary_roc_auc",
+        "silentwatch_predictions_flagged_total",
+        "silentwatch_prediction_score_bucket",
+        "job:silentwatch_predictions_flagged:ratio_rate5m",
+        "job:silentwatch_prediction_score_bucket:rate5m",
+    ):
+        assert expected in names, expected
+    # embedding-level: one per sidecar, whatever the heads
+    for embedding_level in ("silentwatch_input_drift", "silentwatch_drift_alarm"):
+        assert embedding_level not in names
+
+
+# `sum by (a, b) (`, `max without (c) (`, and the by-after form `sum (x) by (a)` is not used.
+_AGGREGATION = re.compile(
+    r"\b(sum|avg|min|max|count|group|stddev|stdvar|topk|bottomk|quantile|count_values)"
+    r"\s*(by|without)\s*\(([^)]*)\)",
+    re.IGNORECASE,
+)
+_BARE_AGGREGATION = re.compile(
+    r"\b(sum|avg|min|max|group|stddev|stdvar|topk|bottomk|quantile)\s*\(", re.IGNORECASE
+)
+_AND_ON = re.compile(r"\band\s+on\s*\(([^)]*)\)", re.IGNORECASE)
+
+
+def head_mixing(expr: str) -> list[str]:
+    """Where ``expr`` would add, average or compare one head's series with another's.
+
+    ``count`` may drop ``head``: it counts heads (how many a sidecar serves), it mixes no
+    values."""
+    problems = []
+    for m in _AGGREGATION.finditer(expr):
+        op, mode, labels = m.group(1).lower(), m.group(2).lower(), m.group(3)
+        listed = {x.strip() for x in labels.split(",")}
+        if mode == "without" and "head" in listed:
+            problems.append(m.group(0))
+        if mode == "by" and "head" not in listed and op != "count":
+            problems.append(m.group(0))
+    problems += [m.group(0) for m in _BARE_AGGREGATION.finditer(expr)]
+    for m in _AND_ON.finditer(expr):
+        if "head" not in {x.strip() for x in m.group(1).split(",")}:
+            problems.append(m.group(0))
+    return problems
+
+
+@pytest.mark.parametrize(
+    ("expr", "mixes"),
+    [
+        ("sum by (job, source) (rate(x[5m]))", True),
+        ("sum by (job, source, head) (rate(x[5m]))", False),
+        ("max without (head) (x)", True),
+        ("sum(x)", True),
+        ("count by (job, instance) (x) > 1", False),
+        ("x >= 1 and on (job, instance) y >= 500", True),
+        ("x >= 1 and on (job, instance, head) y >= 500", False),
+    ],
+)
+def test_head_mixing_sees_aggregations_and_matches(expr: str, mixes: bool) -> None:
+    assert bool(head_mixing(expr)) == mixes
+
+
+def test_no_rule_on_a_per_head_family_mixes_heads() -> None:
+    per_head = per_head_metric_names()
+    offending = {
+        r.get("alert") or r.get("record"): head_mixing(r["expr"])
+        for r in rules()
+        if metric_names(r["expr"]) & per_head
+    }
+    assert {k: v for k, v in offending.items() if v} == {}
+
+
+def per_head_alerts() -> list[dict[str, Any]]:
+    per_head = per_head_metric_names()
+    return [a for a in alerts() if metric_names(a["expr"]) & per_head]
+
+
+def test_every_alert_on_a_per_head_family_names_the_head() -> None:
+    names = {a["alert"] for a in per_head_alerts()}
+    assert {
+        "SilentwatchSilentFailure",
+        "SilentwatchCalibrationDegraded",
+        "SilentwatchOverconfident",
+    } <= names
+    for a in per_head_alerts():
+        for key in ("summary", "description"):
+            assert "{{ $labels.head }}" in a["annotations"][key], f"{a['alert']} {key}"
+        # the numbers a page quotes are the failing head's own
+        for q in template_queries(a):
+            if metric_names(q) & per_head_metric_names() and "== 0" not in q:
+                assert "head='%s'" in q, f"{a['alert']}: {q}"
+
+
+def _case_heads(case: dict[str, Any]) -> dict[str, set[str]]:
+    """Per instance, the heads a unit-test case's input series carry."""
+    out: dict[str, set[str]] = {}
+    for series in case.get("input_series", []):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', series["series"]))
+        if "head" in labels:
+            out.setdefault(labels.get("instance", ""), set()).add(labels["head"])
+    return out
+
+
+def test_every_per_head_alert_has_a_two_head_case_naming_only_the_failing_head() -> None:
+    """A case with two heads on one sidecar where the alert fires for one of them and
+    not for the other: the page names the category that broke, and only that one."""
+    doc = yaml.safe_load(RULE_TESTS.read_text(encoding="utf-8"))
+    shown = set()
+    for case in doc["tests"]:
+        heads = _case_heads(case)
+        for t in case.get("alert_rule_test", []):
+            fired: dict[str, set[str]] = {}
+            for a in t.get("exp_alerts") or []:
+                lab = a["exp_labels"]
+                assert "head" in lab or t["alertname"] not in {
+                    x["alert"] for x in per_head_alerts()
+                }, f"{case['name']}: {t['alertname']} expected without a head label"
+                fired.setdefault(lab.get("instance", ""), set()).add(str(lab.get("head")))
+                # the annotations name the head the labels name
+                if "head" in lab:
+                    assert str(lab["head"]) in a["exp_annotations"]["summary"]
+            for inst, got in fired.items():
+                if len(heads.get(inst, ())) >= 2 and got < heads[inst]:
+                    shown.add(t["alertname"])
+    missing = {a["alert"] for a in per_head_alerts()} - shown
+    assert missing == set(), "per-head alerts without a two-head case where one head fails"

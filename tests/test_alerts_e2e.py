@@ -13,7 +13,9 @@ rules every second. The bundle carries 256 canary texts with their reference emb
    quiet while the canaries (same embedder) and the labels (same ROC-AUC) keep checking;
 3. a broken embedder (a random rotation of the space): the moderation service's next
    canary submission fires ``SilentwatchSilentFailure{source="paired_canaries"}``, and the
-   labels of the rotated traffic then fire ``source="label_confirmation"`` too.
+   labels of the rotated traffic then fire ``source="label_confirmation"`` too. Both name
+   the bundle's one head (``head="default"``) and quote its numbers: the annotations'
+   head-filtered queries find the sidecar's real series.
 
 The test reads everything from Prometheus' HTTP API.
 """
@@ -57,7 +59,7 @@ FIGURE_SERIES = {
     "canary_auc_live_high": 'silentwatch_paired_canary_roc_auc{embeddings="live", bound="high"}',
     "canary_auc_reference": 'silentwatch_paired_canary_roc_auc{embeddings="reference"}',
     "labelled_auc": 'silentwatch_labelled_roc_auc{window="rolling"}',
-    "holdout_auc": "silentwatch_bundle_holdout_roc_auc",
+    "holdout_auc": "silentwatch_bundle_holdout_roc_auc{head=\"default\"}",
     "alert_ticket": f'ALERTS{{alertname="{TICKET}", alertstate="firing"}}',
     "alert_page_canaries": f'ALERTS{{alertname="{PAGE}", source="{CANARIES}", alertstate="firing"}}',  # noqa: E501
     "alert_page_labels": f'ALERTS{{alertname="{PAGE}", source="{LABELS}", alertstate="firing"}}',
@@ -99,6 +101,18 @@ def _scalar(prom: Prometheus, expr: str) -> float:
 
 def _page(prom: Prometheus, source: str) -> list[dict]:
     return prom.query(f'ALERTS{{alertname="{PAGE}", source="{source}", alertstate="firing"}}')
+
+
+def _page_annotations(prom: Prometheus, source: str) -> dict[str, str]:
+    """The firing page's annotations for ``source`` (the alerts API, templates rendered)."""
+    (alert,) = [
+        a
+        for a in prom.api("alerts")["alerts"]
+        if a["labels"]["alertname"] == PAGE
+        and a["labels"]["source"] == source
+        and a["state"] == "firing"
+    ]
+    return alert["annotations"]
 
 
 def test_drift_opens_a_ticket_and_only_a_broken_embedder_pages(stack):
@@ -186,6 +200,11 @@ def test_drift_opens_a_ticket_and_only_a_broken_embedder_pages(stack):
     page = _page(prom, CANARIES)[0]["metric"]
     assert page["severity"] == "critical"
     assert page["instance"] == sidecar.metrics_address
+    # A one-head bundle's head is "default": the page names it and quotes its canary numbers.
+    assert page["head"] == "default"
+    notes = _page_annotations(prom, CANARIES)
+    assert "classifier head default got worse on its paired canaries" in notes["summary"]
+    assert "(canary ROC-AUC " in notes["description"], notes["description"]
     t0 = time.monotonic()
     while not _page(prom, LABELS):
         if time.monotonic() - t0 > WAIT_S:
@@ -195,6 +214,10 @@ def test_drift_opens_a_ticket_and_only_a_broken_embedder_pages(stack):
         replay.send(sc.broken(xb), yb)
         replay.flush_labels()
     fired[f"{PAGE}:{LABELS}"] = time.time() - t_broken
+    assert _page(prom, LABELS)[0]["metric"]["head"] == "default"
+    notes = _page_annotations(prom, LABELS)
+    assert "classifier head default got worse on its delayed labels" in notes["summary"]
+    assert "the rolling ROC-AUC (" in notes["description"], notes["description"]
     # The page and the ticket, nothing else.
     firing = {r["metric"]["alertname"] for r in prom.query('ALERTS{alertstate="firing"}')}
     assert firing == {PAGE, TICKET}, firing

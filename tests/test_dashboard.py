@@ -4,6 +4,9 @@ Three kinds of check:
 
 * structure: ids, titles, descriptions, the datasource variable, grid, the ``$job`` filter on
   every selector, provisioning paths and uids;
+* heads: the ``$head`` variable, the ``$head`` filter on every per-head selector, no panel
+  that adds heads together, and a panel per head for the silent failure, labelled ROC-AUC,
+  canary ROC-AUC and flagged share;
 * every metric a panel names exists: exported by a live sidecar after real traffic, recorded by
   a rule in ``deploy/prometheus/rules/*.yml``, or a Prometheus built-in;
 * every panel query is valid PromQL, according to ``promtool check rules``.
@@ -32,6 +35,7 @@ from .promql import (
     paired_canary_metric_names,
     recording_rule_names,
 )
+from .test_alert_rules import head_mixing, per_head_metric_names
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -59,6 +63,7 @@ GRAFANA_DURATIONS = {
 }
 
 _JOB_FILTER = re.compile(r'(?:^|[\s,])job\s*=~\s*"\$(?:job|\{job\})"')
+_HEAD_FILTER = re.compile(r'(?:^|[\s,])head\s*=~\s*"\$(?:head|\{head\})"')
 _VARIABLE = re.compile(r"\$(?:\{(\w+)(?::\w+)?\}|(\w+))")
 
 
@@ -124,6 +129,13 @@ def test_dashboard_identity_time_and_variables(dashboard: dict[str, Any]) -> Non
     for name, var in v.items():
         if var["type"] == "query":
             assert var["datasource"] == DATASOURCE_REF, name
+    # heads: the bundle's categories, listed from the page's own family
+    head = v["head"]
+    assert head["type"] == "query" and head["multi"] and head["includeAll"]
+    assert head["allValue"] == ".*"
+    m = re.fullmatch(r"\s*label_values\((.+),\s*(\w+)\s*\)\s*", head["query"]["query"])
+    assert m and m.group(2) == "head"
+    assert metric_names(m.group(1)) == {"silentwatch_silent_failure"}
 
 
 def test_rows_are_the_on_call_questions_in_order(dashboard: dict[str, Any]) -> None:
@@ -341,3 +353,70 @@ def test_panel_queries_are_valid_promql(dashboard: dict[str, Any], tmp_path: Pat
     )
     assert proc.returncode == 0, f"promtool check rules:\n{proc.stdout}\n{proc.stderr}"
     assert f"SUCCESS: {len(rules)} rules found" in proc.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# Heads (issue 19): categories are shown apart, never added together.
+
+
+def repeats_by_head(panel: dict[str, Any]) -> bool:
+    return panel.get("repeat") == "head"
+
+
+def test_every_per_head_selector_filters_by_head(dashboard: dict[str, Any]) -> None:
+    per_head = per_head_metric_names()
+    missing = [
+        f"{where(p)} target {k}: {name}{{{matchers}}}"
+        for p, k, expr in panel_queries(dashboard)
+        for name, matchers in metric_selectors(expr)
+        if name in per_head and not _HEAD_FILTER.search(matchers)
+    ]
+    assert not missing, 'per-head selectors without head=~"$head":\n' + "\n".join(missing)
+
+
+def test_no_panel_adds_heads_together(dashboard: dict[str, Any]) -> None:
+    """An aggregation over a per-head series keeps ``head``, or the panel repeats once per
+    head (then ``$head`` is one value); every per-head series is told apart, by its legend
+    or by its panel's title."""
+    per_head = per_head_metric_names()
+    problems = []
+    for p, k, expr in panel_queries(dashboard):
+        if not metric_names(expr) & per_head:
+            continue
+        if repeats_by_head(p):
+            assert "$head" in p["title"], where(p)
+        else:
+            problems += [f"{where(p)} target {k}: {m}" for m in head_mixing(expr)]
+            if "{{head}}" not in p["targets"][k].get("legendFormat", ""):
+                problems.append(f"{where(p)} target {k}: legend without {{{{head}}}}")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize(
+    ("title", "metric"),
+    [
+        ("Silent failure by head", "silentwatch_silent_failure"),
+        ("ROC-AUC by head: labelled (rolling) vs held-out", "silentwatch_labelled_roc_auc"),
+        (
+            "ROC-AUC by head: labelled (rolling) vs held-out",
+            "silentwatch_label_confirmation_reference_auc",
+        ),
+        ("Canary ROC-AUC by head: live vs reference, $head", "silentwatch_paired_canary_roc_auc"),
+        ("Flagged share by head", "job:silentwatch_predictions_flagged:ratio_rate5m"),
+    ],
+)
+def test_the_per_head_panels_are_there(dashboard: dict[str, Any], title: str, metric: str) -> None:
+    (panel,) = [p for p in query_panels(dashboard) if p["title"] == title]
+    assert any(metric in metric_names(t["expr"]) for t in panel["targets"]), title
+
+
+def test_labelled_roc_auc_is_compared_with_each_heads_own_reference(
+    dashboard: dict[str, Any],
+) -> None:
+    """The bundle's hold-out ROC-AUC gauge is the default head's: a per-head ROC-AUC panel
+    draws each head's own held-out figure (label confirmation's reference) instead."""
+    for p in query_panels(dashboard):
+        names = set().union(*(metric_names(t["expr"]) for t in p["targets"]))
+        if "silentwatch_labelled_roc_auc" in names:
+            assert "silentwatch_bundle_holdout_roc_auc" not in names, where(p)
+            assert "silentwatch_label_confirmation_reference_auc" in names, where(p)

@@ -111,6 +111,11 @@ def build_engine(bundle: LoadedBundle, s: ServeSettings) -> tuple[DetectionEngin
     return DetectionEngine(suite, options, normalize=m.embedder.normalized), ""
 
 
+def _holdout_by_head(bundle: LoadedBundle) -> dict[str, dict[str, float]]:
+    """Each head's held-out metrics from training, by head name (the holdout gauges)."""
+    return {h.name: dict(h.training.holdout_metrics) for h in bundle.heads}
+
+
 def _head_flags(bundle: LoadedBundle) -> tuple[list[float], list[str]]:
     """Each head's flag threshold and name, in the bundle's order (TrafficSink)."""
     return [h.thresholds.flag for h in bundle.heads], [h.name for h in bundle.heads]
@@ -238,9 +243,8 @@ class Sidecar:
                 threshold=t.flag,
                 high_confidence=t.high_confidence,
             )
-        m = self.bundle.manifest
         self._info = self._bundle_info(self.bundle)
-        self._holdout = dict(m.training.holdout_metrics)
+        self._holdout = _holdout_by_head(self.bundle)
         self.registry.register(
             StateCollector(
                 self.service.state,
@@ -384,7 +388,7 @@ class Sidecar:
             self._info.clear()
             self._info.update(self._bundle_info(new))
             self._holdout.clear()
-            self._holdout.update(new.manifest.training.holdout_metrics)
+            self._holdout.update(_holdout_by_head(new))
             self.reloads["ok"] += 1
             log.info(
                 "bundle reloaded: now serving classifier %s (bundle %s); %d predictions awaiting "

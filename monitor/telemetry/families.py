@@ -757,15 +757,16 @@ def status_families(status: SidecarStatus) -> Iterator[Metric]:
 class StateCollector(Collector):
     """Reads the sidecar's status when Prometheus scrapes, and exports it by :data:`FAMILIES`.
 
-    ``info`` (the served bundle's identity) and ``holdout`` (its held-out figures) are dicts
-    the sidecar updates in place on a hot reload; ``serving`` reads the health state.
+    ``info`` (the served bundle's identity) and ``holdout`` (each head's held-out figures,
+    by head name) are dicts the sidecar updates in place on a hot reload; ``serving`` reads
+    the health state.
     """
 
     def __init__(
         self,
         read: Callable[[], SidecarStatus],
         info: dict[str, str],
-        holdout: dict[str, float] | None = None,
+        holdout: dict[str, dict[str, float]] | None = None,
         serving: Callable[[], bool] | None = None,
     ) -> None:
         self._read = read
@@ -781,14 +782,19 @@ class StateCollector(Collector):
         )
         info.add_metric([], self._info)
         yield info
-        # The bundle's own held-out figures: alerts compare the labelled metrics against them.
+        # Each head's own held-out figures: alerts compare its labelled metrics against them.
         for key, name in HOLDOUT_GAUGES.items():
-            if key in self._holdout:
-                yield GaugeMetricFamily(
-                    f"{PREFIX}_bundle_holdout_{name}",
-                    f"Held-out {name.replace('_', ' ')} recorded in the bundle at training.",
-                    value=self._holdout[key],
-                )
+            heads = [(h, m[key]) for h, m in self._holdout.items() if key in m]
+            if not heads:
+                continue
+            fam = GaugeMetricFamily(
+                f"{PREFIX}_bundle_holdout_{name}",
+                f"Held-out {name.replace('_', ' ')} recorded in the bundle at training, per head.",
+                labels=["head"],
+            )
+            for head, value in heads:
+                fam.add_metric([head], value)
+            yield fam
         if self._serving is not None:
             yield GaugeMetricFamily(
                 f"{PREFIX}_serving",
