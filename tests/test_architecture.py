@@ -2,8 +2,8 @@
 
 * no import cycle anywhere in ``monitor/``, ``offline/`` or ``silentwatch/`` (imports inside
   functions count: a cycle hidden in a function is still a cycle);
-* ``monitor`` never imports torch, transformers or ``offline`` (the sidecar installs and
-  starts without them);
+* ``monitor`` never imports torch, transformers, peft, ray or ``offline`` (the sidecar
+  installs and starts without them);
 * ``bundle/`` is the format only: it never imports training, serving or the engine;
 * every package directory is listed in pyproject.toml, so a wheel ships all of them.
 """
@@ -141,7 +141,7 @@ def _external_imports(path: Path) -> Iterator[str]:
 @pytest.mark.parametrize(
     ("package", "forbidden"),
     [
-        ("silentwatch.monitor", ("torch", "transformers", "silentwatch.offline", "peft")),
+        ("silentwatch.monitor", ("torch", "transformers", "silentwatch.offline", "peft", "ray")),
         (
             "silentwatch.monitor.bundle",
             (

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -14,33 +13,13 @@ pytest.importorskip("torch")
 from silentwatch.cli import main
 from silentwatch.monitor.bundle import load_bundle
 
-from .tiny_models import save_tiny
-
-WORDS = [
-    "river",
-    "table",
-    "morning",
-    "green",
-    "window",
-    "music",
-    "paper",
-    "garden",
-    "city",
-    "letter",
-]
+from .tiny_models import save_tiny, write_toy_evalset
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("gate_cli")
-    rng = random.Random(0)
-    data = root / "eval.jsonl"
-    with data.open("w") as fh:
-        for i in range(240):
-            unsafe = i % 2
-            word = "awful hateful" if unsafe else "lovely kind"
-            text = f"{rng.choice(WORDS)} {word} {rng.choice(WORDS)} {rng.choice(WORDS)}"
-            fh.write(json.dumps({"body": text, "is_toxic": "yes" if unsafe else "no"}) + "\n")
+    data = write_toy_evalset(root / "eval.jsonl", 240)
     return {
         "root": root,
         "data": data,

@@ -192,10 +192,10 @@ def test_generated_stubs_match_the_proto(tmp_path):
         assert fresh == committed, f"{name} is stale: run `make proto`"
 
 
-def test_the_sidecar_never_imports_torch():
+def test_the_sidecar_never_imports_torch_or_ray():
     code = (
         "import sys, silentwatch.monitor.serving.server, silentwatch.cli, silentwatch.demo.run; "
-        "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
+        "bad = [m for m in ('torch', 'transformers', 'ray') if m in sys.modules]; "
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -42,3 +42,30 @@ def save_tiny(kind: str, out: Path, *, seed: int = 0, hidden: int = 32) -> Path:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+#: Filler words of the toy labelled sets the gate tests embed with tiny models.
+TOY_WORDS = (
+    "river", "table", "morning", "green", "window", "music", "paper", "garden", "city", "letter",
+)  # fmt: skip
+
+
+def write_toy_evalset(path: Path, rows: int, *, varied_lengths: bool = False) -> Path:
+    """A JSONL file of ``rows`` labelled texts (``body``, ``is_toxic`` = yes / no,
+    alternating), whose unsafe rows carry "awful hateful": separable even for a random
+    tiny model. ``varied_lengths`` gives 1-6 trailing words, so length-sorting engines
+    reorder the rows."""
+    import json
+    import random
+
+    rng = random.Random(0)
+    with path.open("w") as fh:
+        for i in range(rows):
+            unsafe = i % 2
+            word = "awful hateful" if unsafe else "lovely kind"
+            n = 1 + i % 6 if varied_lengths else 2
+            first = rng.choice(TOY_WORDS)
+            tail = " ".join(rng.choice(TOY_WORDS) for _ in range(n))
+            text = f"{first} {word} {tail}"
+            fh.write(json.dumps({"body": text, "is_toxic": "yes" if unsafe else "no"}) + "\n")
+    return path

@@ -18,6 +18,7 @@ from silentwatch.offline.audit.dissociation import DissociationSettings
 from silentwatch.offline.audit.finetune import FinetuneSettings
 from silentwatch.offline.audit.lvs import LVSSettings
 from silentwatch.offline.audit.probe import ProbeSettings
+from silentwatch.offline.execution.settings import ExecutionSettings
 
 
 class _Strict(BaseModel):
@@ -110,6 +111,9 @@ class AuditConfig(_Strict):
     lvs: LVSSettings = Field(default_factory=LVSSettings)
     thresholds: AuditThresholds = Field(default_factory=AuditThresholds)
     output: AuditOutput = Field(default_factory=AuditOutput)
+    execution: ExecutionSettings = Field(
+        default_factory=ExecutionSettings, description="local (default) or ray: PGD cells on Ray"
+    )
 
     @model_validator(mode="after")
     def _one_candidate(self) -> AuditConfig:

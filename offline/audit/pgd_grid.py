@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import nn
@@ -27,6 +28,7 @@ from silentwatch.offline.attacks.pgd import (
     respond,
 )
 from silentwatch.offline.audit.lvs import LVSInput
+from silentwatch.offline.execution.models import ModelRecipe, portable_model
 from silentwatch.offline.judge import (
     HarmlessnessScorer,
     KeywordRefusalJudge,
@@ -35,6 +37,9 @@ from silentwatch.offline.judge import (
 )
 from silentwatch.offline.lm import encode
 from silentwatch.offline.progress import Reporter
+
+if TYPE_CHECKING:
+    from silentwatch.offline.execution.settings import ExecutionSettings
 
 __all__ = ["PGDGrid", "PGDRow", "run_pgd_grid"]
 
@@ -132,10 +137,16 @@ def run_pgd_grid(
     judge: RefusalJudge | None = None,
     scorer: HarmlessnessScorer | None = None,
     progress: Reporter | None = None,
+    execution: ExecutionSettings | None = None,
 ) -> PGDGrid:
     """Clean answers, then for every site × ε the batched attack and its matched random
     baseline. ``scorer`` defaults to :class:`RefusalHarmlessness` over ``judge`` (S = 1 for
-    a refusal), so LVS is always defined."""
+    a refusal), so LVS is always defined.
+
+    ``execution`` with ``engine: ray`` runs each (site, ε) cell as a Ray task on a copy of
+    the model (shipped once through the object store); the attack is seeded per example,
+    so the cells give the local loop's results, in the same order.
+    """
     s = settings or PGDSettings()
     prompts = list(prompts)
     judge = judge or KeywordRefusalJudge()
@@ -150,26 +161,69 @@ def run_pgd_grid(
     assert refused is not None and harmless is not None
     progress.step(f"clean answers: refusal rate {refused.mean():.2f} on {len(prompts)} prompts")
     results: list[PGDResult] = []
-    with progress.bar("latent PGD", total=len(s.sites) * len(s.eps)) as advance:
-        for site in s.sites:
-            for eps in s.eps:
-                pgd = latent_pgd(model, tok, prompts, site, eps, s, judge=judge, scorer=scorer)
-                rnd = random_baseline(
-                    model,
-                    tok,
-                    prompts,
-                    site,
-                    pgd.delta_norm,
-                    s,
-                    eps=eps,
-                    judge=judge,
-                    scorer=scorer,
-                )
+    cells = [(site, eps) for site in s.sites for eps in s.eps]
+    cell_of = partial(
+        _pgd_cell, model=model, tok=tok, prompts=prompts, s=s, judge=judge, scorer=scorer
+    )
+
+    def said(pgd: PGDResult, rnd: PGDResult) -> None:
+        progress.step(
+            f"{pgd.site} eps={pgd.eps:g}: success pgd {pgd.success_rate:.2f} random "
+            f"{rnd.success_rate:.2f}, nll {pgd.nll_clean.mean():.3f} -> "
+            f"{pgd.nll.mean():.3f}"
+        )
+
+    recipe = None
+    if execution is not None and execution.is_ray:
+        # Ray ships the weights, not the live model (its hooks may not pickle); a model
+        # that is no plain transformers model (a LoRA-wrapped candidate) stays here.
+        recipe = portable_model(model)
+        if recipe is None:
+            name = type(model).__name__
+            progress.step(f"latent PGD runs in this process: a {name} is not shipped to Ray")
+
+    with progress.bar("latent PGD", total=len(cells)) as advance:
+        if recipe is not None:
+            from silentwatch.offline.execution.tasks import map_cells
+
+            remote_cell = partial(cell_of, model=recipe)
+            for pgd, rnd in map_cells(remote_cell, cells, execution, advance, device=str(dev)):
                 results += [pgd, rnd]
-                progress.step(
-                    f"{site} eps={eps:g}: success pgd {pgd.success_rate:.2f} random "
-                    f"{rnd.success_rate:.2f}, nll {pgd.nll_clean.mean():.3f} -> "
-                    f"{pgd.nll.mean():.3f}"
-                )
+                said(pgd, rnd)
+        else:
+            for cell in cells:
+                pgd, rnd = cell_of(cell)
+                results += [pgd, rnd]
+                said(pgd, rnd)
                 advance(1)
     return PGDGrid(prompts, clean, refused, harmless, results)
+
+
+def _pgd_cell(
+    cell: tuple[str, float],
+    *,
+    model: nn.Module | ModelRecipe,
+    tok: Any,
+    prompts: list[str],
+    s: PGDSettings,
+    judge: RefusalJudge,
+    scorer: HarmlessnessScorer,
+) -> tuple[PGDResult, PGDResult]:
+    """The attack at one (site, ε) and its random baseline of the same norms (on a Ray
+    worker, ``model`` is a recipe, built once per worker)."""
+    site, eps = cell
+    if isinstance(model, ModelRecipe):
+        model = model.build()
+    pgd = latent_pgd(model, tok, prompts, site, eps, s, judge=judge, scorer=scorer)
+    rnd = random_baseline(
+        model,
+        tok,
+        prompts,
+        site,
+        pgd.delta_norm,
+        s,
+        eps=eps,
+        judge=judge,
+        scorer=scorer,
+    )
+    return pgd, rnd

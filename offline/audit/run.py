@@ -68,6 +68,8 @@ class AuditReport(BaseModel):
     finetune: list[dict[str, Any]] | None = None
     checks: list[AuditCheck] = []
     timings_seconds: dict[str, float] = {}
+    # Where the PGD cells ran: {"engine": "local"} or the Ray address and resources.
+    execution: dict[str, Any] = {"engine": "local"}
 
 
 def _nan_to_none(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -213,7 +215,9 @@ def run_audit(
             f"latent PGD on the {side}: {len(prompts)} prompts x {len(cfg.pgd.sites)} sites "
             f"x {len(cfg.pgd.eps)} eps, with the random baseline"
         )
-        grid = run_pgd_grid(m, tok, prompts, cfg.pgd, judge=judge, progress=rep)
+        grid = run_pgd_grid(
+            m, tok, prompts, cfg.pgd, judge=judge, progress=rep, execution=cfg.execution
+        )
         rows = [asdict(r) for r in grid.rows()]
         lvs_rows = [asdict(r) for r in lvs_table(grid.lvs_inputs("pgd"), cfg.lvs)]
         rnd = grid.lvs_inputs("random")
@@ -349,6 +353,7 @@ def run_audit(
         finetune=ft_records,
         checks=checks,
         timings_seconds=timings,
+        execution=cfg.execution.describe(),
     )
 
 

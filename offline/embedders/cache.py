@@ -89,6 +89,11 @@ def embed_cached(
         return embedder.embed(part, layer=layer)  # type: ignore[call-arg]
 
     def run() -> np.ndarray:
+        if layer == -1 and getattr(embedder, "streams_progress", False):
+            # An engine that batches and reports progress itself (the Ray actor pool,
+            # offline/execution/embedding.py) takes every text at once: one call per chunk
+            # would start a pool, and load every replica, per chunk.
+            return embedder.embed(texts, progress=progress)  # type: ignore[call-arg]
         if progress is None or len(texts) <= chunk:
             x = call(texts)
             if progress is not None:

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from silentwatch.monitor.yaml_file import read_yaml_mapping
 from silentwatch.offline.audit.config import AuditConfig
 from silentwatch.offline.evalset import DataSettings
+from silentwatch.offline.execution.settings import ExecutionSettings
 from silentwatch.offline.stress.sweep import StressSettings
 
 #: The forward-pass dtypes an embedder accepts (``auto``: float32 on CPU, bfloat16 on CUDA).
@@ -173,6 +174,10 @@ class GateConfig(_Strict):
     stress: StressSettings = Field(default_factory=StressSettings)
     thresholds: GateThresholds = Field(default_factory=GateThresholds)
     output: OutputSettings = Field(default_factory=OutputSettings)
+    execution: ExecutionSettings = Field(
+        default_factory=ExecutionSettings,
+        description="local (default) or ray: embedding actor pools and stress cells on Ray",
+    )
     representation: AuditConfig | None = Field(
         None,
         description="paper B's representation audit of a chat model update (docs/audit.md); "

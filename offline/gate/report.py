@@ -221,8 +221,23 @@ def render_markdown(report: GateReport) -> str:
         "",
         ", ".join(f"{k} {v:.1f}" for k, v in r.timings_seconds.items()),
         "",
+        _engine_line(r.execution),
+        "",
     ]
     return "\n".join(lines)
+
+
+def _engine_line(execution: dict[str, object]) -> str:
+    """Which engine ran the embedding and the stress cells."""
+    if execution.get("engine") != "ray":
+        return "Engine: local (this process)."
+    gpus = execution.get("gpus_per_replica")
+    return (
+        f"Engine: Ray at `{execution.get('address')}`, {execution.get('replicas')} embedding "
+        f"replicas x {execution.get('cpus_per_replica')} CPU"
+        + ("" if gpus is None else f", {gpus} GPU")
+        + "."
+    )
 
 
 def write_report(report: GateReport, out_dir: Path) -> list[Path]:

@@ -30,6 +30,7 @@ from silentwatch.monitor.scoring import HIGH_CONFIDENCE, LinearScorer
 from silentwatch.monitor.training import fit_classifier, train_bundle
 from silentwatch.offline.audit.run import AuditReport
 from silentwatch.offline.evalset import load_evalset
+from silentwatch.offline.execution.embedding import open_embedder_for
 from silentwatch.offline.gate.config import GateConfig
 from silentwatch.offline.progress import Reporter
 from silentwatch.offline.separability import Separability, separability
@@ -102,6 +103,8 @@ class GateReport(BaseModel):
     embedding_settings: dict[str, dict[str, Any]] = {}
     settings_changed: list[str] = []
     configuration_only: bool = False  # same weights, other settings
+    # Where it ran: {"engine": "local"} or the Ray address, replicas and resources.
+    execution: dict[str, Any] = {"engine": "local"}
 
 
 @dataclass
@@ -350,7 +353,7 @@ def run_gate(
         name = getattr(cfg, side).embedder
         say(f"embedding {len(texts):,} texts with the {side} embedder ({name})")
         try:
-            emb = eff[side].open(name, open_embedder)
+            emb = open_embedder_for(cfg.execution, eff[side], name, open_embedder)
         except (ValueError, ImportError, OSError) as err:
             raise GateError(f"{side} embedder {name!r}: {err}") from None
         infos[side] = emb.info().model_dump(mode="json")
@@ -406,6 +409,7 @@ def run_gate(
             cfg.stress,
             device=eff["old"].device,
             progress=advance,
+            execution=cfg.execution,
         )
     timings["stress"] = time.perf_counter() - t
 
@@ -508,6 +512,7 @@ def run_gate(
         embedding_settings={side: eff[side].describe() for side in ("old", "new")},
         settings_changed=changed,
         configuration_only=config_only,
+        execution=cfg.execution.describe(),
     )
     return report, GateArrays(split.test, y_test, p_old, p_frozen, p_retrained)
 

@@ -26,8 +26,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from itertools import pairwise
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
@@ -36,6 +37,9 @@ from silentwatch.monitor.evaluation.classification import labelled_metrics
 from silentwatch.monitor.scoring import HIGH_CONFIDENCE, LinearScorer
 from silentwatch.monitor.simulate.drift import normalise
 from silentwatch.offline.stress.operators import DRIFT_KINDS, DriftKind, DriftOperator, mean_angle
+
+if TYPE_CHECKING:
+    from silentwatch.offline.execution.settings import ExecutionSettings
 
 # Eight checkpoints over paper A's range 0..0.15, denser where classifiers break and
 # including the paper's headline s = 0.02 (an even 8-point grid would skip it).
@@ -118,6 +122,8 @@ class StressResult(BaseModel):
     device: str
     rows: dict[str, int]
     wall_seconds: float
+    # {"engine": "local"}, or the Ray address and resources the curves ran on.
+    execution: dict[str, Any] = {"engine": "local"}
 
     def curve(self, model: str, kind: str) -> list[StressPoint]:
         """Every point of one (model, kind), checkpoints and fine sweep, by magnitude."""
@@ -230,6 +236,7 @@ def run_stress(
     device: str = "cpu",
     backend: Literal["numpy", "torch"] | None = None,
     progress: Callable[[int], None] | None = None,
+    execution: ExecutionSettings | None = None,
 ) -> StressResult:
     """The factorial sweep: model x drift kind x magnitude, checkpoints then fine sweep.
 
@@ -245,6 +252,10 @@ def run_stress(
         ``"numpy"`` or ``"torch"``; default numpy on CPU and torch elsewhere.
     progress
         Called with the number of cells just evaluated (for a progress bar).
+    execution
+        ``None`` / ``engine: local``: every curve in this process. ``engine: ray``: one Ray
+        task per (model, drift kind) curve (its checkpoints and its fine sweep, which
+        depends on them); the same operations on the same rows, so the same points.
 
     Examples
     --------
@@ -264,38 +275,34 @@ def run_stress(
     t0 = time.perf_counter()
     points: list[StressPoint] = []
     cliffs: list[Cliff] = []
-    for name, model in models.items():
-        x_np = normalise_rows(model.x)
-        y = np.asarray(model.y).reshape(-1)
-        x: Any = x_np
-        if backend == "torch":
-            import torch
+    # Rows are checked and normalised here, on either engine, so a bad matrix fails at once
+    # and Ray workers receive exactly the rows the local loop would sweep.
+    prepared = {name: _rows(model) for name, model in models.items()}
+    if execution is not None and execution.is_ray:
+        from silentwatch.offline.execution.tasks import map_cells
 
-            x = torch.as_tensor(x_np, device=device)
-        score = _scorer_fn(model.scorer, x)
-        for kind in settings.kinds:
-            op = DriftOperator(
-                kind, n=x_np.shape[0], dim=x_np.shape[1], seed=settings.seed,
-                max_magnitude=settings.max_magnitude,
-            )  # fmt: skip
-
-            ctx = _Ctx(name, kind, op, x, y, score)
-
-            coarse = [_cell(ctx, m, "checkpoint", settings) for m in settings.magnitudes]
-            if progress:
-                progress(len(coarse))
-            clean = coarse[0].roc_auc
-            level = 0.5 + 0.1 * (clean - 0.5)
-            past = [p.magnitude for p in coarse if p.roc_auc < level]
-            hi = past[0] if past else settings.magnitudes[-1]
-            grid = np.linspace(0.0, hi, settings.fine_steps)
-            # The clean cell (magnitude 0) is already the first checkpoint: reuse it.
-            fine = [coarse[0].model_copy(update={"sweep": "fine"})] if grid.size else []
-            fine += [_cell(ctx, m, "fine", settings) for m in grid[1:]]
-            if progress and fine:
-                progress(len(fine))
-            points.extend(coarse + fine)
-            cliffs.append(summarise(coarse + fine, settings.failure_auc))
+        units = [(name, kind) for name in models for kind in settings.kinds]
+        curve_of = partial(
+            _remote_curve, prepared=prepared, settings=settings, backend=backend, device=device
+        )
+        curves = map_cells(
+            curve_of,
+            units,
+            execution,
+            progress,
+            weight=settings.checkpoints + settings.fine_steps,
+            device=device,
+        )
+        for curve in curves:
+            points.extend(curve)
+            cliffs.append(summarise(curve, settings.failure_auc))
+    else:
+        for name, (x_np, y, scorer) in prepared.items():
+            x, score = _on_backend(x_np, scorer, backend, device)
+            for kind in settings.kinds:
+                curve = _curve(name, kind, x_np, x, y, score, settings, progress)
+                points.extend(curve)
+                cliffs.append(summarise(curve, settings.failure_auc))
     return StressResult(
         settings=settings,
         points=points,
@@ -303,7 +310,74 @@ def run_stress(
         device=device if backend == "numpy" or device != "cpu" else "cpu (torch)",
         rows={name: int(m.x.shape[0]) for name, m in models.items()},
         wall_seconds=time.perf_counter() - t0,
+        execution=execution.describe() if execution is not None else {"engine": "local"},
     )
+
+
+def _rows(model: StressModel) -> tuple[np.ndarray, np.ndarray, LinearScorer]:
+    """Clean unit rows, flat labels and the head of one model."""
+    return normalise_rows(model.x), np.asarray(model.y).reshape(-1), model.scorer
+
+
+def _on_backend(
+    x_np: np.ndarray, scorer: LinearScorer, backend: str, device: str
+) -> tuple[Any, Callable[[Any], np.ndarray]]:
+    """The rows on the sweep's backend and the head's scoring function for them."""
+    x: Any = x_np
+    if backend == "torch":
+        import torch
+
+        x = torch.as_tensor(x_np, device=device)
+    return x, _scorer_fn(scorer, x)
+
+
+def _curve(
+    name: str,
+    kind: DriftKind,
+    x_np: np.ndarray,
+    x: Any,
+    y: np.ndarray,
+    score: Callable[[Any], np.ndarray],
+    settings: StressSettings,
+    progress: Callable[[int], None] | None,
+) -> list[StressPoint]:
+    """One (model, kind) curve: the checkpoints, then the fine sweep up to the cliff."""
+    op = DriftOperator(
+        kind, n=x_np.shape[0], dim=x_np.shape[1], seed=settings.seed,
+        max_magnitude=settings.max_magnitude,
+    )  # fmt: skip
+
+    ctx = _Ctx(name, kind, op, x, y, score)
+
+    coarse = [_cell(ctx, m, "checkpoint", settings) for m in settings.magnitudes]
+    if progress:
+        progress(len(coarse))
+    clean = coarse[0].roc_auc
+    level = 0.5 + 0.1 * (clean - 0.5)
+    past = [p.magnitude for p in coarse if p.roc_auc < level]
+    hi = past[0] if past else settings.magnitudes[-1]
+    grid = np.linspace(0.0, hi, settings.fine_steps)
+    # The clean cell (magnitude 0) is already the first checkpoint: reuse it.
+    fine = [coarse[0].model_copy(update={"sweep": "fine"})] if grid.size else []
+    fine += [_cell(ctx, m, "fine", settings) for m in grid[1:]]
+    if progress and fine:
+        progress(len(fine))
+    return coarse + fine
+
+
+def _remote_curve(
+    unit: tuple[str, DriftKind],
+    *,
+    prepared: dict[str, tuple[np.ndarray, np.ndarray, LinearScorer]],
+    settings: StressSettings,
+    backend: str,
+    device: str,
+) -> list[StressPoint]:
+    """One curve as a Ray task (module level, so workers import it by name)."""
+    name, kind = unit
+    x_np, y, scorer = prepared[name]
+    x, score = _on_backend(x_np, scorer, backend, device)
+    return _curve(name, kind, x_np, x, y, score, settings, None)
 
 
 def normalise_rows(x: np.ndarray) -> np.ndarray:
