@@ -59,7 +59,7 @@ FIGURE_SERIES = {
     "canary_auc_live_high": 'silentwatch_paired_canary_roc_auc{embeddings="live", bound="high"}',
     "canary_auc_reference": 'silentwatch_paired_canary_roc_auc{embeddings="reference"}',
     "labelled_auc": 'silentwatch_labelled_roc_auc{window="rolling"}',
-    "holdout_auc": "silentwatch_bundle_holdout_roc_auc{head=\"default\"}",
+    "holdout_auc": 'silentwatch_bundle_holdout_roc_auc{head="default"}',
     "alert_ticket": f'ALERTS{{alertname="{TICKET}", alertstate="firing"}}',
     "alert_page_canaries": f'ALERTS{{alertname="{PAGE}", source="{CANARIES}", alertstate="firing"}}',  # noqa: E501
     "alert_page_labels": f'ALERTS{{alertname="{PAGE}", source="{LABELS}", alertstate="firing"}}',
