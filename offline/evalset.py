@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from silentwatch.monitor.bundle.manifest import DEFAULT_HEAD, check_head_name
 from silentwatch.monitor.training.datasets import load_labelled_texts
 from silentwatch.offline.splits import Split, balanced_sample, stratified_split
 
@@ -21,7 +22,14 @@ class DataSettings(BaseModel):
         ..., description="CSV / JSONL / parquet file(s), same columns; relative to the config file"
     )
     text_column: str = "text"
-    label_column: str = "label"
+    label_column: str | list[str] = Field(
+        "label",
+        description="one column, or one per classifier head (the first is the default head; "
+        "balancing and the split follow it)",
+    )
+    head_names: list[str] | None = Field(
+        None, description="the heads' names (default: the column names; one column: 'default')"
+    )
     label_threshold: float = Field(0.5, description="fractional labels are binarised at >=")
     positive_label: str | None = Field(None, description="for string labels: the unsafe one")
     max_rows: int | None = Field(10_000, ge=20, description="paper A: 10,000 balanced")
@@ -32,6 +40,37 @@ class DataSettings(BaseModel):
     @property
     def paths(self) -> list[Path]:
         return list(self.path) if isinstance(self.path, list) else [self.path]
+
+    @property
+    def label_columns(self) -> list[str]:
+        return (
+            list(self.label_column) if isinstance(self.label_column, list) else [self.label_column]
+        )
+
+    @property
+    def heads(self) -> list[str]:
+        """The heads judged, in order (the first is the default head)."""
+        if self.head_names is not None:
+            return list(self.head_names)
+        cols = self.label_columns
+        return cols if isinstance(self.label_column, list) else [DEFAULT_HEAD]
+
+    @model_validator(mode="after")
+    def _heads_fit(self) -> DataSettings:
+        cols, names = self.label_columns, self.heads
+        if not cols:
+            raise ValueError("label_column names no column")
+        if len(names) != len(cols):
+            raise ValueError(
+                f"head_names has {len(names)} names for {len(cols)} label columns; give one "
+                "name per column"
+            )
+        for name in names:
+            check_head_name(name)
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate head names {dup}: each head needs a name of its own")
+        return self
 
     @field_validator("fractions")
     @classmethod
@@ -44,9 +83,16 @@ class DataSettings(BaseModel):
 @dataclass(frozen=True)
 class EvalSet:
     texts: list[str]
-    y: np.ndarray  # int64 0/1, aligned with texts
+    y: np.ndarray  # int64 0/1, aligned with texts: the default (first) head's
     split: Split
     rows_loaded: int
+    # (n, heads) int64 0/1, column j = head j (column 0 == y); head names in order.
+    labels: np.ndarray | None = None
+    heads: tuple[str, ...] = (DEFAULT_HEAD,)
+
+    @property
+    def y_heads(self) -> np.ndarray:
+        return self.y[:, None] if self.labels is None else self.labels
 
     def describe(self, settings: DataSettings) -> dict:
         return {
@@ -54,6 +100,7 @@ class EvalSet:
             "rows_loaded": self.rows_loaded,
             "rows_used": len(self.texts),
             "positives_used": int(self.y.sum()),
+            "heads": {h: int(self.y_heads[:, j].sum()) for j, h in enumerate(self.heads)},
             "split": self.split.sizes(),
             "balanced": settings.balance,
             "seed": settings.seed,
@@ -71,13 +118,14 @@ def load_evalset(d: DataSettings) -> EvalSet:
         part = load_labelled_texts(
             path,
             text_column=d.text_column,
-            label_column=d.label_column,
+            label_column=d.label_columns,
             label_threshold=d.label_threshold,
             positive_label=d.positive_label,
         )
         texts.extend(part.texts)
         labels.append(part.labels)
-    y_all = np.concatenate(labels).astype(np.int64)
+    y_heads = np.concatenate(labels).astype(np.int64).reshape(len(texts), -1)
+    y_all = y_heads[:, 0]
     counts = np.bincount(y_all, minlength=2)
     if counts.min() < 10:
         raise ValueError(
@@ -96,4 +144,6 @@ def load_evalset(d: DataSettings) -> EvalSet:
         y=y,
         split=stratified_split(y, d.fractions, seed=d.seed),
         rows_loaded=int(y_all.size),
+        labels=y_heads[rows] if y_heads.shape[1] > 1 else None,
+        heads=tuple(d.heads),
     )

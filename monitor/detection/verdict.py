@@ -85,11 +85,20 @@ def _head_status(
         if r is not None and r.failure:
             evidence.append(PAIRED_CANARIES)
             b = r.brier_increase
+            # Quote the bound of each test that confirmed: a negative bound of one that did
+            # not would read as evidence it is not.
+            bounds = [
+                f"{name} >= {bound:.3f}"
+                for name, bound, ok in (
+                    ("AUC drop", r.auc_drop.lower_bound, r.auc_drop.confirmed),
+                    ("Brier rise", b.lower_bound, b.confirmed),
+                )
+                if ok
+            ]
             parts.append(
                 f"canaries: ROC-AUC {r.reference_auc:.3f} -> {r.live_auc:.3f}, Brier "
                 f"{b.reference_brier:.3f} -> {b.live_brier:.3f} on the same {r.size} texts "
-                f"(AUC drop >= {r.auc_drop.lower_bound:.3f}, Brier rise >= "
-                f"{b.lower_bound:.3f}, each at {1 - r.alpha / 2:.2%} confidence)"
+                f"({', '.join(bounds)}, each at {1 - r.alpha / 2:.2%} confidence)"
             )
     else:
         unavailable.append(f"{PAIRED_CANARIES}: {canaries.unavailable_reason}")

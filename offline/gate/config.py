@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -156,6 +156,16 @@ class GateThresholds(_Strict):
     min_cka: float | None = Field(None, ge=0, le=1, description="linear CKA old vs new")
     allow_retrain: bool = Field(
         False, description="a head retrained on the new embedder may pass in place of the frozen"
+    )
+    min_positives: int = Field(
+        20,
+        ge=2,
+        description="a head is judged only with at least this many test rows of each class",
+    )
+    unjudged: Literal["fail", "warn"] = Field(
+        "fail",
+        description="a head with too few positives to judge fails the gate (fail) or is "
+        "reported and shipped as it was (warn)",
     )
 
 

@@ -92,6 +92,42 @@ def _metrics_table(report: GateReport) -> list[str]:
     return out
 
 
+def _ci(ci: tuple[float, float] | None) -> str:
+    return "" if ci is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _heads_section(r: GateReport) -> list[str]:
+    """Every head's verdict with its ROC-AUCs and 95% DeLong intervals (several heads, or a
+    head the test split cannot judge)."""
+    if len(r.heads) < 2 and not any(h.verdict == "not_enough_positives" for h in r.heads):
+        return []
+    lines = [
+        "",
+        "## Heads",
+        "",
+        "| head | verdict | route | test unsafe / safe | ROC-AUC old | frozen on new "
+        "| drop (95% CI) | retrained on new | flip rate |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for h in r.heads:
+        verdict = {"pass": "pass", "fail": "**FAIL**"}.get(h.verdict, "not enough positives")
+        frozen = (
+            "n/a"
+            if h.frozen_on_new is None
+            else f"{h.frozen_on_new.roc_auc:.3f}{_ci(h.roc_auc_ci.get('frozen'))}"
+        )
+        drop = "" if h.frozen_auc_drop is None else f"{h.frozen_auc_drop:+.3f}"
+        lines.append(
+            f"| {h.name} | {verdict} | {h.route or '—'} | {h.test_positives} / "
+            f"{h.test_negatives} | {h.old_on_old.roc_auc:.3f}{_ci(h.roc_auc_ci.get('old'))} | "
+            f"{frozen} | {drop}{_ci(h.frozen_auc_drop_ci)} | "
+            f"{h.retrained_on_new.roc_auc:.3f}{_ci(h.roc_auc_ci.get('retrained'))} | "
+            f"{_f(h.flip_rate, '.1%')} |"
+        )
+    lines += ["", *(f"* **{h.name}**: {h.summary}" for h in r.heads)]
+    return lines
+
+
 def _settings_section(r: GateReport) -> list[str]:
     """Each side's effective embedding settings, as run, and what differed."""
     if not r.embedding_settings:
@@ -125,8 +161,10 @@ def render_markdown(report: GateReport) -> str:
     ]
     if r.bundle:
         lines.append(f"* bundle for the sidecar: `{r.bundle}` (route: {r.route})")
+    lines += _heads_section(r)
     lines += _settings_section(r)
-    lines += ["", "## Checks", "", "| check | value | limit | result | detail |"]
+    default = " (the default head)" if len(r.heads) > 1 else ""
+    lines += ["", f"## Checks{default}", "", "| check | value | limit | result | detail |"]
     lines.append("|---|---|---|---|---|")
     for c in r.checks:
         result = "pass" if c.passed else "**FAIL**"

@@ -25,17 +25,23 @@ import numpy as np
 from pydantic import BaseModel
 
 from silentwatch.monitor.bundle import EmbedderSpec, LoadedBundle, load_bundle
+from silentwatch.monitor.bundle.manifest import DEFAULT_HEAD
 from silentwatch.monitor.evaluation.classification import labelled_metrics
+from silentwatch.monitor.evaluation.paired import delong_paired
 from silentwatch.monitor.scoring import HIGH_CONFIDENCE, LinearScorer
 from silentwatch.monitor.training import fit_classifier, train_bundle
 from silentwatch.offline.audit.run import AuditReport
-from silentwatch.offline.evalset import load_evalset
+from silentwatch.offline.evalset import EvalSet, load_evalset
 from silentwatch.offline.execution.embedding import open_embedder_for
 from silentwatch.offline.gate.config import GateConfig
 from silentwatch.offline.progress import Reporter
 from silentwatch.offline.separability import Separability, separability
 from silentwatch.offline.similarity import linear_cka, row_angles_degrees
+from silentwatch.offline.splits import Split
 from silentwatch.offline.stress.sweep import StressModel, StressResult, cells, run_stress
+
+#: Two-sided 95% normal quantile, for the DeLong intervals.
+_Z95 = 1.959963984540054
 
 
 class GateError(Exception):
@@ -77,6 +83,32 @@ class StressPosition(BaseModel):
     real_over_failure_angle: float | None
 
 
+class HeadResult(BaseModel):
+    """One classifier head's judgement (multi-head bundles: one per head).
+
+    ``verdict`` is ``not_enough_positives`` when the test split holds fewer than
+    ``thresholds.min_positives`` rows of either class for this head: the checks are still
+    computed and reported with their intervals, but they cannot vouch for the head.
+    """
+
+    name: str
+    test_positives: int
+    test_negatives: int
+    verdict: Literal["pass", "fail", "not_enough_positives"]
+    route: Literal["frozen", "retrained"] | None
+    old_on_old: SideMetrics
+    frozen_on_new: SideMetrics | None
+    retrained_on_new: SideMetrics
+    # 95% DeLong intervals of each ROC-AUC, and of the paired drop old -> frozen.
+    roc_auc_ci: dict[str, tuple[float, float]]
+    frozen_auc_drop: float | None
+    frozen_auc_drop_ci: tuple[float, float] | None
+    flip_rate: float | None
+    checks: list[Check]
+    retrained_checks: list[Check]
+    summary: str
+
+
 class GateReport(BaseModel):
     verdict: Literal["pass", "fail"]
     route: Literal["frozen", "retrained"] | None
@@ -105,6 +137,8 @@ class GateReport(BaseModel):
     configuration_only: bool = False  # same weights, other settings
     # Where it ran: {"engine": "local"} or the Ray address, replicas and resources.
     execution: dict[str, Any] = {"engine": "local"}
+    # Every head judged, the default first (the fields above are the default head's).
+    heads: list[HeadResult] = []
 
 
 @dataclass
@@ -378,27 +412,34 @@ def run_gate(
 
     say("scoring the old, frozen and retrained heads")
     t = time.perf_counter()
-    if bundle is not None:
-        old_arrays = _frozen_arrays(bundle.scorer)
-    else:
-        old_arrays = fit_classifier(x_old[split.train], y[split.train], seed=d.seed)
     # Each head scores as the sidecar would for that side's embedder spec.
     old_spec = bundle.manifest.embedder if bundle is not None else specs["old"]
     old_norm = old_spec.normalized
     new_norm = specs["new"].normalized
+    old_by_head = _old_heads(bundle, cfg, ev, x_old, split)
+    judged = [
+        _judge_head(
+            name,
+            ev.y_heads[:, j],
+            old_by_head[j],
+            x_old,
+            x_new,
+            split,
+            drift,
+            cfg,
+            old_norm=old_norm,
+            new_norm=new_norm,
+        )
+        for j, name in enumerate(ev.heads)
+    ]
+    h0 = judged[0]
+    old_arrays, y_test = h0.old_arrays, y[split.test]
     old_scorer = scorer_from_arrays(old_arrays, old_norm)
-    hc = cfg.stress.high_confidence
-    y_test = y[split.test]
-    p_old = old_scorer.predict_proba(x_old[split.test])
-    old_metrics = side_metrics(p_old, y_test, hc)
-    frozen_scorer = scorer_from_arrays(old_arrays, new_norm)
-    p_frozen = frozen_scorer.predict_proba(x_new[split.test]) if same_space else None
-    frozen_metrics = None if p_frozen is None else side_metrics(p_frozen, y_test, hc)
-    flip = None if p_frozen is None else float(np.mean((p_frozen >= 0.5) != (p_old >= 0.5)))
-    new_arrays = fit_classifier(x_new[split.train], y[split.train], seed=d.seed)
-    p_retrained = scorer_from_arrays(new_arrays, new_norm).predict_proba(x_new[split.test])
-    retrained_metrics = side_metrics(p_retrained, y_test, hc)
-    retrained_flip = float(np.mean((p_retrained >= 0.5) != (p_old >= 0.5)))
+    p_old, p_frozen, p_retrained = h0.p_old, h0.p_frozen, h0.p_retrained
+    old_metrics = h0.result.old_on_old
+    frozen_metrics, retrained_metrics = h0.result.frozen_on_new, h0.result.retrained_on_new
+    flip = h0.result.flip_rate
+    retrained_flip = h0.retrained_flip
     timings["heads"] = time.perf_counter() - t
 
     say("stress sweep on the old embeddings")
@@ -419,24 +460,12 @@ def run_gate(
         "new": separability(x_new, y, seed=d.seed),
     }
 
-    checks = evaluate_checks(old_metrics, frozen_metrics, flip, drift, cfg, "frozen head")
-    retrained_checks = evaluate_checks(
-        old_metrics,
-        retrained_metrics,
-        retrained_flip,
-        drift,
-        cfg,
-        "retrained head",
-        retrained=True,
-    )
-    frozen_ok = all(c.passed for c in checks)
-    retrained_ok = all(c.passed for c in retrained_checks)
-    route: Literal["frozen", "retrained"] | None = None
-    if frozen_ok:
-        route = "frozen"
-    elif retrained_ok and cfg.thresholds.allow_retrain:
-        route = "retrained"
-    summary = _summary(route, retrained_ok, checks)
+    checks, retrained_checks = h0.result.checks, h0.result.retrained_checks
+    route = _overall_route([h.result for h in judged], cfg)
+    if len(judged) == 1 and judged[0].result.verdict != "not_enough_positives":
+        summary = _summary(route, all(c.passed for c in retrained_checks), checks)
+    else:
+        summary = _heads_summary(route, [h.result for h in judged], cfg)
     changed = cfg.settings_changes()
     config_only = (
         infos["old"].get("weights_sha256") is not None
@@ -466,15 +495,19 @@ def run_gate(
     if route and cfg.output.emit_bundle:
         say("writing the new bundle")
         t = time.perf_counter()
-        arrays = old_arrays if route == "frozen" else new_arrays
+        # Each head ships the route that passed it (an unjudged head, under
+        # ``unjudged: warn``, ships frozen: as it was).
+        arrays = [h.new_arrays if h.result.route == "retrained" else h.old_arrays for h in judged]
         held_out = np.concatenate([split.val, split.test])
+        multi = len(judged) > 1
         try:
             result = train_bundle(
                 x_new,
-                y,
+                ev.y_heads if multi else y,
                 cfg.output.dir / "bundle",
                 embedder=specs["new"],
-                classifier=arrays,
+                head_names=list(ev.heads) if multi else None,
+                classifier=arrays if multi else arrays[0],
                 holdout_rows=held_out,
                 # Paired canaries in the new space: held-out texts with their new embeddings.
                 texts=texts,
@@ -513,8 +546,194 @@ def run_gate(
         settings_changed=changed,
         configuration_only=config_only,
         execution=cfg.execution.describe(),
+        heads=[h.result for h in judged],
     )
     return report, GateArrays(split.test, y_test, p_old, p_frozen, p_retrained)
+
+
+@dataclass
+class _Judged:
+    """A head's judgement and the arrays the bundle and the plots need."""
+
+    result: HeadResult
+    old_arrays: dict[str, np.ndarray]
+    new_arrays: dict[str, np.ndarray]
+    p_old: np.ndarray
+    p_frozen: np.ndarray | None
+    p_retrained: np.ndarray
+    retrained_flip: float
+
+
+def _old_heads(
+    bundle: LoadedBundle | None,
+    cfg: GateConfig,
+    ev: EvalSet,
+    x_old: np.ndarray,
+    split: Split,
+) -> list[dict[str, np.ndarray]]:
+    """The old side's classifier arrays per judged head: the deployed bundle's heads (every
+    one of them must be judged, by name), or heads fitted on the old embeddings."""
+    names = list(ev.heads)
+    if bundle is None:
+        seed = cfg.data.seed
+        return [
+            fit_classifier(x_old[split.train], ev.y_heads[split.train, j], seed=seed)
+            for j in range(len(names))
+        ]
+    have = list(bundle.head_names)
+    missing = [n for n in names if n not in have]
+    unjudged = [n for n in have if n not in names]
+    if missing or unjudged:
+        problem = (
+            f"has no head {missing[0]!r}"
+            if missing
+            else f"head {unjudged[0]!r} has no label column in data.label_column"
+        )
+        raise GateError(
+            f"old bundle {cfg.old.bundle} {problem}: its heads are {', '.join(have)}; list one "
+            "label column per head in data.label_column (data.head_names names them; one "
+            "column is the head 'default'), every deployed head is judged"
+        )
+    return [_frozen_arrays(bundle.heads[have.index(n)].scorer) for n in names]
+
+
+def _delong_ci(auc: float, var: float) -> tuple[float, float]:
+    half = _Z95 * float(np.sqrt(max(var, 0.0)))
+    return (max(0.0, auc - half), min(1.0, auc + half))
+
+
+def _judge_head(
+    name: str,
+    y: np.ndarray,
+    old_arrays: dict[str, np.ndarray],
+    x_old: np.ndarray,
+    x_new: np.ndarray,
+    split: Split,
+    drift: RealDrift,
+    cfg: GateConfig,
+    *,
+    old_norm: bool,
+    new_norm: bool,
+) -> _Judged:
+    """One head: the old head on old embeddings, frozen on new ones, retrained on new ones,
+    the checks, DeLong intervals, and whether the test split can judge it at all."""
+    hc = cfg.stress.high_confidence
+    y_test = y[split.test]
+    p_old = scorer_from_arrays(old_arrays, old_norm).predict_proba(x_old[split.test])
+    same_space = x_old.shape[1] == x_new.shape[1]
+    p_frozen = (
+        scorer_from_arrays(old_arrays, new_norm).predict_proba(x_new[split.test])
+        if same_space
+        else None
+    )
+    new_arrays = fit_classifier(x_new[split.train], y[split.train], seed=cfg.data.seed)
+    p_retrained = scorer_from_arrays(new_arrays, new_norm).predict_proba(x_new[split.test])
+    old_m = side_metrics(p_old, y_test, hc)
+    frozen_m = None if p_frozen is None else side_metrics(p_frozen, y_test, hc)
+    retrained_m = side_metrics(p_retrained, y_test, hc)
+    flip = None if p_frozen is None else float(np.mean((p_frozen >= 0.5) != (p_old >= 0.5)))
+    retrained_flip = float(np.mean((p_retrained >= 0.5) != (p_old >= 0.5)))
+    label = "frozen head" if name == DEFAULT_HEAD else f"frozen {name} head"
+    checks = evaluate_checks(old_m, frozen_m, flip, drift, cfg, label)
+    retrained_checks = evaluate_checks(
+        old_m,
+        retrained_m,
+        retrained_flip,
+        drift,
+        cfg,
+        label.replace("frozen", "retrained"),
+        retrained=True,
+    )
+    pos = int(y_test.sum())
+    neg = int(y_test.size - pos)
+    ci: dict[str, tuple[float, float]] = {}
+    drop = drop_ci = None
+    if min(pos, neg) >= 2:
+        d = delong_paired(y_test, p_old, p_retrained)
+        ci["old"] = _delong_ci(d.auc_a, d.var_a)
+        ci["retrained"] = _delong_ci(d.auc_b, d.var_b)
+        if p_frozen is not None:
+            f = delong_paired(y_test, p_old, p_frozen)
+            ci["frozen"] = _delong_ci(f.auc_b, f.var_b)
+            drop = f.auc_a - f.auc_b
+            half = _Z95 * f.se_difference
+            drop_ci = (drop - half, drop + half)
+    t = cfg.thresholds
+    frozen_ok = all(c.passed for c in checks)
+    retrained_ok = all(c.passed for c in retrained_checks)
+    route: Literal["frozen", "retrained"] | None = None
+    if frozen_ok:
+        route = "frozen"
+    elif retrained_ok and t.allow_retrain:
+        route = "retrained"
+    verdict: Literal["pass", "fail", "not_enough_positives"]
+    if min(pos, neg) < t.min_positives:
+        verdict, route = "not_enough_positives", None
+        summary = (
+            f"not enough positives to judge: {pos} unsafe and {neg} safe test rows, "
+            f"need {t.min_positives} of each (thresholds.min_positives)"
+        )
+    else:
+        verdict = "pass" if route else "fail"
+        failed = ", ".join(c.name for c in checks if not c.passed)
+        summary = (
+            "frozen head passes"
+            if route == "frozen"
+            else f"frozen head fails ({failed})"
+            + ("; the retrained head passes" if retrained_ok else "; retraining does not fix it")
+        )
+    if drop is not None and drop_ci is not None:
+        summary += f"; ROC-AUC drop {drop:+.3f} (95% CI {drop_ci[0]:+.3f} to {drop_ci[1]:+.3f})"
+    result = HeadResult(
+        name=name,
+        test_positives=pos,
+        test_negatives=neg,
+        verdict=verdict,
+        route=route,
+        old_on_old=old_m,
+        frozen_on_new=frozen_m,
+        retrained_on_new=retrained_m,
+        roc_auc_ci=ci,
+        frozen_auc_drop=drop,
+        frozen_auc_drop_ci=drop_ci,
+        flip_rate=flip,
+        checks=checks,
+        retrained_checks=retrained_checks,
+        summary=summary,
+    )
+    return _Judged(result, old_arrays, new_arrays, p_old, p_frozen, p_retrained, retrained_flip)
+
+
+def _overall_route(
+    heads: list[HeadResult], cfg: GateConfig
+) -> Literal["frozen", "retrained"] | None:
+    """The gate passes when every head passes (or, under ``unjudged: warn``, cannot be
+    judged); it ships retrained when some head needed its retrained route."""
+    for h in heads:
+        if h.verdict == "fail" or (
+            h.verdict == "not_enough_positives" and cfg.thresholds.unjudged == "fail"
+        ):
+            return None
+    return "retrained" if any(h.route == "retrained" for h in heads) else "frozen"
+
+
+def _heads_summary(route: str | None, heads: list[HeadResult], cfg: GateConfig) -> str:
+    """One line for a multi-head gate (or a head that cannot be judged): the verdict, then
+    each failing or unjudged head by name."""
+    failing = [h for h in heads if h.verdict == "fail"]
+    unjudged = [h for h in heads if h.verdict == "not_enough_positives"]
+    parts = [f"head {h.name}: {h.summary}" for h in failing + unjudged]
+    if route is None:
+        names = ", ".join(h.name for h in failing + unjudged if h.verdict == "fail" or
+                          cfg.thresholds.unjudged == "fail")  # fmt: skip
+        head = f"FAIL: {names} cannot ship on the new embedder. "
+    elif route == "retrained":
+        head = "PASS (retrained): every head passes, some only retrained on the new embedder. "
+    else:
+        head = "PASS: every head works frozen on the new embedder; ship them together. "
+    if unjudged and cfg.thresholds.unjudged == "warn":
+        head += "Unjudged heads ship as they were (thresholds.unjudged: warn). "
+    return head + "; ".join(parts) if parts else head.strip()
 
 
 def _summary(route: str | None, retrained_ok: bool, checks: list[Check]) -> str:
