@@ -18,6 +18,12 @@
 5. scrape the sidecar's own /metrics at each phase boundary and show what a Grafana board
    would show, beside the ground truth only the demo knows: input drift (a ticket) on
    both shifts, silent failure (the page) only on the update.
+
+The bundle has one head per moderation category (docs/detection.md, "Many heads"): on the
+synthetic world ``toxicity`` (the world's own label, the default head), ``threat`` and
+``insult`` (:mod:`silentwatch.demo.categories`); with ``--data``, one head per
+``--label-column``. Every labelled request gets a delayed label for every head, and the
+demo shows each head's canary reading, silent-failure signal and true ROC-AUC per phase.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
@@ -36,12 +42,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sklearn.metrics import roc_auc_score
+from threadpoolctl import threadpool_limits
 
 from silentwatch.client import CanaryClient
+from silentwatch.demo.categories import EXTRA_CATEGORIES, SyntheticCategories
 from silentwatch.monitor.bundle import EmbedderSpec, load_bundle
 from silentwatch.monitor.config import load_settings
 from silentwatch.monitor.evaluation.confirmation import hanley_mcneil_variance
 from silentwatch.monitor.serving.server import Sidecar
+from silentwatch.monitor.serving.wire import decode_head_scores
 from silentwatch.monitor.simulate.drift import (
     directional_drift,
     keyed_gaussian_drift,
@@ -49,6 +58,7 @@ from silentwatch.monitor.simulate.drift import (
 )
 from silentwatch.monitor.simulate.world import SyntheticWorld
 from silentwatch.monitor.training import train_bundle
+from silentwatch.monitor.training.train import check_head_labels
 from silentwatch.scrape import Samples, quantile, scrape
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
@@ -58,6 +68,8 @@ CLEAN, BENIGN, UPDATE = "clean", "benign shift", "embedder update"
 BENIGN_PRIOR = 0.75  # unsafe share of the benign shift's traffic (training: the data's own)
 TOPIC_SHIFT_SD = 1.0  # the benign topic offset, in standard deviations along the topic axis
 SYNTHETIC_POOL = 30_000  # synthetic traffic rows to draw the phases from
+# The synthetic bundle's heads, named after Civil Comments categories (default first).
+SYNTHETIC_HEADS = ("toxicity", *(name for name, _ in EXTRA_CATEGORIES))
 # Short names for the silent-failure evidence sources in the table.
 EVIDENCE = {"paired_canaries": "canary", "label_confirmation": "labels"}
 
@@ -70,7 +82,7 @@ class PhaseResult:
     mean_confidence: float
     high_confidence_share: float
     flagged_rate: float
-    labels_joined: int
+    labels_joined: int  # labels joined for this head in the phase
     latency_p99_ms: float
     true_auc: float
     true_accuracy: float
@@ -87,6 +99,9 @@ class PhaseResult:
     label_checks: int = 0  # label-confirmation checks run in the phase
     label_confirmed_checks: int = 0  # ... and those that confirmed a drop
     labelled_auc: float = float("nan")  # the sidecar's rolling ROC-AUC on joined labels
+    head: str = "default"  # the bundle's head these figures are of
+    # Every head's figures (the default first), on a phase's default-head result.
+    heads: list[PhaseResult] = field(default_factory=list)
 
 
 @dataclass
@@ -123,10 +138,14 @@ class DemoData:
     spec: EmbedderSpec
     texts: list[str]  # the pool's texts (synthetic: "synthetic text <i>")
     x: np.ndarray  # (n, d) the pool under the validated embedder
-    y: np.ndarray
+    y: np.ndarray  # (n, k) the pool's labels, one column per head (the default first)
     known: dict[str, np.ndarray] = field(repr=False)  # every text -> validated embedding
     topic: np.ndarray = field(repr=False)  # unit topic axis (see topic_axis)
     topic_sd: float = 0.0  # the training rows' standard deviation along it
+    head_names: tuple[str, ...] = ("default",)  # the bundle's heads, the default first
+    # The synthetic world's extra categories: their labels are functions of a text's
+    # validated embedding, so traffic moved along the topic axis is relabelled by them.
+    categories: SyntheticCategories | None = field(default=None, repr=False)
 
 
 def topic_axis(x: np.ndarray) -> tuple[np.ndarray, float]:
@@ -198,7 +217,7 @@ def _phase_from_scrapes(
         high_confidence_share=1.0 - le_08 / max(n, 1),
         flagged_rate=d("silentwatch_predictions_flagged_total", source="classify", head=head)
         / max(n, 1),
-        labels_joined=int(d("silentwatch_labels_joined_total")),
+        labels_joined=int(d("silentwatch_labelled_samples", window="cumulative", head=head)),
         latency_p99_ms=1000 * quantile(0.99, lat),
         true_auc=auc,
         true_accuracy=float(np.mean((p >= 0.5) == (y == 1))),
@@ -226,6 +245,9 @@ def _phase_from_scrapes(
             d("silentwatch_label_confirmation_confirmed_checks_total", head=head)
         ),
         labelled_auc=b.get_value("silentwatch_labelled_roc_auc", nan, window="rolling", head=head),
+        # The phase's one canary submission (at its start) is the last one at its end.
+        canary_failure=b.get_value("silentwatch_paired_canary_failure", head=head) == 1,
+        head=head,
     )
 
 
@@ -277,11 +299,68 @@ def _table(phases: list[PhaseResult]) -> Table:
     return t
 
 
+def label_columns(value: object) -> list[str]:
+    """``--label-column``: one column, or ``a,b,c`` (one head each, the first the default).
+
+    >>> label_columns("toxicity, threat,insult"), label_columns("label")
+    (['toxicity', 'threat', 'insult'], ['label'])
+    """
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+    else:
+        items = [str(v).strip() for v in value]  # type: ignore[attr-defined]
+    if not items or not all(items):
+        raise ValueError(f"--label-column {value!r} has an empty item; give comma-separated names")
+    return items
+
+
+def _head_page(ph: PhaseResult) -> str:
+    if not ph.silent_failure:
+        return "no"
+    return " ".join(["PAGE", "+".join(EVIDENCE.get(s, s) for s in ph.evidence)]).strip()
+
+
+def _head_table(phases: list[PhaseResult]) -> Table:
+    """Phase x head: each head's canary reading, silent failure and true ROC-AUC."""
+    t = Table(
+        title="Per head (moderation category), per phase",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    t.add_column("phase", overflow="fold")
+    t.add_column("head", overflow="fold")
+    t.add_column("canary AUC\nlive/ref", justify="right", overflow="fold")
+    t.add_column("silent\nfailure", justify="left", style="bold", overflow="fold")
+    t.add_column("label\nAUC", justify="right", overflow="fold")
+    t.add_column("true\nAUC*", justify="right", style="bold", overflow="fold")
+    for ph in phases:
+        for j, h in enumerate(ph.heads):
+            t.add_row(
+                ph.name if j == 0 else "",
+                h.head,
+                f"{h.canary_auc:.2f}/{h.canary_reference_auc:.2f}",
+                _head_page(h),
+                f"{h.labelled_auc:.3f}",
+                f"{h.true_auc:.3f}",
+                end_section=j == len(ph.heads) - 1,
+            )
+    t.caption = (
+        "One head per category over one embedding; the first is the default head (the "
+        "table above). Each head's series carry its head label on /metrics.\n"
+        "* ground truth only the demo knows"
+    )
+    return t
+
+
 def build_bundle(
     out: Path, data: Path | None, seed: int, console: Console, **data_options: object
 ) -> DemoData:
-    """Train the demo bundle (with canaries) and keep the held-back traffic pool."""
+    """Train the demo bundle (one head per category, with canaries) and keep the held-back
+    traffic pool."""
     bundle_dir = out / "bundle"
+    categories = None
     if data is None:
         world = SyntheticWorld(seed=seed)
         x_train, y_train = world.sample(6000)
@@ -289,17 +368,31 @@ def build_bundle(
         # No texts in a synthetic world: an id string per row stands in for one.
         texts = [f"synthetic text {i}" for i in range(len(x_train) + len(x_pool))]
         t_train, t_pool = texts[: len(x_train)], texts[len(x_train) :]
+        # The world's label is the toxicity head; the other categories are functions of
+        # each text's validated embedding, their cuts fixed on the training rows.
+        categories = SyntheticCategories.fit(world, t_train, x_train)
+        y_train = np.c_[y_train, categories.labels(t_train, x_train)]
+        y_pool = np.c_[y_pool, categories.labels(t_pool, x_pool)]
+        names: list[str] | None = list(SYNTHETIC_HEADS)
         spec = DEMO_EMBEDDER
     else:
         from silentwatch.monitor.training.datasets import load_labelled_texts
 
+        columns = label_columns(data_options.pop("label_column", "label"))
+        table = load_labelled_texts(
+            data,
+            label_column=columns if len(columns) > 1 else columns[0],
+            **data_options,  # type: ignore[arg-type]
+        )
+        # One column keeps the one-head bundle ("default"); several name their heads.
+        names = columns if len(columns) > 1 else None
+        check_head_labels(table.labels, names)  # before minutes of embedding
         try:
             from silentwatch.offline.embedders import load_embedder
         except ImportError as exc:
             raise SystemExit(
                 f"--data needs the offline extra ({exc}): pip install 'silentwatch[offline]'"
             ) from None
-        table = load_labelled_texts(data, **data_options)  # type: ignore[arg-type]
         console.print(f"embedding {len(table.texts):,} texts from {data} with all-MiniLM-L6-v2 ...")
         emb = load_embedder()
         x = emb.embed(table.texts)
@@ -311,25 +404,47 @@ def build_bundle(
         t_train = [table.texts[i] for i in order[:cut]]
         t_pool = [table.texts[i] for i in order[cut:]]
         spec = emb.spec()
-    res = train_bundle(
-        x_train, y_train, bundle_dir, embedder=spec, seed=seed, texts=t_train, overwrite=True
-    )
+    # One BLAS thread: these fits are small (a few thousand rows), and a pool of threads
+    # spinning against a busy core makes each head's fit many times slower, not faster.
+    with threadpool_limits(1):
+        res = train_bundle(
+            x_train,
+            y_train,
+            bundle_dir,
+            embedder=spec,
+            head_names=names,
+            seed=seed,
+            texts=t_train,
+            overwrite=True,
+        )
     m = res.holdout_metrics
     console.print(
         f"bundle [bold]{res.classifier_version}[/] -> {bundle_dir}  "
         f"(held-out ROC-AUC {m['roc_auc']:.3f}, accuracy {m['accuracy']:.1%}, "
         f"mean confidence {m['mean_confidence']:.3f})"
     )
+    head_names = tuple(res.head_metrics) or ("default",)
+    if len(head_names) > 1:
+        console.print(
+            f"{len(head_names)} heads over one embedding, held-out ROC-AUC (positives): "
+            + ", ".join(
+                f"{h} {hm['roc_auc']:.3f} ({y_train[:, j].mean():.0%})"
+                for j, (h, hm) in enumerate(res.head_metrics.items())
+            )
+        )
     known = dict(zip(t_train, x_train, strict=True)) | dict(zip(t_pool, x_pool, strict=True))
     topic, topic_sd = topic_axis(x_train)
-    return DemoData(bundle_dir, spec, t_pool, x_pool, y_pool, known, topic, topic_sd)
+    y_pool = np.asarray(y_pool).reshape(len(x_pool), -1)
+    return DemoData(
+        bundle_dir, spec, t_pool, x_pool, y_pool, known, topic, topic_sd, head_names, categories
+    )
 
 
 @dataclass
 class Phase:
     name: str
     x: np.ndarray
-    y: np.ndarray
+    y: np.ndarray  # (n, k): every head's label of each row, the default first
     embed: Callable[[list[str]], np.ndarray]  # the live embedder the canaries go through
 
 
@@ -341,20 +456,27 @@ def plan_phases(
     same = LiveEmbedder(world.known)
     updated = LiveEmbedder(world.known, drift=drift, seed=seed)
     x, y = world.x, world.y
+    y0 = y[:, 0]  # the default head's: the benign prior is its
     # The benign shift draws its rows from beyond the other two phases' (all of the pool
     # when that is too small), at its own prior, then moves them along the topic axis.
-    rest = np.arange(2 * m, len(y)) if len(set(y[2 * m :].tolist())) == 2 else np.arange(len(y))
-    idx = rest[draw_at_prior(y[rest], m, BENIGN_PRIOR, np.random.default_rng(seed + 11))]
+    rest = np.arange(2 * m, len(y)) if len(set(y0[2 * m :].tolist())) == 2 else np.arange(len(y))
+    idx = rest[draw_at_prior(y0[rest], m, BENIGN_PRIOR, np.random.default_rng(seed + 11))]
     x_benign = directional_drift(x[idx], TOPIC_SHIFT_SD * world.topic_sd, world.topic)
+    y_benign = y[idx].copy()
+    if world.categories is not None:
+        # Synthetic categories are functions of the validated embedding: the moved traffic
+        # is labelled by where it now is (the world's own label stays the row's).
+        y_benign[:, 1:] = world.categories.labels([world.texts[i] for i in idx], x_benign)
+    # The update's labels are those of its texts: the live embedding never changes them.
     x_update = updated(world.texts[m : 2 * m])
     facts = {
         "topic_angle": mean_angle_degrees(x[idx], x_benign),
         "update_angle": mean_angle_degrees(x[m : 2 * m], x_update),
-        "clean_prior": float(y[:m].mean()),
+        "clean_prior": float(y0[:m].mean()),
     }
     phases = [
         Phase(CLEAN, x[:m], y[:m], same),
-        Phase(BENIGN, x_benign, y[idx], same),
+        Phase(BENIGN, x_benign, y_benign, same),
         Phase(UPDATE, x_update, y[m : 2 * m], updated),
     ]
     return phases, facts
@@ -424,6 +546,7 @@ def run_demo(
                         stub,
                         ph.x,
                         ph.y,
+                        world.head_names,
                         f"p{tag}",
                         version,
                         batch_size,
@@ -434,11 +557,17 @@ def run_demo(
                         rate,
                     )
                     sidecar.pipeline.wait_idle()
-                    res = _phase_from_scrapes(ph.name, before, scrape(sidecar.metrics_url), p, ph.y)
-                    res.canary_failure = reading.failure
-                    res.canary_angle = reading.angle_mean_degrees
-                    res.canary_size = reading.size
-                    phases.append(res)
+                    after = scrape(sidecar.metrics_url)
+                    heads = [
+                        _phase_from_scrapes(ph.name, before, after, p[:, j], ph.y[:, j], head)
+                        for j, head in enumerate(world.head_names)
+                    ]
+                    for hr in heads:  # one submission for all heads: one angle, one size
+                        hr.canary_angle = reading.angle_mean_degrees
+                        hr.canary_size = reading.size
+                    # The phase's row is the default head's (its canary verdict as the
+                    # submission returned it); it keeps every head's.
+                    phases.append(replace(heads[0], canary_failure=reading.failure, heads=heads))
         console.print(
             f"\n'{BENIGN}' = the same embedder, different traffic: every row moved "
             f"{TOPIC_SHIFT_SD:g} sd along the traffic's main topic axis (mean angle "
@@ -448,6 +577,8 @@ def run_demo(
             f"to the original vectors {facts['update_angle']:.1f} deg."
         )
         console.print(_table(phases))
+        if len(world.head_names) > 1:
+            console.print(_head_table(phases))
         _summary(console, phases)
         if keep_serving:
             console.print(
@@ -461,9 +592,11 @@ def run_demo(
 
 
 def _replay(
-    stub, x, y, tag, version, batch_size, label_fraction, delay, rng, advance, rate=0.0
+    stub, x, y, heads, tag, version, batch_size, label_fraction, delay, rng, advance, rate=0.0
 ) -> np.ndarray:
-    scores = np.empty(len(x), dtype=np.float32)
+    """Replay ``x`` through ClassifyBatch; a delayed label for every head (``y[:, j]`` for
+    ``heads[j]``) on a ``label_fraction`` of the rows. Returns every head's scores (n, k)."""
+    scores = np.empty((len(x), len(heads)), dtype=np.float32)
     t0 = time.monotonic()
     pending: deque[list[pb.Label]] = deque()
     for start in range(0, len(x), batch_size):
@@ -478,9 +611,19 @@ def _replay(
                 embedder_version=version,
             )
         )
-        scores[start : start + len(chunk)] = resp.p_unsafe
+        if resp.HasField("heads"):  # a multi-head bundle replies with every head
+            scores[start : start + len(chunk)] = decode_head_scores(resp.heads)["p_unsafe"]
+        else:
+            scores[start : start + len(chunk), 0] = resp.p_unsafe
         labelled = np.flatnonzero(rng.random(len(chunk)) < label_fraction)
-        pending.append([pb.Label(request_id=ids[i], unsafe=bool(y[start + i])) for i in labelled])
+        # Human review labels every category of the texts it reviews.
+        pending.append(
+            [
+                pb.Label(request_id=ids[i], unsafe=bool(y[start + i, j]), head=head)
+                for i in labelled
+                for j, head in enumerate(heads)
+            ]
+        )
         if len(pending) > delay:  # human review lags the traffic
             stub.SubmitLabels(pb.SubmitLabelsRequest(labels=pending.popleft()))
         advance(len(chunk))
@@ -495,6 +638,61 @@ def _replay(
 
 def _checks(n: int) -> str:
     return f"{n} check" if n == 1 else f"{n} checks"
+
+
+def _names(heads: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return heads[0] if len(heads) == 1 else ", ".join(heads[:-1]) + " and " + heads[-1]
+
+
+def _head_summary(console: Console, phases: list[PhaseResult]) -> None:
+    """Which heads the sidecar paged for, beside the ground truth of each."""
+    by = {ph.name: ph for ph in phases}
+    clean = {h.head: h for h in by[CLEAN].heads}
+    benign, upd = by[BENIGN].heads, by[UPDATE].heads
+    paged = [h.head for h in upd if h.silent_failure]
+    held = [h.head for h in upd if not h.silent_failure]
+    benign_paged = [h.head for h in benign if h.silent_failure]
+
+    def truth(hs: list[PhaseResult]) -> str:
+        return ", ".join(f"{h.head} {clean[h.head].true_auc:.3f} -> {h.true_auc:.3f}" for h in hs)
+
+    if paged:
+        broke = (
+            f"the sidecar says the embedder update broke {_names(paged)} (one page per head, "
+            f"each naming its head; canary ROC-AUC "
+            + ", ".join(
+                f"{h.head} {h.canary_reference_auc:.2f} -> {h.canary_auc:.2f}"
+                for h in upd
+                if h.silent_failure
+            )
+            + ")"
+        )
+        if held:
+            broke += f"; no page for {_names(held)}"
+    else:
+        broke = "the sidecar paged for no head on the embedder update"
+    # Heads the update made worse beyond chance (95%, Hanley-McNeil errors of both
+    # samples) that the sidecar did not page for.
+    missed = [
+        h.head
+        for h in upd
+        if not h.silent_failure
+        and h.true_auc - clean[h.head].true_auc
+        < -1.96 * float(np.hypot(h.true_auc_se, clean[h.head].true_auc_se))
+    ]
+    miss = (
+        f" The sidecar missed {_names(missed)}: worse beyond chance, and no page." if missed else ""
+    )
+    benign_line = (
+        f"On the benign shift {_names(benign_paged)} paged (a false alarm)"
+        if benign_paged
+        else "On the benign shift no head paged"
+    )
+    console.print(
+        f"\n[bold]Per head:[/] {broke}. The true ROC-AUC went {truth(upd)}.{miss} "
+        f"{benign_line} (true ROC-AUC {truth(benign)})."
+    )
 
 
 def _summary(console: Console, phases: list[PhaseResult]) -> None:
@@ -564,3 +762,5 @@ def _summary(console: Console, phases: list[PhaseResult]) -> None:
         f"sidecar's rolling ROC-AUC on the delayed labels went {clean.labelled_auc:.3f} -> "
         f"{upd.labelled_auc:.3f}."
     )
+    if len(upd.heads) > 1:
+        _head_summary(console, phases)
