@@ -1,12 +1,26 @@
-"""Serving benchmark: Classify latency and ClassifyBatch throughput over real gRPC on loopback.
+"""Serving benchmark: the in-process floor, then Classify latency and ClassifyBatch throughput
+over real gRPC on loopback, per mode of recording, store and detection (issue 16).
 
-The sidecar runs as its own process pinned to CPU 0 (``taskset``); this client runs on
-CPU 1. For d in (384, 1024) and recording on (durable SQLite store, in-memory store) and
-off it reports unary p50/p99, batch throughput, and throughput per server CPU-second
-(the fair "one core" figure, read from /proc/<pid>/stat). Bounded in count and time; loopback only.
+For each d (default 1024 and 384), first the floor: in this process, pinned to one CPU with
+one BLAS thread, the loop the sidecar cannot beat for the same 1,024-row batch: decode a
+serialised ``ClassifyBatchRequest`` (``FromString`` + ``numpy.frombuffer``), score it with
+row norms (``LinearScorer.predict_proba``), build and serialise the ``ClassifyBatchResponse``
+(p_unsafe, flagged, confidence): rows per second on one core. Then "where the time goes":
+the same steps and the ones the floor leaves out (id checks, ``store.record`` of 1,024 ids
+in the memory and sqlite stores at capacity, the pipeline submit and the worker's sinks),
+each timed alone, µs per batch.
 
-    python benchmarks/serving.py            # ~2 minutes
-    python benchmarks/serving.py --quick    # ~30 s smoke run
+Then the served figures. The sidecar runs as its own process pinned to CPU 0 (``taskset``);
+this client runs on CPU 1. Modes: recording off; recording on with the memory store; with
+the sqlite store; detection on (with the memory store: the detectors are fed by recording,
+so detection with recording off measures nothing); everything on (sqlite + detection, the
+default). Each mode runs ``--repeats`` times, the order alternating forwards and backwards
+between rounds (as benchmarks/heads.py does); reported per mode: rows per server CPU-second
+(utime + stime from /proc/<pid>/stat; best and median), served / floor, unary Classify
+p50/p99, and the cost against recording off.
+
+    python benchmarks/serving.py            # ~6 minutes (d = 1024 and 384, 2 rounds)
+    python benchmarks/serving.py --quick    # ~1 minute smoke run (d = 1024, 2 short rounds)
 """
 
 from __future__ import annotations
@@ -16,11 +30,13 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,19 +48,220 @@ from harness import (
     percentiles,
     pin_client,
     quantile,
+    repeat,
     table_header,
     table_row,
 )
 
 from silentwatch.monitor.bundle import EmbedderSpec
+from silentwatch.monitor.bundle.io import load_bundle
+from silentwatch.monitor.scoring import LinearScorer, confidence, row_norms
 from silentwatch.monitor.training import train_bundle
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
+
+# name -> (recording, serve flags); the state dir of the sqlite modes is appended per run.
+MODES: dict[str, tuple[bool, list[str]]] = {
+    "recording off": (False, ["--store", "memory", "--detection", "false"]),
+    "rec on, memory": (True, ["--store", "memory", "--detection", "false"]),
+    "rec on, sqlite": (True, ["--store", "sqlite", "--detection", "false"]),
+    "detection on (memory)": (True, ["--store", "memory", "--detection", "true"]),
+    "everything on (sqlite + detection)": (True, ["--store", "sqlite", "--detection", "true"]),
+}
+BASE = "recording off"
+ALL_ON = "everything on (sqlite + detection)"
 
 
 def unit(n: int, d: int, seed: int) -> np.ndarray:
     x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def batch_request(x: np.ndarray, prefix: str = "b0") -> pb.ClassifyBatchRequest:
+    """A ClassifyBatchRequest as the benchmark client sends it: f32le rows, one id per row."""
+    n, d = x.shape
+    return pb.ClassifyBatchRequest(
+        request_ids=[f"{prefix}-{i}" for i in range(n)],
+        embeddings=pb.EmbeddingMatrix(rows=n, dim=d, f32le=x.astype("<f4").tobytes()),
+    )
+
+
+def floor_loop(
+    raw: bytes, scorer: LinearScorer, threshold: float, version: str = "bench"
+) -> Callable[[], bytes]:
+    """The in-process loop the sidecar cannot beat: decode -> score -> serialised response.
+
+    What ``ClassifyBatch`` must do for any batch, with nothing else: parse the request bytes,
+    view the embeddings with one ``numpy.frombuffer`` (as monitor/serving/wire.py does),
+    the matvec with row norms, and the response's three repeated fields, serialised.
+    """
+
+    def run() -> bytes:
+        req = pb.ClassifyBatchRequest.FromString(raw)
+        m = req.embeddings
+        x = np.frombuffer(m.f32le, dtype="<f4").reshape(m.rows, m.dim)
+        p = scorer.predict_proba(x, row_norms(x))
+        resp = pb.ClassifyBatchResponse(classifier_version=version)
+        resp.p_unsafe.extend(p.tolist())
+        resp.flagged.extend((p >= threshold).tolist())
+        resp.confidence.extend(confidence(p).tolist())
+        return resp.SerializeToString()
+
+    return run
+
+
+def one_core(fn: Callable[[], dict]) -> dict:
+    """Run ``fn`` pinned to one CPU (the one this process already has, else CPU 0) with one
+    BLAS thread, as the sidecar is pinned to one core; the old affinity is restored."""
+    from threadpoolctl import threadpool_limits
+
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(old)})
+    try:
+        with threadpool_limits(1):
+            return fn()
+    finally:
+        os.sched_setaffinity(0, old)
+
+
+def floor_timing(
+    scorer: LinearScorer, rows: int = 1024, reps: int = 300, threshold: float = 0.5
+) -> dict[str, float]:
+    """The floor for a ``rows``-row batch at the scorer's d: median µs per batch and rows/s
+    on one core, one BLAS thread (``one_core``)."""
+    d = scorer.dim
+    raw = batch_request(unit(rows, d, 2)).SerializeToString()
+    run = floor_loop(raw, scorer, threshold)
+
+    def measure() -> dict[str, float]:
+        repeat(run, max(3, reps // 10))  # warm-up
+        t = repeat(run, reps)
+        us = quantile(t, 0.5, "us")
+        return {
+            "d": d,
+            "rows": rows,
+            "floor_us": us,
+            "floor_mean_us": 1e6 * float(np.mean(t)),
+            "floor_rows_per_s": rows / (us * 1e-6),
+        }
+
+    return one_core(measure)
+
+
+def where_time_goes(
+    bundle_dir: Path, state_dir: Path, rows: int = 1024, reps: int = 200, capacity: int = 200_000
+) -> list[tuple[str, float]]:
+    """Each step of a served ClassifyBatch timed alone, in this process on one core with one
+    BLAS thread: (step, median µs per ``rows``-row batch). The stores are filled to
+    ``capacity`` first (as in the served runs, where every recorded row evicts one)."""
+    from silentwatch.monitor.config import ServeSettings
+    from silentwatch.monitor.serving.pipeline import Pipeline, PredictionBatch, concat_predictions
+    from silentwatch.monitor.serving.server import build_engine
+    from silentwatch.monitor.serving.wire import check_request_ids, checked_norms, decode_matrix
+    from silentwatch.monitor.state.memory import MemoryStore
+    from silentwatch.monitor.state.sqlite import SqliteStore
+    from silentwatch.monitor.telemetry.prometheus import TrafficSink
+
+    b = load_bundle(bundle_dir)
+    scorer, thr, d = b.scorer, b.heads[0].thresholds.flag, b.scorer.dim
+    x0 = unit(rows, d, 2)
+    req0 = batch_request(x0)
+    raw = req0.SerializeToString()
+
+    def measure() -> list[tuple[str, float]]:
+        def us(fn: Callable[[], object], n: int = reps) -> float:
+            repeat(fn, max(3, n // 10))
+            return quantile(repeat(fn, n), 0.5, "us")
+
+        out: list[tuple[str, float]] = []
+        req = pb.ClassifyBatchRequest.FromString(raw)
+        x = decode_matrix(req.embeddings, d, 16384)
+        norms = row_norms(x)
+        p = scorer.predict_proba(x, norms)
+        out.append(
+            (
+                "decode: FromString + frombuffer",
+                us(
+                    lambda: decode_matrix(
+                        pb.ClassifyBatchRequest.FromString(raw).embeddings, d, 16384
+                    )
+                ),
+            )
+        )
+        out.append(
+            (
+                "ids: list(request_ids) + check_request_ids",
+                us(lambda: check_request_ids(list(req.request_ids), rows, 256)),
+            )
+        )
+        out.append(("row norms (checked_norms)", us(lambda: checked_norms(x, need_nonzero=True))))
+        out.append(("score: predict_proba(x, norms)", us(lambda: scorer.predict_proba(x, norms))))
+
+        def respond() -> bytes:
+            r = pb.ClassifyBatchResponse(classifier_version="bench")
+            r.p_unsafe.extend(p.tolist())
+            r.flagged.extend((p >= thr).tolist())
+            r.confidence.extend(confidence(p).tolist())
+            return r.SerializeToString()
+
+        out.append(("response: build + serialise", us(respond)))
+        out.append(
+            (
+                "floor (decode + norms + score + response, one loop)",
+                us(floor_loop(raw, scorer, thr)),
+            )
+        )
+        # The label-join stores, at capacity: each recorded row evicts one and buries it.
+        for name, store in (
+            ("memory", MemoryStore(capacity, 3600.0)),
+            ("sqlite", SqliteStore(state_dir / f"bench-{d}.sqlite3", capacity, 3600.0,
+                                   bundle_sha256=b.sha256, keep_labels=True)),
+        ):  # fmt: skip
+            k = iter(range(10**9))
+            for _ in range(capacity // rows + 1):
+                store.record([f"f{next(k)}-{i}" for i in range(rows)], p)
+            id_lists = [
+                [f"r{next(k)}-{i}" for i in range(rows)] for _ in range(reps + reps // 10 + 3)
+            ]
+            it = iter(id_lists)
+            out.append(
+                (
+                    f"store.record, {rows} ids, {name} store at capacity",
+                    us(lambda it=it, store=store: store.record(next(it), p)),
+                )
+            )
+            store.close()
+        pipe = Pipeline([], max_queued_rows=10**12)  # never started: the enqueue alone
+        out.append(
+            (
+                "pipeline: PredictionBatch + submit_predictions",
+                us(
+                    lambda: pipe.submit_predictions(
+                        PredictionBatch(x, norms, p, "classify", "v1", time.time())
+                    )
+                ),
+            )
+        )
+        pb0 = PredictionBatch(x, norms, p, "classify", "v1", time.time())
+        out.append(
+            ("worker: concatenate two queued batches", us(lambda: concat_predictions([pb0, pb0])))
+        )
+        traffic = TrafficSink([thr], [b.heads[0].name])
+        out.append(
+            ("worker: traffic histograms (TrafficSink)", us(lambda: traffic.on_predictions(pb0)))
+        )
+        engine, why = build_engine(b, ServeSettings(bundle=bundle_dir))
+        if engine is not None:
+            engine.on_predictions(pb0)
+            t = repeat(lambda: engine.on_predictions(pb0), reps)
+            out.append(("worker: detection engine, per batch (median)", quantile(t, 0.5, "us")))
+            out.append(("worker: detection engine, per batch (mean, incl. windows evaluated)",
+                        1e6 * float(np.mean(t))))  # fmt: skip
+        else:
+            out.append((f"worker: detection engine ({why})", float("nan")))
+        return out
+
+    return one_core(measure)
 
 
 def start_server(
@@ -120,62 +337,139 @@ def bench_batch(
     }
 
 
+def round_orders(modes: Sequence[str], repeats: int) -> list[list[str]]:
+    """The modes of each round: forwards, then backwards, alternating.
+
+    >>> round_orders(["a", "b", "c"], 3)
+    [['a', 'b', 'c'], ['c', 'b', 'a'], ['a', 'b', 'c']]
+    """
+    return [list(modes) if r % 2 == 0 else list(reversed(modes)) for r in range(repeats)]
+
+
+def served_run(
+    bundle: Path, mode: str, state_dir: Path, d: int, a: argparse.Namespace
+) -> dict[str, float]:
+    """One sidecar in ``mode``: unary Classify latency, then ClassifyBatch throughput."""
+    recording, flags = MODES[mode]
+    if "sqlite" in flags:
+        flags = [*flags, "--state-dir", str(state_dir)]
+    proc, target = start_server(bundle, recording, flags)
+    try:
+        with channel(target) as ch:
+            stub = pb_grpc.MonitorStub(ch)
+            u = bench_unary(stub, d, a.unary)
+            b = bench_batch(stub, proc.pid, d, a.rows, a.seconds, a.threads)
+            st = stub.GetStatus(pb.GetStatusRequest())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(30)
+    return {**u, **b, "rc": rc, "sampled_out": st.pipeline.sampled_out_rows}
+
+
+def summarise(
+    runs: dict[str, list[dict[str, float]]], floor_rows_per_s: float
+) -> list[dict[str, float | str]]:
+    """Per mode: best and median rows per server CPU-second, served / floor, Classify
+    p50 (median of runs) and p99 (median and worst), and the throughput cost against
+    recording off (best against best, median against median)."""
+    base = [r["emb_per_cpu_s"] for r in runs[BASE]]
+    out = []
+    for mode, rs in runs.items():
+        tput = [r["emb_per_cpu_s"] for r in rs]
+        best, med = max(tput), statistics.median(tput)
+        out.append(
+            {
+                "mode": mode,
+                "best": best,
+                "median": med,
+                "floor_best": best / floor_rows_per_s,
+                "floor_median": med / floor_rows_per_s,
+                "cpu_use": statistics.median(r["server_cpu_util"] for r in rs),
+                "p50_ms": statistics.median(r["p50_ms"] for r in rs),
+                "p99_ms": statistics.median(r["p99_ms"] for r in rs),
+                "p99_worst_ms": max(r["p99_ms"] for r in rs),
+                "cost_best": 1.0 - best / max(base),
+                "cost_median": 1.0 - med / statistics.median(base),
+                "sampled_out": sum(r["sampled_out"] for r in rs),
+            }
+        )
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--dims", type=int, nargs="+", default=[384, 1024])
+    ap.add_argument("--dims", type=int, nargs="+", default=[1024, 384])
     ap.add_argument("--rows", type=int, default=1024, help="rows per ClassifyBatch")
     ap.add_argument("--threads", type=int, default=2, help="concurrent batch clients")
     ap.add_argument("--seconds", type=float, default=8.0, help="per throughput run")
     ap.add_argument("--unary", type=int, default=3000, help="timed Classify calls")
+    ap.add_argument("--repeats", type=int, default=2, help="rounds over every mode (>= 2)")
+    ap.add_argument("--reps", type=int, default=300, help="in-process repetitions per step")
     a = ap.parse_args()
     if a.quick:
-        a.seconds, a.unary = 2.0, 500
-    pin_client()  # the sidecar gets CPU 0 (start_server)
+        a.dims, a.seconds, a.unary, a.reps = [1024], 2.0, 500, 60
+    a.repeats = max(a.repeats, 2)
+    pin_client()  # the sidecar gets CPU 0 (start_server); the floor runs on this CPU
     print(f"machine: {machine()}\n")
-    columns = [
-        "d", "recording", "Classify p50 ms", "Classify p99 ms", "ClassifyBatch emb/s",
-        "emb per server CPU-s", "server CPU use", "batch p50 ms", "batch p99 ms",
-    ]  # fmt: skip
-    print(table_header(columns, "rlrrrrrrr"))
-    tput: dict[tuple[int, str], float] = {}
+    summaries: dict[int, tuple[dict, list]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for d in a.dims:
             x = unit(3000, d, 0)
             y = (x[:, 0] + 0.1 * np.random.default_rng(0).standard_normal(3000) > 0).astype(int)
             bundle = Path(tmp) / f"b{d}"
             train_bundle(x, y, bundle, embedder=EmbedderSpec(name="bench", version="v1"))
-            modes = {
-                # The default since issue 7: the durable SQLite label-join store.
-                "on, sqlite": (True, ["--store", "sqlite", "--state-dir", f"{tmp}/s{d}"]),
-                "on, memory": (True, ["--store", "memory"]),
-                "off": (False, ["--store", "memory"]),
-            }
-            for mode, (recording, extra) in modes.items():
-                proc, target = start_server(bundle, recording, extra)
-                try:
-                    with channel(target) as ch:
-                        stub = pb_grpc.MonitorStub(ch)
-                        u = bench_unary(stub, d, a.unary)
-                        b = bench_batch(stub, proc.pid, d, a.rows, a.seconds, a.threads)
-                finally:
-                    proc.send_signal(signal.SIGTERM)
-                    rc = proc.wait(30)
-                tput[(d, mode)] = b["emb_per_cpu_s"]
-                row = [
-                    d, mode, f"{u['p50_ms']:.3f}", f"{u['p99_ms']:.3f}",
-                    f"{b['emb_per_s']:,.0f}", f"{b['emb_per_cpu_s']:,.0f}",
-                    f"{b['server_cpu_util']:.0%}", f"{b['batch_p50_ms']:.2f}",
-                    f"{b['batch_p99_ms']:.2f}",
-                ]  # fmt: skip
-                print(table_row(row) + ("" if rc == 0 else f" (exit {rc})"), flush=True)
-    print()
-    for d in a.dims:
-        for mode in ("on, sqlite", "on, memory"):
-            cost = 1 - tput[(d, mode)] / tput[(d, "off")]
+            b = load_bundle(bundle)
+            fl = floor_timing(b.scorer, a.rows, a.reps, b.heads[0].thresholds.flag)
             print(
-                f"recording cost at d={d} ({mode}): {cost:.1%} of throughput per server CPU-second"
+                f"d={d}: in-process floor (decode -> score -> serialised response, one core, "
+                f"one BLAS thread): {fl['floor_us']:,.0f} µs per {a.rows}-row batch (median; mean "
+                f"{fl['floor_mean_us']:,.0f}) = "
+                f"{fl['floor_rows_per_s']:,.0f} rows/s\n"
             )
+            steps = where_time_goes(bundle, Path(tmp), a.rows, a.reps)
+            print(table_header([f"step (d={d})", f"µs per {a.rows}-row batch"], "lr"))
+            for step, v in steps:
+                print(table_row([step, f"{v:,.0f}"]))
+            print()
+            print(table_header(["d", "round", "mode", "rows per server CPU-s",
+                                "server CPU use", "Classify p50 ms", "Classify p99 ms",
+                                "sampled out"], "rrlrrrrr"))  # fmt: skip
+            runs: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
+            for r, order in enumerate(round_orders(list(MODES), a.repeats)):
+                for mode in order:
+                    res = served_run(bundle, mode, Path(tmp) / f"s{d}-{r}-{len(runs[mode])}-"
+                                     f"{list(MODES).index(mode)}", d, a)  # fmt: skip
+                    runs[mode].append(res)
+                    row = [d, r + 1, mode, f"{res['emb_per_cpu_s']:,.0f}",
+                           f"{res['server_cpu_util']:.0%}", f"{res['p50_ms']:.3f}",
+                           f"{res['p99_ms']:.3f}", f"{res['sampled_out']:,}"]  # fmt: skip
+                    print(table_row(row) + ("" if res["rc"] == 0 else f" (exit {res['rc']})"),
+                          flush=True)  # fmt: skip
+            print()
+            summaries[d] = (fl, summarise(runs, fl["floor_rows_per_s"]))
+    print(f"Summary over {a.repeats} rounds ({a.rows}-row batches, {a.threads} client threads, "
+          f"{a.seconds:g} s each; floor = in-process rows/s on one core):\n")  # fmt: skip
+    cols = ["d", "mode", "rows per server CPU-s (best)", "(median)", "served / floor (best)",
+            "(median)", "server CPU use", "Classify p50 ms", "Classify p99 ms (median)",
+            "(worst)", "cost vs recording off (best)", "(median)"]  # fmt: skip
+    print(table_header(cols, "rlrrrrrrrrrr"))
+    for d, (fl, summary) in summaries.items():
+        print(table_row([d, "in-process floor", f"{fl['floor_rows_per_s']:,.0f}", "", "100%",
+                         "", "", "", "", "", "", ""]))  # fmt: skip
+        for s in summary:
+            row = [d, s["mode"], f"{s['best']:,.0f}", f"{s['median']:,.0f}",
+                   f"{s['floor_best']:.0%}", f"{s['floor_median']:.0%}", f"{s['cpu_use']:.0%}",
+                   f"{s['p50_ms']:.3f}", f"{s['p99_ms']:.3f}", f"{s['p99_worst_ms']:.3f}",
+                   "" if s["mode"] == BASE else f"{s['cost_best']:.1%}",
+                   "" if s["mode"] == BASE else f"{s['cost_median']:.1%}"]  # fmt: skip
+            print(table_row(row))
+    print()
+    for d, (_, summary) in summaries.items():
+        s = next(s for s in summary if s["mode"] == ALL_ON)
+        print(f"d={d}, everything on: served/floor {s['floor_median']:.0%} (target >= 50%); "
+              f"cost vs recording off {s['cost_median']:.1%} (target <= 10%); Classify p99 "
+              f"worst {s['p99_worst_ms']:.3f} ms (target <= 1 ms)")  # fmt: skip
     return 0
 
 

@@ -7,37 +7,16 @@ API.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from silentwatch.monitor.bundle import EmbedderSpec
 from silentwatch.monitor.training import train_bundle
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "benchmarks"
+from .benchmark_scripts import load_benchmark
 
-
-def _load(name: str):
-    # benchmarks/ is not a package and its scripts `import harness`: put the folder on the
-    # path and load each file under a private name.
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    key = f"silentwatch_bench_{name}"
-    if key in sys.modules:
-        return sys.modules[key]
-    spec = importlib.util.spec_from_file_location(key, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[key] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-heads = _load("heads")
-heads_update = _load("heads_update")
+heads = load_benchmark("heads")
+heads_update = load_benchmark("heads_update")
 
 
 def test_inprocess_timings_cover_every_k():

@@ -1,0 +1,49 @@
+"""The serving benchmark's in-process floor runs (benchmarks/serving.py; issue 16, item 3).
+
+The benchmark itself takes minutes (docs/benchmarks.md, "Request path: the floor and where
+the time goes"); this checks, on a tiny batch, that the floor loop still matches the
+product's wire format and scorer, and that its timing function runs.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from silentwatch.monitor.scoring import LinearScorer
+from silentwatch.v1 import monitor_pb2 as pb
+
+from .benchmark_scripts import load_benchmark
+
+serving = load_benchmark("serving")
+
+
+def _scorer(d: int) -> LinearScorer:
+    rng = np.random.default_rng(0)
+    return LinearScorer(weights=rng.standard_normal(d).astype(np.float32), bias=0.1, normalize=True)
+
+
+def test_floor_loop_answers_what_the_service_would():
+    scorer = _scorer(16)
+    x = serving.unit(32, 16, 3)
+    raw = serving.batch_request(x).SerializeToString()
+    resp = pb.ClassifyBatchResponse.FromString(serving.floor_loop(raw, scorer, 0.5)())
+    p = scorer.predict_proba(x)
+    np.testing.assert_allclose(resp.p_unsafe, p, rtol=1e-6)
+    assert list(resp.flagged) == (p >= 0.5).tolist()
+    np.testing.assert_allclose(resp.confidence, np.maximum(p, 1 - p), rtol=1e-6)
+
+
+def test_floor_timing_runs_on_one_core_and_restores_affinity():
+    before = os.sched_getaffinity(0)
+    fl = serving.floor_timing(_scorer(32), rows=64, reps=5)
+    assert os.sched_getaffinity(0) == before
+    assert fl["d"] == 32 and fl["rows"] == 64
+    assert fl["floor_us"] > 0 and fl["floor_rows_per_s"] > 0
+
+
+def test_modes_alternate_and_include_the_baseline():
+    assert serving.BASE in serving.MODES and serving.ALL_ON in serving.MODES
+    orders = serving.round_orders(list(serving.MODES), 2)
+    assert orders[1] == orders[0][::-1]
