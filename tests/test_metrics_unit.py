@@ -351,3 +351,20 @@ def test_quantile_of_histogram_exposition():
     assert len(buckets) == 21
     assert quantile(0.5, buckets) == pytest.approx(0.5, abs=0.01)
     assert quantile(0.9, buckets) == pytest.approx(0.9, abs=0.01)
+
+
+def test_observe_columns_equals_one_observe_per_column():
+    """The per-head histograms are filled for every head at once; bucket edges included."""
+    rng = np.random.default_rng(3)
+    values = rng.random((500, 4)).astype(np.float32)
+    values[:4, 0] = [0.0, 0.05, 0.5, 1.0]  # exactly on bounds: le semantics
+    together = ArrayHistogram("a_ratio", "d", UNIT_BUCKETS, ("source", "head"), ())
+    apart = ArrayHistogram("b_ratio", "d", UNIT_BUCKETS, ("source", "head"), ())
+    keys = [("classify", f"h{j}") for j in range(4)]
+    together.observe_columns(keys, values)
+    for j, key in enumerate(keys):
+        apart.observe_many(key, values[:, j])
+    for key in keys:
+        (c1, s1), (c2, s2) = together.snapshot(key), apart.snapshot(key)
+        np.testing.assert_array_equal(c1, c2)
+        assert s1 == pytest.approx(s2, rel=1e-9)
