@@ -4,20 +4,20 @@ head fails the gate and is named, "not enough positives to judge" when that is t
 from __future__ import annotations
 
 import csv
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("torch")
-from silentwatch.monitor.bundle import EmbedderSpec, load_bundle
+from silentwatch.monitor.bundle import load_bundle
 from silentwatch.monitor.simulate.drift import normalise
 from silentwatch.monitor.training import train_bundle
-from silentwatch.offline.embedders.base import EmbeddingInfo
 from silentwatch.offline.gate.config import GateConfig
 from silentwatch.offline.gate.report import render_markdown
 from silentwatch.offline.gate.run import GateError, run_gate
+
+from .test_gate import FakeEmbedder
 
 N, DIM = 1200, 24
 HEADS = ("toxicity", "threat", "insult")
@@ -39,9 +39,10 @@ def _base() -> np.ndarray:
     return normalise(x)
 
 
-class HeadsEmbedder:
+class HeadsEmbedder(FakeEmbedder):
     """Text "row <i>" -> a fixed vector: the old space, a benign update, or an update that
-    flips the threat head's dimensions (threat breaks, the other heads do not move)."""
+    flips the threat head's dimensions (threat breaks, the other heads do not move).
+    ``embed``, ``info`` and ``spec`` are the single-head gate test's."""
 
     def __init__(self, spec: str) -> None:
         self.name = spec
@@ -56,24 +57,7 @@ class HeadsEmbedder:
             self.table = t
         else:
             raise ValueError(spec)
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        return self.table[[int(t.split()[1]) for t in texts]].astype(np.float32)
-
-    def _sha(self) -> str:
-        return hashlib.sha256(self.name.encode()).hexdigest()
-
-    def info(self) -> EmbeddingInfo:
-        return EmbeddingInfo(
-            name=self.name, weights_sha256=self._sha(), dtype="float32", pooling="mean",
-            max_length=256, dim=DIM, device="cpu", backend="transformers",
-        )  # fmt: skip
-
-    def spec(self, version: str | None = None) -> EmbedderSpec:
-        return EmbedderSpec(
-            name=self.name, version=version or self.name, weights_sha256=self._sha(),
-            pooling="mean", normalized=True,
-        )  # fmt: skip
+        self.calls = 0
 
 
 def _opener(spec: str, **_: object) -> HeadsEmbedder:

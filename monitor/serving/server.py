@@ -27,14 +27,11 @@ from silentwatch.monitor.bundle.manifest import TrainingSummary
 from silentwatch.monitor.bundle.signature import verify_bundle_signature
 from silentwatch.monitor.config import ServeSettings
 from silentwatch.monitor.detection.canary import CanaryRunner, CanaryTarget, TextEmbedder
-from silentwatch.monitor.detection.detectors.confidence import (
-    ConfidenceProfile,
-    confidence_profile,
-)
+from silentwatch.monitor.detection.detectors.confidence import confidence_profile
 from silentwatch.monitor.detection.engine import DetectionEngine, EngineOptions
 from silentwatch.monitor.detection.heads import HeadSpec
 from silentwatch.monitor.detection.paired_canaries import PairedCanaries
-from silentwatch.monitor.detection.registry import CONFIDENCE_PROFILE, parse_change_pair
+from silentwatch.monitor.detection.registry import parse_change_pair
 from silentwatch.monitor.detection.suite import CalibrationError, suite_for_bundle
 from silentwatch.monitor.detection.windows import WindowSpec
 from silentwatch.monitor.serving.admin import ADMIN_SERVICE_NAME, AdminService
@@ -124,27 +121,22 @@ def _head_flags(bundle: LoadedBundle) -> tuple[list[float], list[str]]:
 def _head_spec(bundle: LoadedBundle, head: Head) -> HeadSpec:
     """What the engine needs about a head other than the default one.
 
-    Its reference confidence profile: the head's held-out one when the bundle recorded
-    it, else its scores on the bundle's reference sample (training rows: slightly more
-    confident than unseen traffic, as the default head's would be without calibration).
+    Its reference confidence profile: its scores on the bundle's reference sample (training
+    rows: slightly more confident than unseen traffic; the bundle records no held-out
+    profile for heads other than the default, whose profile comes from calibration).
     """
     t = head.thresholds
-    held = getattr(head.training, "reference_confidence", None)
-    if held:
-        profile = ConfidenceProfile(**{k: float(held[k]) for k in CONFIDENCE_PROFILE})
-    else:
-        profile = confidence_profile(
-            head.scorer.predict_proba(bundle.reference.embeddings),
-            flag=t.flag,
-            high_confidence=t.high_confidence,
-        )
-    ref = _confirmation_reference(head.training)
+    profile = confidence_profile(
+        head.scorer.predict_proba(bundle.reference.embeddings),
+        flag=t.flag,
+        high_confidence=t.high_confidence,
+    )
     return HeadSpec(
         name=head.name,
         flag=t.flag,
         high_confidence=t.high_confidence,
         reference_profile=profile,
-        **ref,
+        **_confirmation_reference(head.training),
     )
 
 
