@@ -83,6 +83,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """utime + stime per OS thread name of a process, summed over threads of one name.
+
+    Threads that exited are not listed (their time is in :func:`cpu_seconds` only); the
+    sidecar's pipeline worker names itself ``sw-pipeline``.
+    """
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread may exit between listing and read
+            stat = (task / "stat").read_text()
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            fields = stat.rsplit(")", 1)[1].split()
+            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def read_rss(pid: int) -> tuple[float, float]:
     """(VmRSS, VmHWM) of a process in MiB; VmHWM is the kernel's own peak, between samples too."""
     vals = {}

@@ -51,11 +51,13 @@ from harness import (
     repeat,
     table_header,
     table_row,
+    thread_cpu_seconds,
 )
 
 from silentwatch.monitor.bundle import EmbedderSpec
 from silentwatch.monitor.bundle.io import load_bundle
 from silentwatch.monitor.scoring import LinearScorer, confidence, row_norms
+from silentwatch.monitor.serving.pipeline import WORKER_THREAD_NAME
 from silentwatch.monitor.training import train_bundle
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
@@ -295,16 +297,33 @@ def bench_unary(stub: pb_grpc.MonitorStub, d: int, n: int) -> dict[str, float]:
 
 
 def bench_batch(
-    stub: pb_grpc.MonitorStub, pid: int, d: int, rows: int, seconds: float, threads: int
+    stub: pb_grpc.MonitorStub,
+    pid: int,
+    d: int,
+    rows: int,
+    seconds: float,
+    threads: int,
+    rate: float | None = None,
 ) -> dict[str, float]:
+    """``threads`` clients send ``rows``-row ClassifyBatch requests for ``seconds``: as fast
+    as replies come (``rate`` None, the server saturated) or paced to ``rate`` rows per
+    second in all (each client on a fixed schedule; a late one sends at once but never
+    bunches up more than one request)."""
     x = unit(rows, d, 2).astype("<f4").tobytes()
     counter = iter(range(10**9))
     lock = threading.Lock()
     lat: list[float] = []
     stop = time.monotonic() + seconds
+    gap = None if rate is None else threads * rows / rate
 
     def worker() -> None:
+        due = time.monotonic()
         while time.monotonic() < stop:
+            if gap is not None:
+                now = time.monotonic()
+                if due > now:
+                    time.sleep(due - now)
+                due = max(due, now - gap) + gap
             with lock:
                 k = next(counter)
             req = pb.ClassifyBatchRequest(
@@ -320,6 +339,8 @@ def bench_batch(
     worker()  # warm-up, one thread
     lat.clear()
     stop = time.monotonic() + seconds
+    st0 = stub.GetStatus(pb.GetStatusRequest()).pipeline
+    w0 = thread_cpu_seconds(pid).get(WORKER_THREAD_NAME, 0.0)
     cpu0, t0 = cpu_seconds(pid), time.perf_counter()
     ts = [threading.Thread(target=worker) for _ in range(threads)]
     for t in ts:
@@ -327,11 +348,22 @@ def bench_batch(
     for t in ts:
         t.join()
     wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
+    worker_cpu = thread_cpu_seconds(pid).get(WORKER_THREAD_NAME, 0.0) - w0
+    st1 = stub.GetStatus(pb.GetStatusRequest()).pipeline
     n = len(lat) * rows
+    # Rows the worker took (processed) or shed (sampled out) while the clients ran; the
+    # worker may still be draining the last batches, so these are read, not derived.
+    processed = st1.processed_rows - st0.processed_rows
+    shed = st1.sampled_out_rows - st0.sampled_out_rows
     return {
         "emb_per_s": n / wall,
         "emb_per_cpu_s": n / max(cpu, 1e-9),
         "server_cpu_util": cpu / wall,
+        # Request threads' CPU per row, and the worker's CPU per row it processed: the
+        # second does not depend on how much the worker had to shed.
+        "request_us_per_row": 1e6 * (cpu - worker_cpu) / max(n, 1),
+        "worker_us_per_row": 1e6 * worker_cpu / max(processed, 1),
+        "sampled_out_share": shed / max(processed + shed, 1),
         "batch_p50_ms": quantile(lat, 0.5, "ms"),
         "batch_p99_ms": quantile(lat, 0.99, "ms"),
     }

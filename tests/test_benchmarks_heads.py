@@ -33,14 +33,20 @@ def test_projection_labels_give_every_head_20_to_50_percent_positives():
     assert rate.min() == pytest.approx(0.2, abs=0.01)
 
 
-def test_summary_reports_cost_relative_to_one_head():
-    runs = {
-        1: [{"emb_per_cpu_s": 100.0, "emb_per_s": 90.0, "batch_p50_ms": 5, "batch_p99_ms": 9}],
-        8: [{"emb_per_cpu_s": 80.0, "emb_per_s": 70.0, "batch_p50_ms": 6, "batch_p99_ms": 11}],
-    }
+def test_summary_reports_cost_relative_to_one_head_round_by_round():
+    def run(per_cpu_s: float) -> dict[str, float]:
+        return {"emb_per_cpu_s": per_cpu_s, "emb_per_s": 90.0, "batch_p50_ms": 5,
+                "batch_p99_ms": 9, "request_us_per_row": 4.0, "worker_us_per_row": 1.0,
+                "sampled_out_share": 0.0}  # fmt: skip
+
+    # Round 2 ran on a machine 2x slower for both k: paired ratios cancel it.
+    runs = {1: [run(100.0), run(50.0), run(100.0)], 8: [run(80.0), run(40.0), run(90.0)]}
     s = heads.summarise(runs)
-    assert s[0]["cost_best"] == 0.0
-    assert s[1]["cost_best"] == pytest.approx(0.25)  # 100 / 80 - 1: 25% more CPU per row
+    assert s[0]["cost"] == 0.0 and s[0]["cpu_us"] == pytest.approx(1e4)
+    # Ratios 1.25, 1.25, 1.111: median 25% more CPU per row, lowest round +11.1%.
+    assert s[1]["cost"] == pytest.approx(0.25)
+    assert s[1]["cost_low"] == pytest.approx(100 / 90 - 1)
+    assert s[1]["cost_high"] == pytest.approx(0.25)
 
 
 def test_frozen_head_aucs_see_the_head_a_new_space_broke():

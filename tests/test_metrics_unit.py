@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from silentwatch.monitor.serving.pipeline import (
+    WORKER_THREAD_NAME,
     LabelBatch,
     Pipeline,
     PredictionBatch,
@@ -368,3 +371,56 @@ def test_observe_columns_equals_one_observe_per_column():
         (c1, s1), (c2, s2) = together.snapshot(key), apart.snapshot(key)
         np.testing.assert_array_equal(c1, c2)
         assert s1 == pytest.approx(s2, rel=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bucket_index_matches_searchsorted_on_and_beside_every_bound(dtype):
+    """The unit buckets' arithmetic bucketing places every value where searchsorted on the
+    float64 bounds does (le semantics), at the bounds and one float step either side."""
+    h = ArrayHistogram("c_ratio", "d", UNIT_BUCKETS, "source", ("a",))
+    assert h._step_inv is not None  # the fast path is the one under test
+    b = np.asarray(UNIT_BUCKETS, dtype=dtype)
+    edges = np.concatenate([b, np.nextafter(b, -np.inf), np.nextafter(b, np.inf)])
+    rng = np.random.default_rng(4)
+    v = np.concatenate([edges, [0.0, -0.0, -1e-30, -3.0, 1.5, 7e9], rng.random(2000)])
+    v = v.astype(dtype)
+    want = np.searchsorted(h.bounds, v.astype(np.float64), side="left")
+    np.testing.assert_array_equal(h.bucket_index(v, float(v.sum())), want)
+    # NaN and inf take searchsorted (which puts NaN and +inf last, -inf first).
+    odd = np.array([0.3, np.nan, np.inf, -np.inf], dtype=dtype)
+    want = np.searchsorted(h.bounds, odd.astype(np.float64), side="left")
+    np.testing.assert_array_equal(h.bucket_index(odd, float(np.sum(odd))), want)
+
+
+def test_bucket_index_other_bounds_use_searchsorted():
+    h = ArrayHistogram("d_ratio", "d", (0.1, 0.5, 0.9, 0.99), "source", ("a",))
+    assert h._step_inv is None
+    v = np.array([0.1, 0.2, 0.5, 0.95, 0.99, 1.0])
+    np.testing.assert_array_equal(h.bucket_index(v, float(v.sum())), [0, 1, 1, 3, 3, 4])
+    h.observe_many("a", v)
+    assert h.snapshot("a")[0].tolist() == [1, 3, 3, 5, 6]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="OS thread names: Linux")
+def test_pipeline_worker_has_an_os_thread_name():
+    """top -H / ps -L (and benchmarks/harness.thread_cpu_seconds) tell the worker apart."""
+    pipe = Pipeline([])
+    pipe.start()
+    try:
+        tid = pipe.run_on_worker(threading.get_native_id)
+        comm = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+        assert comm == WORKER_THREAD_NAME == "sw-pipeline"
+    finally:
+        pipe.stop()
+
+
+def test_concat_predictions_never_copies_large_batches_together():
+    """A worker that fell behind must not make each pass costlier: batches of the merge
+    limit pass through untouched, small ones merge up to it."""
+    big = [_batch([0.5] * 4) for _ in range(3)]
+    out = concat_predictions(big, max_rows=4)
+    assert len(out) == 3 and all(o is b for o, b in zip(out, big, strict=True))
+    small = [_batch([0.1] * 3), _batch([0.2] * 2), _batch([0.3] * 2), _batch([0.4])]
+    out = concat_predictions(small, max_rows=4)
+    assert [o.rows for o in out] == [3, 4, 1]  # 3 + 2 > 4: the 2 starts the next group
+    assert sum(o.rows for o in out) == 8

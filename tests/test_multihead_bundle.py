@@ -161,17 +161,22 @@ def test_head_scorer_equals_each_heads_scorer(three_heads):
 
 
 @pytest.mark.parametrize("normalize", [True, False])
-def test_head_scorer_stack_of_random_heads(normalize):
+# k = 1-4: a matrix-vector product per head; 5-7: weights padded to 8 columns; 8, 11: one
+# matrix product (monitor/scoring.py picks the fastest by k).
+@pytest.mark.parametrize("k", [1, 3, 5, 7, 8, 11])
+def test_head_scorer_stack_of_random_heads(normalize, k):
     scorers = [
-        LinearScorer.from_standardized(**_fold(_clf(16, s)), normalize=normalize) for s in range(5)
+        LinearScorer.from_standardized(**_fold(_clf(16, s)), normalize=normalize) for s in range(k)
     ]
     hs = HeadScorer.stack(scorers)
-    assert hs.weights.shape == (16, 5) and hs.biases.shape == (5,)
+    assert hs.weights.shape == (16, k) and hs.biases.shape == (k,)
     assert hs.weights.dtype == hs.biases.dtype == np.float32
     x = np.random.default_rng(1).normal(size=(64, 16)).astype(np.float32)
     p = hs.predict_proba(x)
+    assert p.shape == (64, k) and p.dtype == np.float32 and p.flags.c_contiguous
     for j, s in enumerate(scorers):
         np.testing.assert_allclose(p[:, j], s.predict_proba(x), rtol=1e-5, atol=1e-6)
+    assert hs.weights.shape == (16, k)  # the padded copy is a cache, not the weights
 
 
 def _fold(clf: dict[str, np.ndarray]) -> dict:

@@ -13,7 +13,10 @@ small and are never shed.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -25,6 +28,26 @@ from typing import Protocol
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+
+WORKER_THREAD_NAME = "sw-pipeline"
+
+
+def name_os_thread(name: str) -> None:
+    """Give the calling thread an OS-level name (Linux, at most 15 bytes).
+
+    Python before 3.14 names threads only inside the interpreter; the kernel's name is
+    what ``top -H``, ``ps -L`` and ``/proc/<pid>/task/*/comm`` show, so an operator (and
+    the benchmarks' per-thread CPU accounting) can tell the worker from the gRPC threads.
+    A no-op elsewhere or when ``prctl`` is unavailable.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # 15 = PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
 
 
 @dataclass(frozen=True)
@@ -72,10 +95,29 @@ class Sink(Protocol):
     def on_labels(self, batch: LabelBatch) -> None: ...
 
 
-def concat_predictions(batches: list[PredictionBatch]) -> list[PredictionBatch]:
-    """Merge consecutive batches of the same source and embedder version into one."""
+# Queued batches are merged only up to this many rows. Merging amortises the per-batch work
+# of small requests (unary Classify: one row each); copying large ones together only costs:
+# a worker that fell behind once copied 32 queued 1,024-row batches (128 MB at d = 1,024)
+# per pass, fell further behind, and shed a quarter of its rows at half a core's load
+# (benchmarks/heads.py, docs/benchmarks.md "Many heads").
+MERGE_MAX_ROWS = 1024
+
+
+def concat_predictions(
+    batches: list[PredictionBatch], max_rows: int = MERGE_MAX_ROWS
+) -> list[PredictionBatch]:
+    """Merge consecutive batches of the same source and embedder version, while the merged
+    batch stays within ``max_rows`` rows; a batch that large already passes through as is.
+
+    >>> import numpy as np
+    >>> def b(n): return PredictionBatch(np.zeros((n, 2), np.float32), np.ones(n),
+    ...                                  np.zeros(n), "classify", "v1", 0.0)
+    >>> [x.rows for x in concat_predictions([b(1), b(1), b(3), b(2000), b(1)], max_rows=4)]
+    [2, 3, 2000, 1]
+    """
     out: list[PredictionBatch] = []
     group: list[PredictionBatch] = []
+    group_rows = 0
 
     def flush() -> None:
         if len(group) == 1:
@@ -103,9 +145,11 @@ def concat_predictions(batches: list[PredictionBatch]) -> list[PredictionBatch]:
         return b.source, b.embedder_version, heads
 
     for b in batches:
-        if group and key(b) != key(group[0]):
+        if group and (key(b) != key(group[0]) or group_rows + b.rows > max_rows):
             flush()
+            group_rows = 0
         group.append(b)
+        group_rows += b.rows
     flush()
     return out
 
@@ -189,6 +233,7 @@ class Pipeline:
             self._thread.start()
 
     def _run(self) -> None:
+        name_os_thread(WORKER_THREAD_NAME)
         while True:
             with self._cond:
                 if not self._queue and not self._stop:
