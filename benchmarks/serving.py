@@ -246,7 +246,12 @@ def where_time_goes(
         )
         pb0 = PredictionBatch(x, norms, p, "classify", "v1", time.time())
         out.append(
-            ("worker: concatenate two queued batches", us(lambda: concat_predictions([pb0, pb0])))
+            (
+                # Batches of 1,024 rows or more are no longer merged (pipeline.MERGE_MAX_ROWS);
+                # this is what merging two would cost.
+                "worker: concatenate two queued batches (now only below 1,024 rows)",
+                us(lambda: concat_predictions([pb0, pb0], max_rows=2 * rows)),
+            )
         )
         traffic = TrafficSink([thr], [b.heads[0].name])
         out.append(
