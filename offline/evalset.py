@@ -33,6 +33,12 @@ class DataSettings(BaseModel):
     label_threshold: float = Field(0.5, description="fractional labels are binarised at >=")
     positive_label: str | None = Field(None, description="for string labels: the unsafe one")
     max_rows: int | None = Field(10_000, ge=20, description="paper A: 10,000 balanced")
+    dedupe: bool = Field(
+        True,
+        description="drop repeated texts (equal after stripping surrounding whitespace) "
+        "before balancing, keeping the first; a copy in the test split of a training row "
+        "would flatter every metric",
+    )
     balance: bool = True
     fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
     seed: int = 42
@@ -86,6 +92,9 @@ class EvalSet:
     y: np.ndarray  # int64 0/1, aligned with texts: the default (first) head's
     split: Split
     rows_loaded: int
+    # Texts dropped as repeats of an earlier row, and how many of those carried another label.
+    duplicates_dropped: int = 0
+    duplicate_label_conflicts: int = 0
     # (n, heads) int64 0/1, column j = head j (column 0 == y); head names in order.
     labels: np.ndarray | None = None
     heads: tuple[str, ...] = (DEFAULT_HEAD,)
@@ -98,6 +107,8 @@ class EvalSet:
         return {
             "path": ", ".join(str(p) for p in settings.paths),
             "rows_loaded": self.rows_loaded,
+            "duplicates_dropped": self.duplicates_dropped,
+            "duplicate_label_conflicts": self.duplicate_label_conflicts,
             "rows_used": len(self.texts),
             "positives_used": int(self.y.sum()),
             "heads": {h: int(self.y_heads[:, j].sum()) for j, h in enumerate(self.heads)},
@@ -107,8 +118,31 @@ class EvalSet:
         }
 
 
+def first_occurrences(texts: list[str], labels: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """Rows to keep so that no text repeats (compared after stripping surrounding
+    whitespace; the first row of each text is kept), how many rows were dropped, and how
+    many of the dropped carried labels other than the kept row's.
+
+    >>> keep, dropped, conflicts = first_occurrences(
+    ...     ["a", "b", " a", "c", "b"], np.array([[1], [0], [1], [0], [1]]))
+    >>> keep.tolist(), dropped, conflicts
+    ([0, 1, 3], 2, 1)
+    """
+    first: dict[str, int] = {}
+    keep: list[int] = []
+    conflicts = 0
+    for i, t in enumerate(texts):
+        j = first.setdefault(t.strip(), i)
+        if j == i:
+            keep.append(i)
+        elif not np.array_equal(labels[i], labels[j]):
+            conflicts += 1
+    return np.asarray(keep, dtype=np.int64), len(texts) - len(keep), conflicts
+
+
 def load_evalset(d: DataSettings) -> EvalSet:
-    """Read the file, keep a (balanced) sample of at most ``max_rows``, split it 70/10/20.
+    """Read the file(s), drop repeated texts, keep a (balanced) sample of at most
+    ``max_rows``, split it 70/10/20.
 
     Raises ``ValueError`` with what to change when the file or its columns do not fit.
     """
@@ -125,6 +159,12 @@ def load_evalset(d: DataSettings) -> EvalSet:
         texts.extend(part.texts)
         labels.append(part.labels)
     y_heads = np.concatenate(labels).astype(np.int64).reshape(len(texts), -1)
+    rows_loaded = len(texts)
+    dropped = conflicts = 0
+    if d.dedupe:
+        keep, dropped, conflicts = first_occurrences(texts, y_heads)
+        texts = [texts[i] for i in keep]
+        y_heads = y_heads[keep]
     y_all = y_heads[:, 0]
     counts = np.bincount(y_all, minlength=2)
     if counts.min() < 10:
@@ -143,7 +183,9 @@ def load_evalset(d: DataSettings) -> EvalSet:
         texts=[texts[i] for i in rows],
         y=y,
         split=stratified_split(y, d.fractions, seed=d.seed),
-        rows_loaded=int(y_all.size),
+        rows_loaded=rows_loaded,
+        duplicates_dropped=dropped,
+        duplicate_label_conflicts=conflicts,
         labels=y_heads[rows] if y_heads.shape[1] > 1 else None,
         heads=tuple(d.heads),
     )

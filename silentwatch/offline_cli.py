@@ -105,6 +105,11 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--positive-label", help="for string labels: the unsafe one")
     p.add_argument("--max-rows", type=int, default=10_000, help="balanced sample size (paper A)")
     p.add_argument("--no-balance", action="store_true", help="keep the class ratio as found")
+    p.add_argument(
+        "--keep-duplicates",
+        action="store_true",
+        help="keep repeated texts (default: drop them before balancing, keeping the first)",
+    )
     p.add_argument("--seed", type=int, default=42)
 
 
@@ -131,6 +136,20 @@ def _add_stress(sub: argparse._SubParsersAction) -> None:
         help="coarse checkpoints starting at 0 (default 0 .005 .01 .02 .03 .05 .1 .15)",
     )
     p.add_argument("--fine-steps", type=int, default=16)
+    p.add_argument(
+        "--linear-checkpoints",
+        type=int,
+        default=8,
+        help="paper A's grid: magnitudes evenly from 0 to --max-magnitude (0 skips it)",
+    )
+    p.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap replicates per point's AUC (0: none)"
+    )
+    p.add_argument(
+        "--drift-seed",
+        type=int,
+        help="seed of the drift operators' noise, directions and rotations (default: --seed)",
+    )
     p.add_argument("--max-magnitude", type=float, default=0.15)
     p.add_argument("--failure-auc", type=float, default=0.6)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -171,13 +190,16 @@ def _cmd_stress(args: argparse.Namespace) -> int:
             positive_label=args.positive_label,
             max_rows=args.max_rows,
             balance=not args.no_balance,
+            dedupe=not args.keep_duplicates,
             seed=args.seed,
         )
         settings = StressSettings(
             fine_steps=args.fine_steps,
+            linear_checkpoints=args.linear_checkpoints,
+            bootstrap=args.bootstrap,
             max_magnitude=args.max_magnitude,
             failure_auc=args.failure_auc,
-            seed=args.seed,
+            seed=args.seed if args.drift_seed is None else args.drift_seed,
             **({"kinds": args.kinds} if args.kinds else {}),
             **({"magnitudes": args.magnitudes} if args.magnitudes else {}),
         )

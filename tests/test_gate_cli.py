@@ -123,12 +123,16 @@ def test_stress_command_writes_its_report(world, tmp_path, capsys) -> None:
     rc = main([
         "stress", "--data", str(world["data"]), "--text-column", "body",
         "--label-column", "is_toxic", "--positive-label", "yes",
-        "--model", str(world["a"]), "--fine-steps", "4", "--cache-dir", str(tmp_path / "c"),
+        "--model", str(world["a"]), "--fine-steps", "4", "--linear-checkpoints", "3",
+        "--bootstrap", "50", "--drift-seed", "7", "--cache-dir", str(tmp_path / "c"),
         "--out", str(tmp_path / "stress"),
     ])  # fmt: skip
     assert rc == 0
     payload = json.loads((tmp_path / "stress" / "stress.json").read_text())
-    assert len(payload["stress"]["points"]) == 4 * (8 + 4)
+    assert len(payload["stress"]["points"]) == 4 * (8 + 4 + 3)  # checkpoints, fine, linear
+    assert payload["stress"]["settings"]["seed"] == 7 and payload["data"]["seed"] == 42
+    assert payload["stress"]["settings"]["bootstrap"] == 50
+    assert "duplicates_dropped" in payload["data"]
     assert payload["separability"][str(world["a"])]["silhouette"] > 0
     assert "Failure threshold" in (tmp_path / "stress" / "stress.md").read_text()
     assert "clean AUC" in capsys.readouterr().out

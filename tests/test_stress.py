@@ -94,7 +94,7 @@ def test_sweep_metrics_equal_scikit_learn_and_the_classifier_collapses() -> None
     x, y, head = _world()
     settings = StressSettings(fine_steps=6)
     r = run_stress({"toy": StressModel(x, y, head)}, settings)
-    assert len(r.points) == len(DRIFT_KINDS) * (8 + 6)
+    assert len(r.points) == len(DRIFT_KINDS) * (8 + 6 + 8)  # checkpoints, fine, linear
     # Recompute one drifted cell independently with scikit-learn.
     pt = next(
         p
@@ -216,3 +216,36 @@ def test_checkpoints_include_the_papers_headline_and_are_validated() -> None:
         StressSettings(magnitudes=[0.01, 0.02])
     with pytest.raises(ValueError, match="increase"):
         StressSettings(magnitudes=[0.0, 0.02, 0.01])
+
+
+def test_paper_a_linear_grid_and_the_readings_of_each_point() -> None:
+    """Paper A's own grid (8 magnitudes evenly over [0, 0.15]) runs beside the checkpoints,
+    and every point carries the paper's other readings, equal to the pure functions."""
+    from silentwatch.monitor.evaluation.auc_intervals import auc_bootstrap_ci, auc_chance_test
+    from silentwatch.monitor.evaluation.classification import (
+        accuracy_above_confidence,
+        confident_error_share,
+        expected_calibration_error,
+    )
+
+    x, y, head = _world(300, 32)
+    s = StressSettings(kinds=["gaussian_per_dimension"], fine_steps=0, bootstrap=200)
+    r = run_stress({"m": StressModel(x, y, head)}, s)
+    linear = [p for p in r.points if p.sweep == "linear"]
+    assert [p.magnitude for p in linear] == pytest.approx(np.linspace(0, 0.15, 8).tolist())
+    assert linear[0].roc_auc == r.points[0].roc_auc  # the clean cell is shared
+    pt = linear[3]
+    z = DriftOperator("gaussian_per_dimension", n=300, dim=32, seed=42).apply(x, pt.magnitude)
+    p = head.predict_proba(z)
+    assert pt.ece_top_range == pytest.approx(expected_calibration_error(p, y, 5, low=0.5))
+    assert pt.confident_error_share == pytest.approx(confident_error_share(p, y, 0.8))
+    assert pt.accuracy_when_confident == pytest.approx(accuracy_above_confidence(p, y, 0.9))
+    assert pt.confident_share == pytest.approx(np.mean(np.maximum(p, 1 - p) >= 0.9))
+    assert (pt.roc_auc_low, pt.roc_auc_high) == pytest.approx(
+        auc_bootstrap_ci(p, y, n_boot=200, seed=42)
+    )
+    assert pt.roc_auc_low <= pt.roc_auc <= pt.roc_auc_high
+    assert pt.roc_auc_p_chance == pytest.approx(auc_chance_test(p, y))
+    assert linear[0].roc_auc_p_chance < 1e-6  # the clean head is far from a coin
+    none = run_stress({"m": StressModel(x, y, head)}, s.model_copy(update={"bootstrap": 0}))
+    assert np.isnan(none.points[1].roc_auc_low)

@@ -37,18 +37,19 @@ def check_scores_labels(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.nd
     return p, y.astype(np.int8)
 
 
-def bin_index(v: np.ndarray, n_bins: int) -> np.ndarray:
-    """Equal-width bin of each value in [0, 1]: ``((b-1)/M, b/M]``, the first closed at 0."""
+def bin_index(v: np.ndarray, n_bins: int, low: float = 0.0) -> np.ndarray:
+    """Equal-width bin of each value in [low, 1]: ``(low + (b-1) w, low + b w]`` with
+    ``w = (1 - low) / M``, the first closed at ``low`` (values below it fall in it too)."""
     if n_bins < 1:
         raise ValueError(f"n_bins must be at least 1, got {n_bins}")
     # Right-closed bins: np.digitize with right=True on the inner edges.
-    edges = np.linspace(0.0, 1.0, n_bins + 1)[1:-1]
+    edges = np.linspace(low, 1.0, n_bins + 1)[1:-1]
     return np.digitize(v, edges, right=True)
 
 
-def _binned_gap(v: np.ndarray, hits: np.ndarray, n_bins: int) -> float:
+def _binned_gap(v: np.ndarray, hits: np.ndarray, n_bins: int, low: float = 0.0) -> float:
     """``sum_b |sum(hits in B_b) - sum(v in B_b)| / n``, which is ``sum_b |B_b|/n |gap_b|``."""
-    idx = bin_index(v, n_bins)
+    idx = bin_index(v, n_bins, low)
     sum_v = np.bincount(idx, weights=v, minlength=n_bins)
     sum_hits = np.bincount(idx, weights=hits.astype(np.float64), minlength=n_bins)
     return float(np.abs(sum_hits - sum_v).sum() / v.size)
@@ -99,8 +100,10 @@ def mean_confidence(p: np.ndarray) -> float:
     return float(confidence(p).mean()) if p.size else _NAN
 
 
-def expected_calibration_error(p: np.ndarray, y: np.ndarray, n_bins: int = 5) -> float:
-    """Top-label ECE with equal-width confidence bins (paper A: 5 bins).
+def expected_calibration_error(
+    p: np.ndarray, y: np.ndarray, n_bins: int = 5, *, low: float = 0.0
+) -> float:
+    """Top-label ECE with equal-width confidence bins (paper A: 5 bins, Eqs. 19-21).
 
     ``ECE = sum_b |B_b| / n * |acc(B_b) - conf(B_b)|`` where ``B_b`` holds the samples
     whose confidence ``max(p, 1-p)`` falls in ``((b-1)/M, b/M]`` (the first bin is
@@ -108,14 +111,22 @@ def expected_calibration_error(p: np.ndarray, y: np.ndarray, n_bins: int = 5) ->
     mean confidence (Guo et al. 2017, as used by paper A section 3.3). See
     :func:`positive_class_ece` for the calibration of P(unsafe) itself.
 
+    ``low = 0.5`` spreads the bins over the range a top-label confidence can take,
+    ``[0.5, 1]`` (0.5-0.6, ..., 0.9-1.0 for 5 bins): with bins over ``[0, 1]`` the first
+    two are always empty and the third mixes 0.5-0.6. Paper A partitions "the confidence
+    range" without saying which; both are reported by the stress suite.
+
     >>> round(expected_calibration_error(np.array([0.9, 0.9, 0.1, 0.1]),
     ...                                  np.array([1, 0, 0, 0])), 3)
     0.15
+    >>> p, y = np.array([0.65, 0.75]), np.array([1, 0])  # one right, one wrong
+    >>> [round(expected_calibration_error(p, y, low=lo), 3) for lo in (0.0, 0.5)]
+    [0.2, 0.55]
     """
     p, y = check_scores_labels(p, y)
     if p.size == 0:
         return _NAN
-    return _binned_gap(confidence(p), (p >= 0.5) == (y == 1), n_bins)
+    return _binned_gap(confidence(p), (p >= 0.5) == (y == 1), n_bins, low)
 
 
 def silent_failure_rate(
@@ -270,6 +281,42 @@ def high_confidence_error_ratio(
         return _NAN
     wrong = (p >= 0.5) != (y == 1)
     return float((wrong & sure).sum() / n_sure)
+
+
+def confident_error_share(
+    p: np.ndarray, y: np.ndarray, high_confidence: float = HIGH_CONFIDENCE
+) -> float:
+    """Share of *all* samples that are wrong and confident: ``#{wrong, c > 0.8} / n``.
+
+    Paper A's "of test samples receive high confidence yet incorrect predictions"; the
+    same numerator as :func:`silent_failure_rate` (over errors) and
+    :func:`high_confidence_error_ratio` (over confident predictions). NaN when empty.
+
+    >>> confident_error_share(np.array([0.95, 0.9, 0.6, 0.1]), np.array([0, 1, 0, 0]))
+    0.25
+    """
+    p, y = check_scores_labels(p, y)
+    if p.size == 0:
+        return _NAN
+    wrong = (p >= 0.5) != (y == 1)
+    return float((wrong & (confidence(p) > high_confidence)).sum() / p.size)
+
+
+def accuracy_above_confidence(p: np.ndarray, y: np.ndarray, at_least: float = 0.9) -> float:
+    """Top-label accuracy among predictions with confidence ``c >= at_least``.
+
+    Paper A: "when the classifier reports 0.9 confidence, the empirical accuracy falls to
+    ... which is worse than reporting uniform": below 0.5 a coin would do better on those
+    rows. NaN when no prediction is that confident.
+
+    >>> accuracy_above_confidence(np.array([0.95, 0.92, 0.6]), np.array([0, 1, 0]))
+    0.5
+    """
+    p, y = check_scores_labels(p, y)
+    sure = confidence(p) >= at_least
+    if not sure.any():
+        return _NAN
+    return float(((p[sure] >= 0.5) == (y[sure] == 1)).mean())
 
 
 def confidence_minus_accuracy(

@@ -33,7 +33,8 @@ def render_stress_markdown(
         f"split {data['split']}, seed {data['seed']}. Head: StandardScaler + "
         "LogisticRegression(C=1, balanced) on the train split, frozen; drift on the test split.",
         f"Sweep: checkpoints {s.magnitudes} plus {s.fine_steps} fine "
-        f"steps; failure = ROC-AUC < {s.failure_auc}; {len(result.points)} cells in "
+        f"steps and paper A's linear grid of {s.linear_checkpoints}; drift seed {s.seed}; "
+        f"failure = ROC-AUC < {s.failure_auc}; {len(result.points)} cells in "
         f"{result.wall_seconds:.2f} s on {result.device}.",
         "",
         "## Models",
@@ -62,21 +63,19 @@ def render_stress_markdown(
             f"| {_f(c.cliff_width_degrees, '.2f')} "
             f"| {_f(c.mean_confidence_drop_at_failure, '.1%')} |"
         )
-    lines += [
-        "",
+    lines += _points_table(
+        result,
+        "checkpoint",
         "## Checkpoints",
-        "",
-        "| model | drift | s | angle (deg) | ROC-AUC | acc | mean conf | silent-failure rate "
-        "| ECE | high-conf error share |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for p in result.points:
-        if p.sweep != "checkpoint":
-            continue
-        lines.append(
-            f"| {p.model} | {p.kind} | {p.magnitude:.4f} | {p.angle_degrees:.2f} | {p.roc_auc:.3f} "
-            f"| {p.accuracy:.3f} | {p.mean_confidence:.3f} | {p.silent_failure_ratio:.3f} "
-            f"| {p.ece:.3f} | {p.high_confidence_error_ratio:.3f} |"
+        "The paper's range with its headline s = 0.02 included (denser where heads break).",
+    )
+    if s.linear_checkpoints:
+        lines += _points_table(
+            result,
+            "linear",
+            "## Paper A's linear grid",
+            f"{s.linear_checkpoints} magnitudes evenly from 0 to {s.max_magnitude:g} "
+            "(appendix B.2, Eq. 9).",
         )
     lines += [
         "",
@@ -91,6 +90,37 @@ def render_stress_markdown(
         )
     lines += ["", "![curves](stress_curves.png)", "", "![by angle](stress_angles.png)", ""]
     return "\n".join(lines)
+
+
+def _points_table(result: StressResult, sweep: str, title: str, note: str) -> list[str]:
+    s = result.settings
+    lines = [
+        "",
+        title,
+        "",
+        note + f" AUC with its 95% stratified bootstrap interval ({s.bootstrap} replicates) and "
+        "the Mann-Whitney p-value of AUC = 0.5. Silent-failure rate: errors with confidence > "
+        f"{s.high_confidence} over all errors; wrong & sure: the same errors over all rows; "
+        f"acc at c >= {s.confident_at}: accuracy among rows that sure (their share in "
+        f"brackets). ECE: {s.n_bins} bins over [0, 1] / over [0.5, 1].",
+        "",
+        "| model | drift | s | angle (deg) | ROC-AUC [95% CI] | p (AUC = 0.5) | acc | mean conf "
+        f"| silent-failure rate | wrong & sure | acc at c >= {s.confident_at} "
+        "| ECE [0,1] / [0.5,1] | high-conf error share |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in result.points:
+        if p.sweep != sweep:
+            continue
+        lines.append(
+            f"| {p.model} | {p.kind} | {p.magnitude:.4f} | {p.angle_degrees:.2f} "
+            f"| {p.roc_auc:.3f} [{p.roc_auc_low:.3f}, {p.roc_auc_high:.3f}] "
+            f"| {p.roc_auc_p_chance:.2g} | {p.accuracy:.3f} | {p.mean_confidence:.3f} "
+            f"| {p.silent_failure_ratio:.3f} | {p.confident_error_share:.3f} "
+            f"| {p.accuracy_when_confident:.3f} ({p.confident_share:.0%}) "
+            f"| {p.ece:.3f} / {p.ece_top_range:.3f} | {p.high_confidence_error_ratio:.3f} |"
+        )
+    return lines
 
 
 def write_stress_report(

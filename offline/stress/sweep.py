@@ -33,8 +33,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
-from silentwatch.monitor.evaluation.classification import labelled_metrics
-from silentwatch.monitor.scoring import HIGH_CONFIDENCE, LinearScorer
+from silentwatch.monitor.evaluation.auc_intervals import auc_bootstrap_ci, auc_chance_test
+from silentwatch.monitor.evaluation.classification import (
+    accuracy_above_confidence,
+    confident_error_share,
+    expected_calibration_error,
+    labelled_metrics,
+)
+from silentwatch.monitor.scoring import HIGH_CONFIDENCE, LinearScorer, confidence
 from silentwatch.monitor.simulate.drift import normalise
 from silentwatch.offline.stress.operators import DRIFT_KINDS, DriftKind, DriftOperator, mean_angle
 
@@ -44,6 +50,9 @@ if TYPE_CHECKING:
 # Eight checkpoints over paper A's range 0..0.15, denser where classifiers break and
 # including the paper's headline s = 0.02 (an even 8-point grid would skip it).
 PAPER_CHECKPOINTS = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.15)
+# Paper A's own grid (appendix B.2, Eq. 9; table: 8 checkpoints, 0.00 to 0.15): magnitudes
+# increasing linearly, s_t = t * 0.15 / 7. Swept beside the checkpoints as sweep "linear".
+LINEAR_CHECKPOINTS = 8
 
 REPORTED = (
     "roc_auc",
@@ -68,6 +77,18 @@ class StressSettings(BaseModel):
         0.15, gt=0, description="magnitude of the 90-degree rotation (paper A: 0.15)"
     )
     fine_steps: int = Field(16, ge=0, description="0 skips the sensitivity sweep")
+    linear_checkpoints: int = Field(
+        LINEAR_CHECKPOINTS,
+        ge=0,
+        description="paper A's grid: this many magnitudes evenly from 0 to max_magnitude "
+        "(0 skips it; 1 is just the clean point)",
+    )
+    bootstrap: int = Field(
+        1000, ge=0, description="stratified bootstrap replicates of each point's ROC-AUC (0: none)"
+    )
+    confident_at: float = Field(
+        0.9, gt=0.5, le=1.0, description="accuracy is also reported among predictions this sure"
+    )
     failure_auc: float = Field(0.6, gt=0.5, lt=1.0)
     seed: int = 42
     high_confidence: float = HIGH_CONFIDENCE
@@ -88,7 +109,7 @@ class StressSettings(BaseModel):
 class StressPoint(BaseModel):
     model: str
     kind: DriftKind
-    sweep: str  # "checkpoint" or "fine"
+    sweep: str  # "checkpoint", "fine" or "linear" (paper A's grid)
     magnitude: float
     angle_degrees: float
     roc_auc: float
@@ -97,6 +118,24 @@ class StressPoint(BaseModel):
     silent_failure_ratio: float
     ece: float
     high_confidence_error_ratio: float
+    # Paper A's other readings of the same point (NaN in results saved before them).
+    ece_top_range: float = Field(
+        float("nan"), description="top-label ECE with the bins over [0.5, 1] instead of [0, 1]"
+    )
+    confident_error_share: float = Field(
+        float("nan"), description="share of all rows wrong with confidence > high_confidence"
+    )
+    accuracy_when_confident: float = Field(
+        float("nan"), description="accuracy among rows with confidence >= confident_at"
+    )
+    confident_share: float = Field(
+        float("nan"), description="share of rows with confidence >= confident_at"
+    )
+    roc_auc_low: float = Field(float("nan"), description="95% stratified bootstrap interval")
+    roc_auc_high: float = float("nan")
+    roc_auc_p_chance: float = Field(
+        float("nan"), description="two-sided p-value of AUC = 0.5 (Mann-Whitney U)"
+    )
 
 
 class Cliff(BaseModel):
@@ -216,8 +255,14 @@ class _Ctx:
 
 def _cell(ctx: _Ctx, m: float, sweep: str, settings: StressSettings) -> StressPoint:
     drifted = ctx.op.apply(ctx.x, m)
+    p = ctx.score(drifted)
     metrics = labelled_metrics(
-        ctx.score(drifted), ctx.y, high_confidence=settings.high_confidence, n_bins=settings.n_bins
+        p, ctx.y, high_confidence=settings.high_confidence, n_bins=settings.n_bins
+    )
+    lo, hi = (
+        auc_bootstrap_ci(p, ctx.y, n_boot=settings.bootstrap, seed=settings.seed)
+        if settings.bootstrap
+        else (float("nan"), float("nan"))
     )
     return StressPoint(
         model=ctx.model,
@@ -226,6 +271,13 @@ def _cell(ctx: _Ctx, m: float, sweep: str, settings: StressSettings) -> StressPo
         magnitude=float(m),
         angle_degrees=mean_angle(ctx.x, drifted),
         **{k: float(metrics[k]) for k in REPORTED},
+        ece_top_range=expected_calibration_error(p, ctx.y, settings.n_bins, low=0.5),
+        confident_error_share=confident_error_share(p, ctx.y, settings.high_confidence),
+        accuracy_when_confident=accuracy_above_confidence(p, ctx.y, settings.confident_at),
+        confident_share=float(np.mean(confidence(p) >= settings.confident_at)),
+        roc_auc_low=lo,
+        roc_auc_high=hi,
+        roc_auc_p_chance=auc_chance_test(p, ctx.y),
     )
 
 
@@ -290,7 +342,7 @@ def run_stress(
             units,
             execution,
             progress,
-            weight=settings.checkpoints + settings.fine_steps,
+            weight=settings.checkpoints + settings.fine_steps + settings.linear_checkpoints,
             device=device,
         )
         for curve in curves:
@@ -362,7 +414,12 @@ def _curve(
     fine += [_cell(ctx, m, "fine", settings) for m in grid[1:]]
     if progress and fine:
         progress(len(fine))
-    return coarse + fine
+    lin = np.linspace(0.0, settings.max_magnitude, settings.linear_checkpoints)
+    linear = [coarse[0].model_copy(update={"sweep": "linear"})] if lin.size else []
+    linear += [_cell(ctx, m, "linear", settings) for m in lin[1:]]
+    if progress and linear:
+        progress(len(linear))
+    return coarse + fine + linear
 
 
 def _remote_curve(
@@ -389,4 +446,5 @@ def normalise_rows(x: np.ndarray) -> np.ndarray:
 
 def cells(settings: StressSettings, n_models: int) -> int:
     """How many (model, kind, magnitude) evaluations a sweep makes."""
-    return n_models * len(settings.kinds) * (settings.checkpoints + settings.fine_steps)
+    per_curve = settings.checkpoints + settings.fine_steps + settings.linear_checkpoints
+    return n_models * len(settings.kinds) * per_curve
