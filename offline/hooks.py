@@ -164,6 +164,30 @@ class AddAtPrompt:
         return h + (self.delta * self.mask).to(h.dtype)
 
 
+class AddShared:
+    """An :data:`Edit` adding one vector per example, ``vec`` ``(batch, 1, d)``, at every
+    position where ``mask`` ``(batch, seq)`` is set, read from ``vec`` at each call (so an
+    optimiser may update ``vec`` in place between passes).
+
+    Passes whose length equals ``mask``'s (the prefill of ``generate``, a teacher-forced
+    pass) get it where ``mask`` is set; with ``decoding`` the one-token decoding passes that
+    follow get it too, at their single new position. Paper B: "δ is applied uniformly across
+    all input token positions".
+    """
+
+    def __init__(self, vec: torch.Tensor, mask: torch.Tensor, *, decoding: bool = False) -> None:
+        self.vec = vec
+        self.mask = mask.to(vec.dtype).unsqueeze(-1)
+        self.decoding = decoding
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        if h.shape[:2] == self.mask.shape[:2]:
+            return h + (self.vec * self.mask).to(h.dtype)
+        if self.decoding and h.shape[1] == 1 and h.shape[0] == self.vec.shape[0]:
+            return h + self.vec.to(h.dtype)
+        return h
+
+
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip left padding (what ``generate`` uses): absolute-position models
     such as GPT-2 then give a row the same hidden states whatever its batch's padding."""

@@ -333,10 +333,17 @@ def test_audit_gap_on_hand_built_features():
     assert gap.base_auroc == same.base_auroc
     assert abs(gap.cand_auroc - 0.5) < 0.06 and abs(gap.cand_gap) < 0.05
     assert gap.auroc_drop > 0.4 and gap.gap_drop > 0.25
-    # By hand: the gap is the difference of mean probabilities.
-    p = torch.sigmoid(monitor_logits(probe, xte)).numpy()
+    # By hand: the raw gap is the difference of mean probabilities σ(g) ...
+    z = monitor_logits(probe, xte).numpy().astype(np.float64)
+    p = 1.0 / (1.0 + np.exp(-z))
     y = yte.numpy()
-    assert same.base_gap == pytest.approx(p[y == 1].mean() - p[y == 0].mean(), abs=1e-6)
+    assert same.base_gap_raw == pytest.approx(p[y == 1].mean() - p[y == 0].mean(), abs=1e-6)
+    # ... and the calibrated (default) one of σ(a·g + b), Platt-fitted on the base logits.
+    assert same.calibration == "platt"
+    q = 1.0 / (1.0 + np.exp(-(same.calib_a * z + same.calib_b)))
+    assert same.base_gap == pytest.approx(q[y == 1].mean() - q[y == 0].mean(), abs=1e-6)
+    raw = audit_gap(probe, xte, xte.clone(), y, calibration="none")
+    assert raw.base_gap == raw.base_gap_raw == same.base_gap_raw
     with pytest.raises(ValueError, match="disagree"):
         audit_gap(probe, xte, xte[:10], y)
 

@@ -51,8 +51,9 @@ def llama():
     return tiny_lm("llama")
 
 
-def test_batched_pgd_equals_one_at_a_time(lm):
-    _check_batched_equals_loop(*lm, "mid", PGDSettings(batch_size=3))
+@pytest.mark.parametrize("scope", ["shared", "per_position"])
+def test_batched_pgd_equals_one_at_a_time(lm, scope):
+    _check_batched_equals_loop(*lm, "mid", PGDSettings(batch_size=3, delta_scope=scope))
 
 
 @pytest.mark.parametrize(("site", "mode"), [("embedding", "absolute"), ("last", "relative")])
@@ -82,10 +83,10 @@ def test_each_examples_delta_ignores_its_batch_mates(llama):
     assert torch.allclose(alone.deltas[0], together.deltas[0], atol=1e-6)
 
 
-@pytest.mark.parametrize("mode", ["absolute", "relative"])
+@pytest.mark.parametrize("mode", ["absolute", "relative_rms"])
 def test_delta_stays_in_the_box_and_on_prompt_positions(lm, mode):
     model, tok = lm
-    s = PGDSettings(eps_mode=mode)
+    s = PGDSettings(eps_mode=mode, delta_scope="per_position")
     batch = encode(tok, PROMPTS)
     a = pgd_batch(model, batch, target_ids(tok, s.target), "mid", EPS, s)
     assert a.delta.shape == (*batch.input_ids.shape, model.config.hidden_size)

@@ -331,7 +331,8 @@ def test_gate_verdict_and_metrics_are_the_same_on_ray(cluster, world, tmp_path, 
             if isinstance(v, float):
                 assert b[key][k] == pytest.approx(v, abs=1e-5), (key, k)
     assert a["old_embedder"] == b["old_embedder"] and a["new_embedder"] == b["new_embedder"]
-    assert len(a["stress"]["points"]) == len(b["stress"]["points"]) == 2 * (8 + 4)
+    # checkpoints, fine steps and paper A's linear grid, per drift kind
+    assert len(a["stress"]["points"]) == len(b["stress"]["points"]) == 2 * (8 + 4 + 8)
 
 
 def test_workers_without_the_offline_extra_say_what_to_install(cluster) -> None:

@@ -175,7 +175,10 @@ def run_audit(
     )
     hidden = int(f_train.shape[-1])
     monitor, fit = train_probe(f_train, train.labels, f_val, val.labels, cfg.probe, progress=rep)
-    base_gap = audit_gap(monitor, f_test, f_test, test.labels)
+    # calibrated gap (paper B): Platt scaling fitted on the base's held-out validation logits
+    base_gap = audit_gap(
+        monitor, f_test, f_test, test.labels, calib_feats=f_val, calib_labels=val.labels
+    )
     probe_info = {
         "settings": asdict(cfg.probe),
         "best_epoch": fit.best_epoch,
@@ -286,7 +289,9 @@ def run_audit(
             raise AuditError(
                 f"candidate features {tuple(c_test.shape[1:])} vs base {tuple(f_test.shape[1:])}"
             )
-        gap = audit_gap(monitor, f_test, c_test, test.labels)
+        gap = audit_gap(
+            monitor, f_test, c_test, test.labels, calib_feats=f_val, calib_labels=val.labels
+        )
         t = tick("probe", t)
         c_ref_h, c_ref_b = refusals(cand_model, "candidate")
         t = tick("refusal", t)
