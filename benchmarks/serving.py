@@ -14,7 +14,9 @@ Then the served figures. The sidecar runs as its own process pinned to CPU 0 (``
 this client runs on CPU 1. Modes: recording off; recording on with the memory store; with
 the sqlite store; detection on (with the memory store: the detectors are fed by recording,
 so detection with recording off measures nothing); everything on (sqlite + detection, the
-default). Each mode runs ``--repeats`` times, the order alternating forwards and backwards
+default); and first, the transport floor: benchmarks/noop_server.py, the same wire and
+gRPC server settings with handlers that return prebuilt replies, pinned the same way. Each
+mode runs ``--repeats`` times, the order alternating forwards and backwards
 between rounds (as benchmarks/heads.py does); reported per mode: rows per server CPU-second
 (utime + stime from /proc/<pid>/stat; best and median), served / floor, unary Classify
 p50/p99, and the cost against recording off.
@@ -72,6 +74,9 @@ MODES: dict[str, tuple[bool, list[str]]] = {
 }
 BASE = "recording off"
 ALL_ON = "everything on (sqlite + detection)"
+# benchmarks/noop_server.py: the same wire and server settings, no work (the transport floor).
+NOOP = "transport floor (no-op servicer)"
+ALL_MODES = [NOOP, *MODES]
 
 
 def unit(n: int, d: int, seed: int) -> np.ndarray:
@@ -383,14 +388,29 @@ def round_orders(modes: Sequence[str], repeats: int) -> list[list[str]]:
     return [list(modes) if r % 2 == 0 else list(reversed(modes)) for r in range(repeats)]
 
 
+def start_noop(rows: int) -> tuple[subprocess.Popen, str]:
+    """benchmarks/noop_server.py pinned to CPU 0, as the sidecar is."""
+    pin = ["taskset", "-c", "0"] if shutil.which("taskset") and os.cpu_count() > 1 else []
+    proc = subprocess.Popen(
+        [*pin, sys.executable, str(Path(__file__).with_name("noop_server.py")),
+         "--rows", str(rows), "--max-message-bytes", str(MAX_MESSAGE_BYTES)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    return proc, json.loads(proc.stdout.readline())["grpc"]
+
+
 def served_run(
     bundle: Path, mode: str, state_dir: Path, d: int, a: argparse.Namespace
 ) -> dict[str, float]:
-    """One sidecar in ``mode``: unary Classify latency, then ClassifyBatch throughput."""
-    recording, flags = MODES[mode]
-    if "sqlite" in flags:
-        flags = [*flags, "--state-dir", str(state_dir)]
-    proc, target = start_server(bundle, recording, flags)
+    """One sidecar in ``mode`` (or the no-op server): unary Classify latency, then
+    ClassifyBatch throughput."""
+    if mode == NOOP:
+        proc, target = start_noop(a.rows)
+    else:
+        recording, flags = MODES[mode]
+        if "sqlite" in flags:
+            flags = [*flags, "--state-dir", str(state_dir)]
+        proc, target = start_server(bundle, recording, flags)
     try:
         with channel(target) as ch:
             stub = pb_grpc.MonitorStub(ch)
@@ -472,11 +492,11 @@ def main() -> int:
             print(table_header(["d", "round", "mode", "rows per server CPU-s",
                                 "server CPU use", "Classify p50 ms", "Classify p99 ms",
                                 "sampled out"], "rrlrrrrr"))  # fmt: skip
-            runs: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
-            for r, order in enumerate(round_orders(list(MODES), a.repeats)):
+            runs: dict[str, list[dict[str, float]]] = {m: [] for m in ALL_MODES}
+            for r, order in enumerate(round_orders(ALL_MODES, a.repeats)):
                 for mode in order:
                     res = served_run(bundle, mode, Path(tmp) / f"s{d}-{r}-{len(runs[mode])}-"
-                                     f"{list(MODES).index(mode)}", d, a)  # fmt: skip
+                                     f"{ALL_MODES.index(mode)}", d, a)  # fmt: skip
                     runs[mode].append(res)
                     row = [d, r + 1, mode, f"{res['emb_per_cpu_s']:,.0f}",
                            f"{res['server_cpu_util']:.0%}", f"{res['p50_ms']:.3f}",
@@ -504,6 +524,10 @@ def main() -> int:
     print()
     for d, (_, summary) in summaries.items():
         s = next(s for s in summary if s["mode"] == ALL_ON)
+        noop = next(s for s in summary if s["mode"] == NOOP)
+        print(f"d={d}: the transport floor (no-op servicer) is {noop['floor_median']:.0%} of the "
+              f"in-process floor; everything on is {s['median'] / noop['median']:.0%} of the "
+              "transport floor")  # fmt: skip
         print(f"d={d}, everything on: served/floor {s['floor_median']:.0%} (target >= 50%); "
               f"cost vs recording off {s['cost_median']:.1%} (target <= 10%); Classify p99 "
               f"worst {s['p99_worst_ms']:.3f} ms (target <= 1 ms)")  # fmt: skip

@@ -47,3 +47,26 @@ def test_modes_alternate_and_include_the_baseline():
     assert serving.BASE in serving.MODES and serving.ALL_ON in serving.MODES
     orders = serving.round_orders(list(serving.MODES), 2)
     assert orders[1] == orders[0][::-1]
+
+
+def test_transport_floor_server_answers_like_a_one_head_sidecar():
+    """The no-op server (the transport floor) speaks the sidecar's wire over real gRPC and
+    answers a batch with a reply of the sidecar's size, after reading the whole request."""
+    import grpc
+
+    from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
+
+    assert serving.ALL_MODES[0] == serving.NOOP
+    proc, target = serving.start_noop(rows=32)
+    try:
+        with grpc.insecure_channel(target) as ch:
+            stub = pb_grpc.MonitorStub(ch)
+            resp = stub.ClassifyBatch(serving.batch_request(serving.unit(32, 16, 1)), timeout=30)
+            assert len(resp.p_unsafe) == len(resp.flagged) == len(resp.confidence) == 32
+            np.testing.assert_allclose(
+                resp.confidence, np.maximum(resp.p_unsafe, 1 - np.asarray(resp.p_unsafe))
+            )
+            assert stub.GetStatus(pb.GetStatusRequest(), timeout=30).pipeline.processed_rows == 0
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
