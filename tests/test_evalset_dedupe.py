@@ -29,3 +29,13 @@ def test_duplicates_across_files_are_dropped_before_the_split(tmp_path):
     assert ev.describe(d)["duplicates_dropped"] == 20
     kept = load_evalset(d.model_copy(update={"dedupe": False, "balance": False}))
     assert len(kept.texts) == 100 and kept.duplicates_dropped == 0
+
+
+def test_reports_say_how_many_repeats_were_dropped():
+    from silentwatch.offline.gate.report import _duplicates
+    from silentwatch.offline.stress.report import _dups
+
+    data = {"duplicates_dropped": 72, "duplicate_label_conflicts": 2}
+    assert _duplicates(data) == "; 72 repeated texts dropped (2 with another label)"
+    assert _dups(data) == " (72 repeated texts dropped before balancing)"
+    assert _duplicates({}) == _dups({"duplicates_dropped": 0}) == ""

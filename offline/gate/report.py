@@ -145,6 +145,15 @@ def _settings_section(r: GateReport) -> list[str]:
     return lines
 
 
+def _duplicates(data: dict) -> str:
+    """The data line's note on repeated texts dropped before balancing (none: no note)."""
+    n = int(data.get("duplicates_dropped", 0) or 0)
+    if not n:
+        return ""
+    conflicts = int(data.get("duplicate_label_conflicts", 0) or 0)
+    return f"; {n:,} repeated texts dropped ({conflicts:,} with another label)"
+
+
 def render_markdown(report: GateReport) -> str:
     r = report
     d = r.real_drift
@@ -157,7 +166,7 @@ def render_markdown(report: GateReport) -> str:
         f"* new embedder: `{r.new_embedder.get('name', r.new_embedder)}`",
         f"* data: `{r.data['path']}`: {r.data['rows_used']:,} of {r.data['rows_loaded']:,} rows "
         f"({'balanced' if r.data['balanced'] else 'as found'}, {r.data['positives_used']:,} "
-        f"unsafe), split {r.data['split']}, seed {r.data['seed']}",
+        f"unsafe), split {r.data['split']}, seed {r.data['seed']}" + _duplicates(r.data),
     ]
     if r.bundle:
         lines.append(f"* bundle for the sidecar: `{r.bundle}` (route: {r.route})")

@@ -19,6 +19,13 @@ def fmt_cell(v: float | None, fmt: str = ".3f") -> str:
 _f = fmt_cell
 
 
+def _dups(data: dict[str, Any]) -> str:
+    n = int(data.get("duplicates_dropped", 0) or 0)
+    if not n:
+        return ""
+    return f" ({n:,} repeated texts dropped before balancing)"
+
+
 def render_stress_markdown(
     result: StressResult,
     seps: dict[str, Separability],
@@ -30,7 +37,8 @@ def render_stress_markdown(
         "# Stress test (paper A)",
         "",
         f"Data `{data['path']}`: {data['rows_used']:,} rows used of {data['rows_loaded']:,}, "
-        f"split {data['split']}, seed {data['seed']}. Head: StandardScaler + "
+        f"split {data['split']}, seed {data['seed']}"
+        f"{_dups(data)}. Head: StandardScaler + "
         "LogisticRegression(C=1, balanced) on the train split, frozen; drift on the test split.",
         f"Sweep: checkpoints {s.magnitudes} plus {s.fine_steps} fine "
         f"steps and paper A's linear grid of {s.linear_checkpoints}; drift seed {s.seed}; "
