@@ -397,3 +397,31 @@ def test_bad_canary_head_labels(bundle, change, pattern):
     _edit(bundle, lambda r: r["files"].update({"canaries.npz": _sha(data)}))
     with pytest.raises(BundleError, match=pattern):
         load_bundle(bundle)
+
+
+def test_paired_canaries_compute_the_geometry_once_for_all_heads(three_heads, monkeypatch):
+    """Angles and CKA do not depend on the head: a three-head submission computes them
+    once, and each head's reading equals one computed for that head alone."""
+    from silentwatch.monitor.detection import paired_canaries as pc
+    from silentwatch.monitor.evaluation import paired
+
+    b = load_bundle(three_heads[0])
+    canaries = pc.PairedCanaries(b)
+    ref = np.asarray(b.canaries.embeddings, dtype=np.float32)
+    rng = np.random.default_rng(5)
+    live = ref + 0.05 * rng.normal(size=ref.shape).astype(np.float32)
+    live /= np.linalg.norm(live, axis=1, keepdims=True)
+    calls: list[int] = []
+    real = paired.canary_geometry
+    monkeypatch.setattr(pc, "canary_geometry", lambda a, c: calls.append(1) or real(a, c))
+    sub = canaries.update(live)
+    assert len(calls) == 1 and len(sub.heads) == len(b.heads) == 3
+    for j, (head, r) in enumerate(zip(b.heads, sub.heads, strict=True)):
+        alone = paired.paired_canary_reading(
+            ref, live, canaries.head_labels[:, j], head.scorer.predict_proba,
+            flag=head.thresholds.flag, high_confidence=head.thresholds.high_confidence,
+            margin=canaries.margin, alpha=canaries.alpha / 3,
+            angle_tolerance=canaries.angle_tolerance, bootstrap=canaries.bootstrap,
+            brier_margin=canaries.brier_margin,
+        )  # fmt: skip
+        assert r.as_dict() == alone.as_dict()

@@ -34,6 +34,7 @@ from silentwatch.monitor.evaluation.paired import (
     DEFAULT_BRIER_MARGIN,
     DEFAULT_MARGIN,
     PairedCanaryReading,
+    canary_geometry,
     paired_canary_reading,
 )
 
@@ -204,6 +205,8 @@ class PairedCanaries:
         """Fold in one submission: ``live`` holds the canary texts' live embeddings, in
         the set's order (checked by the caller: shape, finite)."""
         alpha = self.alpha / len(self._heads)  # Bonferroni over the heads
+        # Angles and CKA do not depend on the head: once per submission, not once per head.
+        geometry = canary_geometry(self.reference, live)
         readings = tuple(
             paired_canary_reading(
                 self.reference,
@@ -217,6 +220,7 @@ class PairedCanaries:
                 angle_tolerance=self.angle_tolerance,
                 bootstrap=self.bootstrap,
                 brier_margin=self.brier_margin,
+                geometry=geometry,
             )
             for j, (predict, flag, high) in enumerate(self._heads)
         )

@@ -72,6 +72,7 @@ __all__ = [
     "DEFAULT_BOOTSTRAP",
     "DEFAULT_BRIER_MARGIN",
     "DEFAULT_MARGIN",
+    "CanaryGeometry",
     "DeLongPaired",
     "PairedAucDropTest",
     "PairedBrierTest",
@@ -79,6 +80,7 @@ __all__ = [
     "auc_drop_paired_test",
     "bootstrap_ece_confidence",
     "brier_increase_paired_test",
+    "canary_geometry",
     "delong_paired",
     "linear_cka",
     "midranks",
@@ -675,6 +677,27 @@ class PairedCanaryReading:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class CanaryGeometry:
+    """How far the canaries moved, whatever the head: per-canary angles and the linear CKA
+    of the two matrices. A multi-head bundle computes it once per submission
+    (:func:`canary_geometry`) and hands it to every head's :func:`paired_canary_reading`."""
+
+    angles: np.ndarray  # (K,) degrees
+    linear_cka: float
+
+
+def canary_geometry(reference: np.ndarray, live: np.ndarray) -> CanaryGeometry:
+    """:func:`paired_angles_degrees` and :func:`linear_cka` of the same canaries (raises
+    ValueError as they do).
+
+    >>> g = canary_geometry(np.eye(3), np.eye(3))
+    >>> g.angles.tolist(), round(g.linear_cka, 6)
+    ([0.0, 0.0, 0.0], 1.0)
+    """
+    return CanaryGeometry(paired_angles_degrees(reference, live), linear_cka(reference, live))
+
+
 def _scores(
     predict_proba: Callable[[np.ndarray], np.ndarray], x: np.ndarray, name: str
 ) -> np.ndarray:
@@ -706,6 +729,7 @@ def paired_canary_reading(
     bootstrap: int = DEFAULT_BOOTSTRAP,
     seed: int = 0,
     brier_margin: float = DEFAULT_BRIER_MARGIN,
+    geometry: CanaryGeometry | None = None,
 ) -> PairedCanaryReading:
     """Compare the canaries' live embeddings with their reference embeddings.
 
@@ -737,6 +761,9 @@ def paired_canary_reading(
         Resamples and seed of the ECE and mean-confidence intervals.
     brier_margin
         The Brier test's "no worse" margin (:func:`brier_increase_paired_test`).
+    geometry
+        :func:`canary_geometry` of these two matrices, when the caller has it already (one
+        per submission for every head); computed here otherwise.
 
     Returns
     -------
@@ -749,7 +776,9 @@ def paired_canary_reading(
         not one binary label per canary, or a ``predict_proba`` that does not return one
         probability per row.
     """
-    angles = paired_angles_degrees(reference_embeddings, live_embeddings)
+    if geometry is None:
+        geometry = canary_geometry(reference_embeddings, live_embeddings)
+    angles = geometry.angles
     k = angles.size
     y = np.asarray(labels).reshape(-1)
     if y.size != k:
@@ -794,7 +823,7 @@ def paired_canary_reading(
         angle_median_degrees=float(np.median(angles)),
         angle_p90_degrees=float(np.percentile(angles, 90)),
         angle_max_degrees=float(angles.max()),
-        linear_cka=linear_cka(reference_embeddings, live_embeddings),
+        linear_cka=geometry.linear_cka,
         angle_tolerance_degrees=angle_tolerance,
         embedder_changed=mean_angle > angle_tolerance,
         flip_rate=flips / k,
