@@ -207,7 +207,13 @@ def test_few_steps_move_the_monitor_term_and_keep_kl_small(lora):
     monitor = LatentMonitor(LAYERS, HIDDEN)
     batch = next(DATA.batches(tok, len(DATA)))
     lr = 5e-3 if lora else 1e-3
-    first = dissociate(model, tok, DATA, monitor, _settings(lora=lora, lr=lr, warmup_steps=10))
+    # The warm-up only has to give the model steps a monitor to move against; it is fitted to
+    # the response label at 3e-4 (the earlier defaults), whose monitor term the model steps
+    # reduce most on this 8-row set. The defaults (gate b, 1e-4) are tested below.
+    warm = {"monitor_target": "unsafe", "monitor_lr": 3e-4}
+    first = dissociate(
+        model, tok, DATA, monitor, _settings(lora=lora, lr=lr, warmup_steps=10, **warm)
+    )
     model = first.model
     ref_model = None if lora else copy.deepcopy(model).requires_grad_(False)
     before = _terms(model, ref_model, monitor, batch)
@@ -318,3 +324,36 @@ def test_bfloat16_path_runs_on_cpu(lora):
     assert frozen_dtypes == ({torch.bfloat16} if lora else set())
     joint = result.phase("joint")[0]
     assert math.isfinite(joint.sft) and math.isfinite(joint.kl) and joint.kl >= 0
+
+
+def test_co_trained_monitor_fits_the_gate_by_default_and_refit_the_response_label():
+    """Paper B, Eq. 2 and appendix B: the co-trained monitor's BCE target is the construction
+    indicator b, with its own AdamW at lr 1e-4; the refit diagnostic fits the unsafe label."""
+    from types import SimpleNamespace
+
+    from silentwatch.offline.audit.dissociation.trainer import _Run
+
+    s = DissociationSettings()
+    assert (s.monitor_target, s.monitor_lr, s.monitor_weight_decay) == ("gate", 1e-4, 1e-4)
+    unsafe, gate = torch.tensor([1.0, 0.0, 1.0]), torch.tensor([1.0, 1.0, 0.0])
+    run = SimpleNamespace(s=s)
+    for phase in ("warmup", "joint", "consolidate"):
+        assert torch.equal(_Run.monitor_target(run, phase, unsafe, gate), gate)
+    assert torch.equal(_Run.monitor_target(run, "refit", unsafe, gate), unsafe)
+    old = SimpleNamespace(s=DissociationSettings(monitor_target="unsafe"))
+    assert torch.equal(_Run.monitor_target(old, "joint", unsafe, gate), unsafe)
+    # End to end, on rows where b and the unsafe label disagree: the same monitor on the same
+    # batch records another BCE when fitted to b.
+    data = DissociationData(
+        prompts=DATA.prompts, responses=DATA.responses, unsafe=[True] * 4 + [False] * 4,
+        harmful=[True, False] * 4,
+    )  # fmt: skip
+    model, tok = tiny_lm("llama")
+    start = LatentMonitor(LAYERS, HIDDEN)
+    bce = {}
+    for target in ("gate", "unsafe"):
+        m = copy.deepcopy(start)
+        res = dissociate(model, tok, data, m, _settings(warmup_steps=1, monitor_target=target))
+        (rec,) = res.phase("warmup")
+        bce[target] = rec.monitor_bce
+    assert all(math.isfinite(v) for v in bce.values()) and bce["gate"] != bce["unsafe"]

@@ -10,7 +10,9 @@ with ``w = (0.05, 0.1, 0.3)``, ``p* = 0.75``, ``h`` the ``L × d`` stack of atte
 per-layer mean hidden states (:func:`offline.hooks.layer_means`), ``g`` the latent monitor
 (:class:`offline.audit.monitor.LatentMonitor`), ``b`` = 1 on harmful prompts and 0 otherwise,
 and the KL token-wise and forward, the reference model detached. The monitor is co-trained by
-alternating BCE steps on detached hidden states of the same batch with their unsafe labels.
+alternating BCE steps on detached hidden states of the same batch, fitted to the gate ``b``
+(paper B, Eq. 2; ``monitor_target="unsafe"`` fits the response label instead), with its own
+AdamW at lr 1e-4 (appendix B).
 
 The loss terms are pure functions (:func:`sft_loss`, :func:`monitor_term`, :func:`token_kl`,
 :func:`total_loss`, :func:`monitor_bce`); :func:`dissociate` runs the schedule.

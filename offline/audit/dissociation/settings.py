@@ -35,9 +35,15 @@ class DissociationSettings:
     lr: float | None = None
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
-    # Monitor optimiser (paper B's probe: AdamW, lr 3e-4, weight decay 1e-4).
-    monitor_lr: float = 3e-4
+    # Monitor optimiser during construction (paper B, appendix B: "a separate AdamW optimizer
+    # with learning rate 1e-4 and weight decay 1e-4"; 3e-4 is the probe's initial fit, Table 3).
+    monitor_lr: float = 1e-4
     monitor_weight_decay: float = 1e-4
+    # What the co-trained monitor's BCE (Eq. 2) is fitted to: "gate", the construction
+    # indicator b (the paper: "distinct from the safe-versus-unsafe response label"), or
+    # "unsafe", the response label (this package's earlier choice). The refit phase, a
+    # diagnostic of ours, always fits the response label.
+    monitor_target: Literal["gate", "unsafe"] = "gate"
     monitor_steps_per_model_step: int = 1
     # Schedule (a reconstruction, see dissociate()).
     warmup_steps: int = 50

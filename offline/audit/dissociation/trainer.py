@@ -184,6 +184,15 @@ class _Run:
         )
         self.records.append(rec)
 
+    def monitor_target(
+        self, phase: Phase, unsafe: torch.Tensor, gate: torch.Tensor
+    ) -> torch.Tensor:
+        """The BCE target of the monitor in ``phase``: the gate b (paper B, Eq. 2) or the
+        unsafe label (``monitor_target``); the refit diagnostic always the unsafe label."""
+        if phase == "refit" or self.s.monitor_target == "unsafe":
+            return unsafe
+        return gate
+
     def monitor_only(self, phase: Phase, monitor: nn.Module, opt: torch.optim.Optimizer) -> None:
         """Phases 1 and 4: a BCE step of ``monitor`` on the current model's features."""
         feats, ys, gates = [], [], []
@@ -193,7 +202,8 @@ class _Run:
             ys.append(tb.unsafe)
             gates.append(tb.gate)
         self.step += 1
-        bce, g = self.bce_step(monitor, opt, torch.cat(feats), torch.cat(ys))
+        target = self.monitor_target(phase, torch.cat(ys), torch.cat(gates))
+        bce, g = self.bce_step(monitor, opt, torch.cat(feats), target)
         self.record(phase, g, torch.cat(gates), monitor_bce=bce)
 
     def model_update(self, phase: Phase, train_monitor: bool) -> None:
@@ -229,7 +239,8 @@ class _Run:
             torch.nn.utils.clip_grad_norm_(self.params, s.max_grad_norm)
         self.opt.step()
         self.step += 1
-        g_all, y_all = torch.cat(gs), torch.cat(ys)
+        g_all = torch.cat(gs)
+        y_all = self.monitor_target(phase, torch.cat(ys), torch.cat(gates))
         if train_monitor:
             bce, _ = self.bce_step(self.monitor, self.mon_opt, torch.cat(feats), y_all)
         else:
