@@ -30,7 +30,7 @@ import grpc
 import numpy as np
 from harness import channel, markdown_table
 from loadgen_traffic import build_bundle
-from sidecar_process import SidecarProcess
+from sidecar_process import SidecarProcess, submit_unsafe_labels
 
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
@@ -136,18 +136,8 @@ def main() -> int:
     try:
         after = status(side2.target)
         unlabelled = [r for c in clients for r in c.unlabelled]
-        joined_after = 0
         with channel(side2.target) as ch:
-            stub = pb_grpc.MonitorStub(ch)
-            for i in range(0, len(unlabelled), 4096):
-                part = unlabelled[i : i + 4096]
-                res = stub.SubmitLabels(
-                    pb.SubmitLabelsRequest(
-                        labels=[pb.Label(request_id=r, unsafe=True) for r in part]
-                    ),
-                    timeout=60,
-                )
-                joined_after += res.joined
+            joined_after = submit_unsafe_labels(pb_grpc.MonitorStub(ch), unlabelled, timeout=60)
     finally:
         side2.proc.send_signal(signal.SIGTERM)
         side2.proc.wait(timeout=60)

@@ -17,10 +17,14 @@ import tempfile
 import threading
 import urllib.parse
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from harness import MAX_MESSAGE_BYTES, dir_mib
+
+from silentwatch.v1 import monitor_pb2 as pb
 
 
 # -- loopback only --------------------------------------------------------------------------
@@ -77,6 +81,18 @@ def serve_supports(flag: str) -> bool:
         timeout=120,
     )
     return flag in res.stdout
+
+
+def submit_unsafe_labels(
+    stub: Any, ids: Sequence[str], timeout: float, per_request: int = 4096
+) -> int:
+    """Label ``ids`` unsafe in SubmitLabels requests of at most ``per_request`` labels (under
+    the sidecar's ``max_batch_rows``); how many joined."""
+    joined = 0
+    for i in range(0, len(ids), per_request):
+        labels = [pb.Label(request_id=r, unsafe=True) for r in ids[i : i + per_request]]
+        joined += stub.SubmitLabels(pb.SubmitLabelsRequest(labels=labels), timeout=timeout).joined
+    return joined
 
 
 @dataclass

@@ -22,8 +22,11 @@ from silentwatch.monitor.training import train_bundle
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 
+from .benchmark_scripts import load_benchmark
 from .conftest import DIM, unit_rows
 from .test_process import serve, stop, wait_serving
+
+SIDECAR_PROCESS = load_benchmark("sidecar_process")
 
 TOKEN = "admin-token-for-tests-0123456789"
 
@@ -135,19 +138,9 @@ def test_kill_9_mid_stream_loses_no_accepted_label(bundle_dir: Path, tmp_path: P
         # Predictions recorded before the kill still join (the newest few may have been
         # recorded by the call the kill interrupted: those were never answered).
         with grpc.insecure_channel(target2) as ch:
-            stub = pb_grpc.MonitorStub(ch)
             sent = traffic.unlabelled[:-32]
-            joined = 0
             # In requests under max_batch_rows: how many were recorded depends on the speed.
-            for i in range(0, len(sent), 4096):
-                part = sent[i : i + 4096]
-                res = stub.SubmitLabels(
-                    pb.SubmitLabelsRequest(
-                        labels=[pb.Label(request_id=r, unsafe=True) for r in part]
-                    ),
-                    timeout=30,
-                )
-                joined += res.joined
+            joined = SIDECAR_PROCESS.submit_unsafe_labels(pb_grpc.MonitorStub(ch), sent, timeout=30)
         assert joined == len(sent)
         deadline = time.monotonic() + 10
         while status(target2).labelled.cumulative.n != traffic.joined + len(sent):

@@ -82,7 +82,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from silentwatch.offline.hooks import AddAtPrompt, AddShared, capture, frozen, intervene, unwrap
+from silentwatch.offline.hooks import (
+    AddAtPrompt,
+    AddShared,
+    Edit,
+    capture,
+    frozen,
+    intervene,
+    unwrap,
+)
 from silentwatch.offline.judge import HarmlessnessScorer, KeywordRefusalJudge, RefusalJudge
 from silentwatch.offline.lm import LMBatch, encode, generate
 
@@ -327,6 +335,17 @@ def _edit_mask(tf: _TeacherForced, s: PGDSettings) -> torch.Tensor:
     return tf.edit_mask
 
 
+def _delta_edit(
+    delta: torch.Tensor, mask: torch.Tensor, *, shared: bool, decoding: bool = False
+) -> Edit:
+    """The hook adding δ where ``mask`` is set: one vector per example (``shared``, ``delta``
+    ``(b, 1, d)``; with ``decoding`` also at each generated token) or one per position
+    (``delta`` ``(b, seq, d)``)."""
+    if shared:
+        return AddShared(delta, mask, decoding=decoding)
+    return AddAtPrompt(delta, mask)
+
+
 def pgd_batch(
     model: nn.Module, batch: LMBatch, target: list[int], site: str, eps: float, s: PGDSettings
 ) -> BatchAttack:
@@ -340,11 +359,10 @@ def pgd_batch(
         # One δ_i ∈ R^d per example, added wherever ``where`` is set (paper B's reading).
         full = torch.zeros((b, 1, d), dtype=dt, device=dev, requires_grad=True)
         move = torch.ones((b, 1, 1), dtype=dt, device=dev)
-        edit: Any = AddShared(full, where)
     else:
         full = torch.zeros((b, tf.input_ids.shape[1], d), dtype=dt, device=dev, requires_grad=True)
         move = where.to(dt).unsqueeze(-1)
-        edit = AddAtPrompt(full, where)
+    edit = _delta_edit(full, where, shared=shared)
     with (
         frozen(model, eval_mode=True),
         capture(model, [site]) as seen,
@@ -398,11 +416,7 @@ def respond(
     """
     if site is None or delta is None:
         return generate(model, tok, batch, max_new_tokens=n)
-    edit: Any = (
-        AddShared(delta, batch.prompt_mask, decoding=decoding)
-        if shared
-        else AddAtPrompt(delta, batch.prompt_mask)
-    )
+    edit = _delta_edit(delta, batch.prompt_mask, shared=shared, decoding=decoding)
     with intervene(model, site, edit):
         return generate(model, tok, batch, max_new_tokens=n)
 
@@ -579,7 +593,7 @@ def pgd_one_at_a_time(
             if shared
             else (edit.to(delta.dtype).unsqueeze(-1))
         )
-        add: Any = AddShared(delta, edit) if shared else AddAtPrompt(delta, edit)
+        add = _delta_edit(delta, edit, shared=shared)
         with (
             frozen(model, eval_mode=True),
             capture(model, [site]) as seen,
@@ -682,16 +696,16 @@ def random_baseline(
         )
         start += len(chunk)
         tf = _teacher_forced(batch, target)
-        edit: Any
         if shared:
             delta = torch.stack([x.to(dev, _delta_dtype(model)) for x in dirs])  # (b, 1, d)
-            edit = AddShared(delta, _edit_mask(tf, s))
+            applied = delta
         else:
             delta = torch.zeros((*batch.input_ids.shape, d), dtype=_delta_dtype(model), device=dev)
             for i, x in enumerate(dirs):
                 delta[i][batch.prompt_mask[i]] = x.to(delta)
-            full = torch.cat([delta, delta.new_zeros(len(batch), len(target), d)], dim=1)
-            edit = AddAtPrompt(full, tf.edit_mask)
+            # the teacher-forced pass is wider by the target tokens, which get no δ
+            applied = torch.cat([delta, delta.new_zeros(len(batch), len(target), d)], dim=1)
+        edit = _delta_edit(applied, _edit_mask(tf, s), shared=shared)
         with torch.no_grad(), capture(model, [site]) as seen:
             nll_clean = _target_nll(model, tf)
             h = seen[site].to(delta.dtype)[:, : batch.input_ids.shape[1]]

@@ -259,14 +259,15 @@ def _page(ph: PhaseResult) -> str:
     return "\n".join(["PAGE", *sources[:1], *("+" + s for s in sources[1:])])
 
 
-def _table(phases: list[PhaseResult]) -> Table:
-    t = Table(
-        title="What the sidecar's /metrics showed, per phase",
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        pad_edge=False,
-        collapse_padding=True,
+def _frame(title: str) -> Table:
+    """An empty table in the demo's compact style (both tables use it)."""
+    return Table(
+        title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True
     )
+
+
+def _table(phases: list[PhaseResult]) -> Table:
+    t = _frame("What the sidecar's /metrics showed, per phase")
     # Fold, never ellipsise: a piped run (80 columns) must still show every figure whole.
     t.add_column("phase", overflow="fold")
     for head in ("rows", "mean\nconf", "labels\njoined", "input\ndrift", "canary\nAUC"):
@@ -322,13 +323,7 @@ def _head_page(ph: PhaseResult) -> str:
 
 def _head_table(phases: list[PhaseResult]) -> Table:
     """Phase x head: each head's canary reading, silent failure and true ROC-AUC."""
-    t = Table(
-        title="Per head (moderation category), per phase",
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        pad_edge=False,
-        collapse_padding=True,
-    )
+    t = _frame("Per head (moderation category), per phase")
     t.add_column("phase", overflow="fold")
     t.add_column("head", overflow="fold")
     t.add_column("canary AUC\nlive/ref", justify="right", overflow="fold")
