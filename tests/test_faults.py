@@ -53,6 +53,9 @@ class Traffic:
         self.prefix = prefix
         self.round = 0
         self.joined = 0  # labels the sidecar said it joined, in OK responses only
+        # Labels of a SubmitLabels call not answered yet: a kill can land after the sidecar
+        # committed them and before the reply left, so they may or may not be in the state.
+        self.in_flight = 0
         self.unlabelled: list[str] = []  # recorded ids never labelled
         self._previous: list[str] = []
 
@@ -73,7 +76,9 @@ class Traffic:
                 pb.Label(request_id=r, unsafe=i % 3 == 0)
                 for i, r in enumerate(self._previous[:half])
             ]
+            self.in_flight = len(labels)
             res = self.stub.SubmitLabels(pb.SubmitLabelsRequest(labels=labels), timeout=10)
+            self.in_flight = 0
             self.joined += res.joined
             self.unlabelled += self._previous[half:]
         self._previous = ids
@@ -131,10 +136,12 @@ def test_kill_9_mid_stream_loses_no_accepted_label(bundle_dir: Path, tmp_path: P
     try:
         target2 = wait_serving(proc2)["grpc"]
         after = status(target2)
-        # The counts compared: every accepted label is folded in again, none twice.
-        assert after.labelled.cumulative.n == traffic.joined
+        # The counts compared: every accepted label is folded in again, none twice; the
+        # call the kill interrupted may have committed its labels before its reply was lost.
+        restored = after.labelled.cumulative.n
+        assert traffic.joined <= restored <= traffic.joined + traffic.in_flight
         # Replayed: the labels joined after the last snapshot, a part of all joined ones.
-        assert after.store.labels_replayed_at_start <= traffic.joined
+        assert after.store.labels_replayed_at_start <= restored
         # Predictions recorded before the kill still join (the newest few may have been
         # recorded by the call the kill interrupted: those were never answered).
         with grpc.insecure_channel(target2) as ch:
@@ -143,7 +150,7 @@ def test_kill_9_mid_stream_loses_no_accepted_label(bundle_dir: Path, tmp_path: P
             joined = SIDECAR_PROCESS.submit_unsafe_labels(pb_grpc.MonitorStub(ch), sent, timeout=30)
         assert joined == len(sent)
         deadline = time.monotonic() + 10
-        while status(target2).labelled.cumulative.n != traffic.joined + len(sent):
+        while status(target2).labelled.cumulative.n != restored + len(sent):
             assert time.monotonic() < deadline
             time.sleep(0.05)
     finally:

@@ -141,7 +141,7 @@ def test_tombstones_stay_bounded_with_heads() -> None:
     s = MemoryStore(capacity=10, ttl_seconds=60, tombstone_capacity=2, heads=2)
     s.record(["a", "b", "c"], rows((0.1, 0.1), (0.2, 0.2), (0.3, 0.3)))
     join(s, ["a", "a", "b", "b", "c", "c"], [0, 1, 0, 1, 0, 1])
-    assert len(s._gone) == 2
+    assert s.tombstones() == 2
     assert outcome(join(s, ["a", "b", "c"], [1, 1, 1])) == (0, 2, 0, 1, 0)
 
 
@@ -598,7 +598,7 @@ def test_memory_store_with_k_heads_matches_a_dict_model(scenario) -> None:
                 model.gone[rid] = (True, set(done))
             model.pending.clear()
         assert len(store) == len(model.pending)
-        assert list(store._pending) == list(model.pending)
+        assert store.pending_ids() == list(model.pending)
     c = store.counters
     assert c.labels_received == received
     assert received == (

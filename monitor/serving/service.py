@@ -51,6 +51,8 @@ from silentwatch.monitor.serving.wire import (
     decode_embedding,
     decode_matrix,
     head_scores_message,
+    packed_ids,
+    request_ids_of,
     select_heads,
 )
 from silentwatch.monitor.state.persistence import StatePersister
@@ -238,7 +240,7 @@ class MonitorService(pb_grpc.MonitorServicer):
             )
         return x
 
-    def _record(self, ids: list[str], scores: np.ndarray) -> None:
+    def _record(self, ids: list[str] | list[bytes], scores: np.ndarray) -> None:
         if not ids or not self._recording:
             return
         heads = 1 if scores.ndim == 1 else scores.shape[1]
@@ -350,8 +352,7 @@ class MonitorService(pb_grpc.MonitorServicer):
         else:
             self._check_identity(sv, ev, request.classifier_version)
             x = decode_matrix(request.embeddings, sv.dim, self.settings.max_batch_rows)
-        ids = list(request.request_ids)
-        check_request_ids(ids, x.shape[0], self.settings.max_request_id_length)
+        ids = request_ids_of(request, x.shape[0], self.settings.max_request_id_length)
         cols = select_heads(request.heads, sv.head_names)
         norms = checked_norms(x, need_nonzero=sv.normalize)
         p_all = sv.scorer.predict_proba(x, norms)
@@ -372,8 +373,7 @@ class MonitorService(pb_grpc.MonitorServicer):
         self._check_identity(sv, request.embedder_version)
         x = decode_matrix(request.embeddings, sv.dim, self.settings.max_batch_rows)
         n = x.shape[0]
-        ids = list(request.request_ids)
-        check_request_ids(ids, n, self.settings.max_request_id_length)
+        ids = request_ids_of(request, n, self.settings.max_request_id_length)
         norms = checked_norms(x, need_nonzero=sv.normalize)
         if len(request.p_unsafe):
             if len(request.p_unsafe) != n:
@@ -399,15 +399,24 @@ class MonitorService(pb_grpc.MonitorServicer):
     def SubmitLabels(self, request: pb.SubmitLabelsRequest, context: grpc.ServicerContext):
         sv = self.served
         labels = request.labels
-        if len(labels) > self.settings.max_batch_rows:
-            raise invalid(
-                f"{len(labels)} labels in one request, more than the limit of "
-                f"{self.settings.max_batch_rows}; split them"
-            )
-        ids = [lab.request_id for lab in labels]
-        y = np.fromiter((lab.unsafe for lab in labels), dtype=np.int8, count=len(labels))
-        heads = self._label_heads(sv, labels)
-        carried, refused = self._carried_scores(sv, labels)
+        if request.packed_request_ids or request.packed_unsafe or request.packed_head:
+            if len(labels):
+                raise invalid(
+                    "send labels or packed_request_ids with packed_unsafe, not both; nothing "
+                    "in this request was accepted"
+                )
+            ids, y, heads = self._packed_labels(sv, request)
+            carried, refused = None, 0
+        else:
+            if len(labels) > self.settings.max_batch_rows:
+                raise invalid(
+                    f"{len(labels)} labels in one request, more than the limit of "
+                    f"{self.settings.max_batch_rows}; split them"
+                )
+            ids = [lab.request_id for lab in labels]
+            y = np.fromiter((lab.unsafe for lab in labels), dtype=np.int8, count=len(labels))
+            heads = self._label_heads(sv, labels)
+            carried, refused = self._carried_scores(sv, labels)
         try:
             res = self.store.join(ids, y, carried, heads=heads)
         except StoreUnavailable as exc:
@@ -442,6 +451,47 @@ class MonitorService(pb_grpc.MonitorServicer):
             ),
             0,
         )
+
+    def _packed_labels(
+        self, sv: Served, request: pb.SubmitLabelsRequest
+    ) -> tuple[list[bytes], np.ndarray, np.ndarray | None]:
+        """Columnar labels: ids, 0/1 labels and one head for all; refused whole (nothing
+        joined) when the fields do not fit together."""
+        flags = np.frombuffer(request.packed_unsafe, dtype=np.uint8)
+        m = flags.shape[0]
+        if m > self.settings.max_batch_rows:
+            raise invalid(
+                f"{m} labels in one request, more than the limit of "
+                f"{self.settings.max_batch_rows}; split them"
+            )
+        if m == 0:
+            raise invalid(
+                "packed_unsafe is empty; send one byte per packed id (1: unsafe, 0: safe)"
+            )
+        if flags.max() > 1:
+            at = int(np.argmax(flags > 1))
+            raise invalid(
+                f"packed_unsafe[{at}] is {int(flags[at])}; send 1 (unsafe) or 0 (safe) per id, "
+                "nothing in this request was accepted"
+            )
+        ids = packed_ids(
+            request.packed_request_ids,
+            m,
+            per="label (packed_unsafe has one byte per label)",
+            then="nothing in this request was accepted",
+        )
+        heads = None
+        if request.packed_head:
+            index = {n: j for j, n in enumerate(sv.head_names)}
+            j = index.get(request.packed_head)
+            if j is None:
+                raise invalid(
+                    f"packed_head is {request.packed_head!r}, which this bundle does not have "
+                    f"(its heads: {', '.join(sv.head_names)}); nothing in this request was "
+                    "accepted"
+                )
+            heads = np.full(m, j, dtype=np.int16) if j else None
+        return ids, flags.astype(np.int8), heads
 
     @staticmethod
     def _label_heads(sv: Served, labels) -> np.ndarray | None:

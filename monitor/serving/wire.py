@@ -141,6 +141,51 @@ def check_request_ids(ids: list[str], rows: int, max_len: int) -> None:
         )
 
 
+PACKED_ID_BYTES = 16
+
+
+def packed_ids(
+    raw: bytes,
+    rows: int,
+    *,
+    field: str = "packed_request_ids",
+    per: str = "row",
+    then: str = "nothing was recorded",
+) -> list[bytes]:
+    """Columnar ids: ``rows`` ids of 16 bytes each, split with one ``numpy.frombuffer``.
+
+    Raises INVALID_ARGUMENT naming ``field`` when the length is not 16 bytes per ``per``.
+
+    >>> packed_ids(bytes(range(32)), 2)[1].hex()
+    '101112131415161718191a1b1c1d1e1f'
+    """
+    size, width = len(raw), PACKED_ID_BYTES
+    if size % width:
+        raise invalid(
+            f"{field} has {size} bytes, not a multiple of {width}; send {width} bytes per id "
+            f"(e.g. a UUID's bytes), one id per {per}; {then}"
+        )
+    if size // width != rows:
+        raise invalid(
+            f"{field} holds {size // width} ids for {rows} {per.split(' ')[0]}s; send one "
+            f"{width}-byte id per {per}; {then}"
+        )
+    return np.frombuffer(raw, dtype=f"V{width}").tolist()
+
+
+def request_ids_of(request: Any, rows: int, max_len: int) -> list[str] | list[bytes]:
+    """A batch request's ids: ``request_ids`` (strings) or ``packed_request_ids`` (16-byte
+    ids), never both; empty when it sent none."""
+    packed = request.packed_request_ids
+    if packed:
+        if len(request.request_ids):
+            raise invalid("send request_ids or packed_request_ids, not both; nothing was recorded")
+        return packed_ids(packed, rows)
+    ids = list(request.request_ids)
+    check_request_ids(ids, rows, max_len)
+    return ids
+
+
 class MalformedRequestGuard(grpc.ServerInterceptor):
     """Answer a request that is not valid protobuf with INVALID_ARGUMENT, naming its type.
 

@@ -1,37 +1,56 @@
-"""Recorded predictions awaiting their delayed labels: bounded in size and age.
+"""Recorded predictions awaiting their delayed labels: bounded in size and age, batch at a time.
 
-An insertion-ordered map from request id to a sequence number; the scores (one per head)
-and the time of each prediction sit in numpy ring buffers indexed by ``seq % capacity``, so
-recording a batch allocates no per-row tuple. A prediction leaves when ``capacity``
-newer ones have been recorded (so the store never holds more than ``capacity``), when it is
-older than ``ttl_seconds``, or once every head of it has been labelled; every eviction is
-counted. Ids that left recently are remembered in a second bounded map ("tombstones") so
-a late label can be told apart as *expired* or *already labelled* instead of *unknown*.
+Everything about a prediction sits in numpy ring buffers indexed by its sequence number
+modulo ``capacity``: its id, its scores (one per head), its time, whether it is still
+pending, and which of its heads were labelled. The only per-id structure is a plain dict
+from id to the newest sequence number recorded under it, and it is written and read in
+bulk (``dict.update(zip(...))``, ``map(dict.get, ...)``: loops that run in C, never in
+Python bytecode). Entries are never deleted from it one by one: an entry is trusted only
+when its ring slot still holds that sequence number and is pending, and the dict is
+rebuilt from the ring once stale entries outnumber live ones (one ``dict(zip(...))``,
+amortised over ``capacity`` records; measured cheaper than popping each leaving id). So a
+1,024-id batch is recorded or joined with a fixed number of vectorised operations.
 
-Multi-head bundles (``heads`` = k > 1): each prediction holds k scores, and a label names
-its head. An id stays pending until each of its heads has been labelled (the heads labelled
-so far sit in a small map holding only partly labelled ids, empty when k = 1), and a
-tombstone is a bitmask: which heads were labelled, plus a flag saying whether the id was
-recorded here (so an unlabelled head of it is *expired*, not *unknown*).
+A prediction leaves when ``capacity`` newer ones have been recorded (so the store never
+holds more than ``capacity``), when it is older than ``ttl_seconds``, or once every head of
+it has been labelled; every eviction is counted. Ids that left recently are remembered in a
+second bounded ring ("tombstones", same scheme) so a late label can be told apart as
+*expired* or *already labelled* instead of *unknown*. A tombstone is a bitmask: which heads
+were labelled, plus a flag saying whether the id was recorded here (so an unlabelled head
+of it is *expired*, not *unknown*); burying an id again moves it to the newest end.
+
+Ids are any hashable: ``str`` (the wire's ``request_ids``) or 16-byte ``bytes`` (the wire's
+``packed_request_ids``, split with one ``numpy.frombuffer(raw, "V16").tolist()``). The two
+forms never match each other; messages show a bytes id as hex.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from itertools import repeat
 
 import numpy as np
 
-from silentwatch.monitor.state.store import DuplicateRequestIds, JoinResult, StoreCounters
+from silentwatch.monitor.state.store import (
+    DuplicateRequestIds,
+    JoinResult,
+    RequestId,
+    StoreCounters,
+)
 
 # A tombstone: bits 0..15 are the heads labelled; _LEFT says the prediction was recorded
 # here and left (capacity, TTL, rebind or fully labelled), so an unlabelled head is expired.
 MAX_HEADS = 16
 _LEFT = 1 << MAX_HEADS
 _F32 = np.dtype(np.float32)
+_MASK = np.uint32
+
+# (ids, scores, first seq, time) -> None: the durable store's journal for one record call.
+RecordJournal = Callable[[list[RequestId], np.ndarray, int, float], None]
+# (result, joined ids, their prediction seq or -1 (carried), their head) -> None.
+JoinJournal = Callable[[JoinResult, list[RequestId], np.ndarray, np.ndarray], None]
 
 
 def check_heads(heads: int) -> int:
@@ -41,6 +60,67 @@ def check_heads(heads: int) -> int:
     if not 1 <= heads <= MAX_HEADS:
         raise ValueError(f"heads must be between 1 and {MAX_HEADS}, not {heads}")
     return int(heads)
+
+
+def show_id(rid: RequestId) -> str:
+    """An id as messages print it: a packed (bytes) id as lowercase hex.
+
+    >>> show_id("req-1"), show_id(bytes(range(16)))
+    ('req-1', '000102030405060708090a0b0c0d0e0f')
+    """
+    return rid.hex() if isinstance(rid, bytes) else str(rid)
+
+
+def _pieces(start: int, n: int, size: int) -> tuple[slice, ...]:
+    """The ring slots of sequence numbers [start, start + n) as at most two slices."""
+    a = start % size
+    if a + n <= size:
+        return (slice(a, a + n),)
+    return slice(a, size), slice(0, a + n - size)
+
+
+class _Ring:
+    """Ids by sequence number in a ring of ``size`` slots, with a dict index.
+
+    ``where[id]`` is the newest sequence number written under ``id``; it is trusted only if
+    that number is still in the ring (``seq >= end - size``); overwritten entries stay until
+    :meth:`rebuild`.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.ids = np.empty(max(size, 1), dtype=object)
+        self.where: dict[RequestId, int] = {}
+        self.end = 0  # the next sequence number
+
+    def lookup(self, keys: Sequence[RequestId]) -> np.ndarray:
+        """(n,) int64 sequence numbers, -1 where the id is not in the ring."""
+        n = len(keys)
+        seq = np.fromiter(map(self.where.get, keys, repeat(-1)), dtype=np.int64, count=n)
+        seq[seq < self.end - self.size] = -1
+        return seq
+
+    def write(self, keys: list[RequestId], start: int) -> None:
+        """Put ``keys`` at sequence numbers [start, start + len(keys)); ``start >= end``."""
+        n = len(keys)
+        if n == 0:
+            return
+        if n > self.size:  # only the last `size` fit
+            start, keys, n = start + n - self.size, keys[n - self.size :], self.size
+        if n == 1:  # an object array would take a 1-tuple id for a sequence
+            self.ids[start % self.size] = keys[0]
+        else:
+            at = 0
+            for piece in _pieces(start, n, self.size):
+                width = piece.stop - piece.start
+                self.ids[piece] = keys[at : at + width]
+                at += width
+        self.where.update(zip(keys, range(start, start + n), strict=True))
+        self.end = start + n
+
+    def rebuild(self, seqs: np.ndarray) -> None:
+        """Keep only ``seqs`` (sequence numbers still in the ring) in the index."""
+        self.where = dict(zip(self.ids[seqs % self.size].tolist(), seqs.tolist(), strict=True))
 
 
 class MemoryStore:
@@ -67,6 +147,14 @@ class MemoryStore:
     >>> r = s.join(["a"], np.array([0]))  # head 0
     >>> (r.joined, len(s), s.join(["a"], np.array([0])).already_labelled)
     (1, 0, 1)
+
+    Packed ids (16 bytes each) work the same way:
+
+    >>> s = MemoryStore(capacity=10, ttl_seconds=60)
+    >>> ids = np.frombuffer(bytes(range(32)), "V16").tolist()
+    >>> s.record(ids, np.array([0.2, 0.8], dtype=np.float32))
+    >>> s.join(ids[1:], np.array([1])).scores.tolist()
+    [0.800000011920929]
     """
 
     def __init__(
@@ -84,13 +172,18 @@ class MemoryStore:
         self.capacity = capacity
         self.ttl_seconds = float(ttl_seconds)
         self.tombstone_capacity = capacity if tombstone_capacity is None else tombstone_capacity
+        if self.tombstone_capacity < 0:
+            raise ValueError("tombstone_capacity must be at least 0")
         self.max_unmatched_reported = max_unmatched_reported
         self._clock = clock
-        self._pending: OrderedDict[str, int] = OrderedDict()
-        self._set_heads(heads)
+        self._ring = _Ring(capacity)
+        self._live = np.zeros(capacity, dtype=bool)  # the slot's prediction awaits a label
         self._times = np.zeros(capacity, dtype=np.float64)
-        self._seq = 0  # sequence number of the next prediction
-        self._gone: OrderedDict[str, int] = OrderedDict()
+        self._low = 0  # no prediction with a smaller sequence number is pending
+        self._n_live = 0
+        self._set_heads(heads)
+        self._tombs = _Ring(self.tombstone_capacity)
+        self._tomb_mask = np.zeros(max(self.tombstone_capacity, 1), dtype=_MASK)
         self._lock = threading.Lock()
         self.counters = StoreCounters()
 
@@ -101,61 +194,123 @@ class MemoryStore:
         self._all = (1 << self.heads) - 1  # the mask of an id with every head labelled
         self._scores = np.zeros((self.capacity, self.heads), dtype=np.float32)
         self._flat = self._scores.reshape(-1)  # a view: slot * heads + head
-        # Pending ids with some (not all) heads labelled -> that mask; always empty for k = 1.
-        self._partial: dict[str, int] = {}
+        self._mask = np.zeros(self.capacity, dtype=_MASK)  # heads labelled so far, per slot
+
+    @property
+    def _seq(self) -> int:
+        """Sequence number of the next prediction."""
+        return self._ring.end
 
     def close(self) -> None:
         """Nothing to release; here so both stores can be closed alike."""
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return self._n_live
 
-    def _bury(self, rid: str, why: int) -> None:
-        gone = self._gone
-        gone[rid] = why
-        if len(gone) > self.tombstone_capacity:
-            gone.popitem(last=False)
+    # -- reading the rings ---------------------------------------------------------------
+    def _pending_seqs(self, keys: Sequence[RequestId]) -> np.ndarray:
+        """(n,) int64 sequence number of each id's pending prediction, -1 where none."""
+        seq = self._ring.lookup(keys)
+        if len(seq):
+            seq[~self._live[seq % self.capacity]] = -1
+        return seq
 
-    def _bury_many(self, rids: list[str]) -> None:
-        """These pending ids leave unlabelled (or partly labelled): a late label is expired."""
-        gone = self._gone
-        partial = self._partial
-        if partial:
-            gone.update((r, _LEFT | partial.pop(r, 0)) for r in rids)
-        else:
-            gone.update(zip(rids, repeat(_LEFT)))
-        for _ in range(len(gone) - self.tombstone_capacity):
-            gone.popitem(last=False)
+    def _tomb_masks(self, keys: Sequence[RequestId]) -> np.ndarray:
+        """(n,) tombstone masks (0: no tombstone)."""
+        if self.tombstone_capacity == 0:
+            return np.zeros(len(keys), dtype=_MASK)
+        at = self._tombs.lookup(keys)
+        out = self._tomb_mask[at % self.tombstone_capacity]
+        out[at < 0] = 0
+        return out
 
-    def _bury_left(self, pairs: Sequence[tuple[str, int]]) -> None:
+    def pending_ids(self) -> list[RequestId]:
+        """The pending ids, oldest first (for tests and tools; O(capacity))."""
+        with self._lock:
+            seqs = np.arange(max(self._low, self._seq - self.capacity), self._seq)
+            slots = seqs % self.capacity
+            return self._ring.ids[slots[self._live[slots]]].tolist()
+
+    def tombstones(self) -> int:
+        """How many ids a tombstone remembers now."""
+        with self._lock:
+            t = self._tombs
+            seqs = np.arange(max(0, t.end - t.size), t.end)
+            if not len(seqs):
+                return 0
+            return len(set(t.ids[seqs % t.size].tolist()))
+
+    # -- writing the rings ---------------------------------------------------------------
+    def _bury(self, keys: list[RequestId], masks: np.ndarray) -> None:
+        """These ids (unique) get tombstones with these masks, as the newest ones."""
+        tc = self.tombstone_capacity
+        if tc == 0 or not keys:
+            return
+        t = self._tombs
+        start = t.end
+        t.write(keys, start)
+        n = min(len(keys), tc)
+        m = np.asarray(masks, dtype=_MASK)[len(keys) - n :]
+        at = 0
+        for piece in _pieces(t.end - n, n, tc):
+            width = piece.stop - piece.start
+            self._tomb_mask[piece] = m[at : at + width]
+            at += width
+        if len(t.where) > 2 * tc + 1024:  # stale index entries outnumber live ones
+            t.rebuild(np.arange(max(0, t.end - tc), t.end))
+
+    def _leave(self, slots: np.ndarray) -> None:
+        """The pending predictions in these ring slots leave (tombstones say which of their
+        heads were labelled)."""
+        if not len(slots):
+            return
+        self._live[slots] = False
+        self._n_live -= len(slots)
+        self._bury(self._ring.ids[slots].tolist(), self._mask[slots] | _MASK(_LEFT))
+
+    def _bury_left(self, pairs: Sequence[tuple[RequestId, int]]) -> None:
         """(id, mask of the heads labelled) of predictions that left without a trace in
         pending (the durable store dropping another bundle's journal): late labels for
         their other heads count as expired."""
+        last = dict(pairs)  # an id twice: the later mask, as the journal had it
         with self._lock:
-            for rid, mask in pairs:
-                self._bury(rid, _LEFT | mask)
+            masks = np.fromiter(last.values(), dtype=np.int64, count=len(last)) | _LEFT
+            self._bury(list(last), masks.astype(_MASK))
 
-    def _evict(self, now: float) -> None:
-        pending, times, cap = self._pending, self._times, self.capacity
-        oldest_allowed = self._seq - cap  # its ring slot is about to be reused
-        cutoff = now - self.ttl_seconds
-        evicted: list[str] = []
-        n_cap = 0
-        popitem = pending.popitem
-        while pending:
-            # popitem is one C call; the first entry that must stay is put back in front.
-            rid, seq = popitem(last=False)
-            if seq < oldest_allowed:
-                n_cap += 1
-            elif times[seq % cap] >= cutoff:
-                pending[rid] = seq
-                pending.move_to_end(rid, last=False)
-                break
-            evicted.append(rid)
-        if evicted:
-            self._bury_many(evicted)
-        self.counters.evicted_capacity += n_cap
-        self.counters.evicted_ttl += len(evicted) - n_cap
+    def _first_ttl_survivor(self, lo: int, hi: int, cutoff: float) -> int:
+        """The smallest seq in [lo, hi) recorded at or after ``cutoff`` (hi if none).
+
+        Times do not decrease with the sequence number (one clock, records in order), so a
+        binary search over the ring finds it: about 20 steps for a million slots.
+        """
+        times, cap = self._times, self.capacity
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if times[mid % cap] >= cutoff:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    def _evict(self, now: float, new_end: int | None = None) -> None:
+        """Evict what capacity (slots about to be reused: the ring is about to end at
+        ``new_end``) and the TTL push out, counted."""
+        seq, cap = self._seq, self.capacity
+        cap_end = (seq if new_end is None else new_end) - cap  # these lost their slot
+        lo = max(self._low, seq - cap)  # older ones' slots were reused (they had left)
+        if cap_end > lo:
+            slots = np.arange(lo, min(cap_end, seq)) % cap  # seq on: never written
+            gone = slots[self._live[slots]]
+            self.counters.evicted_capacity += len(gone)
+            self._leave(gone)
+            lo = cap_end
+        end = self._first_ttl_survivor(lo, max(lo, seq), now - self.ttl_seconds)
+        if end > lo:
+            slots = np.arange(lo, end) % cap
+            gone = slots[self._live[slots]]
+            self.counters.evicted_ttl += len(gone)
+            self._leave(gone)
+        self._low = max(end, lo)
 
     def _as_scores(self, n: int, scores: np.ndarray) -> np.ndarray:
         """``scores`` as (n, heads) float32; for one head also (n,), kept as it is."""
@@ -170,52 +325,66 @@ class MemoryStore:
 
     def record(
         self,
-        ids: Sequence[str],
+        ids: Sequence[RequestId],
         scores: np.ndarray,
         *,
         now: float | None = None,
-        journal: Callable[[list[str], np.ndarray, int, float], None] | None = None,
+        journal: RecordJournal | None = None,
     ) -> None:
         """Record one prediction per id; refuse the whole batch if any id is pending.
 
-        ``scores``: (n, heads) float32, one column per head (head 0 first); (n,) is
-        accepted when the store has one head. ``journal(ids, scores, first_seq, now)`` (the
-        durable store; ``scores`` float32, as given) runs after the checks and before anything
-        changes: if it raises, nothing was recorded. ``now`` replays a recorded time
-        (restoring from the journal).
+        ``ids``: strings, or 16-byte ``bytes`` (packed ids). ``scores``: (n, heads) float32,
+        one column per head (head 0 first); (n,) is accepted when the store has one head.
+        ``journal(ids, scores, first_seq, now)`` (the durable store; ``scores`` float32, as
+        given) runs after the checks and before anything changes: if it raises, nothing was
+        recorded. ``now`` replays a recorded time (restoring from the journal).
         """
-        scores = self._as_scores(len(ids), scores)
-        unique = set(ids)
-        if len(unique) != len(ids):
-            seen: set[str] = set()
-            dup = next(i for i in ids if i in seen or seen.add(i))
-            raise DuplicateRequestIds([dup], within_batch=True)
+        keys = ids if type(ids) is list else list(ids)
+        n = len(keys)
+        scores = self._as_scores(n, scores)
+        if len(set(keys)) != n:
+            seen: set[RequestId] = set()
+            dup = next(i for i in keys if i in seen or seen.add(i))
+            raise DuplicateRequestIds([show_id(dup)], within_batch=True)
         with self._lock:
-            dup = self._pending.keys() & unique
-            if dup:
-                raise DuplicateRequestIds(sorted(dup))
+            pending = self._pending_seqs(keys)
+            if n and pending.max() >= 0:
+                at = np.flatnonzero(pending >= 0)
+                raise DuplicateRequestIds(sorted(show_id(keys[i]) for i in at.tolist()))
             now = self._clock() if now is None else now
             if journal is not None:
-                journal(list(ids), scores, self._seq, now)
-            n, cap = len(ids), self.capacity
-            if n > cap:  # only the newest `capacity` can be kept; the rest leave at once
-                self._seq += n - cap
-                self.counters.evicted_capacity += n - cap
-                self.counters.recorded += n - cap
-                self._bury_many(list(ids[: n - cap]))
-                ids, scores, n = ids[n - cap :], scores[n - cap :], cap
-            start = self._seq
-            self._seq += n
-            # Evict first: the slots we are about to write may belong to old entries.
-            self._evict(now)
-            slots = np.arange(start, start + n) % cap
-            if self.heads == 1:  # the flat view: a 2-D write costs ~0.5 µs more per call
-                self._flat[slots] = scores.reshape(-1)
+                journal(keys, scores, self._seq, now)
+            self._write(keys, scores, now)
+
+    def _write(self, keys: list[RequestId], scores: np.ndarray, now: float) -> None:
+        n, cap = len(keys), self.capacity
+        start = self._seq
+        if n > cap:  # only the newest `capacity` can be kept; the rest leave at once
+            self.counters.evicted_capacity += n - cap
+            self.counters.recorded += n - cap
+            self._bury(keys[: n - cap], np.full(n - cap, _LEFT, dtype=_MASK))
+            start += n - cap
+            keys, scores, n = keys[n - cap :], scores[n - cap :], cap
+        # Evict first: the slots about to be written may hold older predictions.
+        self._evict(now, start + n)
+        self._ring.write(keys, start)
+        flat = scores.reshape(-1) if self.heads == 1 else None
+        at = 0
+        for piece in _pieces(start, n, cap):
+            width = piece.stop - piece.start
+            self._live[piece] = True
+            self._mask[piece] = 0
+            self._times[piece] = now
+            if flat is not None:  # the flat view: a 2-D write costs ~0.5 µs more per call
+                self._flat[piece] = flat[at : at + width]
             else:
-                self._scores[slots] = scores
-            self._times[slots] = now
-            self._pending.update(zip(ids, range(start, start + n), strict=True))
-            self.counters.recorded += n
+                self._scores[piece] = scores[at : at + width]
+            at += width
+        self._n_live += n
+        self.counters.recorded += n
+        if len(self._ring.where) > 2 * cap + 1024:  # stale index entries outnumber live ones
+            seqs = np.arange(max(self._low, self._seq - cap), self._seq)
+            self._ring.rebuild(seqs[self._live[seqs % cap]])
 
     # -- for the durable store's journal ---------------------------------------------------
     @property
@@ -223,26 +392,41 @@ class MemoryStore:
         """Sequence number the next recorded prediction gets."""
         return self._seq
 
+    def _restart_at(self, seq: int) -> None:
+        """Replaying the journal: number the next prediction ``seq`` (the store is empty)."""
+        self._ring.end = self._low = int(seq)
+
     def oldest_pending_seq(self) -> int:
         """Sequence number of the oldest prediction still awaiting a label (next_seq if none)."""
         with self._lock:
             return self._oldest_pending_unlocked()
 
     def _oldest_pending_unlocked(self) -> int:
-        # For a journal callback, which runs with the lock held.
-        return next(iter(self._pending.values()), self._seq)
+        # For a journal callback, which runs with the lock held. Moves _low past the
+        # predictions that left, a chunk at a time (amortised over their recording).
+        lo, end, cap = self._low, self._seq, self.capacity
+        while lo < end:
+            slots = np.arange(lo, min(end, lo + 4096)) % cap
+            live = self._live[slots]
+            if live.any():
+                lo += int(live.argmax())
+                break
+            lo += len(slots)
+        self._low = lo
+        return lo
 
-    def _forget_pending(self, ids: Sequence[str]) -> None:
+    def _forget_pending(self, ids: Sequence[RequestId]) -> None:
         """Replaying the journal: these ids are recorded again, so their earlier prediction
         had left (labelled or evicted) before; it goes without a trace (no counter)."""
         with self._lock:
-            for rid in self._pending.keys() & set(ids):
-                del self._pending[rid]
-                self._partial.pop(rid, None)
+            seq = self._pending_seqs(ids if type(ids) is list else list(ids))
+            slots = seq[seq >= 0] % self.capacity
+            self._live[slots] = False
+            self._n_live -= len(slots)
 
     def restore_labelled(
         self,
-        ids: Sequence[str],
+        ids: Sequence[RequestId],
         heads: Sequence[int] | None = None,
         pred_seqs: Sequence[int] | None = None,
     ) -> None:
@@ -252,35 +436,45 @@ class MemoryStore:
         With ``pred_seqs`` (the labelled prediction's sequence number, -1 for a carried
         score) a pending prediction of another sequence number, recorded again after that
         label, is left alone."""
-        heads = repeat(0) if heads is None else heads
-        pred_seqs = repeat(None) if pred_seqs is None else pred_seqs
+        keys = ids if type(ids) is list else list(ids)
+        m = len(keys)
+        h = np.zeros(m, dtype=np.int64) if heads is None else np.asarray(heads, dtype=np.int64)
+        bits = (np.int64(1) << h).astype(_MASK)
         with self._lock:
-            pending, partial, gone, full = self._pending, self._partial, self._gone, self._all
-            for rid, h, ps in zip(ids, heads, pred_seqs, strict=False):
-                bit = 1 << int(h)
-                seq = pending.get(rid)
-                if seq is None:
-                    self._bury(rid, gone.get(rid, 0) | bit)
-                elif ps is None or ps == seq:
-                    m = partial.pop(rid, 0) | bit
-                    if m & full == full:
-                        del pending[rid]
-                        self._bury(rid, _LEFT | m)
-                    else:
-                        partial[rid] = m
+            seq = self._pending_seqs(keys)
+            pend = seq >= 0
+            mine = pend.copy()
+            if pred_seqs is not None:
+                mine &= np.asarray(pred_seqs, dtype=np.int64) == seq
+            slots = seq[mine] % self.capacity
+            np.bitwise_or.at(self._mask, slots, bits[mine])
+            done = np.unique(slots)
+            self._leave(done[self._mask[done] == self._all])
+            # Not pending: a tombstone gathering every head labelled (an id may come twice).
+            out = np.flatnonzero(~pend)
+            if len(out):
+                acc: dict[RequestId, int] = {}
+                for rid, b in zip([keys[i] for i in out.tolist()], bits[out].tolist(), strict=True):
+                    acc[rid] = acc.get(rid, 0) | b
+                rids = list(acc)
+                vals = np.fromiter(acc.values(), dtype=np.int64, count=len(acc))
+                self._bury(rids, (self._tomb_masks(rids) | vals).astype(_MASK))
 
     def rebind(self, bundle_sha256: str, heads: int = 1) -> int:
         """Serve another bundle (with ``heads`` heads): pending predictions leave (late labels
         count as expired); the tombstones stay."""
         heads = check_heads(heads)
         with self._lock:
-            rids = list(self._pending)
-            self._pending.clear()
-            self._bury_many(rids)
-            self._partial.clear()
+            seqs = np.arange(max(self._low, self._seq - self.capacity), self._seq)
+            slots = seqs % self.capacity
+            slots = slots[self._live[slots]]
+            n = len(slots)
+            self._leave(slots)
+            self._ring.where.clear()
+            self._low = self._seq
             if heads != self.heads:
                 self._set_heads(heads)
-            return len(rids)
+            return n
 
     def expire(self) -> None:
         """Apply the TTL now (also done on every record)."""
@@ -301,12 +495,12 @@ class MemoryStore:
 
     def join(
         self,
-        ids: Sequence[str],
+        ids: Sequence[RequestId],
         labels: np.ndarray,
         carried: np.ndarray | None = None,
         heads: np.ndarray | None = None,
         *,
-        journal: Callable[[JoinResult, list[tuple[str, int, int]]], None] | None = None,
+        journal: JoinJournal | None = None,
     ) -> JoinResult:
         """Join labels to the predictions they belong to; count the ones that match nothing.
 
@@ -318,116 +512,85 @@ class MemoryStore:
         unlabelled; ``unknown`` otherwise. ``carried`` (NaN where absent): the score the
         serving replica gave, used when this store has no prediction for the id, unless
         that (id, head) was already labelled here.
-        ``journal(result, [(id, prediction seq or -1, head), ...])`` (the durable store)
-        runs once the outcome is known and before anything changes: if it raises, nothing
-        was joined.
+        ``journal(result, joined ids, their prediction seq or -1, their heads)`` (the
+        durable store) runs once the outcome is known and before anything changes: if it
+        raises, nothing was joined.
         """
+        keys = ids if type(ids) is list else list(ids)
         labels = np.asarray(labels).astype(np.int8).reshape(-1)
-        m = len(ids)
+        m = len(keys)
         if labels.shape[0] != m or (carried is not None and np.shape(carried) != (m,)):
             raise ValueError(f"{m} ids need {m} labels (and carried scores, if any)")
         head_arr = self._as_heads(m, heads)
+        bits = (np.int64(1) << head_arr.astype(np.int64)).astype(_MASK)
+        usable = np.zeros(m, dtype=bool) if carried is None else np.isfinite(carried)
+        if heads is None or self.heads == 1:
+            unique = len(set(keys)) == m
+            group_keys = keys
+        else:
+            group_keys = list(zip(keys, head_arr.tolist(), strict=True))
+            unique = len(set(group_keys)) == m
         res = JoinResult(scores=np.empty(0, np.float32), labels=labels[:0], heads=head_arr[:0])
-        joined: list[tuple[str, int, int]] = []  # (id, its prediction's seq or -1, head)
-        rows: list[int] = []  # the batch rows that joined, in order
-        src: list[int] = []  # their score's place in the flattened ring; -1: carried
-        head_list = repeat(0) if heads is None else head_arr.tolist()
-        usable = repeat(False) if carried is None else np.isfinite(carried).tolist()
-        unmatched = res.unmatched_ids
-        max_unmatched = self.max_unmatched_reported
         with self._lock:
             self._evict(self._clock())
-            pending, gone, partial = self._pending, self._gone, self._partial
             cap, k = self.capacity, self.heads
-            if k == 1:  # the common case, kept as lean as the one-head store was
-                done: set[str] = set()  # ids joined earlier in this batch
-                for i, rid, ok in zip(range(m), ids, usable, strict=False):
-                    seq = None if rid in done else pending.get(rid)
-                    if seq is not None:
-                        done.add(rid)
-                        joined.append((rid, seq, 0))
-                        rows.append(i)
-                        src.append(seq % cap)
-                        continue
-                    why = 1 if rid in done else gone.get(rid, 0)
-                    if why & 1:
-                        res.already_labelled += 1
-                    elif ok:
-                        done.add(rid)
-                        joined.append((rid, -1, 0))
-                        rows.append(i)
-                        src.append(-1)
-                        res.carried += 1
-                        continue
-                    elif why & _LEFT:
-                        res.expired += 1
-                    else:
-                        res.unknown += 1
-                    if len(unmatched) < max_unmatched:
-                        unmatched.append(rid)
+            seq = self._pending_seqs(keys)
+            pend = seq >= 0
+            slot = seq % cap
+            tomb = self._tomb_masks(keys)
+            before = np.where(pend, self._mask[slot], tomb) & bits != 0  # labelled before
+            cand = ~before & (pend | usable)
+            if unique:
+                joins, earlier = cand, np.zeros(m, dtype=bool)
             else:
-                taken: dict[str, int] = {}  # id -> heads joined earlier in this batch
-                for i, rid, h, ok in zip(range(m), ids, head_list, usable, strict=False):
-                    bit = 1 << h
-                    t = taken.get(rid, 0)
-                    seq = pending.get(rid)
-                    if seq is not None:
-                        if not (t | partial.get(rid, 0)) & bit:
-                            taken[rid] = t | bit
-                            joined.append((rid, seq, h))
-                            rows.append(i)
-                            src.append(seq % cap * k + h)
-                            continue
-                        res.already_labelled += 1
-                    else:
-                        why = gone.get(rid, 0) | t
-                        if why & bit:
-                            res.already_labelled += 1
-                        elif ok:
-                            taken[rid] = t | bit
-                            joined.append((rid, -1, h))
-                            rows.append(i)
-                            src.append(-1)
-                            res.carried += 1
-                            continue
-                        elif why & _LEFT:
-                            res.expired += 1
-                        else:
-                            res.unknown += 1
-                    if len(unmatched) < max_unmatched:
-                        unmatched.append(rid)
-            if rows:
-                at = np.array(rows, dtype=np.intp)
-                where = np.array(src, dtype=np.intp)
-                scores = self._flat[where]  # a copy (fancy indexing)
+                # Per (id, head), in batch order: the first candidate joins; every label of
+                # it after a join is already labelled (one C-level pass numbers the groups).
+                first: dict[RequestId, int] = {}
+                g = np.fromiter(map(first.setdefault, group_keys, range(m)), np.intp, m)
+                idx = np.arange(m)
+                first_cand = np.full(m, m, dtype=np.intp)
+                np.minimum.at(first_cand, g[cand], idx[cand])
+                joins = cand & (first_cand[g] == idx)
+                earlier = first_cand[g] < idx
+            rows = np.flatnonzero(joins)
+            miss = ~joins
+            already = miss & (before | earlier)
+            expired = miss & ~already & ~pend & (tomb & _LEFT != 0)
+            res.already_labelled = int(already.sum())
+            res.expired = int(expired.sum())
+            res.unknown = int(miss.sum()) - res.already_labelled - res.expired
+            local = pend[rows]
+            res.carried = int(len(rows) - local.sum())
+            if len(rows):
+                src = slot[rows] * k + head_arr[rows]
+                scores = self._flat[src]  # a copy (fancy indexing)
                 if res.carried:
-                    mine = where < 0
-                    scores[mine] = carried[at[mine]]
-                res.scores, res.labels, res.heads = scores, labels[at], head_arr[at]
+                    scores[~local] = np.asarray(carried, dtype=np.float32)[rows[~local]]
+                res.scores, res.labels, res.heads = scores, labels[rows], head_arr[rows]
+            if res.already_labelled + res.expired + res.unknown:
+                shown = np.flatnonzero(miss)[: self.max_unmatched_reported]
+                res.unmatched_ids = [show_id(keys[i]) for i in shown.tolist()]
+            joined_ids = [keys[i] for i in rows.tolist()]
             if journal is not None:
-                journal(res, joined)
-            bury, full = self._bury, self._all
-            if full == 1:  # one head: a label settles the id
-                for rid, seq, _ in joined:
-                    if seq >= 0:
-                        del pending[rid]
-                        bury(rid, _LEFT | 1)
-                    else:
-                        bury(rid, gone.get(rid, 0) | 1)
-            else:
-                for rid, seq, h in joined:
-                    if seq < 0:
-                        bury(rid, gone.get(rid, 0) | (1 << h))
-                        continue
-                    mask = partial.pop(rid, 0) | (1 << h)
-                    if mask == full:
-                        del pending[rid]
-                        bury(rid, _LEFT | full)
-                    else:
-                        partial[rid] = mask
+                journal(res, joined_ids, np.where(local, seq[rows], -1), res.heads)
+            # Local joins: mark the head labelled; an id with every head labelled leaves.
+            lslots = slot[rows[local]]
+            np.bitwise_or.at(self._mask, lslots, bits[rows[local]])
+            done = np.unique(lslots)
+            self._leave(done[self._mask[done] == self._all])
+            # Carried joins: the tombstone remembers the head (an id may come with 2 heads).
+            crow = rows[~local]
+            if len(crow):
+                acc: dict[RequestId, int] = {}
+                for rid, b in zip([keys[i] for i in crow.tolist()], bits[crow].tolist(),
+                                  strict=True):  # fmt: skip
+                    acc[rid] = acc.get(rid, 0) | b
+                rids = list(acc)
+                vals = np.fromiter(acc.values(), dtype=np.int64, count=len(acc))
+                self._bury(rids, (self._tomb_masks(rids) | vals).astype(_MASK))
             c = self.counters
             c.labels_received += m
-            c.labels_joined += len(joined)
+            c.labels_joined += len(rows)
             c.labels_carried += res.carried
             c.labels_unknown += res.unknown
             c.labels_expired += res.expired

@@ -5,10 +5,10 @@ and age, every eviction counted, late labels told apart as expired / already lab
 unknown), plus what must survive a restart or ``kill -9``:
 
 * **predictions awaiting a label**: each recorded batch is one journal row (its ids, as
-  JSON, and its n x k scores, as row-major float32 bytes; k, the bundle's heads, is in
-  ``meta``), so the request path pays one SQL insert per call, not one B-tree insert per
-  id. At start the journal is replayed through the in-memory store, which re-applies
-  capacity and TTL;
+  JSON text or, packed 16-byte ids, one n x 16-byte blob; its n x k scores as row-major
+  float32 bytes; k, the bundle's heads, is in ``meta``), so the request path pays one SQL
+  insert per call, not one B-tree insert per id. At start the journal is replayed through
+  the in-memory store, which re-applies capacity and TTL;
 * **which (id, head) pairs were labelled** (``labelled``), so a replayed prediction that
   was already labelled is not resurrected (or, partly labelled, keeps waiting only for its
   other heads) and a second label for one head is not joined twice;
@@ -45,13 +45,26 @@ from pathlib import Path
 import numpy as np
 
 from silentwatch.monitor.state.memory import MemoryStore, check_heads
-from silentwatch.monitor.state.store import JoinResult, StoreCounters, StoreUnavailable
+from silentwatch.monitor.state.store import (
+    JoinResult,
+    RequestId,
+    StoreCounters,
+    StoreUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 3
 # Journal rows older than the oldest pending prediction are dropped every this many records.
 _CLEAN_EVERY = 64
+
+
+def _ids(column: str | bytes) -> list[RequestId]:
+    """A journal row's ids: JSON text (string ids) or n x 16 bytes (packed ids)."""
+    if isinstance(column, bytes):
+        return np.frombuffer(column, dtype="V16").tolist()
+    return json.loads(column)
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -305,7 +318,7 @@ class SqliteStore:
             full = (1 << old_heads) - 1
             gone = []
             for (ids,) in db.execute("SELECT ids FROM batches ORDER BY seq_start"):
-                gone += [(i, done.get(i, 0)) for i in json.loads(ids) if done.get(i, 0) != full]
+                gone += [(i, done.get(i, 0)) for i in _ids(ids) if done.get(i, 0) != full]
             self.mem._bury_left(gone)
         self._claim(bundle_sha256, self.heads, drop=drop)
 
@@ -333,11 +346,11 @@ class SqliteStore:
             "SELECT seq_start, n, at, ids, scores FROM batches ORDER BY seq_start"
         ):
             if first:
-                mem._seq = int(seq_start)  # continue the journal's numbering
+                mem._restart_at(int(seq_start))  # continue the journal's numbering
                 first = False
             elif seq_start != mem.next_seq:
                 raise StoreUnavailable(f"{self.path}: journal gap at prediction {seq_start}")
-            ids = json.loads(ids)
+            ids = _ids(ids)
             arr = np.frombuffer(scores, dtype=np.float32)
             if len(ids) != n or arr.size != n * k:
                 raise StoreUnavailable(
@@ -351,7 +364,7 @@ class SqliteStore:
         top = db.execute("SELECT max(seq_start + n) FROM batches").fetchone()[0]
         if top is None:  # nothing journalled: continue after the labelled ones, if any
             top = db.execute("SELECT coalesce(max(pred_seq) + 1, 0) FROM labelled").fetchone()[0]
-            mem._seq = int(top)
+            mem._restart_at(int(top))
         rows = db.execute("SELECT request_id, head, pred_seq FROM labelled ORDER BY rowid")
         labelled = rows.fetchall()
         if labelled:
@@ -397,22 +410,24 @@ class SqliteStore:
                 raise StoreUnavailable(f"state store {self.path} failed: {exc}") from exc
 
     # -- the label join -----------------------------------------------------------------------
-    def record(self, ids: Sequence[str], scores: np.ndarray) -> None:
+    def record(self, ids: Sequence[RequestId], scores: np.ndarray) -> None:
         """Record one prediction per id; refuse the whole batch if any id is pending.
 
         ``scores``: (n, heads) float32 ((n,) for one head). Raises
         :class:`StoreUnavailable` (and records nothing) when the journal cannot be written.
         """
 
-        def journal(ids: list[str], scores: np.ndarray, first: int, now: float) -> None:
+        def journal(ids: list[RequestId], scores: np.ndarray, first: int, now: float) -> None:
             blob = np.ascontiguousarray(scores, dtype=np.float32).tobytes()  # row-major n x k
+            # Packed ids: one blob, no per-id encoding (and a BLOB never equals a TEXT id).
+            id_col = b"".join(ids) if ids and type(ids[0]) is bytes else json.dumps(ids)
             self._records += 1
             clean = self._records % _CLEAN_EVERY == 0
 
             def write(db: sqlite3.Connection) -> None:
                 db.execute(
                     "INSERT INTO batches VALUES (?, ?, ?, ?, ?)",
-                    (first, len(ids), now, json.dumps(ids), blob),
+                    (first, len(ids), now, id_col, blob),
                 )
                 if clean:
                     self._clean(db, self.mem._oldest_pending_unlocked())
@@ -448,7 +463,7 @@ class SqliteStore:
 
     def join(
         self,
-        ids: Sequence[str],
+        ids: Sequence[RequestId],
         labels: np.ndarray,
         carried: np.ndarray | None = None,
         heads: np.ndarray | None = None,
@@ -465,14 +480,16 @@ class SqliteStore:
         """
         now = self._clock()
 
-        def journal(res: JoinResult, joined: list[tuple[str, int, int]]) -> None:
-            if not joined:
+        def journal(
+            res: JoinResult, ids: list[RequestId], seqs: np.ndarray, heads: np.ndarray
+        ) -> None:
+            if not ids:
                 return
 
             def write(db: sqlite3.Connection) -> None:
                 db.executemany(
                     "INSERT OR REPLACE INTO labelled(request_id, pred_seq, head) VALUES (?, ?, ?)",
-                    joined,
+                    zip(ids, seqs.tolist(), heads.tolist(), strict=True),
                 )
                 if self.keep_labels:
                     db.executemany(

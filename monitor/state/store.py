@@ -54,6 +54,10 @@ class StoreCounters:
     labels_already_labelled: int = 0
 
 
+# A request id: a string (``request_ids`` on the wire) or 16 bytes (``packed_request_ids``).
+RequestId = str | bytes
+
+
 class DuplicateRequestIds(Exception):
     """Ids already pending (``within_batch=False``) or repeated in the batch itself."""
 
@@ -79,7 +83,7 @@ class PredictionStore(Protocol):
 
     def __len__(self) -> int: ...
 
-    def record(self, ids: Sequence[str], scores: np.ndarray) -> None:
+    def record(self, ids: Sequence[RequestId], scores: np.ndarray) -> None:
         """Keep ``scores`` ((n, heads) float32; (n,) for one head) under ``ids`` until their
         labels arrive; raises :class:`DuplicateRequestIds` (nothing recorded),
         :class:`StoreUnavailable` or ValueError (a shape that does not fit)."""
@@ -87,7 +91,7 @@ class PredictionStore(Protocol):
 
     def join(
         self,
-        ids: Sequence[str],
+        ids: Sequence[RequestId],
         labels: np.ndarray,
         carried: np.ndarray | None = None,
         heads: np.ndarray | None = None,

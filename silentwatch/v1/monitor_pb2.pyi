@@ -79,20 +79,22 @@ class ClassifyResponse(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., p_unsafe: _Optional[float] = ..., flagged: _Optional[bool] = ..., confidence: _Optional[float] = ..., classifier_version: _Optional[str] = ..., heads: _Optional[_Union[HeadScores, _Mapping]] = ...) -> None: ...
 
 class ClassifyBatchRequest(_message.Message):
-    __slots__ = ("request_ids", "embeddings", "embedder_version", "classifier_version", "texts", "heads")
+    __slots__ = ("request_ids", "embeddings", "embedder_version", "classifier_version", "texts", "heads", "packed_request_ids")
     REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     EMBEDDER_VERSION_FIELD_NUMBER: _ClassVar[int]
     CLASSIFIER_VERSION_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     HEADS_FIELD_NUMBER: _ClassVar[int]
+    PACKED_REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
     request_ids: _containers.RepeatedScalarFieldContainer[str]
     embeddings: EmbeddingMatrix
     embedder_version: str
     classifier_version: str
     texts: _containers.RepeatedScalarFieldContainer[str]
     heads: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., embeddings: _Optional[_Union[EmbeddingMatrix, _Mapping]] = ..., embedder_version: _Optional[str] = ..., classifier_version: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., heads: _Optional[_Iterable[str]] = ...) -> None: ...
+    packed_request_ids: bytes
+    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., embeddings: _Optional[_Union[EmbeddingMatrix, _Mapping]] = ..., embedder_version: _Optional[str] = ..., classifier_version: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., heads: _Optional[_Iterable[str]] = ..., packed_request_ids: _Optional[bytes] = ...) -> None: ...
 
 class ClassifyBatchResponse(_message.Message):
     __slots__ = ("p_unsafe", "flagged", "confidence", "classifier_version", "heads")
@@ -109,16 +111,18 @@ class ClassifyBatchResponse(_message.Message):
     def __init__(self, p_unsafe: _Optional[_Iterable[float]] = ..., flagged: _Optional[_Iterable[bool]] = ..., confidence: _Optional[_Iterable[float]] = ..., classifier_version: _Optional[str] = ..., heads: _Optional[_Union[HeadScores, _Mapping]] = ...) -> None: ...
 
 class ObserveRequest(_message.Message):
-    __slots__ = ("request_ids", "embeddings", "p_unsafe", "embedder_version")
+    __slots__ = ("request_ids", "embeddings", "p_unsafe", "embedder_version", "packed_request_ids")
     REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     P_UNSAFE_FIELD_NUMBER: _ClassVar[int]
     EMBEDDER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PACKED_REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
     request_ids: _containers.RepeatedScalarFieldContainer[str]
     embeddings: EmbeddingMatrix
     p_unsafe: _containers.RepeatedScalarFieldContainer[float]
     embedder_version: str
-    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., embeddings: _Optional[_Union[EmbeddingMatrix, _Mapping]] = ..., p_unsafe: _Optional[_Iterable[float]] = ..., embedder_version: _Optional[str] = ...) -> None: ...
+    packed_request_ids: bytes
+    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., embeddings: _Optional[_Union[EmbeddingMatrix, _Mapping]] = ..., p_unsafe: _Optional[_Iterable[float]] = ..., embedder_version: _Optional[str] = ..., packed_request_ids: _Optional[bytes] = ...) -> None: ...
 
 class ObserveResponse(_message.Message):
     __slots__ = ("accepted",)
@@ -143,10 +147,16 @@ class Label(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., unsafe: _Optional[bool] = ..., p_unsafe: _Optional[float] = ..., embedder_version: _Optional[str] = ..., classifier_version: _Optional[str] = ..., head: _Optional[str] = ...) -> None: ...
 
 class SubmitLabelsRequest(_message.Message):
-    __slots__ = ("labels",)
+    __slots__ = ("labels", "packed_request_ids", "packed_unsafe", "packed_head")
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    PACKED_REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    PACKED_UNSAFE_FIELD_NUMBER: _ClassVar[int]
+    PACKED_HEAD_FIELD_NUMBER: _ClassVar[int]
     labels: _containers.RepeatedCompositeFieldContainer[Label]
-    def __init__(self, labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ...) -> None: ...
+    packed_request_ids: bytes
+    packed_unsafe: bytes
+    packed_head: str
+    def __init__(self, labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ..., packed_request_ids: _Optional[bytes] = ..., packed_unsafe: _Optional[bytes] = ..., packed_head: _Optional[str] = ...) -> None: ...
 
 class SubmitLabelsResponse(_message.Message):
     __slots__ = ("received", "joined", "unknown", "expired", "already_labelled", "unmatched_request_ids", "joined_carried", "carried_refused")
