@@ -88,6 +88,30 @@ def cpu_seconds(pid: int) -> float:
     return _stat_cpu_seconds(Path(f"/proc/{pid}/stat").read_text())
 
 
+def descendants(pid: int) -> list[int]:
+    """The live child processes of ``pid``, their children, and so on."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        with contextlib.suppress(OSError):  # a process may exit while we look
+            for task in Path(f"/proc/{p}/task").iterdir():
+                kids = [int(c) for c in (task / "children").read_text().split()]
+                out += kids
+                todo += kids
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and of its live descendants (e.g. the sidecar's
+    detection process), in seconds."""
+    total = cpu_seconds(pid)
+    for child in descendants(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(child)
+    return total
+
+
 def thread_cpu_seconds(pid: int) -> dict[str, float]:
     """utime + stime per OS thread name of a process, summed over threads of one name.
 

@@ -14,12 +14,14 @@ Then the served figures. The sidecar runs as its own process pinned to CPU 0 (``
 this client runs on CPU 1. Modes: recording off; recording on with the memory store; with
 the sqlite store; detection on (with the memory store: the detectors are fed by recording,
 so detection with recording off measures nothing); everything on (sqlite + detection, the
-default); and first, the transport floor: benchmarks/noop_server.py, the same wire and
-gRPC server settings with handlers that return prebuilt replies, pinned the same way. Each
-mode runs ``--repeats`` times, the order alternating forwards and backwards
+default); everything on with the client sending ``packed_request_ids`` instead of string
+ids; the same with ``detection_process: true`` (window statistics in a niced child process,
+which inherits the pin); and first, the transport floor: benchmarks/noop_server.py, the
+same wire and gRPC server settings with handlers that return prebuilt replies, pinned the
+same way. Each mode runs ``--repeats`` times, the order alternating forwards and backwards
 between rounds (as benchmarks/heads.py does); reported per mode: rows per server CPU-second
-(utime + stime from /proc/<pid>/stat; best and median), served / floor, unary Classify
-p50/p99, and the cost against recording off.
+(utime + stime from /proc/<pid>/stat, the sidecar's and its child processes'; best and
+median), served / floor, unary Classify p50/p99, and the cost against recording off.
 
     python benchmarks/serving.py            # ~6 minutes (d = 1024 and 384, 2 rounds)
     python benchmarks/serving.py --quick    # ~1 minute smoke run (d = 1024, 2 short rounds)
@@ -54,6 +56,7 @@ from harness import (
     table_header,
     table_row,
     thread_cpu_seconds,
+    tree_cpu_seconds,
 )
 
 from silentwatch.monitor.bundle import EmbedderSpec
@@ -74,9 +77,25 @@ MODES: dict[str, tuple[bool, list[str]]] = {
 }
 BASE = "recording off"
 ALL_ON = "everything on (sqlite + detection)"
+# The same server as ALL_ON, the client sending packed_request_ids (16 bytes per row) instead
+# of request_ids strings; every other mode sends strings.
+ALL_ON_PACKED = "everything on, packed ids"
+MODES[ALL_ON_PACKED] = MODES[ALL_ON]
+# ... and with window statistics in a child process (detection_process; it inherits the
+# sidecar's CPU pin and runs niced; its CPU is counted in the server's).
+ALL_ON_CHILD = "everything on, packed ids, detection process"
+MODES[ALL_ON_CHILD] = (True, [*MODES[ALL_ON][1], "--detection-process", "true"])
+PACKED_MODES = {ALL_ON_PACKED, ALL_ON_CHILD}
 # benchmarks/noop_server.py: the same wire and server settings, no work (the transport floor).
 NOOP = "transport floor (no-op servicer)"
 ALL_MODES = [NOOP, *MODES]
+
+
+def packed_ids(first: int, n: int) -> bytes:
+    """``n`` distinct 16-byte ids (a counter in the low 8 bytes), as packed_request_ids."""
+    ids = np.zeros((n, 2), dtype="<u8")
+    ids[:, 0] = np.arange(first, first + n, dtype=np.uint64)
+    return ids.tobytes()
 
 
 def unit(n: int, d: int, seed: int) -> np.ndarray:
@@ -164,7 +183,12 @@ def where_time_goes(
     from silentwatch.monitor.config import ServeSettings
     from silentwatch.monitor.serving.pipeline import Pipeline, PredictionBatch, concat_predictions
     from silentwatch.monitor.serving.server import build_engine
-    from silentwatch.monitor.serving.wire import check_request_ids, checked_norms, decode_matrix
+    from silentwatch.monitor.serving.wire import (
+        check_request_ids,
+        checked_norms,
+        decode_matrix,
+        request_ids_of,
+    )
     from silentwatch.monitor.state.memory import MemoryStore
     from silentwatch.monitor.state.sqlite import SqliteStore
     from silentwatch.monitor.telemetry.prometheus import TrafficSink
@@ -201,6 +225,13 @@ def where_time_goes(
                 us(lambda: check_request_ids(list(req.request_ids), rows, 256)),
             )
         )
+        packed_req = pb.ClassifyBatchRequest(packed_request_ids=packed_ids(0, rows))
+        out.append(
+            (
+                "ids, packed: request_ids_of (one frombuffer)",
+                us(lambda: request_ids_of(packed_req, rows, 256)),
+            )
+        )
         out.append(("row norms (checked_norms)", us(lambda: checked_norms(x, need_nonzero=True))))
         out.append(("score: predict_proba(x, norms)", us(lambda: scorer.predict_proba(x, norms))))
 
@@ -234,6 +265,17 @@ def where_time_goes(
             out.append(
                 (
                     f"store.record, {rows} ids, {name} store at capacity",
+                    us(lambda it=it, store=store: store.record(next(it), p)),
+                )
+            )
+            packed_lists = [
+                np.frombuffer(packed_ids(rows * next(k), rows), "V16").tolist()
+                for _ in range(reps + reps // 10 + 3)
+            ]
+            it = iter(packed_lists)
+            out.append(
+                (
+                    f"store.record, {rows} packed ids, {name} store at capacity",
                     us(lambda it=it, store=store: store.record(next(it), p)),
                 )
             )
@@ -314,11 +356,12 @@ def bench_batch(
     seconds: float,
     threads: int,
     rate: float | None = None,
+    packed: bool = False,
 ) -> dict[str, float]:
     """``threads`` clients send ``rows``-row ClassifyBatch requests for ``seconds``: as fast
     as replies come (``rate`` None, the server saturated) or paced to ``rate`` rows per
     second in all (each client on a fixed schedule; a late one sends at once but never
-    bunches up more than one request)."""
+    bunches up more than one request). ``packed``: ids as packed_request_ids."""
     x = unit(rows, d, 2).astype("<f4").tobytes()
     counter = iter(range(10**9))
     lock = threading.Lock()
@@ -336,10 +379,15 @@ def bench_batch(
                 due = max(due, now - gap) + gap
             with lock:
                 k = next(counter)
-            req = pb.ClassifyBatchRequest(
-                request_ids=[f"b{k}-{i}" for i in range(rows)],
-                embeddings=pb.EmbeddingMatrix(rows=rows, dim=d, f32le=x),
-            )
+            matrix = pb.EmbeddingMatrix(rows=rows, dim=d, f32le=x)
+            if packed:
+                req = pb.ClassifyBatchRequest(
+                    packed_request_ids=packed_ids(k * rows, rows), embeddings=matrix
+                )
+            else:
+                req = pb.ClassifyBatchRequest(
+                    request_ids=[f"b{k}-{i}" for i in range(rows)], embeddings=matrix
+                )
             t0 = time.perf_counter()
             stub.ClassifyBatch(req)
             with lock:
@@ -351,13 +399,15 @@ def bench_batch(
     stop = time.monotonic() + seconds
     st0 = stub.GetStatus(pb.GetStatusRequest()).pipeline
     w0 = thread_cpu_seconds(pid).get(WORKER_THREAD_NAME, 0.0)
-    cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+    cpu0, t0 = tree_cpu_seconds(pid), time.perf_counter()
+    own0 = cpu_seconds(pid)
     ts = [threading.Thread(target=worker) for _ in range(threads)]
     for t in ts:
         t.start()
     for t in ts:
         t.join()
-    wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
+    wall, cpu = time.perf_counter() - t0, tree_cpu_seconds(pid) - cpu0
+    own = cpu_seconds(pid) - own0  # the sidecar process alone, without its children
     worker_cpu = thread_cpu_seconds(pid).get(WORKER_THREAD_NAME, 0.0) - w0
     st1 = stub.GetStatus(pb.GetStatusRequest()).pipeline
     n = len(lat) * rows
@@ -371,7 +421,9 @@ def bench_batch(
         "server_cpu_util": cpu / wall,
         # Request threads' CPU per row, and the worker's CPU per row it processed: the
         # second does not depend on how much the worker had to shed.
-        "request_us_per_row": 1e6 * (cpu - worker_cpu) / max(n, 1),
+        "request_us_per_row": 1e6 * (own - worker_cpu) / max(n, 1),
+        # CPU of child processes (the detection process), per row served.
+        "child_us_per_row": 1e6 * (cpu - own) / max(n, 1),
         "worker_us_per_row": 1e6 * worker_cpu / max(processed, 1),
         "sampled_out_share": shed / max(processed + shed, 1),
         "batch_p50_ms": quantile(lat, 0.5, "ms"),
@@ -415,7 +467,9 @@ def served_run(
         with channel(target) as ch:
             stub = pb_grpc.MonitorStub(ch)
             u = bench_unary(stub, d, a.unary)
-            b = bench_batch(stub, proc.pid, d, a.rows, a.seconds, a.threads)
+            b = bench_batch(
+                stub, proc.pid, d, a.rows, a.seconds, a.threads, packed=mode in PACKED_MODES
+            )
             st = stub.GetStatus(pb.GetStatusRequest())
     finally:
         proc.send_signal(signal.SIGTERM)

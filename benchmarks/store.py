@@ -2,8 +2,9 @@
 
 What the request path pays for durability: recording a ClassifyBatch's ids (filling, and at
 capacity where every row also evicts one), recording one Classify id, and joining a label
-batch. Each figure is the median over repetitions of one call, in one process, with
-``time.perf_counter``.
+batch, with string ids and with packed 16-byte ids (``packed_request_ids``). Each figure is
+the median over repetitions of one call, in one process, with ``time.perf_counter``; the
+ids are made before each timed call.
 
     python benchmarks/store.py            # the table in docs/reliability.md
     python benchmarks/store.py --quick
@@ -25,7 +26,19 @@ from silentwatch.monitor.state.sqlite import SqliteStore
 from silentwatch.monitor.state.store import PredictionStore
 
 
-def bench(store: PredictionStore, capacity: int, batch: int, reps: int) -> dict[str, float]:
+def id_batch(b: int, n: int, packed: bool) -> list:
+    """Batch ``b``'s ``n`` ids: strings, or 16-byte packed ids (as the server splits them)."""
+    if not packed:
+        return [f"req-{b:07d}-{i:05d}" for i in range(n)]
+    ids = np.zeros((n, 2), dtype="<u8")
+    ids[:, 0] = np.arange(b * n, (b + 1) * n, dtype=np.uint64)
+    return np.frombuffer(ids.tobytes(), "V16").tolist()
+
+
+def bench(
+    store: PredictionStore, capacity: int, batch: int, reps: int, packed: bool = False
+) -> dict[str, float]:
+    """The calls timed alone; ids are made before each timed call, never inside it."""
     scores = np.random.default_rng(0).random(batch).astype(np.float32)
     fill: list[float] = []
     full: list[float] = []
@@ -34,22 +47,25 @@ def bench(store: PredictionStore, capacity: int, batch: int, reps: int) -> dict[
     b = 0
     # Filling: until the store is at capacity.
     while (b + 1) * batch <= capacity:
+        ids = id_batch(b, batch, packed)
         t = time.perf_counter()
-        store.record([f"req-{b:07d}-{i:05d}" for i in range(batch)], scores)
+        store.record(ids, scores)
         fill.append(time.perf_counter() - t)
         b += 1
     for _ in range(reps):  # at capacity: every row evicts one
+        ids = id_batch(b, batch, packed)
         t = time.perf_counter()
-        store.record([f"req-{b:07d}-{i:05d}" for i in range(batch)], scores)
+        store.record(ids, scores)
         full.append(time.perf_counter() - t)
         b += 1
     for i in range(reps * 10):
+        one = id_batch(10**6 + i, 1, packed)
         t = time.perf_counter()
-        store.record([f"one-{i:07d}"], scores[:1])
+        store.record(one, scores[:1])
         single.append(time.perf_counter() - t)
     labels = np.ones(256, dtype=np.int8)
     for r in range(reps):
-        ids = [f"req-{b - 1 - r:07d}-{i:05d}" for i in range(256)]
+        ids = id_batch(b - 1 - r, batch, packed)[:256]
         t = time.perf_counter()
         store.join(ids, labels)
         join.append(time.perf_counter() - t)
@@ -81,10 +97,14 @@ def main() -> None:
         ),
     }
     results: dict[str, dict[str, float]] = {}
-    for name, make in stores.items():
-        store = make()
-        results[name] = bench(store, capacity, args.batch, reps)
-        store.close()
+    for packed in (False, True):
+        for name, make in stores.items():
+            for f in d.glob("*.sqlite3*"):  # a fresh file for each id form
+                f.unlink()
+            store = make()
+            label = f"{name}, {'packed' if packed else 'string'} ids"
+            results[label] = bench(store, capacity, args.batch, reps, packed)
+            store.close()
     keys = list(next(iter(results.values())))
     print(f"capacity {capacity:,}, batch {args.batch} ids; µs per call (median unless p99)")
     print(table_header(["call", *results], "l" + "r" * len(results)))

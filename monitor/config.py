@@ -134,6 +134,11 @@ class ServeSettings(BaseSettings):
     domain_every: int = Field(
         4, ge=1, description="run the periodic detectors (the domain classifier) every k-th window"
     )
+    detection_process: bool = Field(
+        False,
+        description="compute window statistics in a child process (lower priority, fed "
+        "through shared memory) instead of on the pipeline worker; see docs/detection.md",
+    )
     max_window_evaluations_per_second: float = Field(
         5.0, ge=0, description="skip (and count) window evaluations beyond this rate; 0: no limit"
     )

@@ -70,3 +70,16 @@ def test_transport_floor_server_answers_like_a_one_head_sidecar():
     finally:
         proc.terminate()
         assert proc.wait(30) == 0
+
+
+def test_packed_mode_sends_distinct_packed_ids_the_sidecar_records(sidecar, stub):
+    """The 'packed ids' mode's client: every request's ids are new 16-byte ids, recorded."""
+    from .conftest import DIM
+
+    assert serving.ALL_ON_PACKED in serving.PACKED_MODES
+    assert serving.MODES[serving.ALL_ON_PACKED] == serving.MODES[serving.ALL_ON]
+    first, second = serving.packed_ids(0, 4), serving.packed_ids(4, 4)
+    assert len(first) == 64 and len(set(np.frombuffer(first + second, "V16").tolist())) == 8
+    r = serving.bench_batch(stub, os.getpid(), DIM, 16, 0.3, 1, packed=True)
+    assert r["emb_per_s"] > 0
+    assert len(sidecar.store) >= 16 and len(sidecar.store) % 16 == 0

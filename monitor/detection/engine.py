@@ -25,6 +25,7 @@ from silentwatch.monitor.detection.detectors.base import WindowDetector
 from silentwatch.monitor.detection.detectors.changepoints import ChangeTracker
 from silentwatch.monitor.detection.detectors.confidence import ConfidenceProfile
 from silentwatch.monitor.detection.heads import HeadMonitor, HeadSpec
+from silentwatch.monitor.detection.offload import StatisticsProcess
 from silentwatch.monitor.detection.registry import (
     CENTROID_ANGLE,
     DEFAULT_CHANGE_PAIRS,
@@ -87,6 +88,8 @@ class EngineOptions:
     # fields above (flag, high_confidence, reference_*) describe the default head.
     default_head: str = "default"
     extra_heads: tuple[HeadSpec, ...] = ()
+    # Window statistics in a child process (offload.py), not on the worker thread.
+    statistics_process: bool = False
 
 
 class DetectionEngine:
@@ -167,7 +170,17 @@ class DetectionEngine:
         self._input_drift = False
         self._input_drift_windows = 0
         self.labels_seq = -1  # the last durable label folded into the heads' windows
+        self.offload: StatisticsProcess | None = None
+        if options.statistics_process:
+            self.offload = StatisticsProcess(
+                {n: suite.detectors[n] for n in self.names}, w.capacity, suite.dim
+            )
         self._status = self._build_status()
+
+    def close(self) -> None:
+        """Stop the statistics process, if any (the engine keeps working in process)."""
+        if self.offload is not None:
+            self.offload.close()
 
     @property
     def labelled(self) -> LabelledWindow:
@@ -293,10 +306,14 @@ class DetectionEngine:
         suite = self.suite
         heads_s = s if s.ndim == 2 else s[:, None]
         s = heads_s[:, 0]
-        for name in self.names:
-            if name in self._periodic and self.windows_evaluated % self.options.domain_every:
-                continue  # periodic: the previous reading stands until the next run
-            stat = suite.detectors[name].statistic(x, s)
+        skip = self.windows_evaluated % self.options.domain_every != 0
+        # Periodic detectors skip windows: the previous reading stands until the next run.
+        names = [m for m in self.names if not (skip and m in self._periodic)]
+        stats = None if self.offload is None else self.offload.statistics(names, x, s)
+        if stats is None:
+            stats = {m: suite.detectors[m].statistic(x, s) for m in names}
+        for name in names:
+            stat = stats[name]
             thr = suite.threshold(name, n)
             alarm = bool(stat > thr)
             self.readings[name] = Reading(stat, thr, alarm, n, at)

@@ -104,6 +104,7 @@ def build_engine(bundle: LoadedBundle, s: ServeSettings) -> tuple[DetectionEngin
         confirm_every=s.confirm_every,
         default_head=bundle.heads[0].name,
         extra_heads=tuple(_head_spec(bundle, h) for h in bundle.heads[1:]),
+        statistics_process=s.detection_process,
     )
     return DetectionEngine(suite, options, normalize=m.embedder.normalized), ""
 
@@ -357,6 +358,8 @@ class Sidecar:
                 log.error("bundle reload refused, the old bundle keeps serving: %s", exc)
                 raise
             if new.sha256 == self.bundle.sha256:
+                if engine is not None:
+                    engine.close()  # built aside for nothing
                 self.reloads["unchanged"] += 1
                 log.info("bundle reload: %s is already serving", new.path)
                 return False, self.bundle
@@ -372,7 +375,10 @@ class Sidecar:
                     old.engine = engine  # keeps its exported snapshot counters
                 else:
                     self.service.persister = self._persister_for(engine)
+                if retired is not None:
+                    retired.close()  # its statistics process, if any: no batch reaches it now
 
+            retired = self.engine
             dropped = self.store.rebind(new.sha256, heads=len(new.heads))
             self.pipeline.run_on_worker(swap_sinks)
             self.service.swap(Served.of(new, engine, reason, self._paired_canaries(new)))
@@ -491,6 +497,8 @@ class Sidecar:
         if self._server is not None:
             self._server.stop(s.grace_seconds if grace is None else grace).wait()
         self.pipeline.stop()  # drains the queue, then writes the final snapshot
+        if self.engine is not None:
+            self.engine.close()
         self.store.close()
         if self.canary is not None:
             self.canary.stop()

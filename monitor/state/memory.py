@@ -284,6 +284,8 @@ class MemoryStore:
         binary search over the ring finds it: about 20 steps for a million slots.
         """
         times, cap = self._times, self.capacity
+        if lo >= hi or times[lo % cap] >= cutoff:  # the common case: nothing expired
+            return lo
         while lo < hi:
             mid = (lo + hi) // 2
             if times[mid % cap] >= cutoff:

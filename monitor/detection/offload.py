@@ -1,0 +1,177 @@
+"""Window statistics computed in a child process, off the request threads' interpreter.
+
+A window evaluation (MMD, the domain classifier, ...) is a few milliseconds of numpy at
+d = 1,024, run on the pipeline worker. In the sidecar's process it holds the GIL between
+BLAS calls, so request threads wait behind it, and it shares their core. With
+``detection_process: true`` the engine hands each window to :class:`StatisticsProcess`: a
+child process (started once, with the fitted detectors) that reads the window from shared
+memory and returns one number per detector. Everything else stays where it was: the
+worker still buffers the rows, applies thresholds, counts alarms and builds the status
+from the returned statistics, so readings, accounting and snapshots are unchanged. The
+child runs at a lower scheduling priority (``nice``), so on a shared core the request
+threads come first. If the child fails or dies, the engine computes in process again,
+logs it once and counts every window it had to (``fallbacks``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import pickle
+from collections.abc import Mapping, Sequence
+from multiprocessing import shared_memory
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_F32 = np.dtype(np.float32)
+
+
+def _arrays(buf: Any, rows: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (rows, dim) window and (rows,) score views on one shared block."""
+    x = np.ndarray((rows, dim), dtype=_F32, buffer=buf)
+    s = np.ndarray((rows,), dtype=_F32, buffer=buf, offset=rows * dim * _F32.itemsize)
+    return x, s
+
+
+def _serve(conn: Any, shm_name: str, detectors: bytes, rows: int, dim: int, nice: int) -> None:
+    """The child's loop: ``(n, names)`` in, ``{name: statistic}`` (or an error string) out."""
+    if nice:
+        os.nice(nice)
+    shm = shared_memory.SharedMemory(name=shm_name)
+    try:
+        dets = pickle.loads(detectors)
+        x_all, s_all = _arrays(shm.buf, rows, dim)
+        while True:
+            try:
+                msg = conn.recv()
+            except EOFError:  # the parent went away
+                return
+            if msg is None:
+                return
+            n, names = msg
+            x, s = x_all[:n], s_all[:n]
+            try:
+                conn.send({name: float(dets[name].statistic(x, s)) for name in names})
+            except Exception as exc:  # reported to the parent, which computes in process
+                conn.send(f"{type(exc).__name__}: {exc}")
+    finally:
+        del x_all, s_all  # views on the block: release before closing it
+        shm.close()
+
+
+class StatisticsProcess:
+    """A child process that computes detectors' window statistics from shared memory.
+
+    Parameters
+    ----------
+    detectors
+        The fitted detectors by name (pickled once, at start).
+    max_rows, dim
+        The largest window it takes, and the embedding dimension.
+    nice
+        Added to the child's scheduling niceness (lower priority than the request threads).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from silentwatch.monitor.detection.detectors.base import ReferenceSample
+    >>> from silentwatch.monitor.detection.detectors.centroid import CentroidAngleDetector
+    >>> ref = np.eye(4, dtype=np.float32)[:2]
+    >>> det = CentroidAngleDetector().fit(ReferenceSample(ref, np.zeros(2, np.float32)))
+    >>> x, s = np.eye(4, dtype=np.float32)[1:3], np.zeros(2, np.float32)
+    >>> with StatisticsProcess({"centroid_angle": det}, max_rows=8, dim=4) as child:
+    ...     got = child.statistics(["centroid_angle"], x, s)
+    >>> got["centroid_angle"] == det.statistic(x, s)
+    True
+    """
+
+    def __init__(
+        self, detectors: Mapping[str, Any], max_rows: int, dim: int, *, nice: int = 10
+    ) -> None:
+        self.max_rows, self.dim = int(max_rows), int(dim)
+        size = self.max_rows * (self.dim + 1) * _F32.itemsize
+        self._shm = shared_memory.SharedMemory(create=True, size=size)
+        self._x, self._s = _arrays(self._shm.buf, self.max_rows, self.dim)
+        # spawn: a forked child of a process running gRPC threads is not safe.
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(
+            target=_serve,
+            args=(
+                child,
+                self._shm.name,
+                pickle.dumps(dict(detectors)),
+                self.max_rows,
+                self.dim,
+                nice,
+            ),
+            name="sw-detection",
+            daemon=True,
+        )
+        self._proc.start()
+        child.close()
+        self.alive = True
+        self.fallbacks = 0  # windows computed in process because the child could not
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    def statistics(
+        self, names: Sequence[str], x: np.ndarray, s: np.ndarray
+    ) -> dict[str, float] | None:
+        """Every named detector's statistic on window ``x`` (rows) with scores ``s``; None
+        (counted in ``fallbacks``) when the child cannot answer: compute in process then."""
+        n = x.shape[0]
+        if not self.alive or n > self.max_rows:
+            self.fallbacks += 1
+            return None
+        self._x[:n] = x
+        self._s[:n] = s
+        try:
+            self._conn.send((n, list(names)))
+            reply = self._conn.recv()  # blocks without the GIL while the child works
+        except (EOFError, OSError) as exc:
+            self.alive = False
+            self.fallbacks += 1
+            log.error(
+                "the detection process (pid %s) is gone (%s); window statistics are computed "
+                "in the sidecar's process from now on",
+                self._proc.pid,
+                exc,
+            )
+            return None
+        if isinstance(reply, str):
+            self.fallbacks += 1
+            log.error("the detection process failed on a window (%s); computed in process", reply)
+            return None
+        return reply
+
+    def close(self) -> None:
+        """Stop the child and free the shared block (idempotent)."""
+        if self._shm is None:
+            return
+        if self.alive:
+            with contextlib.suppress(OSError):
+                self._conn.send(None)
+        self._proc.join(timeout=5)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(timeout=5)
+        self.alive = False
+        self._conn.close()
+        del self._x, self._s
+        self._shm.close()
+        self._shm.unlink()
+        self._shm = None
+
+    def __enter__(self) -> StatisticsProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
