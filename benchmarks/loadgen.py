@@ -208,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--max-in-flight", type=int, default=d.max_in_flight)
     load.add_argument("--rpc-timeout", type=float, default=d.rpc_timeout)
     load.add_argument("--seed", type=int, default=d.seed)
+    load.add_argument(
+        "--packed-ids",
+        action="store_true",
+        help="ClassifyBatch sends packed_request_ids, labelled with columnar SubmitLabels",
+    )
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     a = ap.parse_args(argv)
 
@@ -231,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         max_in_flight=a.max_in_flight,
         rpc_timeout=a.rpc_timeout,
         seed=a.seed,
+        packed_ids=a.packed_ids,
     )
     try:
         if a.target:

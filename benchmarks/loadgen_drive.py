@@ -70,6 +70,8 @@ class LoadConfig:
     max_lag: float = 0.5  # a dispatcher this far behind its schedule skips the missed slots
     drain_timeout: float = 60.0
     seed: int = 0
+    # ClassifyBatch ids as packed_request_ids, their labels in columnar SubmitLabels calls.
+    packed_ids: bool = False
 
     @property
     def request_rate(self) -> float:
@@ -96,11 +98,13 @@ class LoadRun:
         self.metrics_url = check_loopback_url(metrics_url) if metrics_url else None
         self.cfg = cfg
         self.traffic = traffic
+        traffic.packed = cfg.packed_ids
         self.log = log
         self._lock = threading.Lock()  # guards self.tally and the pending-label queue
         self.tally = ClientTally()
         self.timeline = Timeline(pid, self.metrics_url, state_dir, log)
-        self._pending: deque[tuple[float, int, int]] = deque()
+        # (due, k0, n, packed): one entry per response; packed ids are labelled apart.
+        self._pending: deque[tuple[float, int, int, bool]] = deque()
         self._pending_ids = 0
         self._in_flight = threading.BoundedSemaphore(cfg.max_in_flight)
         self._stop = threading.Event()
@@ -136,7 +140,9 @@ class LoadRun:
             self.tally.rows_done(code, n)
             if code == "OK" and self.cfg.label_fraction > 0:
                 if self._pending_ids + n <= self.cfg.max_pending_labels:
-                    self._pending.append((time.monotonic() + self.cfg.label_delay, k0, n))
+                    packed = self.traffic.packed and kind == "ClassifyBatch"
+                    due = time.monotonic() + self.cfg.label_delay
+                    self._pending.append((due, k0, n, packed))
                     self._pending_ids += n
                 else:
                     self.tally.labels_not_queued += len(
@@ -204,50 +210,55 @@ class LoadRun:
             )
 
     # -- delayed labels ----------------------------------------------------------------------
-    def _due_labels(self) -> np.ndarray | None:
-        """Ids whose label delay has passed, up to about ``label_batch`` of them."""
+    def _due_labels(self) -> list[tuple[np.ndarray, bool]]:
+        """Ids whose label delay has passed, up to about ``label_batch`` of them, as one
+        request's worth per id form: ``[(ids, packed), ...]``, empty when none are due."""
         now = time.monotonic()
-        parts: list[np.ndarray] = []
+        parts: dict[bool, list[np.ndarray]] = {False: [], True: []}
         count = 0
         with self._lock:
             while self._pending and self._pending[0][0] <= now and count < self.cfg.label_batch:
-                _, k0, n = self._pending.popleft()
+                _, k0, n, packed = self._pending.popleft()
                 self._pending_ids -= n
                 ks = Traffic.labelled(k0, n, self.cfg.label_fraction)
-                parts.append(ks)
+                parts[packed].append(ks)
                 count += len(ks)
-        return np.concatenate(parts) if parts else None
+        return [(np.concatenate(p), form) for form, p in parts.items() if p]
 
     def _label(self) -> None:
         cfg = self.cfg
         with channel(self.target) as ch:
             stub = pb_grpc.MonitorStub(ch)
             while True:
-                ks = self._due_labels()
-                if ks is None or not len(ks):
+                due = [(ks, packed) for ks, packed in self._due_labels() if len(ks)]
+                if not due:
                     if self._load_done.is_set():
                         break
                     time.sleep(0.02)
                     continue
-                if not self._take_budget():
+                for i, (ks, packed) in enumerate(due):
+                    if not self._take_budget():
+                        with self._lock:
+                            self.tally.labels_unsent_at_end += sum(len(k) for k, _ in due[i:])
+                        self._load_done.wait()
+                        break
+                    req = self.traffic.label_request(ks, packed)
+                    t0 = time.perf_counter()
+                    try:
+                        resp = stub.SubmitLabels(req, timeout=cfg.rpc_timeout)
+                        code, detail = "OK", ""
+                    except grpc.RpcError as exc:
+                        resp, code, detail = None, exc.code().name, str(exc.details())
+                    dt = time.perf_counter() - t0
                     with self._lock:
-                        self.tally.labels_unsent_at_end += len(ks)
-                    self._load_done.wait()
-                    break
-                req = self.traffic.label_request(ks)
-                t0 = time.perf_counter()
-                try:
-                    resp = stub.SubmitLabels(req, timeout=cfg.rpc_timeout)
-                    code, detail = "OK", ""
-                except grpc.RpcError as exc:
-                    resp, code, detail = None, exc.code().name, str(exc.details())
-                dt = time.perf_counter() - t0
-                with self._lock:
-                    self.tally.record("SubmitLabels", code, dt, detail)
-                    self.tally.labels_done(len(ks), resp)
+                        self.tally.record("SubmitLabels", code, dt, detail)
+                        self.tally.labels_done(len(ks), resp)
+                else:
+                    continue
+                break  # the request budget ran out
         # Labels still waiting for their delay when the load ended are not sent: counted.
         with self._lock:
-            for _, k0, n in self._pending:
+            for _, k0, n, _ in self._pending:
                 self.tally.labels_unsent_at_end += len(Traffic.labelled(k0, n, cfg.label_fraction))
             self._pending.clear()
             self._pending_ids = 0

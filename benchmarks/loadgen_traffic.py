@@ -2,7 +2,10 @@
 
 Ids are ``<run>-<k>`` with k from one counter, so a batch's ids are the range k0..k0+n-1
 and the client can remember what to label as (time, k0, n): a few bytes per request, not
-per row. Row k's embedding and label are pool row ``k % POOL_ROWS``.
+per row. Row k's embedding and label are pool row ``k % POOL_ROWS``. With ``packed``,
+ClassifyBatch sends ``packed_request_ids`` (k in the low 8 bytes, the run's token in the
+high 8) and their labels go in columnar SubmitLabels requests; single Classify calls keep
+string ids (the unary RPC has no packed form).
 """
 
 from __future__ import annotations
@@ -49,7 +52,10 @@ class Traffic:
         self.pool = np.concatenate([x, x]).astype("<f4").tobytes()
         self.labels = y.astype(bool)
         self.embedder_version = embedder_version
-        self.run = f"lg{secrets.token_hex(3)}{seed:x}"
+        token = secrets.token_hex(3)
+        self.run = f"lg{token}{seed:x}"
+        self.packed = False  # ClassifyBatch ids as packed_request_ids (LoadConfig.packed_ids)
+        self._high = np.uint64((int(token, 16) << 32) | (seed & 0xFFFFFFFF))
         self._next = 0
         self._lock = threading.Lock()
 
@@ -71,6 +77,13 @@ class Traffic:
         run = self.run
         return [f"{run}-{k}" for k in range(k0, k0 + n)]
 
+    def packed_ids(self, ks: np.ndarray) -> bytes:
+        """Ids ``ks`` as packed 16-byte ids: k in the low 8 bytes, the run in the high 8."""
+        out = np.empty((len(ks), 2), dtype="<u8")
+        out[:, 0] = ks
+        out[:, 1] = self._high
+        return out.tobytes()
+
     def rows(self, k0: int, n: int) -> bytes:
         off = (k0 % POOL_ROWS) * self.row_bytes
         return self.pool[off : off + n * self.row_bytes]
@@ -83,10 +96,16 @@ class Traffic:
         )
 
     def classify_batch(self, k0: int, n: int) -> pb.ClassifyBatchRequest:
+        matrix = pb.EmbeddingMatrix(rows=n, dim=self.dim, f32le=self.rows(k0, n))
+        if self.packed:
+            ks = np.arange(k0, k0 + n, dtype=np.uint64)
+            return pb.ClassifyBatchRequest(
+                packed_request_ids=self.packed_ids(ks),
+                embeddings=matrix,
+                embedder_version=self.embedder_version,
+            )
         return pb.ClassifyBatchRequest(
-            request_ids=self.ids(k0, n),
-            embeddings=pb.EmbeddingMatrix(rows=n, dim=self.dim, f32le=self.rows(k0, n)),
-            embedder_version=self.embedder_version,
+            request_ids=self.ids(k0, n), embeddings=matrix, embedder_version=self.embedder_version
         )
 
     @staticmethod
@@ -100,8 +119,14 @@ class Traffic:
         h = (ks * np.uint64(2654435761)) & np.uint64(0xFFFFFFFF)
         return ks[h < np.uint64(int(fraction * 2**32))]
 
-    def label_request(self, ks: np.ndarray) -> pb.SubmitLabelsRequest:
+    def label_request(self, ks: np.ndarray, packed: bool = False) -> pb.SubmitLabelsRequest:
+        """Labels for ids ``ks``: Label messages, or (``packed``) the columnar form."""
         run, y = self.run, self.labels
+        if packed:
+            unsafe = y[(ks % np.uint64(POOL_ROWS)).astype(np.intp)].astype(np.uint8)
+            return pb.SubmitLabelsRequest(
+                packed_request_ids=self.packed_ids(ks), packed_unsafe=unsafe.tobytes()
+            )
         return pb.SubmitLabelsRequest(
             labels=[
                 pb.Label(request_id=f"{run}-{k}", unsafe=bool(y[k % POOL_ROWS]))
