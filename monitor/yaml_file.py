@@ -1,12 +1,21 @@
 """Reading a YAML settings file: one reader for ``serve --config``, ``gate.yaml`` and
-``audit.yaml``, so every configuration file fails the same, precise way."""
+``audit.yaml``, so every configuration file fails the same, precise way.
+
+String values may name environment variables as ``${NAME}`` (e.g. a data folder that
+differs between machines: ``path: ${SILENTWATCH_DATA}/xstest/xstest_prompts.csv``); an
+unset variable is an error naming the key and the variable.
+"""
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class ConfigError(ValueError):
@@ -55,4 +64,35 @@ def read_yaml_mapping(path: str | Path, what: str, expected: str) -> dict[str, A
                 f"{what} {path}: key {key!r} is not a setting name (a {type(key).__name__}); "
                 f"the mapping holds {expected}"
             )
-    return raw
+    return _expand(raw, f"{what} {path}", "")
+
+
+def _expand(value: Any, where: str, key: str) -> Any:
+    """``value`` with every ``${NAME}`` in its strings replaced by that environment variable.
+
+    >>> os.environ["SW_DOC_DATA"] = "/data"
+    >>> _expand({"pairs": {"path": "${SW_DOC_DATA}/pairs.json"}}, "audit config a.yaml", "")
+    {'pairs': {'path': '/data/pairs.json'}}
+    >>> try:
+    ...     _expand({"path": "${SW_DOC_UNSET}/x"}, "audit config a.yaml", "")
+    ... except ConfigError as exc:
+    ...     print(str(exc)[:66])
+    audit config a.yaml: path names ${SW_DOC_UNSET}, which is not set;
+    """
+    if isinstance(value, dict):
+        return {k: _expand(v, where, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, where, f"{key}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, str) and "${" in value:
+
+        def sub(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in os.environ:
+                raise ConfigError(
+                    f"{where}: {key} names ${{{name}}}, which is not set; export {name} (e.g. "
+                    "the folder that holds your data) or write the value out"
+                )
+            return os.environ[name]
+
+        return _VAR.sub(sub, value)
+    return value

@@ -162,6 +162,9 @@ def test_gate_representation_section_can_fail_the_gate(workspace, tmp_path):
 @pytest.mark.parametrize(
     "path", sorted((Path(__file__).parents[1] / "examples" / "audit").glob("*.yaml")), ids=str
 )
-def test_the_shipped_audit_examples_validate(path: Path) -> None:
+def test_the_shipped_audit_examples_validate(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # They name their data folder as ${SILENTWATCH_DATA}, never a path outside the checkout.
+    assert "../shared" not in path.read_text()
+    monkeypatch.setenv("SILENTWATCH_DATA", "/data")
     cfg = load_audit_config(path)
     assert cfg.model == "smollm2" and cfg.data.pairs.path.name.startswith("pku")

@@ -257,3 +257,21 @@ def test_any_bad_value_from_any_source_names_its_key(
                 assert f"SILENTWATCH_{key.upper()}" in message, message
             elif source == "yaml":
                 assert str(path) in message, message
+
+
+def test_a_yaml_value_may_name_an_environment_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``${NAME}`` in a YAML string is that environment variable; an unset one is refused
+    naming the key and the variable (audit and gate configs share the reader)."""
+    from offline.audit.config import load_audit_config
+
+    monkeypatch.setenv("SW_TEST_STATE", str(tmp_path / "state"))
+    s = load_settings(write(tmp_path, f"bundle: {BUNDLE}\nstate_dir: ${{SW_TEST_STATE}}/a\n"))
+    assert s.state_dir == tmp_path / "state" / "a"
+    monkeypatch.delenv("SW_TEST_STATE")
+    message = refusal(write(tmp_path, f"bundle: {BUNDLE}\nstate_dir: ${{SW_TEST_STATE}}/a\n"))
+    assert "state_dir names ${SW_TEST_STATE}, which is not set" in message, message
+    audit = write(tmp_path, "data:\n  pairs:\n    path: ${SW_TEST_DATA}/p.json\n", "audit.yaml")
+    with pytest.raises(ValueError, match=r"data\.pairs\.path names \$\{SW_TEST_DATA\}"):
+        load_audit_config(audit)
