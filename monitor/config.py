@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    YamlConfigSettingsSource,
 )
 
 from silentwatch.monitor.detection.registry import (
@@ -37,6 +37,8 @@ class ServeSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SILENTWATCH_", extra="forbid", validate_default=True
     )
+    # The config file's settings (load_settings sets them on a subclass; none by default).
+    file_values: ClassVar[dict[str, Any]] = {}
 
     bundle: Path = Field(description="bundle directory to serve")
     host: str = Field("127.0.0.1", description="gRPC bind address (loopback by default)")
@@ -133,6 +135,13 @@ class ServeSettings(BaseSettings):
     )
     domain_every: int = Field(
         4, ge=1, description="run the periodic detectors (the domain classifier) every k-th window"
+    )
+    pipeline_linger_seconds: float = Field(
+        0.002,
+        ge=0,
+        le=0.1,
+        description="the statistics worker, woken by small batches, waits this long for more "
+        "before processing (one pass per few ms instead of one per unary call); 0: at once",
     )
     detection_process: bool = Field(
         False,
@@ -277,8 +286,9 @@ class ServeSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The YAML source reads `yaml_file` from model_config (None: no file).
-        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+        # The config file's mapping, as read (and ${NAME}-expanded) by load_settings.
+        from_file = InitSettingsSource(settings_cls, init_kwargs=dict(settings_cls.file_values))
+        return (init_settings, env_settings, from_file)
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> ServeSettings:
@@ -292,11 +302,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     settings_cls = ServeSettings
     if path is not None:
         from_file = _read_config_file(path)
-        settings_cls = type(
-            "ServeSettings",
-            (ServeSettings,),
-            {"model_config": {**ServeSettings.model_config, "yaml_file": path}},
-        )
+        settings_cls = type("ServeSettings", (ServeSettings,), {"file_values": from_file})
     try:
         return settings_cls(**flags)
     except ValidationError as exc:

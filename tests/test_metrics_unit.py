@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -424,3 +425,37 @@ def test_concat_predictions_never_copies_large_batches_together():
     out = concat_predictions(small, max_rows=4)
     assert [o.rows for o in out] == [3, 4, 1]  # 3 + 2 > 4: the 2 starts the next group
     assert sum(o.rows for o in out) == 8
+
+
+def test_a_trickle_of_small_batches_is_gathered_into_few_passes(pipeline_factory):
+    """Unary traffic: the worker, woken by the first one-row batch, waits (linger) for more
+    instead of making one pass over the sinks per call; every row is still processed once."""
+    passes: dict[float, int] = {}
+    for linger in (0.0, 0.2):
+        sink = RecordingSink()
+        pl = pipeline_factory([sink], linger_seconds=linger)
+        pl.start()
+        for i in range(40):
+            pl.submit_predictions(_batch([i / 40]))
+            time.sleep(0.001)  # a trickle: each call after the worker could have woken
+        assert pl.wait_idle(5)
+        rows = [b.rows for k, b in sink.events if k == "p"]
+        assert sum(rows) == 40 == pl.processed_rows
+        scores = np.concatenate([b.scores for k, b in sink.events if k == "p"])
+        np.testing.assert_allclose(scores, np.arange(40) / 40)  # in order, none twice
+        passes[linger] = len(rows)
+    # Unlingering, the worker wakes for (almost) every call; lingering 0.2 s, once or twice.
+    assert passes[0.2] <= 3 < passes[0.0], passes
+
+
+def test_labels_and_calls_cut_the_linger_short(pipeline_factory):
+    """A label batch or a run_on_worker call is not held back by the linger."""
+    sink = RecordingSink()
+    pl = pipeline_factory([sink], linger_seconds=60.0)  # would hang the test if honoured
+    pl.start()
+    pl.submit_predictions(_batch([0.5]))
+    assert pl.run_on_worker(lambda: 42, timeout=10) == 42
+    pl.submit_predictions(_batch([0.6]))
+    pl.submit_labels(_labels([0.6], [1]))
+    assert pl.wait_idle(10)
+    assert [k for k, _ in sink.events] == ["p", "p", "l"]

@@ -154,14 +154,33 @@ def concat_predictions(
     return out
 
 
+# A worker woken by a trickle of small batches (unary Classify calls) waits this long for
+# more before processing, unless this many rows are queued: one wake-up and one pass over
+# the sinks per few milliseconds instead of one per call (each costs a GIL hand-off from
+# the request threads and the sinks' per-batch overhead).
+LINGER_SECONDS = 0.002
+LINGER_ROWS = MERGE_MAX_ROWS
+
+
 class Pipeline:
-    def __init__(self, sinks: list[Sink], *, max_queued_rows: int = 32768) -> None:
+    def __init__(
+        self,
+        sinks: list[Sink],
+        *,
+        max_queued_rows: int = 32768,
+        linger_seconds: float = LINGER_SECONDS,
+    ) -> None:
         self.sinks = list(sinks)
         self.max_queued_rows = max_queued_rows
+        self.linger_seconds = linger_seconds
         self._queue: deque[PredictionBatch | LabelBatch | _Call] = deque()
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # wakes the worker
+        self._done = threading.Condition(lock)  # wakes wait_idle() and stop()
         self._queued_rows = 0
         self._busy = False
+        self._lingering = False  # the worker is gathering small batches: no wake-up needed
+        self._urgent = False  # a label batch or a call is queued: stop lingering
         self._stop = False
         self._thread: threading.Thread | None = None
         self.processed_rows = 0
@@ -201,7 +220,8 @@ class Pipeline:
                 return False
             self._queue.append(batch)
             self._queued_rows += batch.rows
-            self._cond.notify()
+            if not self._lingering or self._queued_rows >= LINGER_ROWS:
+                self._cond.notify()
         return True
 
     def run_on_worker(self, fn: Callable[[], object], timeout: float = 30.0) -> object:
@@ -212,12 +232,14 @@ class Pipeline:
         call = _Call(fn, Future())
         with self._cond:
             self._queue.append(call)
+            self._urgent = True
             self._cond.notify()
         return call.done.result(timeout)
 
     def submit_labels(self, batch: LabelBatch) -> None:
         with self._cond:
             self._queue.append(batch)
+            self._urgent = True
             self._cond.notify()
 
     # -- worker -------------------------------------------------------------------
@@ -238,11 +260,14 @@ class Pipeline:
             with self._cond:
                 if not self._queue and not self._stop:
                     self._cond.wait(self._wait_timeout())
+                if self._queue and self.linger_seconds > 0:
+                    self._linger()
                 if not self._queue and self._stop:
                     break
                 items = list(self._queue)
                 self._queue.clear()
                 self._queued_rows = 0
+                self._urgent = False
                 self._busy = True
             try:
                 self._process(items)
@@ -250,8 +275,23 @@ class Pipeline:
             finally:
                 with self._cond:
                     self._busy = False
-                    self._cond.notify_all()
+                    self._done.notify_all()
         self._run_periodic(final=True)
+
+    def _linger(self) -> None:
+        """With the lock held: wait up to ``linger_seconds`` for a full batch's worth of rows
+        (submitters do not wake the worker meanwhile), unless something urgent is queued or
+        the pipeline is stopping."""
+        deadline = time.monotonic() + self.linger_seconds
+        self._lingering = True
+        try:
+            while self._queued_rows < LINGER_ROWS and not (self._urgent or self._stop):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+        finally:
+            self._lingering = False
 
     def _process(self, items: list[PredictionBatch | LabelBatch | _Call]) -> None:
         # Keep order between predictions, labels and calls: process runs of each kind.
@@ -289,7 +329,7 @@ class Pipeline:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                self._cond.wait(left)
+                self._done.wait(left)
         return True
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -297,6 +337,7 @@ class Pipeline:
         with self._cond:
             self._stop = True
             self._cond.notify_all()
+            self._done.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None

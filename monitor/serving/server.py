@@ -201,7 +201,9 @@ class Sidecar:
         self.store = self._open_store(keep_labels=self.engine is not None)
         engine_sinks: list[Sink] = [self.engine] if self.engine is not None else []
         self.pipeline = Pipeline(
-            [self.traffic, *engine_sinks, *self.extra_sinks], max_queued_rows=s.max_queued_rows
+            [self.traffic, *engine_sinks, *self.extra_sinks],
+            max_queued_rows=s.max_queued_rows,
+            linger_seconds=s.pipeline_linger_seconds,
         )
         persister = self._persister_for(self.engine)
         if persister is not None:
