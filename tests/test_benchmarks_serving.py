@@ -83,3 +83,13 @@ def test_packed_mode_sends_distinct_packed_ids_the_sidecar_records(sidecar, stub
     r = serving.bench_batch(stub, os.getpid(), DIM, 16, 0.3, 1, packed=True)
     assert r["emb_per_s"] > 0
     assert len(sidecar.store) >= 16 and len(sidecar.store) % 16 == 0
+
+
+def test_linger_benchmark_runs_a_sidecar_with_the_setting(bundle_dir, tmp_path):
+    """benchmarks/linger.py: one short run per setting against a real sidecar process."""
+    from .conftest import DIM
+
+    linger = load_benchmark("linger")
+    for setting in linger.SETTINGS:
+        r = linger.unary_run(bundle_dir, tmp_path / setting, DIM, setting, calls=50)
+        assert 0 < r["p50_ms"] <= r["p99_ms"] and r["cpu_us_per_call"] > 0, r
