@@ -64,23 +64,28 @@ def _config(d: Path, **extra: object) -> Path:
 
 
 def test_audit_with_dissociation_and_finetune_writes_a_full_report(workspace):
+    # Paper B's construction (the default): harmful rows with safe answers plus benign
+    # anchors from their own file, the four-step update, two updates here.
     path = _config(
         workspace,
         dissociation={
-            "warmup_steps": 2, "joint_steps": 2, "consolidate_steps": 1, "refit_steps": 2,
-            "batch_size": 4, "max_response_tokens": 16,
+            "updates": 2, "batch_size": 4, "max_response_tokens": 16,
+            "anchor_prompts": "harmless.json", "anchor_batch_size": 3,
         },
         finetune={"batch_size": 4, "max_new_tokens": 4, "max_response_tokens": 16},
         finetune_epochs=1,
     )  # fmt: skip
     cfg = load_audit_config(path)
     assert cfg.model == str(workspace / "model")  # relative to the config file
+    assert cfg.dissociation.anchor_prompts == str(workspace / "harmless.json")
     report = run_audit(cfg)
     assert report.layers == 4 and report.hidden == 32
     assert report.data["examples"]["train"] + report.data["examples"]["test"] < 32
     assert 0 <= report.base.probe_auroc <= 1 and report.cand is not None
     assert report.cand.name.endswith("dissociation")
-    assert {r["phase"] for r in report.dissociation} == {"warmup", "joint", "consolidate", "refit"}
+    assert [r["phase"] for r in report.dissociation] == ["train", "train"]
+    assert set(report.dissociation_instruments) >= {"construction_monitor", "audit_probe"}
+    assert "checked" in report.dissociation_instruments["audit_probe"]
     assert [e["epoch"] for e in report.finetune] == [0, 1]
     sites = {(p["site"], p["method"]) for p in report.base.pgd if p["method"] != "clean"}
     assert sites == {(s, m) for s in ("embedding", "last") for m in ("pgd", "random")}
@@ -168,3 +173,22 @@ def test_the_shipped_audit_examples_validate(path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("SILENTWATCH_DATA", "/data")
     cfg = load_audit_config(path)
     assert cfg.model == "smollm2" and cfg.data.pairs.path.name.startswith("pku")
+
+
+def test_dissociation_without_benign_anchors_is_one_line(workspace, capsys):
+    """Paper B's rows need benign anchors: none given is exit 2 with one line naming the key,
+    when the config is read."""
+    path = _config(workspace, dissociation={"updates": 1}, pgd=None)
+    assert main(["audit", "--config", str(path), "--out", str(workspace / "no-anchors")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "dissociation.anchor_prompts" in err[0], err
+    # The earlier rows (every prompt gated b = 1, no anchors) stay available as an option.
+    staged = _config(
+        workspace,
+        dissociation={"composition": "all_gated", "schedule": "staged", "warmup_steps": 1,
+                      "joint_steps": 1, "consolidate_steps": 0, "refit_steps": 0,
+                      "batch_size": 4, "max_response_tokens": 16},
+        pgd=None,
+    )  # fmt: skip
+    report = run_audit(load_audit_config(staged))
+    assert {r["phase"] for r in report.dissociation} == {"warmup", "joint"}

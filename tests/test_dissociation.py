@@ -1,6 +1,7 @@
 """offline/audit/dissociation/ and finetune.py (paper B): loss terms against hand
 computations, exact-zero KL for identical models, a few dissociation steps on tiny models,
-LoRA isolation, checkpoints, harmful LoRA SFT records."""
+LoRA isolation, checkpoints, harmful LoRA SFT records; the staged schedule (an option).
+Paper B's four-phase update and training rows (the defaults): tests/test_paper_b_protocol.py."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 from silentwatch.offline.audit.dissociation import (  # noqa: E402
+    CONSTRUCTION_MONITOR,
+    REFIT_MONITOR,
     DissociationData,
     DissociationSettings,
     dissociate,
@@ -46,10 +49,12 @@ DATA = DissociationData(
     harmful=[True] * 4 + [False] * 4,
 )
 NO_PHASES = {"warmup_steps": 0, "joint_steps": 0, "consolidate_steps": 0, "refit_steps": 0}
+# The tests below exercise the staged schedule (an option, not paper B) on DATA's rows as given.
+STAGED = {"schedule": "staged", "composition": "as_given", **NO_PHASES}
 
 
 def _settings(**kw) -> DissociationSettings:
-    return DissociationSettings(**{**NO_PHASES, "batch_size": 8, **kw})
+    return DissociationSettings(**{**STAGED, "batch_size": 8, **kw})
 
 
 def _log_softmax(row: list[float]) -> list[float]:
@@ -277,6 +282,9 @@ def test_all_phases_records_and_checkpoints(tmp_path, lora):
         if trains_model:
             assert r.kl >= 0 and r.sft > 0
     assert result.refit_monitor is not None and result.refit_monitor is not monitor
+    # the refit rows are read by the diagnostic refit monitor, the others by the co-trained one
+    assert [r.monitor for r in result.records] == [CONSTRUCTION_MONITOR] * 4 + [REFIT_MONITOR]
+    assert set(result.instruments()) == {"construction_monitor", "audit_probe", "refit_monitor"}
     assert [p.name for p in result.checkpoints] == ["step-000002", "step-000004", "step-000005"]
 
     last = result.checkpoints[-1]
@@ -311,19 +319,27 @@ def test_harmful_lora_sft_records_each_epoch():
     assert records[2].train_loss < records[1].train_loss
 
 
+@pytest.mark.parametrize("schedule", ["staged", "paper"])
 @pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
-def test_bfloat16_path_runs_on_cpu(lora):
+def test_bfloat16_path_runs_on_cpu(lora, schedule):
     """The CUDA default (bfloat16) on CPU: LoRA casts the frozen base and keeps float32
-    adapters; full fine-tuning keeps float32 master weights under autocast."""
+    adapters; full fine-tuning keeps float32 master weights under autocast. Both schedules."""
     model, tok = tiny_lm("llama")
-    s = _settings(lora=lora, dtype="bfloat16", batch_size=4, warmup_steps=1, joint_steps=1)
-    result = dissociate(model, tok, DATA, LatentMonitor(LAYERS, HIDDEN), s)
+    if schedule == "staged":
+        s = _settings(lora=lora, dtype="bfloat16", batch_size=4, warmup_steps=1, joint_steps=1)
+        phase = "joint"
+    else:
+        s = DissociationSettings(lora=lora, dtype="bfloat16", batch_size=4, updates=1)
+        phase = "train"
+    data = DissociationData.paper(HARMFUL, [REFUSAL] * 4, BENIGN, [HELPFUL] * 4)
+    result = dissociate(model, tok, data, LatentMonitor(LAYERS, HIDDEN), s)
     trainable = [p for p in result.model.parameters() if p.requires_grad]
     assert trainable and all(p.dtype == torch.float32 for p in trainable)
     frozen_dtypes = {p.dtype for p in result.model.parameters() if not p.requires_grad}
     assert frozen_dtypes == ({torch.bfloat16} if lora else set())
-    joint = result.phase("joint")[0]
-    assert math.isfinite(joint.sft) and math.isfinite(joint.kl) and joint.kl >= 0
+    rec = result.phase(phase)[0]
+    assert math.isfinite(rec.sft) and math.isfinite(rec.kl) and rec.kl >= 0
+    assert math.isfinite(rec.monitor_bce)
 
 
 def test_co_trained_monitor_fits_the_gate_by_default_and_refit_the_response_label():

@@ -89,6 +89,11 @@ class AuditConfig(_Strict):
     candidate: str | None = Field(
         None, description="the model that would replace it (same architecture)"
     )
+    adapter: Path | None = Field(
+        None,
+        description="a LoRA adapter folder (peft save_pretrained) applied over candidate, or "
+        "over a fresh copy of model when no candidate is named (e.g. the refusing organism)",
+    )
     device: str = "cpu"
     dtype: str = "auto"
     data: AuditData
@@ -119,6 +124,16 @@ class AuditConfig(_Strict):
     def _one_candidate(self) -> AuditConfig:
         if self.candidate is not None and self.dissociation is not None:
             raise ValueError("give candidate or dissociation, not both")
+        if self.adapter is not None and self.dissociation is not None:
+            raise ValueError("give adapter or dissociation, not both")
+        d = self.dissociation
+        if d is not None and d.composition == "paper" and not d.anchor_prompts:
+            # The audit's rows are all harmful prompts: the benign anchors come from a file.
+            raise ValueError(
+                "dissociation: paper B's rows need benign anchors (b = 0): set "
+                "dissociation.anchor_prompts to a file of harmless prompts (e.g. "
+                "refusal_direction's harmless_train split), or composition: all_gated"
+            )
         if (
             self.pgd is not None or self.finetune is not None
         ) and self.data.harmful_prompts is None:
@@ -137,6 +152,10 @@ class AuditConfig(_Strict):
             if prompts is not None:
                 prompts.path = fix(prompts.path)
         c.output.dir = fix(c.output.dir)
+        if c.adapter is not None:
+            c.adapter = fix(c.adapter)
+        if c.dissociation is not None and c.dissociation.anchor_prompts:
+            c.dissociation.anchor_prompts = str(fix(Path(c.dissociation.anchor_prompts)))
         for attr in ("model", "candidate"):
             v = getattr(c, attr)
             if v and (v.startswith((".", "/")) or v.endswith(".gguf")):

@@ -101,15 +101,19 @@ def render_markdown(r: AuditReport) -> str:
             "",
             "## Dissociation (last step of each phase)",
             "",
-            "| phase | step | SFT | monitor term | KL | monitor BCE | σ(g) harmful | σ(g) benign |",
-            "|---|---|---|---|---|---|---|---|",
+            "| phase | step | monitor read | SFT | monitor term | KL | monitor BCE "
+            "| σ(g) harmful | σ(g) benign |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {ph} | {rec['step']} | {_f(rec['sft'])} | {_f(rec['monitor_term'])} "
-            f"| {_f(rec['kl'], 4)} | {_f(rec['monitor_bce'])} | {_f(rec['p_harmful'])} "
-            f"| {_f(rec['p_benign'])} |"
+            f"| {ph} | {rec['step']} | {rec.get('monitor', '')} | {_f(rec['sft'])} "
+            f"| {_f(rec['monitor_term'])} | {_f(rec['kl'], 4)} | {_f(rec['monitor_bce'])} "
+            f"| {_f(rec['p_harmful'])} | {_f(rec['p_benign'])} |"
             for ph, rec in last.items()
         ]
+        if r.dissociation_instruments:
+            lines += ["", "Instruments:", ""]
+            lines += [f"* {k}: {v}" for k, v in r.dissociation_instruments.items()]
     if r.finetune:
         lines += [
             "",

@@ -65,6 +65,8 @@ class AuditReport(BaseModel):
     base: ModelSide
     cand: ModelSide | None = None
     dissociation: list[dict[str, Any]] | None = None
+    # Which monitor is which (paper B §3: the audit probe is a separate, fixed instrument).
+    dissociation_instruments: dict[str, str] | None = None
     finetune: list[dict[str, Any]] | None = None
     checks: list[AuditCheck] = []
     timings_seconds: dict[str, float] = {}
@@ -250,11 +252,13 @@ def run_audit(
 
     cand_model = None
     diss_records = None
+    diss_instruments = None
     cand_name = cfg.candidate
     if cfg.dissociation is not None:
         rep.step("building the candidate by dissociation (paper B)")
-        # Behaviour held on safe answers (SFT + KL); every prompt is gated as harmful, so the
-        # monitor term pulls the monitor's reading of all of them to p* = 0.75.
+        # The probe's training pairs are harmful prompts with a safe and an unsafe answer:
+        # paper B's rows keep the safe ones (gate b = 1, imitated) and add benign anchors
+        # (b = 0) from dissociation.anchor_prompts; composition: all_gated keeps every row.
         dd = DissociationData(
             prompts=list(train.prompts),
             responses=list(train.responses),
@@ -262,17 +266,38 @@ def run_audit(
             harmful=[True] * len(train.labels),
             imitate=[not bool(v) for v in train.labels],
         )
-        result = dissociate(model, tok, dd, monitor_copy(monitor), cfg.dissociation, progress=rep)
+        try:
+            result = dissociate(
+                model,
+                tok,
+                dd,
+                monitor_copy(monitor),  # the construction monitor starts from the probe...
+                cfg.dissociation,
+                progress=rep,
+                audit_probe=monitor,  # ...which stays a separate, fixed instrument (checked)
+            )
+        except ValueError as err:  # e.g. no benign anchors for paper B's rows
+            raise AuditError(f"dissociation: {str(err).splitlines()[0]}") from None
         cand_model = result.model
         diss_records = _nan_to_none([asdict(r) for r in result.records])
+        diss_instruments = result.instruments()
         cand_name = f"{cfg.model} + dissociation"
         t = tick("dissociation", t)
-    elif cfg.candidate is not None:
-        rep.step(f"loading the candidate ({cfg.candidate})")
+    elif cfg.candidate is not None or cfg.adapter is not None:
+        under = cfg.candidate or cfg.model
+        rep.step(f"loading the candidate ({under})")
         try:
-            cand_model, _ = load(cfg.candidate, device=cfg.device, dtype=cfg.dtype)
+            cand_model, _ = load(under, device=cfg.device, dtype=cfg.dtype)
         except (ValueError, OSError, ImportError) as err:
-            raise AuditError(f"candidate {cfg.candidate!r}: {err}") from None
+            raise AuditError(f"candidate {under!r}: {err}") from None
+        if cfg.adapter is not None:
+            from silentwatch.offline.audit.organism import load_adapter
+
+            try:
+                cand_model = load_adapter(cand_model, cfg.adapter)
+            except (ValueError, OSError) as err:
+                raise AuditError(str(err).splitlines()[0]) from None
+            cand_name = f"{under} + LoRA {cfg.adapter.parent.name}/{cfg.adapter.name}"
         if num_layers(cand_model) != layers:
             raise AuditError(
                 f"candidate has {num_layers(cand_model)} blocks, the base {layers}: the audit "
@@ -355,6 +380,7 @@ def run_audit(
         base=base,
         cand=cand,
         dissociation=diss_records,
+        dissociation_instruments=diss_instruments,
         finetune=ft_records,
         checks=checks,
         timings_seconds=timings,

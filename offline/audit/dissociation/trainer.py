@@ -1,17 +1,27 @@
-"""The dissociation schedule: :func:`dissociate` and what it records.
+"""The dissociation's training loop: :func:`dissociate` and what it records.
 
-Runs the four phases (warmup, joint, consolidate, refit) over micro-batches of
-:class:`~silentwatch.offline.audit.dissociation.data.DissociationData`, with the loss terms
-of :mod:`~silentwatch.offline.audit.dissociation.losses`, LoRA from
-:mod:`~silentwatch.offline.audit.dissociation.lora`, and checkpoints written by
+By default (``schedule="paper"``) every update is paper B's four phases (App. B, "Monitor
+update during dissociated-model training"): forward pass; Eq. 1 backpropagated to the model
+only; the detached hidden states through the monitor and Eq. 2's BCE backpropagated to the
+monitor only; both optimisers stepping on the same gradient-accumulation cadence. The
+``schedule="staged"`` option runs the earlier warmup / joint / consolidate / refit stages.
+Rows come from :mod:`~silentwatch.offline.audit.dissociation.data` (:func:`compose`), loss
+terms from :mod:`~silentwatch.offline.audit.dissociation.losses`, LoRA from
+:mod:`~silentwatch.offline.audit.dissociation.lora`, checkpoints from
 :mod:`~silentwatch.offline.audit.dissociation.checkpoints`.
+
+Three instruments, kept apart (§3: "The standalone audit probe ... is a separate fixed
+instrument"): the *construction-time monitor* passed to :func:`dissociate`, co-trained by
+Eq. 2 and returned as :attr:`DissociationResult.monitor`; the *audit probe*, fitted by the
+audit on the base model and never touched here (pass it as ``audit_probe`` to have that
+checked); and, with the staged option only, the *refit monitor*, a diagnostic.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +31,12 @@ import torch
 from torch import nn
 
 from silentwatch.offline.audit.dissociation.checkpoints import save_checkpoint
-from silentwatch.offline.audit.dissociation.data import DissociationData, TrainBatch
+from silentwatch.offline.audit.dissociation.data import (
+    DissociationData,
+    TrainBatch,
+    anchor_rows,
+    compose,
+)
 from silentwatch.offline.audit.dissociation.lora import is_peft, wrap_lora
 from silentwatch.offline.audit.dissociation.losses import (
     monitor_bce,
@@ -32,7 +47,7 @@ from silentwatch.offline.audit.dissociation.losses import (
     total_loss,
 )
 from silentwatch.offline.audit.dissociation.settings import (
-    PHASES,
+    STAGED_PHASES,
     DissociationSettings,
     Phase,
 )
@@ -42,6 +57,8 @@ from silentwatch.offline.lm import LMBatch
 from silentwatch.offline.progress import Reporter
 
 __all__ = [
+    "CONSTRUCTION_MONITOR",
+    "REFIT_MONITOR",
     "DissociationResult",
     "StepRecord",
     "dissociate",
@@ -50,13 +67,23 @@ __all__ = [
     "frozen",
 ]
 
+CONSTRUCTION_MONITOR = "construction monitor"
+""":attr:`StepRecord.monitor` of rows read by the co-trained construction-time monitor."""
+REFIT_MONITOR = "refit monitor (diagnostic)"
+""":attr:`StepRecord.monitor` of the staged option's refit rows."""
+
 
 @dataclass
 class StepRecord:
-    """One optimiser update. ``sft``, ``kl``, ``total`` are NaN in monitor-only phases;
-    ``monitor_term`` is under the monitor before its update; ``p_harmful`` / ``p_benign`` are
-    mean ``σ(g)`` over rows with ``b = 1`` / ``b = 0`` (NaN without such rows). In the refit
-    phase the monitor is the refitted one."""
+    """One optimiser update.
+
+    ``sft``, ``kl``, ``total`` are NaN in monitor-only phases; ``monitor_term`` is under the
+    monitor before its update; ``monitor_bce`` is Eq. 2's BCE before the update (the mean
+    over the update's micro-batches); ``p_harmful`` / ``p_benign`` are mean ``σ(g)`` over
+    rows with ``b = 1`` / ``b = 0`` (NaN without such rows). ``monitor`` names the instrument
+    whose readings these are: :data:`CONSTRUCTION_MONITOR` (never the audit probe) or, in the
+    staged refit phase, :data:`REFIT_MONITOR`.
+    """
 
     step: int
     phase: Phase
@@ -67,12 +94,15 @@ class StepRecord:
     monitor_bce: float
     p_harmful: float
     p_benign: float
+    monitor: str = CONSTRUCTION_MONITOR
 
 
 @dataclass
 class DissociationResult:
-    """The trained model (a peft model with LoRA), the co-trained monitor, the monitor refitted
-    in phase 4 (None when skipped), one :class:`StepRecord` per update, checkpoint folders."""
+    """The trained model (a peft model with LoRA), the co-trained construction-time monitor,
+    the staged option's refit monitor (None otherwise), one :class:`StepRecord` per update,
+    checkpoint folders, the settings, the training rows used (after :func:`compose`), and
+    whether an ``audit_probe`` was checked to stay separate and unchanged."""
 
     model: nn.Module
     monitor: nn.Module
@@ -80,9 +110,34 @@ class DissociationResult:
     records: list[StepRecord]
     checkpoints: list[Path] = field(default_factory=list)
     settings: DissociationSettings = field(default_factory=DissociationSettings)
+    rows: DissociationData | None = None
+    audit_probe_checked: bool = False
 
     def phase(self, phase: Phase) -> list[StepRecord]:
+        """The records of ``phase``."""
         return [r for r in self.records if r.phase == phase]
+
+    def instruments(self) -> dict[str, str]:
+        """Which monitor is which, for a report (paper B §3: the audit probe "is a separate
+        fixed instrument")."""
+        checked = " (checked: no shared parameters, unchanged)" if self.audit_probe_checked else ""
+        out = {
+            "construction_monitor": (
+                "co-trained during construction on Eq. 2's BCE (target "
+                f"{self.settings.monitor_target!r}), starting from the monitor passed in; "
+                "DissociationResult.monitor; the StepRecords' readings"
+            ),
+            "audit_probe": (
+                "fitted by the audit on base-model features and held fixed: not trained, "
+                "not read here" + checked
+            ),
+        }
+        if self.refit_monitor is not None:
+            out["refit_monitor"] = (
+                "staged option only: fitted to the unsafe label on the final model's features "
+                "after training; a diagnostic, not the audit probe"
+            )
+        return out
 
 
 def forward_with_features(model: nn.Module, batch: LMBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,6 +163,25 @@ def fresh_copy(module: nn.Module) -> nn.Module:
 
 def _mean_where(p: torch.Tensor, rows: torch.Tensor) -> float:
     return float(p[rows].mean()) if bool(rows.any()) else math.nan
+
+
+def _state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _check_separate(monitor: nn.Module, audit_probe: nn.Module) -> None:
+    """The construction-time monitor must not be, or share parameters with, the audit probe."""
+    if monitor is audit_probe:
+        raise ValueError(
+            "the construction-time monitor is the audit probe itself: paper B (§3) keeps the "
+            "audit probe a separate fixed instrument; pass a copy (copy.deepcopy(probe))"
+        )
+    ptrs = {p.data_ptr() for p in audit_probe.parameters()}
+    if any(p.data_ptr() in ptrs for p in monitor.parameters()):
+        raise ValueError(
+            "the construction-time monitor shares parameters with the audit probe: training "
+            "it would move the audit probe; pass a copy (copy.deepcopy(probe))"
+        )
 
 
 class _Run:
@@ -137,6 +211,7 @@ class _Run:
         self.checkpoints: list[Path] = []
 
     def monitor_optimizer(self, monitor: nn.Module) -> torch.optim.Optimizer:
+        """App. B: a separate AdamW, lr ``monitor_lr`` (1e-4), decay ``monitor_weight_decay``."""
         return torch.optim.AdamW(
             monitor.parameters(), lr=self.s.monitor_lr, weight_decay=self.s.monitor_weight_decay
         )
@@ -153,10 +228,25 @@ class _Run:
             with self.model.disable_adapter():  # type: ignore[operator]
                 return self.model(**kw).logits
 
+    def objective(
+        self, tb: TrainBatch, logits: torch.Tensor, h: torch.Tensor, ref: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """Eq. 1 on one micro-batch under the current monitor: ``(loss, terms, g)``."""
+        s = self.s
+        g = self.monitor(h)
+        sft = sft_loss(logits, tb.lm.input_ids, tb.sft_mask)
+        mon = monitor_term(g, tb.gate, s.target_p, over=s.monitor_over)
+        positions = tb.lm.response_mask if s.kl_positions == "response" else None
+        kl_mask = tb.lm.attention_mask if positions is None else predicting(positions)
+        kl = token_kl(ref, logits, kl_mask)
+        loss = total_loss(sft, mon, kl, s)
+        return loss, {"sft": sft, "kl": kl, "total": loss}, g
+
     def bce_step(
         self, monitor: nn.Module, opt: torch.optim.Optimizer, feats: torch.Tensor, y: torch.Tensor
     ) -> tuple[float, torch.Tensor]:
-        """One BCE update of ``monitor`` on detached features; the loss and logits before it."""
+        """``monitor_steps_per_model_step`` BCE updates of ``monitor`` on detached features;
+        the loss and logits before the first."""
         bce = 0.0
         before = torch.empty(0)
         for k in range(self.s.monitor_steps_per_model_step):
@@ -169,7 +259,14 @@ class _Run:
                 bce, before = float(loss.detach()), g.detach()
         return bce, before
 
-    def record(self, phase: Phase, g: torch.Tensor, gate: torch.Tensor, **terms: float) -> None:
+    def record(
+        self,
+        phase: Phase,
+        g: torch.Tensor,
+        gate: torch.Tensor,
+        monitor: str = CONSTRUCTION_MONITOR,
+        **terms: float,
+    ) -> None:
         p = torch.sigmoid(g.float())
         rec = StepRecord(
             step=self.step,
@@ -181,6 +278,7 @@ class _Run:
             monitor_bce=terms["monitor_bce"],
             p_harmful=_mean_where(p, gate > 0.5),
             p_benign=_mean_where(p, gate <= 0.5),
+            monitor=monitor,
         )
         self.records.append(rec)
 
@@ -193,8 +291,65 @@ class _Run:
             return unsafe
         return gate
 
-    def monitor_only(self, phase: Phase, monitor: nn.Module, opt: torch.optim.Optimizer) -> None:
-        """Phases 1 and 4: a BCE step of ``monitor`` on the current model's features."""
+    # ------------------------------------------------------------ paper B's update (App. B)
+
+    def paper_update(self) -> None:
+        """One update of paper B's loop (App. B), over ``grad_accum`` micro-batches:
+
+        1. forward pass: logits and the hidden-state means ``h`` (with their graph), and the
+           detached reference's logits;
+        2. Eq. 1 backpropagated to θ only — the monitor's φ frozen (``requires_grad=False``)
+           for that graph, so no gradient reaches φ;
+        3. ``sg[h]`` (detached) through the monitor, Eq. 2's BCE backpropagated to φ only —
+           nothing reaches θ;
+        4. after the last micro-batch the model optimiser, then the monitor optimiser, step
+           once each: the same accumulation cadence, φ mutated only after every model
+           backward of the update has completed.
+
+        Both losses are divided by ``grad_accum``, so accumulated gradients are those of the
+        mean over the update's micro-batches.
+        """
+        s = self.s
+        self.opt.zero_grad(set_to_none=True)
+        self.mon_opt.zero_grad(set_to_none=True)
+        sums = {"sft": 0.0, "kl": 0.0, "total": 0.0, "monitor_bce": 0.0}
+        gs, gates = [], []
+        for tb in self.micro_batches():
+            # (1) forward pass (and the detached reference's logits)
+            with self.autocast():
+                logits, h = forward_with_features(self.model, tb.lm)
+                ref = self.ref_logits(tb.lm)
+            # (2) Eq. 1 -> θ only
+            with frozen(self.monitor):
+                loss, terms, g = self.objective(tb, logits, h, ref)
+            (loss / s.grad_accum).backward()
+            # (3) Eq. 2 on the same batch's detached states -> φ only
+            y = self.monitor_target("train", tb.unsafe, tb.gate)
+            bce = monitor_bce(self.monitor(h.detach().float()), y)
+            (bce / s.grad_accum).backward()
+            for k, v in terms.items():
+                sums[k] += float(v.detach()) / s.grad_accum
+            sums["monitor_bce"] += float(bce.detach()) / s.grad_accum
+            gs.append(g.detach())
+            gates.append(tb.gate)
+        # (4) both optimisers, same cadence
+        if s.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, s.max_grad_norm)
+        self.opt.step()
+        self.mon_opt.step()
+        self.step += 1
+        self.record("train", torch.cat(gs), torch.cat(gates), **sums)
+
+    # ------------------------------------------------------------------ the staged option
+
+    def monitor_only(
+        self,
+        phase: Phase,
+        monitor: nn.Module,
+        opt: torch.optim.Optimizer,
+        name: str = CONSTRUCTION_MONITOR,
+    ) -> None:
+        """Staged warmup and refit: a BCE step of ``monitor`` on the current model's features."""
         feats, ys, gates = [], [], []
         for tb in self.micro_batches():
             with self.autocast():
@@ -204,32 +359,24 @@ class _Run:
         self.step += 1
         target = self.monitor_target(phase, torch.cat(ys), torch.cat(gates))
         bce, g = self.bce_step(monitor, opt, torch.cat(feats), target)
-        self.record(phase, g, torch.cat(gates), monitor_bce=bce)
+        self.record(phase, g, torch.cat(gates), name, monitor_bce=bce)
 
     def model_update(self, phase: Phase, train_monitor: bool) -> None:
-        """Phases 2 and 3: one model update on the total loss (the monitor's parameters frozen),
-        then, in phase 2, a BCE step of the monitor on the same batches' detached features."""
+        """Staged joint and consolidate: one model update on Eq. 1 (the monitor frozen), then,
+        in joint, ``monitor_steps_per_model_step`` BCE steps of the monitor on the same
+        batches' detached features."""
         s = self.s
         self.opt.zero_grad(set_to_none=True)
-        sums = {"sft": 0.0, "monitor": 0.0, "kl": 0.0, "total": 0.0}
+        sums = {"sft": 0.0, "kl": 0.0, "total": 0.0}
         feats, gs, ys, gates = [], [], [], []
         with frozen(self.monitor):
             for tb in self.micro_batches():
                 with self.autocast():
                     logits, h = forward_with_features(self.model, tb.lm)
                     ref = self.ref_logits(tb.lm)
-                g = self.monitor(h)
-                sft = sft_loss(logits, tb.lm.input_ids, tb.sft_mask)
-                mon = monitor_term(g, tb.gate, s.target_p, over=s.monitor_over)
-                kl_mask = (
-                    tb.lm.attention_mask
-                    if s.kl_positions == "all"
-                    else predicting(tb.lm.response_mask)
-                )
-                kl = token_kl(ref, logits, kl_mask)
-                loss = total_loss(sft, mon, kl, s)
+                loss, terms, g = self.objective(tb, logits, h, ref)
                 (loss / s.grad_accum).backward()
-                for k, v in zip(sums, (sft, mon, kl, loss), strict=True):
+                for k, v in terms.items():
                     sums[k] += float(v.detach()) / s.grad_accum
                 feats.append(h.detach().float())
                 gs.append(g.detach())
@@ -245,15 +392,7 @@ class _Run:
             bce, _ = self.bce_step(self.monitor, self.mon_opt, torch.cat(feats), y_all)
         else:
             bce = float(monitor_bce(g_all, y_all))
-        self.record(
-            phase,
-            g_all,
-            torch.cat(gates),
-            sft=sums["sft"],
-            kl=sums["kl"],
-            total=sums["total"],
-            monitor_bce=bce,
-        )
+        self.record(phase, g_all, torch.cat(gates), monitor_bce=bce, **sums)
 
     def maybe_checkpoint(self, phase: Phase, last: bool) -> None:
         s = self.s
@@ -274,6 +413,65 @@ class _Run:
         self.checkpoints.append(path)
 
 
+def _validate(s: DissociationSettings) -> None:
+    for name in ("batch_size", "grad_accum", "monitor_steps_per_model_step"):
+        if getattr(s, name) < 1:
+            raise ValueError(f"{name} must be >= 1")
+    if s.schedule not in ("paper", "staged"):
+        raise ValueError(f"schedule must be 'paper' or 'staged', not {s.schedule!r}")
+    if s.composition not in ("paper", "all_gated", "as_given"):
+        raise ValueError(
+            f"composition must be 'paper', 'all_gated' or 'as_given', not {s.composition!r}"
+        )
+    if s.schedule == "paper":
+        if s.monitor_steps_per_model_step != 1:
+            raise ValueError(
+                "schedule='paper' steps the monitor once per model update (paper B App. B: "
+                "'on the same gradient-accumulation cadence'); monitor_steps_per_model_step "
+                f"= {s.monitor_steps_per_model_step} needs schedule='staged'"
+            )
+        if s.epochs is None and s.updates < 0:
+            raise ValueError("updates must be >= 0")
+        if s.epochs is not None and s.epochs <= 0:
+            raise ValueError("epochs must be > 0")
+
+
+def _anchor_prompts(s: DissociationSettings, anchors: Sequence[str] | None) -> list[str]:
+    out = list(anchors or [])
+    if s.anchor_prompts is not None:
+        from silentwatch.offline.audit.data import load_prompts
+
+        out += load_prompts(s.anchor_prompts, column=s.anchor_column, limit=s.anchor_limit)
+    return out
+
+
+def _training_rows(
+    model: nn.Module,
+    tokenizer: Any,
+    data: DissociationData,
+    s: DissociationSettings,
+    anchors: Sequence[str] | None,
+) -> DissociationData:
+    """``compose(data, s.composition, anchor rows)``; anchor prompts answered by the base."""
+    if s.composition == "all_gated":
+        return compose(data, "all_gated")
+    prompts = _anchor_prompts(s, anchors)
+    anchor_data = None
+    if prompts:
+        model.eval()
+        off = model.disable_adapter() if is_peft(model) else nullcontext()  # type: ignore[operator]
+        with off:
+            anchor_data = anchor_rows(
+                model,
+                tokenizer,
+                prompts,
+                max_new_tokens=s.max_response_tokens,
+                max_prompt_tokens=s.max_prompt_tokens,
+                batch_size=s.anchor_batch_size,
+            )
+    return compose(data, s.composition, anchor_data)
+
+
 def dissociate(
     model: nn.Module,
     tokenizer: Any,
@@ -281,27 +479,43 @@ def dissociate(
     monitor: nn.Module,
     settings: DissociationSettings | None = None,
     progress: Reporter | None = None,
+    *,
+    anchors: Sequence[str] | None = None,
+    audit_probe: nn.Module | None = None,
 ) -> DissociationResult:
-    """Train a dissociated model (paper B): behaviour held by SFT + KL to the reference, the
-    representation steered so that a co-trained monitor reads ``p*`` on harmful prompts.
+    """Train a dissociated model (paper B §3): behaviour held by SFT + KL to the reference,
+    the representation steered so that a co-trained monitor reads ``p*`` on harmful prompts.
 
-    Each update minimises ``L = 0.05·SFT + 0.1·E[b·(g(h) − logit 0.75)²] + 0.3·KL(ref ‖ θ)``
-    (:func:`total_loss`); the monitor ``g`` only ever learns from
-    ``BCE(g(sg[h]), unsafe)`` on detached features ``sg[h]``, never from ``L``.
+    The model minimises Eq. 1, ``L = 0.05·SFT + 0.1·E[b·(g(h) − logit 0.75)²] +
+    0.3·KL(ref ‖ θ)`` (:func:`total_loss`); the monitor ``g`` only ever learns from Eq. 2,
+    ``BCE(g(sg[h]), b)`` on detached features (``monitor_target="unsafe"``: the response
+    label), never from ``L``.
 
-    Schedule — **a reconstruction**: paper B's appendix B describes four phases but its text
-    was not available to us; the phases below are our reading, each length configurable and
-    0 skipping it:
+    **Rows** (``settings.composition``, :func:`compose`): by default paper B's — the harmful
+    rows of ``data`` with a safe response (b = 1) and benign anchors (b = 0): ``data``'s rows
+    with ``harmful=False``, plus ``anchors`` and the prompts of ``settings.anchor_prompts``,
+    answered greedily by the unmodified base model (App. A.4, :func:`anchor_rows`) before any
+    update. No anchor at all raises :class:`ValueError`.
 
-    1. ``warmup`` — monitor-only BCE steps on the *base* model's features, so that the monitor
-       term starts from a monitor that separates unsafe from safe;
-    2. ``joint`` — alternating: one model update on ``L`` (monitor frozen), then
+    **Schedule** (``settings.schedule``): by default paper B's loop, each update the four
+    phases of App. B (``_Run.paper_update``): forward; Eq. 1 → θ only; Eq. 2 on ``sg[h]`` →
+    φ only; both optimisers step every ``grad_accum`` micro-batches.
+    ``settings.paper_updates(rows)`` updates, recorded with phase ``"train"``. The
+    ``"staged"`` option (not the paper) runs, each length configurable and 0 skipping it:
+
+    1. ``warmup`` — monitor-only BCE steps on the base model's features;
+    2. ``joint`` — one model update on ``L`` (monitor frozen), then
        ``monitor_steps_per_model_step`` BCE steps on the same batches' detached features;
-    3. ``consolidate`` — model-only updates on ``L`` against the now-frozen monitor;
-    4. ``refit`` — the audit: BCE steps on the final model's features, of a freshly
-       initialised copy of the monitor (``refit_fresh=True``, the default) or of the
-       co-trained one; whether it still separates says whether the dissociation hides the
-       signal or only fools one monitor.
+    3. ``consolidate`` — model-only updates on ``L`` against the frozen monitor;
+    4. ``refit`` — a diagnostic: BCE steps, on the unsafe label, of a freshly initialised copy
+       of the monitor (``refit_fresh=True``) or of the co-trained one, on the final model's
+       features. It is *not* the audit probe.
+
+    **Instruments.** ``monitor`` is the construction-time monitor (trained in place); the
+    audit's probe is a separate fixed instrument (§3) — pass it as ``audit_probe`` to have
+    :func:`dissociate` refuse a monitor that is, or shares parameters with, it, and verify
+    that it is unchanged afterwards. :meth:`DissociationResult.instruments` says which is
+    which.
 
     The model trains with dropout off (``eval()`` mode) so that the KL is exactly 0 at the
     start. With ``settings.lora`` the model is wrapped with :func:`wrap_lora` (in place: its
@@ -313,22 +527,36 @@ def dissociate(
     ----------
     model : a causal LM (on its device); trained in place
     tokenizer : its tokenizer (left padding)
-    data : :class:`DissociationData`
-    monitor : maps ``(b, L, d)`` layer means to ``(b,)`` logits, e.g. ``LatentMonitor``;
-        moved to the model's device in float32 and trained in place
+    data : :class:`DissociationData`, composed per ``settings.composition``
+    monitor : the construction-time monitor: maps ``(b, L, d)`` layer means to ``(b,)``
+        logits, e.g. ``LatentMonitor``; moved to the model's device in float32 and trained in
+        place
     settings : :class:`DissociationSettings`
     progress : optional :class:`~offline.progress.Reporter`
+    anchors : harmless prompts for benign anchors (answered by the base model)
+    audit_probe : the audit's fixed probe, only to check that it stays separate
 
     Returns
     -------
     DissociationResult
+
+    Raises
+    ------
+    ValueError
+        bad settings, no benign anchor under ``composition="paper"``, or a monitor that is
+        (or shares parameters with) ``audit_probe``.
     """
     s = settings or DissociationSettings()
     rep = progress or Reporter(enabled=False)
-    for name in ("batch_size", "grad_accum", "monitor_steps_per_model_step"):
-        if getattr(s, name) < 1:
-            raise ValueError(f"{name} must be >= 1")
+    _validate(s)
+    probe_state = None
+    if audit_probe is not None:
+        _check_separate(monitor, audit_probe)
+        probe_state = _state(audit_probe)
     torch.manual_seed(s.seed)
+    rows = _training_rows(model, tokenizer, data, s, anchors)
+    n_h = sum(map(bool, rows.harmful))
+    rep.step(f"dissociation rows ({s.composition}): {n_h} gated b = 1, {len(rows) - n_h} b = 0")
     device = next(model.parameters()).device
     compute = TORCH_DTYPES[resolve_dtype(s.dtype, str(device))]
     ref: nn.Module | None = None
@@ -345,7 +573,9 @@ def dissociate(
         ref = copy.deepcopy(model).to(compute).eval().requires_grad_(False)
     model.eval()
     monitor.to(device=device, dtype=torch.float32)
-    batches = data.batches(
+    for p in monitor.parameters():
+        p.requires_grad_(True)
+    batches = rows.batches(
         tokenizer,
         s.batch_size,
         seed=s.seed,
@@ -354,12 +584,48 @@ def dissociate(
     )
     run = _Run(model, ref, monitor, batches, s, compute)
     refit: nn.Module | None = None
-    total = sum(s.steps(p) for p in PHASES)
-    for phase in PHASES:
+    if s.schedule == "paper":
+        n = s.paper_updates(len(rows))
+        rep.step(f"dissociation (paper B's four-phase update): {n} updates")
+        with rep.bar("train", n) as advance:
+            for _ in range(n):
+                run.paper_update()
+                run.maybe_checkpoint("train", last=run.step == n)
+                advance(1)
+        if run.records:
+            _report(rep, "train", run.records[-1])
+    else:
+        refit = _staged(run, monitor, rep)
+    checked = False
+    if audit_probe is not None and probe_state is not None:
+        after = _state(audit_probe)
+        if any(not torch.equal(after[k], v) for k, v in probe_state.items()):
+            raise RuntimeError("the audit probe changed during dissociation")
+        checked = True
+    return DissociationResult(
+        run.model, monitor, refit, run.records, run.checkpoints, s, rows, checked
+    )
+
+
+def _report(rep: Reporter, phase: str, last: StepRecord) -> None:
+    rep.step(
+        f"{phase} done: monitor term {last.monitor_term:.4f}, KL {last.kl:.4f}, "
+        f"BCE {last.monitor_bce:.4f}, σ(g) harmful {last.p_harmful:.3f} / "
+        f"benign {last.p_benign:.3f}"
+    )
+
+
+def _staged(run: _Run, monitor: nn.Module, rep: Reporter) -> nn.Module | None:
+    """The ``schedule="staged"`` option: warmup, joint, consolidate, refit."""
+    s = run.s
+    refit: nn.Module | None = None
+    refit_opt = run.mon_opt
+    total = sum(s.steps(p) for p in STAGED_PHASES)
+    for phase in STAGED_PHASES:
         n = s.steps(phase)
         if n <= 0:
             continue
-        rep.step(f"dissociation phase {phase}: {n} updates")
+        rep.step(f"dissociation phase {phase} (staged option): {n} updates")
         if phase == "refit":
             torch.manual_seed(s.seed + 4)
             refit = fresh_copy(monitor) if s.refit_fresh else monitor
@@ -370,15 +636,10 @@ def dissociate(
                     run.monitor_only(phase, monitor, run.mon_opt)
                 elif phase == "refit":
                     assert refit is not None
-                    run.monitor_only(phase, refit, refit_opt)
+                    run.monitor_only(phase, refit, refit_opt, REFIT_MONITOR)
                 else:
                     run.model_update(phase, train_monitor=phase == "joint")
                 run.maybe_checkpoint(phase, last=run.step == total)
                 advance(1)
-        last = run.records[-1]
-        rep.step(
-            f"{phase} done: monitor term {last.monitor_term:.4f}, KL {last.kl:.4f}, "
-            f"BCE {last.monitor_bce:.4f}, σ(g) harmful {last.p_harmful:.3f} / "
-            f"benign {last.p_benign:.3f}"
-        )
-    return DissociationResult(model, monitor, refit, run.records, run.checkpoints, s)
+        _report(rep, phase, run.records[-1])
+    return refit
