@@ -31,7 +31,7 @@ def engine(bundle_dir: Path, offload: bool) -> DetectionEngine:
         window=WindowSpec(size=32, stride=32),
         domain_every=2,
         max_evaluations_per_second=0,
-        statistics_process=offload,
+        statistics_process=(str(bundle_dir), load_bundle(bundle_dir).sha256) if offload else None,
     )
     return DetectionEngine(suite_for_bundle(load_bundle(bundle_dir)), options)
 

@@ -88,8 +88,9 @@ class EngineOptions:
     # fields above (flag, high_confidence, reference_*) describe the default head.
     default_head: str = "default"
     extra_heads: tuple[HeadSpec, ...] = ()
-    # Window statistics in a child process (offload.py), not on the worker thread.
-    statistics_process: bool = False
+    # Window statistics in a child process (offload.py) that restores the detectors from
+    # this (bundle path, bundle sha256); None: on the worker thread.
+    statistics_process: tuple[str, str] | None = None
 
 
 class DetectionEngine:
@@ -171,10 +172,9 @@ class DetectionEngine:
         self._input_drift_windows = 0
         self.labels_seq = -1  # the last durable label folded into the heads' windows
         self.offload: StatisticsProcess | None = None
-        if options.statistics_process:
-            self.offload = StatisticsProcess(
-                {n: suite.detectors[n] for n in self.names}, w.capacity, suite.dim
-            )
+        if options.statistics_process is not None:
+            path, sha256 = options.statistics_process
+            self.offload = StatisticsProcess(path, sha256, w.capacity, suite.dim)
         self._status = self._build_status()
 
     def close(self) -> None:

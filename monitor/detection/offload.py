@@ -4,13 +4,14 @@ A window evaluation (MMD, the domain classifier, ...) is a few milliseconds of n
 d = 1,024, run on the pipeline worker. In the sidecar's process it holds the GIL between
 BLAS calls, so request threads wait behind it, and it shares their core. With
 ``detection_process: true`` the engine hands each window to :class:`StatisticsProcess`: a
-child process (started once, with the fitted detectors) that reads the window from shared
-memory and returns one number per detector. Everything else stays where it was: the
-worker still buffers the rows, applies thresholds, counts alarms and builds the status
-from the returned statistics, so readings, accounting and snapshots are unchanged. The
-child runs at a lower scheduling priority (``nice``), so on a shared core the request
-threads come first. If the child fails or dies, the engine computes in process again,
-logs it once and counts every window it had to (``fallbacks``).
+child process that loads the same bundle (checked by its sha256), restores the same
+calibrated detectors from it, reads each window from shared memory and returns one number
+per detector. Nothing is pickled: the child gets a path, a hash and names. Everything
+else stays where it was: the worker still buffers the rows, applies thresholds, counts
+alarms and builds the status from the returned statistics, so readings, accounting and
+snapshots are unchanged. The child runs at a lower scheduling priority (``nice``), so on a
+shared core the request threads come first. If the child fails or dies, the engine
+computes in process again, logs it once and counts every window it had to (``fallbacks``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import contextlib
 import logging
 import multiprocessing as mp
 import os
-import pickle
 from collections.abc import Mapping, Sequence
 from multiprocessing import shared_memory
 from typing import Any
@@ -38,13 +38,35 @@ def _arrays(buf: Any, rows: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
     return x, s
 
 
-def _serve(conn: Any, shm_name: str, detectors: bytes, rows: int, dim: int, nice: int) -> None:
-    """The child's loop: ``(n, names)`` in, ``{name: statistic}`` (or an error string) out."""
+def _detectors(bundle_path: str, sha256: str) -> Mapping[str, Any]:
+    """The bundle's calibrated detectors, rebuilt as the sidecar built them."""
+    from silentwatch.monitor.bundle.io import load_bundle
+    from silentwatch.monitor.detection.suite import suite_for_bundle
+
+    bundle = load_bundle(bundle_path)
+    if bundle.sha256 != sha256:
+        raise ValueError(f"the bundle at {bundle_path} changed since the sidecar loaded it")
+    if bundle.manifest.detectors is None:
+        raise ValueError("the bundle carries no calibrated detectors")
+    return suite_for_bundle(bundle).detectors
+
+
+def _serve(
+    conn: Any, shm_name: str, bundle_path: str, sha256: str, rows: int, dim: int, nice: int
+) -> None:
+    """The child's loop: first ``"ready"`` (or an error string), then ``(n, names)`` in,
+    ``{name: statistic}`` (or an error string) out."""
     if nice:
         os.nice(nice)
     shm = shared_memory.SharedMemory(name=shm_name)
+    x_all = s_all = None
     try:
-        dets = pickle.loads(detectors)
+        try:
+            dets = _detectors(bundle_path, sha256)
+        except Exception as exc:
+            conn.send(f"loading the detectors failed: {type(exc).__name__}: {exc}")
+            return
+        conn.send("ready")
         x_all, s_all = _arrays(shm.buf, rows, dim)
         while True:
             try:
@@ -69,8 +91,9 @@ class StatisticsProcess:
 
     Parameters
     ----------
-    detectors
-        The fitted detectors by name (pickled once, at start).
+    bundle_path, sha256
+        The served bundle and its hash: the child restores the detectors from it (a bundle
+        without calibrated detectors, or changed on disk, makes it refuse: in process then).
     max_rows, dim
         The largest window it takes, and the embedding dimension.
     nice
@@ -78,20 +101,18 @@ class StatisticsProcess:
 
     Examples
     --------
+    A bundle that cannot give the detectors (here: none at that path) is reported at the
+    first window, and the caller computes in process:
+
     >>> import numpy as np
-    >>> from silentwatch.monitor.detection.detectors.base import ReferenceSample
-    >>> from silentwatch.monitor.detection.detectors.centroid import CentroidAngleDetector
-    >>> ref = np.eye(4, dtype=np.float32)[:2]
-    >>> det = CentroidAngleDetector().fit(ReferenceSample(ref, np.zeros(2, np.float32)))
-    >>> x, s = np.eye(4, dtype=np.float32)[1:3], np.zeros(2, np.float32)
-    >>> with StatisticsProcess({"centroid_angle": det}, max_rows=8, dim=4) as child:
-    ...     got = child.statistics(["centroid_angle"], x, s)
-    >>> got["centroid_angle"] == det.statistic(x, s)
-    True
+    >>> with StatisticsProcess("/nonexistent", "0" * 64, max_rows=8, dim=4) as child:
+    ...     child.statistics(["mmd"], np.eye(4, dtype=np.float32), np.zeros(4, np.float32))
+    >>> child.fallbacks
+    1
     """
 
     def __init__(
-        self, detectors: Mapping[str, Any], max_rows: int, dim: int, *, nice: int = 10
+        self, bundle_path: str, sha256: str, max_rows: int, dim: int, *, nice: int = 10
     ) -> None:
         self.max_rows, self.dim = int(max_rows), int(dim)
         size = self.max_rows * (self.dim + 1) * _F32.itemsize
@@ -105,7 +126,8 @@ class StatisticsProcess:
             args=(
                 child,
                 self._shm.name,
-                pickle.dumps(dict(detectors)),
+                str(bundle_path),
+                sha256,
                 self.max_rows,
                 self.dim,
                 nice,
@@ -116,6 +138,7 @@ class StatisticsProcess:
         self._proc.start()
         child.close()
         self.alive = True
+        self.ready = False  # the child said it has the detectors
         self.fallbacks = 0  # windows computed in process because the child could not
 
     @property
@@ -131,9 +154,21 @@ class StatisticsProcess:
         if not self.alive or n > self.max_rows:
             self.fallbacks += 1
             return None
-        self._x[:n] = x
-        self._s[:n] = s
         try:
+            if not self.ready:  # the child's first word: its detectors are loaded, or why not
+                hello = self._conn.recv()
+                if hello != "ready":
+                    self.alive = False
+                    self.fallbacks += 1
+                    log.error(
+                        "the detection process could not start (%s); window statistics are "
+                        "computed in the sidecar's process",
+                        hello,
+                    )
+                    return None
+                self.ready = True
+            self._x[:n] = x
+            self._s[:n] = s
             self._conn.send((n, list(names)))
             reply = self._conn.recv()  # blocks without the GIL while the child works
         except (EOFError, OSError) as exc:

@@ -104,9 +104,25 @@ def build_engine(bundle: LoadedBundle, s: ServeSettings) -> tuple[DetectionEngin
         confirm_every=s.confirm_every,
         default_head=bundle.heads[0].name,
         extra_heads=tuple(_head_spec(bundle, h) for h in bundle.heads[1:]),
-        statistics_process=s.detection_process,
+        statistics_process=_statistics_process(bundle, s.detection_process),
     )
     return DetectionEngine(suite, options, normalize=m.embedder.normalized), ""
+
+
+def _statistics_process(bundle: LoadedBundle, wanted: bool) -> tuple[str, str] | None:
+    """What the detection process needs to rebuild the detectors: the bundle's path and hash
+    (None: statistics in process; a bundle calibrated only at start-up cannot be rebuilt
+    the same way in another process, so it stays in process, with a warning)."""
+    if not wanted:
+        return None
+    if bundle.manifest.detectors is None:
+        log.warning(
+            "detection_process needs a bundle with calibrated detectors (`silentwatch bundle "
+            "train`); bundle %s has none, so window statistics stay in the sidecar's process",
+            bundle.path,
+        )
+        return None
+    return str(bundle.path), bundle.sha256
 
 
 def _holdout_by_head(bundle: LoadedBundle) -> dict[str, dict[str, float]]:
