@@ -57,6 +57,7 @@ def test_a_child_process_gives_the_in_process_readings(bundle_dir: Path, world) 
     e = engine(bundle_dir, offload=True)
     try:
         assert e.offload is not None and e.offload.pid != os.getpid()
+        assert e.offload.wait_ready(60)
         remote = feed(e, bundle_dir, copy.deepcopy(world), 6)
         assert e.offload.fallbacks == 0
     finally:
@@ -75,6 +76,7 @@ def test_a_dead_child_falls_back_to_in_process_loudly(
 ) -> None:
     e = engine(bundle_dir, offload=True)
     try:
+        assert e.offload.wait_ready(60)
         feed(e, bundle_dir, world, 1)
         os.kill(e.offload.pid, signal.SIGKILL)
         caplog.set_level("ERROR")
@@ -89,6 +91,7 @@ def test_a_dead_child_falls_back_to_in_process_loudly(
 def test_the_sidecar_runs_and_stops_its_detection_process(sidecar_factory, world) -> None:
     sc = sidecar_factory(detection_process=True, **FAST)
     child = sc.engine.offload
+    assert child.wait_ready(60)
     shm = Path("/dev/shm") / child._shm.name.lstrip("/")
     with grpc.insecure_channel(sc.grpc_target) as ch:
         stub = pb_grpc.MonitorStub(ch)
@@ -103,3 +106,15 @@ def test_the_sidecar_runs_and_stops_its_detection_process(sidecar_factory, world
     while child._proc.is_alive() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not child._proc.is_alive() and not shm.exists()
+
+
+def test_the_worker_never_waits_for_a_starting_child(bundle_dir: Path, world) -> None:
+    """Windows that end while the child still loads the bundle are computed in process
+    (counted as early), not waited for."""
+    e = engine(bundle_dir, offload=True)
+    try:
+        readings = feed(e, bundle_dir, world, 2)  # right after the spawn: still loading
+        assert all(readings) and e.windows_evaluated == 2
+        assert e.offload.early >= 1 and e.offload.fallbacks == 0
+    finally:
+        e.close()

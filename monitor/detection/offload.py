@@ -106,9 +106,10 @@ class StatisticsProcess:
 
     >>> import numpy as np
     >>> with StatisticsProcess("/nonexistent", "0" * 64, max_rows=8, dim=4) as child:
+    ...     ok = child.wait_ready(60)
     ...     child.statistics(["mmd"], np.eye(4, dtype=np.float32), np.zeros(4, np.float32))
-    >>> child.fallbacks
-    1
+    >>> ok, child.fallbacks
+    (False, 1)
     """
 
     def __init__(
@@ -140,33 +141,55 @@ class StatisticsProcess:
         self.alive = True
         self.ready = False  # the child said it has the detectors
         self.fallbacks = 0  # windows computed in process because the child could not
+        self.early = 0  # windows computed in process while the child was still starting
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid
 
+    def _hello(self) -> bool:
+        """Read the child's first word: its detectors are loaded, or why not (logged)."""
+        hello = self._conn.recv()
+        if hello == "ready":
+            self.ready = True
+            return True
+        self.alive = False
+        log.error(
+            "the detection process could not start (%s); window statistics are computed in "
+            "the sidecar's process",
+            hello,
+        )
+        return False
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the child to load its detectors; whether it
+        did (False: it failed, died or is still loading)."""
+        if self.ready or not self.alive:
+            return self.ready
+        try:
+            return self._conn.poll(timeout) and self._hello()
+        except (EOFError, OSError):
+            self.alive = False
+            return False
+
     def statistics(
         self, names: Sequence[str], x: np.ndarray, s: np.ndarray
     ) -> dict[str, float] | None:
         """Every named detector's statistic on window ``x`` (rows) with scores ``s``; None
-        (counted in ``fallbacks``) when the child cannot answer: compute in process then."""
+        when the child cannot answer (counted in ``fallbacks``) or is still starting (in
+        ``early``; the worker never waits for it to load the bundle): compute in process."""
         n = x.shape[0]
         if not self.alive or n > self.max_rows:
             self.fallbacks += 1
             return None
         try:
-            if not self.ready:  # the child's first word: its detectors are loaded, or why not
-                hello = self._conn.recv()
-                if hello != "ready":
-                    self.alive = False
-                    self.fallbacks += 1
-                    log.error(
-                        "the detection process could not start (%s); window statistics are "
-                        "computed in the sidecar's process",
-                        hello,
-                    )
+            if not self.ready:
+                if not self._conn.poll():  # still loading the bundle: never wait for it
+                    self.early += 1
                     return None
-                self.ready = True
+                if not self._hello():
+                    self.fallbacks += 1
+                    return None
             self._x[:n] = x
             self._s[:n] = s
             self._conn.send((n, list(names)))
