@@ -188,3 +188,22 @@ def test_audit_adapter_field(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the loaders' progress bars
     assert rc == 2
     assert "trained on another base model (hidden_size 48 != 32" in last
+
+    # The organism as the audited base (model_adapter, merged into it), against the plain
+    # model as the candidate; an adapter for another base is one line, exit 2.
+    base_cfg = config("org/adapter")
+    raw = yaml.safe_load(base_cfg.read_text())
+    raw["model_adapter"] = raw.pop("adapter")
+    raw["candidate"] = "./model"  # the plain model, against the organism
+    base_cfg.write_text(yaml.safe_dump(raw))
+    cfg = load_audit_config(base_cfg)
+    assert cfg.model_adapter == tmp_path / "org" / "adapter" and cfg.adapter is None
+    report = run_audit(cfg)
+    assert report.base.name == f"{tmp_path / 'model'} + LoRA org/adapter (merged)"
+    assert report.candidate == str(tmp_path / "model")
+    assert report.cand is not None and report.cand.name == str(tmp_path / "model")
+    raw["model_adapter"] = "wide/adapter"
+    base_cfg.write_text(yaml.safe_dump(raw))
+    assert main(["audit", "--config", str(base_cfg)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "model_adapter: adapter" in last and "trained on another base model" in last, last

@@ -94,6 +94,12 @@ class AuditConfig(_Strict):
         description="a LoRA adapter folder (peft save_pretrained) applied over candidate, or "
         "over a fresh copy of model when no candidate is named (e.g. the refusing organism)",
     )
+    model_adapter: Path | None = Field(
+        None,
+        description="a LoRA adapter folder merged into the base model before anything runs "
+        "(e.g. the refusing organism as the audited base); the dissociation, the harmful "
+        "fine-tune and an adapter-only candidate start from the merged base",
+    )
     device: str = "cpu"
     dtype: str = "auto"
     data: AuditData
@@ -154,6 +160,8 @@ class AuditConfig(_Strict):
         c.output.dir = fix(c.output.dir)
         if c.adapter is not None:
             c.adapter = fix(c.adapter)
+        if c.model_adapter is not None:
+            c.model_adapter = fix(c.model_adapter)
         if c.dissociation is not None and c.dissociation.anchor_prompts:
             c.dissociation.anchor_prompts = str(fix(Path(c.dissociation.anchor_prompts)))
         for attr in ("model", "candidate"):

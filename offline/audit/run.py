@@ -150,11 +150,8 @@ def run_audit(
     }
     t = tick("data", t0)
 
-    rep.step(f"loading the base model ({cfg.model})")
-    try:
-        model, tok = load(cfg.model, device=cfg.device, dtype=cfg.dtype)
-    except (ValueError, OSError, ImportError) as err:
-        raise AuditError(f"model {cfg.model!r}: {err}") from None
+    rep.step(f"loading the base model ({base_name(cfg)})")
+    model, tok = load_base(cfg, load)
     layers = num_layers(model)
     t = tick("load", t)
 
@@ -240,7 +237,7 @@ def run_audit(
     base_attack = attack(model, "base")
     t = tick("pgd", t)
     base = ModelSide(
-        name=cfg.model,
+        name=base_name(cfg),
         probe_auroc=base_gap.base_auroc,
         sigmoid_gap=base_gap.base_gap,
         refusal_harmful=ref_h,
@@ -281,15 +278,18 @@ def run_audit(
         cand_model = result.model
         diss_records = _nan_to_none([asdict(r) for r in result.records])
         diss_instruments = result.instruments()
-        cand_name = f"{cfg.model} + dissociation"
+        cand_name = f"{base_name(cfg)} + dissociation"
         t = tick("dissociation", t)
     elif cfg.candidate is not None or cfg.adapter is not None:
-        under = cfg.candidate or cfg.model
+        under = cfg.candidate or base_name(cfg)
         rep.step(f"loading the candidate ({under})")
-        try:
-            cand_model, _ = load(under, device=cfg.device, dtype=cfg.dtype)
-        except (ValueError, OSError, ImportError) as err:
-            raise AuditError(f"candidate {under!r}: {err}") from None
+        if cfg.candidate is None:  # the adapter over a fresh copy of the (merged) base
+            cand_model, _ = load_base(cfg, load)
+        else:
+            try:
+                cand_model, _ = load(under, device=cfg.device, dtype=cfg.dtype)
+            except (ValueError, OSError, ImportError) as err:
+                raise AuditError(f"candidate {under!r}: {err}") from None
         if cfg.adapter is not None:
             from silentwatch.offline.audit.organism import load_adapter
 
@@ -337,7 +337,7 @@ def run_audit(
     ft_records = None
     if cfg.finetune is not None:
         rep.step(f"harmful LoRA SFT of a fresh copy of the base, {cfg.finetune_epochs} epochs")
-        fresh, _ = load(cfg.model, device=cfg.device, dtype=cfg.dtype)
+        fresh, _ = load_base(cfg, load)
         unsafe_rows = np.flatnonzero(train.labels == 1)
         pairs_h = [(train.prompts[i], train.responses[i]) for i in unsafe_rows]
         eval_prompts = harmful[: cfg.pgd_prompts]
@@ -386,6 +386,30 @@ def run_audit(
         timings_seconds=timings,
         execution=cfg.execution.describe(),
     )
+
+
+def base_name(cfg: AuditConfig) -> str:
+    """The audited base as reports name it (its merged adapter included)."""
+    a = cfg.model_adapter
+    return cfg.model if a is None else f"{cfg.model} + LoRA {a.parent.name}/{a.name} (merged)"
+
+
+def load_base(cfg: AuditConfig, load: Any) -> tuple[Any, Any]:
+    """The base model and tokenizer (``load``: the model loader), with ``model_adapter``
+    merged in when set; a model or an adapter that does not load is an :class:`AuditError`
+    naming it."""
+    try:
+        model, tok = load(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    except (ValueError, OSError, ImportError) as err:
+        raise AuditError(f"model {cfg.model!r}: {err}") from None
+    if cfg.model_adapter is not None:
+        from silentwatch.offline.audit.organism import load_adapter
+
+        try:
+            model = load_adapter(model, cfg.model_adapter).merge_and_unload()
+        except (ValueError, OSError) as err:
+            raise AuditError(f"model_adapter: {str(err).splitlines()[0]}") from None
+    return model, tok
 
 
 def monitor_copy(monitor: Any) -> Any:
