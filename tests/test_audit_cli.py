@@ -90,7 +90,7 @@ def test_audit_with_dissociation_and_finetune_writes_a_full_report(workspace):
     sites = {(p["site"], p["method"]) for p in report.base.pgd if p["method"] != "clean"}
     assert sites == {(s, m) for s in ("embedding", "last") for m in ("pgd", "random")}
     assert {v["layer"] for v in report.cand.lvs} == {"embedding", "last"}
-    assert {c.name for c in report.checks} == {"probe AUROC drop", "sigmoid gap"}
+    assert {c.name for c in report.checks} == {"probe AUROC drop", "sigmoid gap", "refusal drop"}
     assert report.verdict in ("pass", "fail")
 
 
