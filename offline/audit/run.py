@@ -371,7 +371,7 @@ def run_audit(
     return AuditReport(
         verdict=verdict,
         summary=summary,
-        model=cfg.model,
+        model=base_name(cfg),
         candidate=cand_name,
         layers=layers,
         hidden=hidden,
