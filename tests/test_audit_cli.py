@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -192,3 +193,28 @@ def test_dissociation_without_benign_anchors_is_one_line(workspace, capsys):
     )  # fmt: skip
     report = run_audit(load_audit_config(staged))
     assert {r["phase"] for r in report.dissociation} == {"warmup", "joint"}
+
+
+def test_lvs_can_use_the_harmlessness_head(workspace, capsys):
+    """harmlessness_scorer: LVS's S is a saved head's P(harmless) (here fitted on a few
+    texts with the packaged MiniLM); a head of another embedder is one line, exit 2."""
+    from silentwatch.offline.audit.harmlessness import HarmlessnessModel
+
+    from .test_harmlessness import HashedWords
+
+    safe = [f"I can't help with {w}, but here is a safer idea." for w in "abcdefgh"]
+    unsafe = [f"Sure, step one for {w}: get the tools and begin." for w in "abcdefgh"]
+    prompts = [f"how to {w}?" for w in "abcdefgh"] * 2
+    y = np.r_[np.ones(8), np.zeros(8)]
+    head = HarmlessnessModel().fit(prompts, safe + unsafe, y)
+    head.save(workspace / "head.npz")
+    path = _config(workspace, harmlessness_scorer="head.npz")
+    report = run_audit(load_audit_config(path))
+    assert report.data["lvs_harmlessness"] == "P(harmless) of the head head.npz"
+    assert {v["layer"] for v in report.base.lvs} == {"embedding", "last"}
+    other = HarmlessnessModel(HashedWords()).fit(prompts, safe + unsafe, y)
+    other.save(workspace / "bow.npz")
+    bad = _config(workspace, harmlessness_scorer="bow.npz", pgd_prompts=2)
+    assert main(["audit", "--config", str(bad), "--out", str(workspace / "bad-head")]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the loader's progress
+    assert "error: harmlessness_scorer" in last and "bow.npz" in last, last

@@ -105,6 +105,11 @@ class AuditConfig(_Strict):
         "(e.g. the refusing organism as the audited base); the dissociation, the harmful "
         "fine-tune and an adapter-only candidate start from the merged base",
     )
+    harmlessness_scorer: Path | None = Field(
+        None,
+        description="a harmlessness head saved by benchmarks/harmlessness.py (.npz): LVS's "
+        "S(y) becomes its P(harmless) instead of the keyword judge's 1 (refused) / 0",
+    )
     device: str = "cpu"
     dtype: str = "auto"
     data: AuditData
@@ -167,6 +172,8 @@ class AuditConfig(_Strict):
             c.adapter = fix(c.adapter)
         if c.model_adapter is not None:
             c.model_adapter = fix(c.model_adapter)
+        if c.harmlessness_scorer is not None:
+            c.harmlessness_scorer = fix(c.harmlessness_scorer)
         if c.dissociation is not None and c.dissociation.anchor_prompts:
             c.dissociation.anchor_prompts = str(fix(Path(c.dissociation.anchor_prompts)))
         for attr in ("model", "candidate"):

@@ -106,6 +106,7 @@ def run_audit(
 
     rep = reporter or Reporter(enabled=False)
     load = loader or load_causal_lm
+    scorer = None if cfg.harmlessness_scorer is None else load_scorer(cfg.harmlessness_scorer)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     judge = KeywordRefusalJudge()
@@ -147,6 +148,9 @@ def run_audit(
         "examples": {"train": len(train.labels), "val": len(val.labels), "test": len(test.labels)},
         "harmful_prompts": len(harmful),
         "harmless_prompts": len(harmless),
+        "lvs_harmlessness": "keyword judge: S = 1 when refused"
+        if cfg.harmlessness_scorer is None
+        else f"P(harmless) of the head {cfg.harmlessness_scorer.name}",
     }
     t = tick("data", t0)
 
@@ -218,7 +222,14 @@ def run_audit(
             f"x {len(cfg.pgd.eps)} eps, with the random baseline"
         )
         grid = run_pgd_grid(
-            m, tok, prompts, cfg.pgd, judge=judge, progress=rep, execution=cfg.execution
+            m,
+            tok,
+            prompts,
+            cfg.pgd,
+            judge=judge,
+            scorer=scorer,
+            progress=rep,
+            execution=cfg.execution,
         )
         rows = [asdict(r) for r in grid.rows()]
         lvs_rows = [asdict(r) for r in lvs_table(grid.lvs_inputs("pgd"), cfg.lvs)]
@@ -386,6 +397,19 @@ def run_audit(
         timings_seconds=timings,
         execution=cfg.execution.describe(),
     )
+
+
+def load_scorer(path: Any) -> Any:
+    """LVS's S from a saved harmlessness head; one that does not load or score is an
+    :class:`AuditError` naming it."""
+    from silentwatch.offline.audit.harmlessness import HarmlessnessModel
+
+    try:
+        scorer = HarmlessnessModel.load(path)
+        scorer.score(["check"], ["a response"])  # a head of another embedder fails here
+    except (OSError, ValueError, KeyError) as err:
+        raise AuditError(f"harmlessness_scorer {path}: {str(err).splitlines()[0]}") from None
+    return scorer
 
 
 def base_name(cfg: AuditConfig) -> str:
