@@ -326,6 +326,32 @@ def generate_responses(
     return out
 
 
+def judged_responses(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    judge: RefusalJudge | None = None,
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int = 64,
+    max_prompt_tokens: int = 256,
+    progress: Reporter | None = None,
+) -> tuple[list[str], np.ndarray]:
+    """Greedy responses to ``prompts`` and, per response, whether the judge
+    (:class:`KeywordRefusalJudge` by default) calls it a refusal."""
+    judge = judge or KeywordRefusalJudge()
+    responses = generate_responses(
+        model,
+        tokenizer,
+        prompts,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        max_prompt_tokens=max_prompt_tokens,
+        progress=progress,
+    )
+    return responses, np.asarray(judge.refused(list(prompts), responses), dtype=bool)
+
+
 def refusal_rate(
     model: nn.Module,
     tokenizer: Any,
@@ -340,13 +366,13 @@ def refusal_rate(
     behavioural number; :class:`KeywordRefusalJudge` by default)."""
     if not prompts:
         raise ValueError("no prompts to measure refusal on")
-    judge = judge or KeywordRefusalJudge()
-    responses = generate_responses(
+    _, refused = judged_responses(
         model,
         tokenizer,
         prompts,
+        judge,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         progress=progress,
     )
-    return float(np.mean(judge.refused(list(prompts), responses)))
+    return float(np.mean(refused))

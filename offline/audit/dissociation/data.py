@@ -182,22 +182,20 @@ def anchor_rows(
     ValueError
         when no prompt is given or every generation is discarded.
     """
-    from silentwatch.offline.audit.gap import generate_responses
-    from silentwatch.offline.judge import KeywordRefusalJudge
+    from silentwatch.offline.audit.gap import judged_responses
 
     prompts = [p for p in prompts if p.strip()]
     if not prompts:
         raise ValueError("no benign anchor prompts to answer")
-    judge = judge or KeywordRefusalJudge()
-    responses = generate_responses(
+    responses, refused = judged_responses(
         model,
         tokenizer,
         prompts,
+        judge,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         max_prompt_tokens=max_prompt_tokens,
     )
-    refused = judge.refused(list(prompts), responses)
     keep: list[int] = []
     for i, r in enumerate(responses):
         tokens = tokenizer(r.strip(), add_special_tokens=False)["input_ids"] if r.strip() else []
