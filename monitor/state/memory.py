@@ -268,6 +268,18 @@ class MemoryStore:
         self._n_live -= len(slots)
         self._bury(self._ring.ids[slots].tolist(), self._mask[slots] | _MASK(_LEFT))
 
+    def _mark_labelled(self, keys: list[RequestId], rows: np.ndarray, bits: np.ndarray) -> None:
+        """The ids at ``rows`` (not pending) have the heads in ``bits`` labelled: each one's
+        tombstone gains them (an id may come more than once, for several heads)."""
+        if not len(rows):
+            return
+        acc: dict[RequestId, int] = {}
+        for rid, b in zip([keys[i] for i in rows.tolist()], bits[rows].tolist(), strict=True):
+            acc[rid] = acc.get(rid, 0) | b
+        rids = list(acc)
+        vals = np.fromiter(acc.values(), dtype=np.int64, count=len(acc))
+        self._bury(rids, (self._tomb_masks(rids) | vals).astype(_MASK))
+
     def _bury_left(self, pairs: Sequence[tuple[RequestId, int]]) -> None:
         """(id, mask of the heads labelled) of predictions that left without a trace in
         pending (the durable store dropping another bundle's journal): late labels for
@@ -453,14 +465,7 @@ class MemoryStore:
             done = np.unique(slots)
             self._leave(done[self._mask[done] == self._all])
             # Not pending: a tombstone gathering every head labelled (an id may come twice).
-            out = np.flatnonzero(~pend)
-            if len(out):
-                acc: dict[RequestId, int] = {}
-                for rid, b in zip([keys[i] for i in out.tolist()], bits[out].tolist(), strict=True):
-                    acc[rid] = acc.get(rid, 0) | b
-                rids = list(acc)
-                vals = np.fromiter(acc.values(), dtype=np.int64, count=len(acc))
-                self._bury(rids, (self._tomb_masks(rids) | vals).astype(_MASK))
+            self._mark_labelled(keys, np.flatnonzero(~pend), bits)
 
     def rebind(self, bundle_sha256: str, heads: int = 1) -> int:
         """Serve another bundle (with ``heads`` heads): pending predictions leave (late labels
@@ -581,15 +586,7 @@ class MemoryStore:
             done = np.unique(lslots)
             self._leave(done[self._mask[done] == self._all])
             # Carried joins: the tombstone remembers the head (an id may come with 2 heads).
-            crow = rows[~local]
-            if len(crow):
-                acc: dict[RequestId, int] = {}
-                for rid, b in zip([keys[i] for i in crow.tolist()], bits[crow].tolist(),
-                                  strict=True):  # fmt: skip
-                    acc[rid] = acc.get(rid, 0) | b
-                rids = list(acc)
-                vals = np.fromiter(acc.values(), dtype=np.int64, count=len(acc))
-                self._bury(rids, (self._tomb_masks(rids) | vals).astype(_MASK))
+            self._mark_labelled(keys, rows[~local], bits)
             c = self.counters
             c.labels_received += m
             c.labels_joined += len(rows)
