@@ -408,11 +408,7 @@ class MonitorService(pb_grpc.MonitorServicer):
             ids, y, heads = self._packed_labels(sv, request)
             carried, refused = None, 0
         else:
-            if len(labels) > self.settings.max_batch_rows:
-                raise invalid(
-                    f"{len(labels)} labels in one request, more than the limit of "
-                    f"{self.settings.max_batch_rows}; split them"
-                )
+            self._check_label_count(len(labels))
             ids = [lab.request_id for lab in labels]
             y = np.fromiter((lab.unsafe for lab in labels), dtype=np.int8, count=len(labels))
             heads = self._label_heads(sv, labels)
@@ -459,11 +455,7 @@ class MonitorService(pb_grpc.MonitorServicer):
         joined) when the fields do not fit together."""
         flags = np.frombuffer(request.packed_unsafe, dtype=np.uint8)
         m = flags.shape[0]
-        if m > self.settings.max_batch_rows:
-            raise invalid(
-                f"{m} labels in one request, more than the limit of "
-                f"{self.settings.max_batch_rows}; split them"
-            )
+        self._check_label_count(m)
         if m == 0:
             raise invalid(
                 "packed_unsafe is empty; send one byte per packed id (1: unsafe, 0: safe)"
@@ -482,16 +474,16 @@ class MonitorService(pb_grpc.MonitorServicer):
         )
         heads = None
         if request.packed_head:
-            index = {n: j for j, n in enumerate(sv.head_names)}
-            j = index.get(request.packed_head)
-            if j is None:
-                raise invalid(
-                    f"packed_head is {request.packed_head!r}, which this bundle does not have "
-                    f"(its heads: {', '.join(sv.head_names)}); nothing in this request was "
-                    "accepted"
-                )
+            j = _head_index(sv, request.packed_head, "packed_head is")
             heads = np.full(m, j, dtype=np.int16) if j else None
         return ids, flags.astype(np.int8), heads
+
+    def _check_label_count(self, m: int) -> None:
+        if m > self.settings.max_batch_rows:
+            raise invalid(
+                f"{m} labels in one request, more than the limit of "
+                f"{self.settings.max_batch_rows}; split them"
+            )
 
     @staticmethod
     def _label_heads(sv: Served, labels) -> np.ndarray | None:
@@ -499,19 +491,10 @@ class MonitorService(pb_grpc.MonitorServicer):
         head refuses the whole request before anything is joined."""
         if not any(lab.head for lab in labels):
             return None
-        index = {n: j for j, n in enumerate(sv.head_names)}
         out = np.zeros(len(labels), dtype=np.int16)
         for i, lab in enumerate(labels):
-            if not lab.head:
-                continue
-            j = index.get(lab.head)
-            if j is None:
-                raise invalid(
-                    f"label {i} ({lab.request_id!r}) is for head {lab.head!r}, which this "
-                    f"bundle does not have (its heads: {', '.join(sv.head_names)}); nothing "
-                    "in this request was accepted"
-                )
-            out[i] = j
+            if lab.head:
+                out[i] = _head_index(sv, lab.head, f"label {i} ({lab.request_id!r}) is for head")
         return out
 
     def _carried_scores(self, sv: Served, labels) -> tuple[np.ndarray | None, int]:
@@ -731,3 +714,15 @@ class MonitorService(pb_grpc.MonitorServicer):
             return self.store.unfolded_labels()
         except Exception:  # a status read must not fail because the disk did
             return -1
+
+
+def _head_index(sv: Served, name: str, what: str) -> int:
+    """The column of the head a label names; an unknown one refuses the whole request
+    (``what`` says where the name came from)."""
+    try:
+        return sv.head_names.index(name)
+    except ValueError:
+        raise invalid(
+            f"{what} {name!r}, which this bundle does not have (its heads: "
+            f"{', '.join(sv.head_names)}); nothing in this request was accepted"
+        ) from None
