@@ -1,5 +1,6 @@
-"""Dissociation checkpoints: the adapter or full model, the monitor and the run's state, and
-loading them back (weights only: no code runs on load)."""
+"""Dissociation checkpoints: the adapter or full model, the monitor, both optimisers and the
+run's state; loading them back, and the newest one of a folder (weights only: no code runs on
+load)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ from silentwatch.offline.audit.dissociation.lora import is_peft
 from silentwatch.offline.audit.dissociation.settings import DissociationSettings
 from silentwatch.offline.hooks import unwrap
 
-__all__ = ["load_checkpoint", "save_checkpoint"]
+__all__ = ["OPTIMIZERS_FILE", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
+
+OPTIMIZERS_FILE = "optimizers.pt"
+"""The optimisers' state dicts in a checkpoint folder (what ``resume`` needs beyond weights)."""
 
 
 def save_checkpoint(
@@ -26,10 +30,13 @@ def save_checkpoint(
     step: int,
     phase: str,
     settings: DissociationSettings,
+    optimizers: dict[str, torch.optim.Optimizer] | None = None,
 ) -> Path:
     """Write ``path/``: the adapter (peft ``save_pretrained``) or the full model
-    (transformers ``save_pretrained``), ``monitor.pt`` (state dict + constructor arguments)
-    and ``state.json`` (step, phase, settings)."""
+    (transformers ``save_pretrained``), ``monitor.pt`` (state dict + constructor arguments),
+    :data:`OPTIMIZERS_FILE` (the ``optimizers``' state dicts, when given) and ``state.json``
+    (step, phase, settings). ``state.json`` is written last: a folder without it is an
+    interrupted save, which :func:`latest_checkpoint` skips."""
     path.mkdir(parents=True, exist_ok=True)
     if is_peft(model):
         model.save_pretrained(str(path))  # type: ignore[operator]
@@ -43,6 +50,8 @@ def save_checkpoint(
         },
         path / "monitor.pt",
     )
+    if optimizers:
+        torch.save({k: o.state_dict() for k, o in optimizers.items()}, path / OPTIMIZERS_FILE)
     state = {"step": step, "phase": phase, "settings": asdict(settings)}
     (path / "state.json").write_text(json.dumps(state, indent=2, default=str))
     return path
@@ -76,3 +85,19 @@ def load_checkpoint(
     monitor.load_state_dict(sd)
     state = json.loads((path / "state.json").read_text())
     return model.eval(), monitor, state
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The complete ``step-NNNNNN`` checkpoint with the highest step in ``folder`` (one whose
+    ``state.json`` was written), or None.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> for n, done in ((5, True), (10, True), (15, False)):
+    ...     (d / f"step-{n:06d}").mkdir()
+    ...     _ = (d / f"step-{n:06d}" / "state.json").write_text("{}") if done else None
+    >>> latest_checkpoint(d).name
+    'step-000010'
+    """
+    done = [p for p in Path(folder).glob("step-*") if (p / "state.json").exists()]
+    return max(done, key=lambda p: p.name) if done else None

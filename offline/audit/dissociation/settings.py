@@ -168,6 +168,11 @@ class DissociationSettings:
     """Save every N updates and after the last one (0 = never); needs ``checkpoint_dir``."""
     checkpoint_dir: str | None = None
     """Where checkpoints go (``step-NNNNNN/`` folders)."""
+    resume: bool = False
+    """Continue from the newest complete checkpoint in ``checkpoint_dir`` (weights, monitor,
+    both optimisers' state, the batch order), so an interrupted run rerun with the same
+    settings ends where an uninterrupted one would; no checkpoint there: start afresh.
+    ``schedule="paper"`` only."""
     seed: int = 0
     """Seed of batch order and initialisation."""
 

@@ -20,6 +20,7 @@ checked); and, with the staged option only, the *refit monitor*, a diagnostic.
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
@@ -30,7 +31,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from silentwatch.offline.audit.dissociation.checkpoints import save_checkpoint
+from silentwatch.offline.audit.dissociation.checkpoints import (
+    OPTIMIZERS_FILE,
+    latest_checkpoint,
+    save_checkpoint,
+)
 from silentwatch.offline.audit.dissociation.data import (
     DissociationData,
     TrainBatch,
@@ -409,8 +414,71 @@ class _Run:
             step=self.step,
             phase=phase,
             settings=s,
+            optimizers={"model": self.opt, "monitor": self.mon_opt},
         )
         self.checkpoints.append(path)
+
+    def restore(self, path: Path) -> None:
+        """Continue a paper-schedule run from checkpoint ``path``: the trained weights (adapter
+        or full model), the construction monitor, both optimisers' state, the update count,
+        and the batch stream advanced past the batches already used (the same seed gives the
+        same order), so the remaining updates are those an uninterrupted run would take."""
+        state = json.loads((path / "state.json").read_text())
+        if state.get("phase") != "train":
+            raise ValueError(
+                f"{path} was saved in phase {state.get('phase')!r}: resume continues "
+                "schedule='paper' runs only"
+            )
+        saved = state.get("settings", {})
+        differ = [k for k in _RESUME_MUST_MATCH if k in saved and saved[k] != _jsonable(self.s, k)]
+        if differ:
+            detail = ", ".join(f"{k} {saved[k]!r} != {_jsonable(self.s, k)!r}" for k in differ)
+            raise ValueError(f"{path} was trained with other settings ({detail})")
+        if not (path / OPTIMIZERS_FILE).exists():
+            raise ValueError(f"{path} holds no optimiser state ({OPTIMIZERS_FILE}): cannot resume")
+        if is_peft(self.model):
+            from peft import set_peft_model_state_dict
+            from peft.utils import load_peft_weights
+
+            set_peft_model_state_dict(self.model, load_peft_weights(str(path), device="cpu"))
+        else:
+            from transformers import AutoModelForCausalLM
+
+            saved_model = AutoModelForCausalLM.from_pretrained(str(path))
+            self.model.load_state_dict(saved_model.state_dict())
+        self.monitor.load_state_dict(
+            torch.load(path / "monitor.pt", weights_only=True)["state_dict"]
+        )
+        opts = torch.load(path / OPTIMIZERS_FILE, weights_only=True)
+        self.opt.load_state_dict(opts["model"])
+        self.mon_opt.load_state_dict(opts["monitor"])
+        self.step = int(state["step"])
+        for _ in range(self.step * self.s.grad_accum):
+            next(self.batches)
+        self.checkpoints.append(path)
+
+
+_RESUME_MUST_MATCH = (
+    "seed",
+    "batch_size",
+    "grad_accum",
+    "schedule",
+    "composition",
+    "lora",
+    "lora_r",
+    "lora_alpha",
+    "lora_target_modules",
+    "max_prompt_tokens",
+    "max_response_tokens",
+    "monitor_target",
+)
+"""Settings that decide the batch order or the parameters' shapes: a checkpoint trained with
+others cannot be continued."""
+
+
+def _jsonable(s: DissociationSettings, key: str) -> Any:
+    v = getattr(s, key)
+    return list(v) if isinstance(v, tuple) else v
 
 
 def _validate(s: DissociationSettings) -> None:
@@ -482,6 +550,7 @@ def dissociate(
     *,
     anchors: Sequence[str] | None = None,
     audit_probe: nn.Module | None = None,
+    resume: str | Path | None = None,
 ) -> DissociationResult:
     """Train a dissociated model (paper B §3): behaviour held by SFT + KL to the reference,
     the representation steered so that a co-trained monitor reads ``p*`` on harmful prompts.
@@ -535,6 +604,9 @@ def dissociate(
     progress : optional :class:`~offline.progress.Reporter`
     anchors : harmless prompts for benign anchors (answered by the base model)
     audit_probe : the audit's fixed probe, only to check that it stays separate
+    resume : a checkpoint folder of an earlier run with the same settings to continue from
+        (``settings.resume`` picks the newest in ``checkpoint_dir``); the run then takes the
+        remaining updates only, and the result's ``records`` hold those
 
     Returns
     -------
@@ -583,12 +655,19 @@ def dissociate(
         max_response_tokens=s.max_response_tokens,
     )
     run = _Run(model, ref, monitor, batches, s, compute)
+    if resume is None and s.resume and s.checkpoint_dir is not None:
+        resume = latest_checkpoint(s.checkpoint_dir)
+    if resume is not None:
+        if s.schedule != "paper":
+            raise ValueError("resume continues schedule='paper' runs only")
+        run.restore(Path(resume))
+        rep.step(f"dissociation resumed from {resume} (update {run.step})")
     refit: nn.Module | None = None
     if s.schedule == "paper":
         n = s.paper_updates(len(rows))
         rep.step(f"dissociation (paper B's four-phase update): {n} updates")
-        with rep.bar("train", n) as advance:
-            for _ in range(n):
+        with rep.bar("train", max(n - run.step, 0)) as advance:
+            for _ in range(max(n - run.step, 0)):
                 run.paper_update()
                 run.maybe_checkpoint("train", last=run.step == n)
                 advance(1)
