@@ -141,7 +141,9 @@ def test_tombstones_stay_bounded_with_heads() -> None:
     s = MemoryStore(capacity=10, ttl_seconds=60, tombstone_capacity=2, heads=2)
     s.record(["a", "b", "c"], rows((0.1, 0.1), (0.2, 0.2), (0.3, 0.3)))
     join(s, ["a", "a", "b", "b", "c", "c"], [0, 1, 0, 1, 0, 1])
-    assert s.tombstones() == 2
+    assert s.tombstones() == 3  # all three are among the last 10 + 2 recorded
+    s.record([f"n{i}" for i in range(10)], np.zeros((10, 2), dtype=np.float32))
+    assert s.tombstones() == 2  # "a" is the 13th newest: forgotten
     assert outcome(join(s, ["a", "b", "c"], [1, 1, 1])) == (0, 2, 0, 1, 0)
 
 

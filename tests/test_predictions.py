@@ -153,9 +153,69 @@ def test_tombstones_are_bounded():
     s = MemoryStore(capacity=10, ttl_seconds=60, tombstone_capacity=2, clock=FakeClock())
     s.record(["a", "b", "c"], _scores(0.1, 0.2, 0.3))
     s.join(["a", "b", "c"], np.array([0, 0, 0]))
+    # An id is remembered while it is among the last capacity + tombstone_capacity (12)
+    # predictions recorded: after 10 more, "a", "b" and "c" are the 13th to 11th newest.
+    s.record(_ids("n", 10), np.zeros(10, dtype=np.float32))
     r = s.join(["a", "b", "c"], np.array([0, 0, 0]))
-    # Only the two most recent tombstones are remembered; "a" has been forgotten.
     assert (r.already_labelled, r.unknown) == (2, 1)
+    assert r.unmatched_ids == ["a", "b", "c"]
+    assert s.tombstones() == 2
+
+
+def test_no_tombstones_when_their_capacity_is_zero():
+    s = MemoryStore(capacity=3, ttl_seconds=60, tombstone_capacity=0, clock=FakeClock())
+    s.record(["a", "b", "c"], _scores(0.1, 0.2, 0.3))
+    s.join(["a"], np.array([1]))
+    s.record(["d", "e"], _scores(0.4, 0.5))  # "b" evicted
+    r = s.join(["a", "b", "zz"], np.array([1, 1, 1]), np.array([np.nan, np.nan, 0.5]))
+    # Nothing is remembered after it leaves; a carried score still joins (once, here).
+    assert (r.joined, r.already_labelled, r.expired, r.unknown) == (1, 0, 0, 2)
+    assert s.tombstones() == 0
+
+
+def test_a_tombstone_older_than_the_newest_recording_is_ignored():
+    s = MemoryStore(capacity=2, ttl_seconds=60, tombstone_capacity=4, clock=FakeClock())
+    # A carried label buries "a" (never recorded here) in the second ring...
+    assert s.join(["a"], np.array([1]), np.array([0.5])).joined == 1
+    # ...then "a" is recorded here and evicted unlabelled: its history slot is the truth.
+    s.record(["a"], _scores(0.9))
+    s.record(["b", "c"], _scores(0.1, 0.2))
+    r = s.join(["a"], np.array([1]))
+    assert (r.already_labelled, r.expired) == (0, 1)
+    # Labelled late with a carried score: the newer second-ring tombstone says so.
+    assert s.join(["a"], np.array([0]), np.array([0.7])).joined == 1
+    assert s.join(["a"], np.array([0])).already_labelled == 1
+
+
+def test_a_batch_larger_than_the_history():
+    s = MemoryStore(capacity=2, ttl_seconds=60, tombstone_capacity=3, clock=FakeClock())
+    s.record(_ids("r", 7), np.arange(7, dtype=np.float32))
+    assert s.pending_ids() == ["r5", "r6"]
+    assert (s.counters.recorded, s.counters.evicted_capacity) == (7, 5)
+    r = s.join(_ids("r", 7), np.ones(7, dtype=np.int8))
+    # r2..r4 left but are among the last 5 recorded; r0, r1 are forgotten.
+    assert (r.joined, r.expired, r.unknown) == (2, 3, 2)
+    assert r.scores.tolist() == [5.0, 6.0]
+
+
+def test_the_id_index_stays_within_the_history():
+    # Ids leave the index when the slot of their newest recording is reused: it never holds
+    # more than capacity + tombstone_capacity ids, and each entry points at its own slot.
+    s = MemoryStore(capacity=50, ttl_seconds=60, tombstone_capacity=30, clock=FakeClock())
+    rng = np.random.default_rng(0)
+    for b in range(60):
+        ids = list(dict.fromkeys(f"id{i}" for i in rng.integers(0, 400, size=17)))
+        ids = [i for i in ids if i not in set(s.pending_ids())]
+        s.record(ids, np.zeros(len(ids), dtype=np.float32))
+        s.join(ids[::3], np.ones(len(ids[::3]), dtype=np.int8))
+        index = s._ring.where
+        assert len(index) <= 80
+        ring = s._ring
+        assert all(
+            ring.ids[q % ring.size] == k and ring.seq_at[q % ring.size] == q
+            for k, q in index.items()
+        )
+    assert s.counters.recorded > 500
 
 
 def test_duplicates_refused_atomically():

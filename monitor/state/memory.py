@@ -1,23 +1,27 @@
 """Recorded predictions awaiting their delayed labels: bounded in size and age, batch at a time.
 
 Everything about a prediction sits in numpy ring buffers indexed by its sequence number
-modulo ``capacity``: its id, its scores (one per head), its time, whether it is still
-pending, and which of its heads were labelled. The only per-id structure is a plain dict
-from id to the newest sequence number recorded under it, and it is written and read in
-bulk (``dict.update(zip(...))``, ``map(dict.get, ...)``: loops that run in C, never in
-Python bytecode). Entries are never deleted from it one by one: an entry is trusted only
-when its ring slot still holds that sequence number and is pending, and the dict is
-rebuilt from the ring once stale entries outnumber live ones (one ``dict(zip(...))``,
-amortised over ``capacity`` records; measured cheaper than popping each leaving id). So a
-1,024-id batch is recorded or joined with a fixed number of vectorised operations.
+modulo ``capacity + tombstone_capacity`` (the *history*): its id, its scores (one per
+head), its time, whether it is still pending, and which of its heads were labelled. The
+only per-id structure is a plain dict from id to the newest sequence number recorded under
+it, written, read and trimmed in bulk (``dict.update(zip(...))``, ``map(dict.get, ...)``,
+``map(dict.pop, ...)``: loops that run in C, never in Python bytecode); an id leaves it
+when the history slot of its newest recording is reused. So a 1,024-id batch is recorded
+or joined with a fixed number of vectorised operations and one dict lookup per id.
 
 A prediction leaves when ``capacity`` newer ones have been recorded (so the store never
 holds more than ``capacity``), when it is older than ``ttl_seconds``, or once every head of
-it has been labelled; every eviction is counted. Ids that left recently are remembered in a
-second bounded ring ("tombstones", same scheme) so a late label can be told apart as
-*expired* or *already labelled* instead of *unknown*. A tombstone is a bitmask: which heads
-were labelled, plus a flag saying whether the id was recorded here (so an unlabelled head
-of it is *expired*, not *unknown*); burying an id again moves it to the newest end.
+it has been labelled; every eviction is counted. A prediction that left stays in its
+history slot, not pending, until the slot is reused ``capacity + tombstone_capacity``
+records after it was written: that is its *tombstone*, so a late label can be told apart
+as *expired* or *already labelled* instead of *unknown*, and leaving writes nothing but a
+flag. A tombstone is a bitmask: which heads were labelled, plus a flag saying whether the
+id was recorded here (so an unlabelled head of it is *expired*, not *unknown*). The few
+tombstones that no history slot holds — ids labelled with a carried score (never recorded
+here, or labelled after they left) and a dropped bundle's journal — sit in a second,
+smaller ring of ``tombstone_capacity`` (same scheme), each stamped with the sequence
+number current when it was written so that one older than the id's newest recording is
+ignored. With ``tombstone_capacity = 0`` nothing is remembered after it leaves.
 
 Ids are any hashable: ``str`` (the wire's ``request_ids``) or 16-byte ``bytes`` (the wire's
 ``packed_request_ids``, split with one ``numpy.frombuffer(raw, "V16").tolist()``). The two
@@ -28,8 +32,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from itertools import repeat
+from itertools import compress, repeat
 
 import numpy as np
 
@@ -82,23 +87,23 @@ def _pieces(start: int, n: int, size: int) -> tuple[slice, ...]:
 class _Ring:
     """Ids by sequence number in a ring of ``size`` slots, with a dict index.
 
-    ``where[id]`` is the newest sequence number written under ``id``; it is trusted only if
-    that number is still in the ring (``seq >= end - size``); overwritten entries stay until
-    :meth:`rebuild`.
+    ``where[id]`` is the newest sequence number written under ``id``. When a slot is
+    overwritten, the id it held leaves the index if that slot was its newest entry, so the
+    index never holds more than ``size`` ids and needs no periodic rebuild (which, at
+    500,000 entries, would stall one request for tens of milliseconds).
     """
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.ids = np.empty(max(size, 1), dtype=object)
+        self.seq_at = np.full(max(size, 1), -1, dtype=np.int64)  # the seq each slot holds
         self.where: dict[RequestId, int] = {}
         self.end = 0  # the next sequence number
 
     def lookup(self, keys: Sequence[RequestId]) -> np.ndarray:
         """(n,) int64 sequence numbers, -1 where the id is not in the ring."""
         n = len(keys)
-        seq = np.fromiter(map(self.where.get, keys, repeat(-1)), dtype=np.int64, count=n)
-        seq[seq < self.end - self.size] = -1
-        return seq
+        return np.fromiter(map(self.where.get, keys, repeat(-1)), dtype=np.int64, count=n)
 
     def write(self, keys: list[RequestId], start: int) -> None:
         """Put ``keys`` at sequence numbers [start, start + len(keys)); ``start >= end``."""
@@ -107,24 +112,40 @@ class _Ring:
             return
         if n > self.size:  # only the last `size` fit
             start, keys, n = start + n - self.size, keys[n - self.size :], self.size
+        pieces = _pieces(start, n, self.size)
+        if len(pieces) == 1:
+            old_seq, old_ids = self.seq_at[pieces[0]], self.ids[pieces[0]]
+        else:
+            old_seq = np.concatenate([self.seq_at[p] for p in pieces])
+            old_ids = np.concatenate([self.ids[p] for p in pieces])
+        held = old_seq >= 0
+        if held.any():  # the overwritten ids leave the index, unless recorded again since
+            gone = old_ids[held].tolist()
+            now = np.fromiter(map(self.where.get, gone, repeat(-1)), np.int64, len(gone))
+            stale = now == old_seq[held]
+            if stale.any():
+                deque(map(self.where.pop, compress(gone, stale.tolist())), maxlen=0)
         if n == 1:  # an object array would take a 1-tuple id for a sequence
             self.ids[start % self.size] = keys[0]
+            self.seq_at[start % self.size] = start
         else:
             at = 0
-            for piece in _pieces(start, n, self.size):
+            for piece in pieces:
                 width = piece.stop - piece.start
                 self.ids[piece] = keys[at : at + width]
+                self.seq_at[piece] = np.arange(start + at, start + at + width)
                 at += width
         self.where.update(zip(keys, range(start, start + n), strict=True))
         self.end = start + n
 
-    def rebuild(self, seqs: np.ndarray) -> None:
-        """Keep only ``seqs`` (sequence numbers still in the ring) in the index."""
-        self.where = dict(zip(self.ids[seqs % self.size].tolist(), seqs.tolist(), strict=True))
-
 
 class MemoryStore:
     """Bounded, thread-safe store for the label join, in memory (lost on restart).
+
+    At most ``capacity`` predictions are pending; an id recorded among the last
+    ``capacity + tombstone_capacity`` predictions is remembered after it leaves
+    (``tombstone_capacity`` defaults to ``capacity``), as is each of the last
+    ``tombstone_capacity`` ids labelled with a carried score.
 
     :class:`~.sqlite.SqliteStore` is the durable one; both meet :class:`~.store.PredictionStore`.
 
@@ -176,14 +197,19 @@ class MemoryStore:
             raise ValueError("tombstone_capacity must be at least 0")
         self.max_unmatched_reported = max_unmatched_reported
         self._clock = clock
-        self._ring = _Ring(capacity)
-        self._live = np.zeros(capacity, dtype=bool)  # the slot's prediction awaits a label
-        self._times = np.zeros(capacity, dtype=np.float64)
+        self._size = capacity + self.tombstone_capacity  # history slots
+        self._ring = _Ring(self._size)
+        self._live = np.zeros(self._size, dtype=bool)  # the slot's prediction awaits a label
+        self._times = np.zeros(self._size, dtype=np.float64)
+        # Heads labelled so far, per slot; a slot that left keeps it as its tombstone.
+        self._mask = np.zeros(self._size, dtype=_MASK)
         self._low = 0  # no prediction with a smaller sequence number is pending
         self._n_live = 0
         self._set_heads(heads)
+        # Tombstones no history slot holds (carried labels, a dropped journal).
         self._tombs = _Ring(self.tombstone_capacity)
         self._tomb_mask = np.zeros(max(self.tombstone_capacity, 1), dtype=_MASK)
+        self._tomb_seq = np.zeros(max(self.tombstone_capacity, 1), dtype=np.int64)
         self._lock = threading.Lock()
         self.counters = StoreCounters()
 
@@ -192,9 +218,8 @@ class MemoryStore:
     def _set_heads(self, heads: int) -> None:
         self.heads = check_heads(heads)
         self._all = (1 << self.heads) - 1  # the mask of an id with every head labelled
-        self._scores = np.zeros((self.capacity, self.heads), dtype=np.float32)
+        self._scores = np.zeros((self._size, self.heads), dtype=np.float32)
         self._flat = self._scores.reshape(-1)  # a view: slot * heads + head
-        self._mask = np.zeros(self.capacity, dtype=_MASK)  # heads labelled so far, per slot
 
     @property
     def _seq(self) -> int:
@@ -210,39 +235,63 @@ class MemoryStore:
     # -- reading the rings ---------------------------------------------------------------
     def _pending_seqs(self, keys: Sequence[RequestId]) -> np.ndarray:
         """(n,) int64 sequence number of each id's pending prediction, -1 where none."""
+        return self._lookup(keys, tombs=False)[0]
+
+    def _lookup(
+        self, keys: Sequence[RequestId], tombs: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(pending, tomb)``: (n,) int64 sequence number of each id's pending prediction
+        (-1 where none) and (n,) tombstone masks (0: none; not read with ``tombs=False``).
+
+        One dict lookup per id gives its newest recording in the history: pending, or left
+        (its slot's mask plus :data:`_LEFT` is the tombstone). A tombstone of the second
+        ring counts too when it was written after that recording.
+        """
         seq = self._ring.lookup(keys)
-        if len(seq):
-            seq[~self._live[seq % self.capacity]] = -1
-        return seq
+        slot = seq % self._size
+        live = self._live[slot] & (seq >= 0)
+        pending = np.where(live, seq, -1)
+        if not tombs:
+            return pending, seq[:0]
+        if self.tombstone_capacity == 0:
+            return pending, np.zeros(len(keys), dtype=_MASK)
+        tomb = np.where((seq >= 0) & ~live, self._mask[slot] | _MASK(_LEFT), 0).astype(_MASK)
+        t = self._tombs
+        if t.end:  # the second ring has ever been written
+            at = t.lookup(keys)
+            tslot = at % self.tombstone_capacity
+            newer = (at >= 0) & (self._tomb_seq[tslot] > seq)
+            tomb |= np.where(newer, self._tomb_mask[tslot], 0).astype(_MASK)
+        return pending, tomb
 
     def _tomb_masks(self, keys: Sequence[RequestId]) -> np.ndarray:
-        """(n,) tombstone masks (0: no tombstone)."""
-        if self.tombstone_capacity == 0:
-            return np.zeros(len(keys), dtype=_MASK)
-        at = self._tombs.lookup(keys)
-        out = self._tomb_mask[at % self.tombstone_capacity]
-        out[at < 0] = 0
-        return out
+        """(n,) tombstone masks (0: no tombstone; a pending id's is not meaningful)."""
+        return self._lookup(keys)[1]
 
     def pending_ids(self) -> list[RequestId]:
         """The pending ids, oldest first (for tests and tools; O(capacity))."""
         with self._lock:
             seqs = np.arange(max(self._low, self._seq - self.capacity), self._seq)
-            slots = seqs % self.capacity
+            slots = seqs % self._size
             return self._ring.ids[slots[self._live[slots]]].tolist()
 
     def tombstones(self) -> int:
-        """How many ids a tombstone remembers now."""
+        """How many ids a tombstone remembers now (for tests and tools; O(history))."""
         with self._lock:
-            t = self._tombs
-            seqs = np.arange(max(0, t.end - t.size), t.end)
-            if not len(seqs):
+            if self.tombstone_capacity == 0:
                 return 0
-            return len(set(t.ids[seqs % t.size].tolist()))
+            keys: set[RequestId] = set()
+            for ring in (self._ring, self._tombs):
+                seqs = np.arange(max(0, ring.end - ring.size), ring.end)
+                keys.update(ring.ids[seqs % ring.size].tolist())
+            keys.discard(None)
+            _, tomb = self._lookup(list(keys))
+            return int(np.count_nonzero(tomb))
 
     # -- writing the rings ---------------------------------------------------------------
     def _bury(self, keys: list[RequestId], masks: np.ndarray) -> None:
-        """These ids (unique) get tombstones with these masks, as the newest ones."""
+        """These ids (unique) get tombstones in the second ring with these masks, as the
+        newest ones (for ids no history slot remembers as they should be)."""
         tc = self.tombstone_capacity
         if tc == 0 or not keys:
             return
@@ -255,18 +304,16 @@ class MemoryStore:
         for piece in _pieces(t.end - n, n, tc):
             width = piece.stop - piece.start
             self._tomb_mask[piece] = m[at : at + width]
+            self._tomb_seq[piece] = self._seq  # later than every recording so far
             at += width
-        if len(t.where) > 2 * tc + 1024:  # stale index entries outnumber live ones
-            t.rebuild(np.arange(max(0, t.end - tc), t.end))
 
     def _leave(self, slots: np.ndarray) -> None:
-        """The pending predictions in these ring slots leave (tombstones say which of their
-        heads were labelled)."""
+        """The pending predictions in these history slots leave; each slot, mask included,
+        stays as the tombstone until it is reused."""
         if not len(slots):
             return
         self._live[slots] = False
         self._n_live -= len(slots)
-        self._bury(self._ring.ids[slots].tolist(), self._mask[slots] | _MASK(_LEFT))
 
     def _mark_labelled(self, keys: list[RequestId], rows: np.ndarray, bits: np.ndarray) -> None:
         """The ids at ``rows`` (not pending) have the heads in ``bits`` labelled: each one's
@@ -295,7 +342,7 @@ class MemoryStore:
         Times do not decrease with the sequence number (one clock, records in order), so a
         binary search over the ring finds it: about 20 steps for a million slots.
         """
-        times, cap = self._times, self.capacity
+        times, cap = self._times, self._size
         if lo >= hi or times[lo % cap] >= cutoff:  # the common case: nothing expired
             return lo
         while lo < hi:
@@ -309,18 +356,18 @@ class MemoryStore:
     def _evict(self, now: float, new_end: int | None = None) -> None:
         """Evict what capacity (slots about to be reused: the ring is about to end at
         ``new_end``) and the TTL push out, counted."""
-        seq, cap = self._seq, self.capacity
-        cap_end = (seq if new_end is None else new_end) - cap  # these lost their slot
-        lo = max(self._low, seq - cap)  # older ones' slots were reused (they had left)
+        seq, cap, size = self._seq, self.capacity, self._size
+        cap_end = (seq if new_end is None else new_end) - cap  # these lost their place
+        lo = max(self._low, seq - cap)  # older ones had left
         if cap_end > lo:
-            slots = np.arange(lo, min(cap_end, seq)) % cap  # seq on: never written
+            slots = np.arange(lo, min(cap_end, seq)) % size  # seq on: never written
             gone = slots[self._live[slots]]
             self.counters.evicted_capacity += len(gone)
             self._leave(gone)
             lo = cap_end
         end = self._first_ttl_survivor(lo, max(lo, seq), now - self.ttl_seconds)
         if end > lo:
-            slots = np.arange(lo, end) % cap
+            slots = np.arange(lo, end) % size
             gone = slots[self._live[slots]]
             self.counters.evicted_ttl += len(gone)
             self._leave(gone)
@@ -371,20 +418,19 @@ class MemoryStore:
             self._write(keys, scores, now)
 
     def _write(self, keys: list[RequestId], scores: np.ndarray, now: float) -> None:
-        n, cap = len(keys), self.capacity
+        n, cap, size = len(keys), self.capacity, self._size
         start = self._seq
-        if n > cap:  # only the newest `capacity` can be kept; the rest leave at once
-            self.counters.evicted_capacity += n - cap
-            self.counters.recorded += n - cap
-            self._bury(keys[: n - cap], np.full(n - cap, _LEFT, dtype=_MASK))
-            start += n - cap
-            keys, scores, n = keys[n - cap :], scores[n - cap :], cap
-        # Evict first: the slots about to be written may hold older predictions.
+        # Evict first: predictions pushed out of the newest `capacity` leave (counted).
         self._evict(now, start + n)
+        if n > size:  # only the newest `size` fit in the history at all
+            self.counters.evicted_capacity += n - size
+            self.counters.recorded += n - size
+            start += n - size
+            keys, scores, n = keys[n - size :], scores[n - size :], size
         self._ring.write(keys, start)
         flat = scores.reshape(-1) if self.heads == 1 else None
         at = 0
-        for piece in _pieces(start, n, cap):
+        for piece in _pieces(start, n, size):
             width = piece.stop - piece.start
             self._live[piece] = True
             self._mask[piece] = 0
@@ -394,11 +440,15 @@ class MemoryStore:
             else:
                 self._scores[piece] = scores[at : at + width]
             at += width
-        self._n_live += n
+        if n > cap:  # only the newest `capacity` stay pending; the rest leave at once
+            gone = np.arange(start, start + n - cap) % size
+            self._live[gone] = False
+            self.counters.evicted_capacity += n - cap
+            n_pending = cap
+        else:
+            n_pending = n
+        self._n_live += n_pending
         self.counters.recorded += n
-        if len(self._ring.where) > 2 * cap + 1024:  # stale index entries outnumber live ones
-            seqs = np.arange(max(self._low, self._seq - cap), self._seq)
-            self._ring.rebuild(seqs[self._live[seqs % cap]])
 
     # -- for the durable store's journal ---------------------------------------------------
     @property
@@ -418,7 +468,7 @@ class MemoryStore:
     def _oldest_pending_unlocked(self) -> int:
         # For a journal callback, which runs with the lock held. Moves _low past the
         # predictions that left, a chunk at a time (amortised over their recording).
-        lo, end, cap = self._low, self._seq, self.capacity
+        lo, end, cap = self._low, self._seq, self._size
         while lo < end:
             slots = np.arange(lo, min(end, lo + 4096)) % cap
             live = self._live[slots]
@@ -434,7 +484,7 @@ class MemoryStore:
         had left (labelled or evicted) before; it goes without a trace (no counter)."""
         with self._lock:
             seq = self._pending_seqs(ids if type(ids) is list else list(ids))
-            slots = seq[seq >= 0] % self.capacity
+            slots = seq[seq >= 0] % self._size
             self._live[slots] = False
             self._n_live -= len(slots)
 
@@ -460,7 +510,7 @@ class MemoryStore:
             mine = pend.copy()
             if pred_seqs is not None:
                 mine &= np.asarray(pred_seqs, dtype=np.int64) == seq
-            slots = seq[mine] % self.capacity
+            slots = seq[mine] % self._size
             np.bitwise_or.at(self._mask, slots, bits[mine])
             done = np.unique(slots)
             self._leave(done[self._mask[done] == self._all])
@@ -473,11 +523,10 @@ class MemoryStore:
         heads = check_heads(heads)
         with self._lock:
             seqs = np.arange(max(self._low, self._seq - self.capacity), self._seq)
-            slots = seqs % self.capacity
+            slots = seqs % self._size
             slots = slots[self._live[slots]]
             n = len(slots)
             self._leave(slots)
-            self._ring.where.clear()
             self._low = self._seq
             if heads != self.heads:
                 self._set_heads(heads)
@@ -540,11 +589,10 @@ class MemoryStore:
         res = JoinResult(scores=np.empty(0, np.float32), labels=labels[:0], heads=head_arr[:0])
         with self._lock:
             self._evict(self._clock())
-            cap, k = self.capacity, self.heads
-            seq = self._pending_seqs(keys)
+            k = self.heads
+            seq, tomb = self._lookup(keys)
             pend = seq >= 0
-            slot = seq % cap
-            tomb = self._tomb_masks(keys)
+            slot = seq % self._size
             before = np.where(pend, self._mask[slot], tomb) & bits != 0  # labelled before
             cand = ~before & (pend | usable)
             if unique:
