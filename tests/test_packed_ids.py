@@ -130,6 +130,80 @@ def test_bad_columnar_labels_are_refused(stub, request_, needle) -> None:
     still_serves(stub)
 
 
+def scores_le(*p: float) -> bytes:
+    return np.asarray(p, dtype="<f4").tobytes()
+
+
+def test_columnar_labels_carry_scores(sidecar, stub) -> None:
+    # Another replica served these ids: the labels carry the scores it returned.
+    ids = packed(3, seed=11)
+    r = stub.SubmitLabels(
+        pb.SubmitLabelsRequest(
+            packed_request_ids=ids,
+            packed_unsafe=bytes([1, 0, 1]),
+            packed_p_unsafe=scores_le(0.9, 0.2, np.nan),  # the third carries none
+            packed_embedder_version="v1",
+            packed_classifier_version="clf-test",
+        )
+    )
+    assert (r.received, r.joined, r.joined_carried, r.unknown, r.carried_refused) == (3, 2, 2, 1, 0)
+    # Labelled once: a second carried label for them is already labelled.
+    again = pb.SubmitLabelsRequest(
+        packed_request_ids=ids[:16], packed_unsafe=b"\1", packed_p_unsafe=scores_le(0.9)
+    )
+    r = stub.SubmitLabels(again)
+    assert (r.joined, r.already_labelled) == (0, 1)
+    # A local prediction wins over the carried score.
+    mine = packed(1, seed=12)
+    stub.ClassifyBatch(batch(unit_rows(1), mine))
+    r = stub.SubmitLabels(
+        pb.SubmitLabelsRequest(
+            packed_request_ids=mine, packed_unsafe=b"\0", packed_p_unsafe=scores_le(0.5)
+        )
+    )
+    assert (r.joined, r.joined_carried) == (1, 0)
+    # Scores from another classifier (or an embedder the bundle does not accept): refused,
+    # counted, and the labels then find nothing.
+    for kw in ({"packed_classifier_version": "clf-other"}, {"packed_embedder_version": "v9"}):
+        other = packed(2, seed=13 + len(kw))
+        r = stub.SubmitLabels(
+            pb.SubmitLabelsRequest(
+                packed_request_ids=other,
+                packed_unsafe=b"\1\1",
+                packed_p_unsafe=scores_le(0.7, 0.8),
+                **kw,
+            )
+        )
+        assert (r.joined, r.carried_refused, r.unknown) == (0, 2, 2)
+    st = stub.GetStatus(pb.GetStatusRequest())
+    assert st.labels.joined_carried == 2 and st.labels.carried_refused == 4
+    sidecar.pipeline.wait_idle()
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ({"packed_p_unsafe": scores_le(0.5)}, "packed_p_unsafe has 4 bytes for 2 labels"),
+        ({"packed_p_unsafe": b"\0" * 9}, "9 bytes for 2 labels"),
+        ({"packed_p_unsafe": scores_le(0.5, 1.5)}, "packed_p_unsafe[1] is 1.5"),
+        ({"packed_p_unsafe": scores_le(np.inf, 0.5)}, "packed_p_unsafe[0] is inf"),
+        ({"packed_embedder_version": "v1"}, "without packed_p_unsafe"),
+    ],
+)
+def test_bad_columnar_scores_are_refused_and_join_nothing(sidecar, stub, fields, needle) -> None:
+    ids = packed(2, seed=20)
+    stub.ClassifyBatch(batch(unit_rows(2), ids))
+    request_ = pb.SubmitLabelsRequest(packed_request_ids=ids, packed_unsafe=b"\1\0", **fields)
+    err = refused(stub.SubmitLabels, request_)
+    assert err.code() == INVALID and needle in err.details(), err.details()
+    assert len(sidecar.store) == 2  # nothing joined
+    still_serves(stub)
+    # Scores with Label messages in the same request: "not both".
+    mixed = pb.SubmitLabelsRequest(labels=[pb.Label(request_id="a")], **fields)
+    err = refused(stub.SubmitLabels, mixed)
+    assert err.code() == INVALID and "not both" in err.details()
+
+
 def test_columnar_labels_name_one_head(served) -> None:  # noqa: F811
     sc, stub = served
     ids = packed(3, seed=7)

@@ -399,14 +399,21 @@ class MonitorService(pb_grpc.MonitorServicer):
     def SubmitLabels(self, request: pb.SubmitLabelsRequest, context: grpc.ServicerContext):
         sv = self.served
         labels = request.labels
-        if request.packed_request_ids or request.packed_unsafe or request.packed_head:
+        if (
+            request.packed_request_ids
+            or request.packed_unsafe
+            or request.packed_head
+            or request.packed_p_unsafe
+            or request.packed_embedder_version
+            or request.packed_classifier_version
+        ):
             if len(labels):
                 raise invalid(
                     "send labels or packed_request_ids with packed_unsafe, not both; nothing "
                     "in this request was accepted"
                 )
             ids, y, heads = self._packed_labels(sv, request)
-            carried, refused = None, 0
+            carried, refused = self._packed_carried(sv, request, len(ids))
         else:
             self._check_label_count(len(labels))
             ids = [lab.request_id for lab in labels]
@@ -477,6 +484,43 @@ class MonitorService(pb_grpc.MonitorServicer):
             j = _head_index(sv, request.packed_head, "packed_head is")
             heads = np.full(m, j, dtype=np.int16) if j else None
         return ids, flags.astype(np.int8), heads
+
+    @staticmethod
+    def _packed_carried(
+        sv: Served, request: pb.SubmitLabelsRequest, m: int
+    ) -> tuple[np.ndarray | None, int]:
+        """Columnar carried scores (NaN: none) and how many were refused for another
+        embedder or classifier version; bad fields refuse the whole request."""
+        raw = request.packed_p_unsafe
+        ev, cv = request.packed_embedder_version, request.packed_classifier_version
+        if not raw:
+            if ev or cv:
+                raise invalid(
+                    "packed_embedder_version / packed_classifier_version without "
+                    "packed_p_unsafe: send the carried scores too, or neither; nothing in this "
+                    "request was accepted"
+                )
+            return None, 0
+        if len(raw) != 4 * m:
+            raise invalid(
+                f"packed_p_unsafe has {len(raw)} bytes for {m} labels; send one float32 "
+                "(little-endian, NaN for none) per packed id; nothing in this request was "
+                "accepted"
+            )
+        p = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+        given = ~np.isnan(p)
+        bad = given & ~((p >= 0.0) & (p <= 1.0))
+        if bad.any():
+            at = int(np.argmax(bad))
+            raise invalid(
+                f"packed_p_unsafe[{at}] is {float(p[at])}, not a probability in [0, 1] (NaN: "
+                "none); send the score the sidecar returned; nothing in this request was "
+                "accepted"
+            )
+        spec = sv.bundle.manifest.embedder
+        if (ev and not spec.accepts(ev)) or (cv and cv != sv.classifier_version):
+            return None, int(given.sum())  # scores from another model say nothing here
+        return p, 0
 
     def _check_label_count(self, m: int) -> None:
         if m > self.settings.max_batch_rows:

@@ -147,16 +147,22 @@ class Label(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., unsafe: _Optional[bool] = ..., p_unsafe: _Optional[float] = ..., embedder_version: _Optional[str] = ..., classifier_version: _Optional[str] = ..., head: _Optional[str] = ...) -> None: ...
 
 class SubmitLabelsRequest(_message.Message):
-    __slots__ = ("labels", "packed_request_ids", "packed_unsafe", "packed_head")
+    __slots__ = ("labels", "packed_request_ids", "packed_unsafe", "packed_head", "packed_p_unsafe", "packed_embedder_version", "packed_classifier_version")
     LABELS_FIELD_NUMBER: _ClassVar[int]
     PACKED_REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
     PACKED_UNSAFE_FIELD_NUMBER: _ClassVar[int]
     PACKED_HEAD_FIELD_NUMBER: _ClassVar[int]
+    PACKED_P_UNSAFE_FIELD_NUMBER: _ClassVar[int]
+    PACKED_EMBEDDER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PACKED_CLASSIFIER_VERSION_FIELD_NUMBER: _ClassVar[int]
     labels: _containers.RepeatedCompositeFieldContainer[Label]
     packed_request_ids: bytes
     packed_unsafe: bytes
     packed_head: str
-    def __init__(self, labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ..., packed_request_ids: _Optional[bytes] = ..., packed_unsafe: _Optional[bytes] = ..., packed_head: _Optional[str] = ...) -> None: ...
+    packed_p_unsafe: bytes
+    packed_embedder_version: str
+    packed_classifier_version: str
+    def __init__(self, labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ..., packed_request_ids: _Optional[bytes] = ..., packed_unsafe: _Optional[bytes] = ..., packed_head: _Optional[str] = ..., packed_p_unsafe: _Optional[bytes] = ..., packed_embedder_version: _Optional[str] = ..., packed_classifier_version: _Optional[str] = ...) -> None: ...
 
 class SubmitLabelsResponse(_message.Message):
     __slots__ = ("received", "joined", "unknown", "expired", "already_labelled", "unmatched_request_ids", "joined_carried", "carried_refused")
