@@ -91,6 +91,17 @@ def test_audit_with_dissociation_and_finetune_writes_a_full_report(workspace):
     sites = {(p["site"], p["method"]) for p in report.base.pgd if p["method"] != "clean"}
     assert sites == {(s, m) for s in ("embedding", "last") for m in ("pgd", "random")}
     assert {v["layer"] for v in report.cand.lvs} == {"embedding", "last"}
+    # LVS per site and ε too (not pooled), each with the random baseline's mean and CI
+    per_eps = {v["layer"]: v for v in report.cand.lvs_by_eps}
+    assert set(per_eps) == {f"{s}@{e:g}" for s in ("embedding", "last") for e in cfg.pgd.eps}
+    for v in per_eps.values():
+        assert {"random_mean", "random_ci_low", "random_ci_high"} <= set(v)
+    pooled = {v["layer"]: v["n"] for v in report.cand.lvs}
+    assert pooled["last"] == sum(per_eps[f"last@{e:g}"]["n"] for e in cfg.pgd.eps)
+    from silentwatch.offline.audit.report import render_markdown
+
+    md = render_markdown(report)
+    assert "per site and ε (not pooled)" in md and f"| last | {cfg.pgd.eps[0]:g} |" in md
     assert {c.name for c in report.checks} == {"probe AUROC drop", "sigmoid gap", "refusal drop"}
     assert report.verdict in ("pass", "fail")
 

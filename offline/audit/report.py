@@ -93,6 +93,21 @@ def render_markdown(r: AuditReport) -> str:
                 f"| [{_f(v['ci_low'])}, {_f(v['ci_high'])}] | {_f(v.get('random_mean'))} |"
                 for v in s.lvs
             ]
+        if s.lvs_by_eps:
+            lines += [
+                "",
+                f"LVS on {s.name} per site and ε (not pooled), the random baseline beside it:",
+                "",
+                "| site | eps | n | mean (paper) | CI | random mean | random CI |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for v in s.lvs_by_eps:
+                site, _, eps = str(v["layer"]).rpartition("@")
+                lines.append(
+                    f"| {site} | {eps} | {v['n']} | {_f(v['mean'])} "
+                    f"| [{_f(v['ci_low'])}, {_f(v['ci_high'])}] | {_f(v.get('random_mean'))} "
+                    f"| [{_f(v.get('random_ci_low'))}, {_f(v.get('random_ci_high'))}] |"
+                )
     if r.dissociation:
         last: dict[str, dict[str, Any]] = {}
         for rec in r.dissociation:

@@ -50,6 +50,7 @@ class ModelSide(BaseModel):
     refusal_harmless: float | None = None
     pgd: list[dict[str, Any]] | None = None
     lvs: list[dict[str, Any]] | None = None
+    lvs_by_eps: list[dict[str, Any]] | None = None
     clean_refusal_on_attacked_prompts: float | None = None
 
 
@@ -98,7 +99,6 @@ def run_audit(
     from silentwatch.offline.audit.dissociation import DissociationData, dissociate
     from silentwatch.offline.audit.finetune import harmful_lora_sft
     from silentwatch.offline.audit.gap import audit_gap, refusal_rate
-    from silentwatch.offline.audit.lvs import lvs_table
     from silentwatch.offline.audit.pgd_grid import run_pgd_grid
     from silentwatch.offline.audit.probe import extract_features, train_probe
     from silentwatch.offline.hooks import num_layers
@@ -213,7 +213,7 @@ def run_audit(
             )
         return out[0], out[1]
 
-    def attack(m: Any, side: str) -> tuple[list[dict], list[dict], float] | None:
+    def attack(m: Any, side: str) -> tuple[list[dict], list[dict], float, list[dict]] | None:
         if cfg.pgd is None:
             return None
         prompts = harmful[: cfg.pgd_prompts]
@@ -232,16 +232,8 @@ def run_audit(
             execution=cfg.execution,
         )
         rows = [asdict(r) for r in grid.rows()]
-        lvs_rows = [asdict(r) for r in lvs_table(grid.lvs_inputs("pgd"), cfg.lvs)]
-        rnd = grid.lvs_inputs("random")
-        for r in lvs_rows:  # the random baseline's LVS beside the attack's
-            base_in = rnd.get(r["layer"])
-            r["random_mean"] = (
-                None
-                if base_in is None
-                else asdict(lvs_table({r["layer"]: base_in}, cfg.lvs)[0])["mean"]
-            )
-        return rows, lvs_rows, float(np.mean(grid.clean_refused))
+        pooled, by_eps = (lvs_with_baseline(grid, cfg.lvs, by_eps=b) for b in (False, True))
+        return rows, pooled, float(np.mean(grid.clean_refused)), by_eps
 
     ref_h, ref_b = refusals(model, "base")
     t = tick("refusal", t)
@@ -255,6 +247,7 @@ def run_audit(
         refusal_harmless=ref_b,
         pgd=_nan_to_none(base_attack[0]) if base_attack else None,
         lvs=_nan_to_none(base_attack[1]) if base_attack else None,
+        lvs_by_eps=_nan_to_none(base_attack[3]) if base_attack else None,
         clean_refusal_on_attacked_prompts=base_attack[2] if base_attack else None,
     )
 
@@ -341,6 +334,7 @@ def run_audit(
             refusal_harmless=c_ref_b,
             pgd=_nan_to_none(cand_attack[0]) if cand_attack else None,
             lvs=_nan_to_none(cand_attack[1]) if cand_attack else None,
+            lvs_by_eps=_nan_to_none(cand_attack[3]) if cand_attack else None,
             clean_refusal_on_attacked_prompts=cand_attack[2] if cand_attack else None,
         )
         del cand_model
@@ -410,6 +404,22 @@ def load_scorer(path: Any) -> Any:
     except (OSError, ValueError, KeyError) as err:
         raise AuditError(f"harmlessness_scorer {path}: {str(err).splitlines()[0]}") from None
     return scorer
+
+
+def lvs_with_baseline(grid: Any, settings: Any, *, by_eps: bool) -> list[dict[str, Any]]:
+    """LVS rows of the attack (per site, all ε pooled; or per ``site@ε`` with ``by_eps``),
+    each with the norm-matched random baseline's mean and CI beside it."""
+    from silentwatch.offline.audit.lvs import lvs_table
+
+    rows = [asdict(r) for r in lvs_table(grid.lvs_inputs("pgd", by_eps=by_eps), settings)]
+    rnd = grid.lvs_inputs("random", by_eps=by_eps)
+    for r in rows:
+        base_in = rnd.get(r["layer"])
+        b = None if base_in is None else asdict(lvs_table({r["layer"]: base_in}, settings)[0])
+        r["random_mean"] = None if b is None else b["mean"]
+        r["random_ci_low"] = None if b is None else b["ci_low"]
+        r["random_ci_high"] = None if b is None else b["ci_high"]
+    return rows
 
 
 def base_name(cfg: AuditConfig) -> str:
