@@ -88,6 +88,9 @@ def test_audit_with_dissociation_and_finetune_writes_a_full_report(workspace):
     assert set(report.dissociation_instruments) >= {"construction_monitor", "audit_probe"}
     assert "checked" in report.dissociation_instruments["audit_probe"]
     assert [e["epoch"] for e in report.finetune] == [0, 1]
+    # Fig. 3 on both sides: the dissociated candidate is fine-tuned too (its LoRA merged)
+    assert [e["epoch"] for e in report.finetune_candidate] == [0, 1]
+    assert report.finetune_candidate[1]["updates"] == report.finetune[1]["updates"] > 0
     sites = {(p["site"], p["method"]) for p in report.base.pgd if p["method"] != "clean"}
     assert sites == {(s, m) for s in ("embedding", "last") for m in ("pgd", "random")}
     assert {v["layer"] for v in report.cand.lvs} == {"embedding", "last"}
@@ -102,6 +105,7 @@ def test_audit_with_dissociation_and_finetune_writes_a_full_report(workspace):
 
     md = render_markdown(report)
     assert "per site and ε (not pooled)" in md and f"| last | {cfg.pgd.eps[0]:g} |" in md
+    assert "Harmful LoRA SFT of the base" in md and "Harmful LoRA SFT of the candidate" in md
     assert {c.name for c in report.checks} == {"probe AUROC drop", "sigmoid gap", "refusal drop"}
     assert report.verdict in ("pass", "fail")
 

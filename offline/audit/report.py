@@ -129,10 +129,12 @@ def render_markdown(r: AuditReport) -> str:
         if r.dissociation_instruments:
             lines += ["", "Instruments:", ""]
             lines += [f"* {k}: {v}" for k, v in r.dissociation_instruments.items()]
-    if r.finetune:
+    for title, recs in (("the base", r.finetune), ("the candidate", r.finetune_candidate)):
+        if not recs:
+            continue
         lines += [
             "",
-            "## Harmful LoRA SFT (parameter-space intervention)",
+            f"## Harmful LoRA SFT of {title} (parameter-space intervention)",
             "",
             "| epoch | refusal | compliance | train loss |",
             "|---|---|---|---|",
@@ -140,7 +142,7 @@ def render_markdown(r: AuditReport) -> str:
         lines += [
             f"| {e['epoch']} | {_f(e['refusal_rate'], 2)} | {_f(e['compliance_rate'], 2)} "
             f"| {_f(e['train_loss'])} |"
-            for e in r.finetune
+            for e in recs
         ]
     lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in r.timings_seconds.items())]
     return "\n".join(lines) + "\n"

@@ -69,6 +69,7 @@ class AuditReport(BaseModel):
     # Which monitor is which (paper B §3: the audit probe is a separate, fixed instrument).
     dissociation_instruments: dict[str, str] | None = None
     finetune: list[dict[str, Any]] | None = None
+    finetune_candidate: list[dict[str, Any]] | None = None
     checks: list[AuditCheck] = []
     timings_seconds: dict[str, float] = {}
     # Where the PGD cells ran: {"engine": "local"} or the Ray address and resources.
@@ -97,6 +98,7 @@ def run_audit(
 
     from silentwatch.offline.audit.data import load_prompts, load_response_pairs, split_by_prompt
     from silentwatch.offline.audit.dissociation import DissociationData, dissociate
+    from silentwatch.offline.audit.dissociation.lora import is_peft
     from silentwatch.offline.audit.finetune import harmful_lora_sft
     from silentwatch.offline.audit.gap import audit_gap, refusal_rate
     from silentwatch.offline.audit.pgd_grid import run_pgd_grid
@@ -337,26 +339,38 @@ def run_audit(
             lvs_by_eps=_nan_to_none(cand_attack[3]) if cand_attack else None,
             clean_refusal_on_attacked_prompts=cand_attack[2] if cand_attack else None,
         )
-        del cand_model
 
-    ft_records = None
-    if cfg.finetune is not None:
-        rep.step(f"harmful LoRA SFT of a fresh copy of the base, {cfg.finetune_epochs} epochs")
-        fresh, _ = load_base(cfg, load)
+    def finetune(m: Any, side: str) -> list[dict[str, Any]]:
+        """Paper B's Fig. 3: harmful LoRA SFT, refusal on the attacked prompts per epoch."""
+        assert cfg.finetune is not None
+        rep.step(f"harmful LoRA SFT of the {side}, {cfg.finetune_epochs} epochs")
         unsafe_rows = np.flatnonzero(train.labels == 1)
         pairs_h = [(train.prompts[i], train.responses[i]) for i in unsafe_rows]
-        eval_prompts = harmful[: cfg.pgd_prompts]
         recs = harmful_lora_sft(
-            fresh,
+            m,
             tok,
             pairs_h,
-            eval_prompts,
+            harmful[: cfg.pgd_prompts],
             judge,
             epochs=cfg.finetune_epochs,
             settings=cfg.finetune,
             progress=rep,
         )
-        ft_records = _nan_to_none([asdict(r) for r in recs])
+        return _nan_to_none([asdict(r) for r in recs])
+
+    ft_cand = None
+    if cand_model is not None:
+        if cfg.finetune is not None:  # the candidate's own weights, then a fresh adapter
+            merged = cand_model.merge_and_unload() if is_peft(cand_model) else cand_model
+            ft_cand = finetune(merged, "candidate")
+            del merged
+            t = tick("finetune (candidate)", t)
+        del cand_model
+
+    ft_records = None
+    if cfg.finetune is not None:
+        fresh, _ = load_base(cfg, load)
+        ft_records = finetune(fresh, "base (a fresh copy)")
         del fresh
         t = tick("finetune", t)
 
@@ -387,6 +401,7 @@ def run_audit(
         dissociation=diss_records,
         dissociation_instruments=diss_instruments,
         finetune=ft_records,
+        finetune_candidate=ft_cand,
         checks=checks,
         timings_seconds=timings,
         execution=cfg.execution.describe(),
