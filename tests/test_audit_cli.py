@@ -133,6 +133,21 @@ def test_bad_config_is_a_clear_error(workspace, capsys):
     assert "nope.json" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("differs", ["tokenizer", "architecture"])
+def test_a_candidate_of_another_model_is_one_line_exit_2(workspace, capsys, differs):
+    model, tok = tiny_lm("qwen2" if differs == "architecture" else "llama", seed=3)
+    if differs == "tokenizer":
+        tok.add_tokens(["<zz-new-token>"])
+    out = workspace / f"other-{differs}"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    path = _config(workspace, candidate=f"./other-{differs}", pgd=None)
+    assert main(["audit", "--config", str(path), "--out", str(workspace / "x")]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    want = "another tokenizer" if differs == "tokenizer" else "model_type qwen2 != llama"
+    assert want in last and f"other-{differs}" in last, last
+
+
 def test_gate_representation_section_can_fail_the_gate(workspace, tmp_path):
     """`silentwatch gate` with a representation section: a candidate model whose hidden states
     the base probe cannot read fails the gate (no bundle), the base itself passes it."""

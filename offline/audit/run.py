@@ -293,9 +293,10 @@ def run_audit(
             cand_model, _ = load_base(cfg, load)
         else:
             try:
-                cand_model, _ = load(under, device=cfg.device, dtype=cfg.dtype)
+                cand_model, cand_tok = load(under, device=cfg.device, dtype=cfg.dtype)
             except (ValueError, OSError, ImportError) as err:
                 raise AuditError(f"candidate {under!r}: {err}") from None
+            _check_same_model(model, tok, cand_model, cand_tok, under)
         if cfg.adapter is not None:
             from silentwatch.offline.audit.organism import load_adapter
 
@@ -419,6 +420,27 @@ def load_scorer(path: Any) -> Any:
     except (OSError, ValueError, KeyError) as err:
         raise AuditError(f"harmlessness_scorer {path}: {str(err).splitlines()[0]}") from None
     return scorer
+
+
+def _check_same_model(model: Any, tok: Any, cand: Any, cand_tok: Any, name: str) -> None:
+    """The audit reads the candidate with the base's tokenizer and probe: a candidate of
+    another architecture or with another tokenizer is an :class:`AuditError` naming what
+    differs (paper B compares a model with a fine-tune of itself)."""
+    from silentwatch.offline.audit.organism import base_fingerprint
+
+    want, have = base_fingerprint(model), base_fingerprint(cand)
+    diff = [f"{k} {have[k]} != {want[k]}" for k in want if have.get(k) != want[k]]
+    if diff:
+        raise AuditError(
+            f"candidate {name!r} is another architecture than the base ({', '.join(diff)}): "
+            "the audit compares a model with a fine-tune or checkpoint of itself"
+        )
+    if len(cand_tok) != len(tok) or cand_tok.get_vocab() != tok.get_vocab():
+        raise AuditError(
+            f"candidate {name!r} has another tokenizer than the base ({len(cand_tok)} tokens "
+            f"against {len(tok)}, or the same tokens with other ids): the base's probe and "
+            "prompts would read it wrongly; audit a fine-tune that keeps the base's tokenizer"
+        )
 
 
 def lvs_with_baseline(grid: Any, settings: Any, *, by_eps: bool) -> list[dict[str, Any]]:
