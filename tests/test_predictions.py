@@ -203,7 +203,7 @@ def test_the_id_index_stays_within_the_history():
     # more than capacity + tombstone_capacity ids, and each entry points at its own slot.
     s = MemoryStore(capacity=50, ttl_seconds=60, tombstone_capacity=30, clock=FakeClock())
     rng = np.random.default_rng(0)
-    for b in range(60):
+    for _b in range(60):
         ids = list(dict.fromkeys(f"id{i}" for i in rng.integers(0, 400, size=17)))
         ids = [i for i in ids if i not in set(s.pending_ids())]
         s.record(ids, np.zeros(len(ids), dtype=np.float32))
