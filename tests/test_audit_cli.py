@@ -248,3 +248,16 @@ def test_lvs_can_use_the_harmlessness_head(workspace, capsys):
     assert main(["audit", "--config", str(bad), "--out", str(workspace / "bad-head")]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the loader's progress
     assert "error: harmlessness_scorer" in last and "bow.npz" in last, last
+
+
+@pytest.mark.parametrize("rows", ["empty", "unsafe only"])
+def test_an_empty_or_single_class_probe_set_is_one_line_exit_2(workspace, capsys, rows):
+    pairs = [] if rows == "empty" else [{**p, "response": ["", p["response"][1]]} for p in PAIRS]
+    name = f"pairs-{rows.replace(' ', '-')}.json"
+    (workspace / name).write_text(json.dumps(pairs))
+    path = _config(workspace, data={"pairs": {"path": name}, "split": [0.5, 0.25, 0.25]}, pgd=None)
+    assert main(["audit", "--config", str(path), "--out", str(workspace / "x")]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]
+    assert len(err) == 1, err  # one line, no traceback
+    want = "one class only" if rows == "unsafe only" else f"{name} holds no (prompt, response) rows"
+    assert want in err[0], err
