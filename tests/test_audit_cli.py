@@ -98,7 +98,7 @@ def test_audit_with_dissociation_and_finetune_writes_a_full_report(workspace):
     per_eps = {v["layer"]: v for v in report.cand.lvs_by_eps}
     assert set(per_eps) == {f"{s}@{e:g}" for s in ("embedding", "last") for e in cfg.pgd.eps}
     for v in per_eps.values():
-        assert {"random_mean", "random_ci_low", "random_ci_high"} <= set(v)
+        assert {"random_mean", "random_ci_low", "random_ci_high", "mean_ci_low"} <= set(v)
     pooled = {v["layer"]: v["n"] for v in report.cand.lvs}
     assert pooled["last"] == sum(per_eps[f"last@{e:g}"]["n"] for e in cfg.pgd.eps)
     from silentwatch.offline.audit.report import render_markdown

@@ -578,3 +578,27 @@ def test_construction_monitor_is_not_the_audit_probe():
     assert set(inst) == {"construction_monitor", "audit_probe"}
     assert "checked" in inst["audit_probe"] and "Eq. 2" in inst["construction_monitor"]
     assert {r.monitor for r in result.records} == {CONSTRUCTION_MONITOR}
+
+
+def test_lvs_rows_give_the_mean_its_own_interval_and_the_baseline_the_same_statistic():
+    """The report puts the paper's mean beside a CI: it must be the mean's, not the median's
+    (LVS is heavy-tailed: one large value moves the mean far outside the median's CI)."""
+    from silentwatch.offline.audit.lvs import LVSInput, LVSSettings
+    from silentwatch.offline.audit.run import lvs_with_baseline
+
+    n = 12
+    ones = np.ones(n)
+    drop = np.zeros(n)
+    drop[0] = 1.0  # one success out of 12: median 0, mean > 0
+    attacked = LVSInput(ones, ones - drop, np.full(n, 0.5))
+    random = LVSInput(ones, ones, np.full(n, 0.5))  # nothing moves
+
+    class Grid:
+        def lvs_inputs(self, method: str, *, by_eps: bool) -> dict[str, LVSInput]:
+            return {"mid": attacked if method == "pgd" else random}
+
+    (row,) = lvs_with_baseline(Grid(), LVSSettings(n_boot=500), by_eps=False)
+    assert row["median"] == 0.0 and row["ci_low"] == row["ci_high"] == 0.0
+    assert row["mean_ci_low"] <= row["mean"] <= row["mean_ci_high"]
+    assert row["mean_ci_high"] > 0.0  # the median's [0, 0] would have hidden the success
+    assert row["random_mean"] == row["random_ci_low"] == row["random_ci_high"] == 0.0

@@ -85,12 +85,16 @@ def render_markdown(r: AuditReport) -> str:
                 "",
                 f"LVS on {s.name} = [S(y) − S(y′)]₊ / (log(1 + ‖δ‖₂) + η), all eps pooled:",
                 "",
-                "| site | n | mean (paper) | median | CI | random baseline mean |",
-                "|---|---|---|---|---|---|",
+                "| site | n | mean (paper) | mean 95% CI | median | median 95% CI "
+                "| random baseline mean | its 95% CI |",
+                "|---|---|---|---|---|---|---|---|",
             ]
             lines += [
-                f"| {v['layer']} | {v['n']} | {_f(v['mean'])} | {_f(v['median'])} "
-                f"| [{_f(v['ci_low'])}, {_f(v['ci_high'])}] | {_f(v.get('random_mean'))} |"
+                f"| {v['layer']} | {v['n']} | {_f(v['mean'])} "
+                f"| [{_f(v.get('mean_ci_low'))}, {_f(v.get('mean_ci_high'))}] "
+                f"| {_f(v['median'])} | [{_f(v['ci_low'])}, {_f(v['ci_high'])}] "
+                f"| {_f(v.get('random_mean'))} "
+                f"| [{_f(v.get('random_ci_low'))}, {_f(v.get('random_ci_high'))}] |"
                 for v in s.lvs
             ]
         if s.lvs_by_eps:
@@ -98,14 +102,15 @@ def render_markdown(r: AuditReport) -> str:
                 "",
                 f"LVS on {s.name} per site and ε (not pooled), the random baseline beside it:",
                 "",
-                "| site | eps | n | mean (paper) | CI | random mean | random CI |",
+                "| site | eps | n | mean (paper) | mean 95% CI | random mean | its 95% CI |",
                 "|---|---|---|---|---|---|---|",
             ]
             for v in s.lvs_by_eps:
                 site, _, eps = str(v["layer"]).rpartition("@")
                 lines.append(
                     f"| {site} | {eps} | {v['n']} | {_f(v['mean'])} "
-                    f"| [{_f(v['ci_low'])}, {_f(v['ci_high'])}] | {_f(v.get('random_mean'))} "
+                    f"| [{_f(v.get('mean_ci_low'))}, {_f(v.get('mean_ci_high'))}] "
+                    f"| {_f(v.get('random_mean'))} "
                     f"| [{_f(v.get('random_ci_low'))}, {_f(v.get('random_ci_high'))}] |"
                 )
     if r.dissociation:
