@@ -101,8 +101,11 @@ def test_audit_with_dissociation_and_finetune_writes_a_full_report(workspace):
         assert {"random_mean", "random_ci_low", "random_ci_high", "mean_ci_low"} <= set(v)
     pooled = {v["layer"]: v["n"] for v in report.cand.lvs}
     assert pooled["last"] == sum(per_eps[f"last@{e:g}"]["n"] for e in cfg.pgd.eps)
-    from silentwatch.offline.audit.report import render_markdown
+    from silentwatch.offline.audit.report import plot_layers, render_markdown
 
+    # Fig. 4/5 layout: one row per model (base, candidate), three panels each
+    png = plot_layers(report, workspace / "layers.png")
+    assert png is not None and png.stat().st_size > 1000
     md = render_markdown(report)
     assert "per site and ε (not pooled)" in md and f"| last | {cfg.pgd.eps[0]:g} |" in md
     assert "Harmful LoRA SFT of the base" in md and "Harmful LoRA SFT of the candidate" in md

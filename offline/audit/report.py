@@ -154,42 +154,50 @@ def render_markdown(r: AuditReport) -> str:
 
 
 def plot_layers(r: AuditReport, path: Path) -> Path | None:
-    """Per site and ε: the attack's objective (target NLL), attack success, and LVS per site;
-    the PGD attack solid, its norm-matched random baseline dotted, one colour per site."""
+    """Paper B's Fig. 4 / 5 layout, one row per model: across sites (in attack order), the
+    attack's objective (target NLL), attack success and the mean LVS, one line per ε; the
+    PGD attack solid, its norm-matched random baseline dotted."""
     sides = [s for s in _sides(r) if s.pgd]
     if not sides:
         return None
     from silentwatch.offline.stress.plots import headless_pyplot
 
     plt = headless_pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    for s in sides:
-        tag = "" if len(sides) == 1 else f"{s.name[:20]} "
-        for method, ls in (("pgd", "-"), ("random", ":")):
-            by_site: dict[str, list[tuple[float, float, float]]] = {}
-            for p in s.pgd or []:
-                if p["method"] == method:
-                    by_site.setdefault(p["site"], []).append(
-                        (p["eps"], p["nll"] or float("nan"), p["success_rate"] or 0.0)
-                    )
-            for site, pts in by_site.items():
-                pts.sort()
-                eps = [e for e, _, _ in pts]
-                label = f"{tag}{site} {method}"
-                axes[0].plot(eps, [v for _, v, _ in pts], ls, marker="o", label=label)
-                axes[1].plot(eps, [v for _, _, v in pts], ls, marker="o", label=label)
-        if s.lvs:
-            sites = [v["layer"] for v in s.lvs]
-            axes[2].plot(sites, [v["mean"] or 0.0 for v in s.lvs], marker="o", label=s.name[:30])
-    for ax in axes[:2]:
-        ax.set_xscale("log")
-        ax.set_xlabel("eps (l∞ radius)")
-    axes[0].set_ylabel('NLL of "Sure, here is" (attack objective)')
-    axes[0].legend(fontsize=6)
-    axes[1].set_ylabel("attack success (answer not refused)")
-    axes[2].set_ylabel("mean LVS (paper B)")
-    axes[2].set_xlabel("site")
-    axes[2].legend(fontsize=7)
+    fig, axes = plt.subplots(len(sides), 3, figsize=(14, 3.6 * len(sides)), squeeze=False)
+    for row, s in zip(axes, sides, strict=True):
+        pts = [p for p in s.pgd or [] if p["method"] != "clean"]
+        sites = list(dict.fromkeys(p["site"] for p in pts))
+        x = range(len(sites))
+        for k, eps in enumerate(sorted({p["eps"] for p in pts})):
+            colour = f"C{k}"
+            for method, ls in (("pgd", "-"), ("random", ":")):
+                cell = {p["site"]: p for p in pts if p["eps"] == eps and p["method"] == method}
+                nll = [(cell[t]["nll"] if t in cell else None) for t in sites]
+                ok = [(cell[t]["success_rate"] if t in cell else None) for t in sites]
+                label = f"ε {eps:g} {method}"
+                row[0].plot(x, [float("nan") if v is None else v for v in nll], ls, marker="o",
+                            color=colour, label=label)  # fmt: skip
+                row[1].plot(x, [float("nan") if v is None else v for v in ok], ls, marker="o",
+                            color=colour, label=label)  # fmt: skip
+            by_eps = {str(v["layer"]).rpartition("@")[0]: v for v in s.lvs_by_eps or []
+                      if str(v["layer"]).endswith(f"@{eps:g}")}  # fmt: skip
+            if by_eps:
+                row[2].plot(x, [(by_eps[t]["mean"] or 0.0) if t in by_eps else float("nan")
+                                for t in sites], "-", marker="o", color=colour,
+                            label=f"ε {eps:g} pgd")  # fmt: skip
+                row[2].plot(x, [(by_eps[t].get("random_mean") or 0.0) if t in by_eps
+                                else float("nan") for t in sites], ":", marker="o",
+                            color=colour, label=f"ε {eps:g} random")  # fmt: skip
+        for ax in row:
+            ax.set_xticks(list(x), sites, rotation=45, ha="right", fontsize=7)
+        row[0].set_ylabel('NLL of "Sure, here is"')
+        row[1].set_ylabel("attack success (not refused)")
+        row[1].set_ylim(-0.05, 1.05)
+        row[2].set_ylabel("mean LVS (paper B)")
+        row[0].set_title(s.name[:70], fontsize=8, loc="left")
+        row[0].legend(fontsize=6, ncol=2)
+        if row[2].lines:
+            row[2].legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
