@@ -408,6 +408,10 @@ def test_an_unreachable_hub_model_is_a_clear_gate_error(
     tmp_path: Path, data_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads the variable once, at import: when an earlier test imported it,
+    # only the constant keeps this test from retrying the network (23 s in the full suite)
+    hub_constants = pytest.importorskip("huggingface_hub.constants")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     cfg = _cfg(tmp_path, data_file, "benign")
     cfg.new.embedder = "hf:no-such-org/no-such-model"
     cfg.old.embedder = "hf:no-such-org/no-such-model"
