@@ -34,9 +34,13 @@ demo: $(VENV)/.sidecar
 	$(VENV)/bin/silentwatch demo $(ARGS)
 
 # SILENTWATCH_REQUIRE_PROMETHEUS: a missing prometheus/promtool fails the tests, never skips them.
+# Two pytest workers (the CI machine has 2 cores; much of the suite waits on subprocesses and
+# Prometheus), whole files per worker so module fixtures (a Ray cluster, SmolLM2) load once.
+# PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= 2
 test: $(VENV)/.dev $(VENV)/.prometheus
 	$(VENV)/bin/ruff check .
-	SILENTWATCH_REQUIRE_PROMETHEUS=1 $(PY) -m pytest $(PYTEST_ARGS)
+	SILENTWATCH_REQUIRE_PROMETHEUS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
