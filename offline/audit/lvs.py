@@ -88,7 +88,9 @@ class LVSInput:
 
 @dataclass(frozen=True)
 class LVSRow:
-    """One layer's LVS: ``score`` is the mean or the median, as :class:`LVSSettings` says."""
+    """One layer's LVS: ``score`` is the mean or the median, as :class:`LVSSettings` says.
+    ``ci_low`` / ``ci_high`` bound the median, ``mean_ci_low`` / ``mean_ci_high`` the mean
+    (each its own percentile bootstrap; NaN without one)."""
 
     layer: str
     n: int
@@ -97,6 +99,8 @@ class LVSRow:
     ci_low: float
     ci_high: float
     score: float
+    mean_ci_low: float = float("nan")
+    mean_ci_high: float = float("nan")
 
 
 def lvs(
@@ -185,26 +189,25 @@ def bootstrap_ci(
 
 
 def summarize(layer: str, values: np.ndarray, settings: LVSSettings | None = None) -> LVSRow:
-    """Mean, median and (optionally) the median's bootstrap CI of per-example LVS values."""
+    """Mean and median of per-example LVS values, each with (optionally) its bootstrap CI."""
     s = settings or LVSSettings()
     x = np.asarray(values, dtype=np.float64).ravel()
+    nan = float("nan")
     if x.size == 0:
-        nan = float("nan")
         return LVSRow(layer, 0, nan, nan, nan, nan, nan)
     mean, median = float(np.mean(x)), float(np.median(x))
-    lo, hi = (
-        bootstrap_ci(x, np.median, n_boot=s.n_boot, ci=s.ci, seed=s.seed)
-        if s.bootstrap
-        else (float("nan"), float("nan"))
-    )
+    lo, hi, mean_lo, mean_hi = nan, nan, nan, nan
+    if s.bootstrap:
+        lo, hi = bootstrap_ci(x, np.median, n_boot=s.n_boot, ci=s.ci, seed=s.seed)
+        mean_lo, mean_hi = bootstrap_ci(x, np.mean, n_boot=s.n_boot, ci=s.ci, seed=s.seed)
     score = mean if s.aggregate == "mean" else median
-    return LVSRow(layer, int(x.size), mean, median, lo, hi, score)
+    return LVSRow(layer, int(x.size), mean, median, lo, hi, score, mean_lo, mean_hi)
 
 
 def lvs_table(layers: Mapping[str, LVSInput], settings: LVSSettings | None = None) -> list[LVSRow]:
     """One :class:`LVSRow` per layer (in the mapping's order): the per-example :func:`lvs`
     with ``settings.eta`` (the paper's 1e-6 by default), then its mean (the paper's
-    dataset-level ``LVS_ℓ = E_{x∼D}[LVS_ℓ(x)]``), median and the median's bootstrap CI."""
+    dataset-level ``LVS_ℓ = E_{x∼D}[LVS_ℓ(x)]``) and median, each with its bootstrap CI."""
     s = settings or LVSSettings()
     return [
         summarize(name, lvs(x.s_clean, x.s_attacked, x.delta_norm, s.eta), s)

@@ -447,29 +447,21 @@ def lvs_with_baseline(grid: Any, settings: Any, *, by_eps: bool) -> list[dict[st
     """LVS rows of the attack (per site, all ε pooled; or per ``site@ε`` with ``by_eps``),
     each with the norm-matched random baseline beside it.
 
-    A row holds the mean (the paper's LVS) with its percentile-bootstrap CI
-    (``mean_ci_low`` / ``mean_ci_high``), the median with its CI (``ci_low`` / ``ci_high``,
-    :func:`~silentwatch.offline.audit.lvs.summarize`), and the random baseline's mean with
+    A row is :func:`~silentwatch.offline.audit.lvs.summarize`'s: the mean (the paper's LVS)
+    with its percentile-bootstrap CI (``mean_ci_low`` / ``mean_ci_high``), the median with
+    its CI (``ci_low`` / ``ci_high``); beside it the random baseline's mean with
     its CI (``random_mean``, ``random_ci_low`` / ``random_ci_high``): the same statistic on
     both sides, so a mean is never read against a median's interval."""
-    from silentwatch.offline.audit.lvs import LVSSettings, bootstrap_ci, lvs, lvs_table
+    from silentwatch.offline.audit.lvs import lvs_table
 
-    s = settings or LVSSettings()
-
-    def mean_ci(x: Any) -> tuple[float, float]:
-        values = lvs(x.s_clean, x.s_attacked, x.delta_norm, s.eta)
-        return bootstrap_ci(values, np.mean, n_boot=s.n_boot, ci=s.ci, seed=s.seed)
-
-    attacked = grid.lvs_inputs("pgd", by_eps=by_eps)
-    rows = [asdict(r) for r in lvs_table(attacked, s)]
+    rows = [asdict(r) for r in lvs_table(grid.lvs_inputs("pgd", by_eps=by_eps), settings)]
     rnd = grid.lvs_inputs("random", by_eps=by_eps)
     for r in rows:
-        r["mean_ci_low"], r["mean_ci_high"] = mean_ci(attacked[r["layer"]])
         base_in = rnd.get(r["layer"])
-        b = None if base_in is None else asdict(lvs_table({r["layer"]: base_in}, s)[0])
-        lo, hi = (None, None) if base_in is None else mean_ci(base_in)
+        b = None if base_in is None else asdict(lvs_table({r["layer"]: base_in}, settings)[0])
         r["random_mean"] = None if b is None else b["mean"]
-        r["random_ci_low"], r["random_ci_high"] = lo, hi
+        r["random_ci_low"] = None if b is None else b["mean_ci_low"]
+        r["random_ci_high"] = None if b is None else b["mean_ci_high"]
     return rows
 
 
