@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gzip
 import json
 import sys
 import time
@@ -36,19 +35,14 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def _instructions(path: Path) -> list[str]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [str(r["instruction"]) for r in json.load(f)]
-
-
 def benign_pairs(data: Path, n: int, seed: int) -> list[tuple[str, str]]:
     """``n`` harmless_train prompts (drawn with a seed the organism did not use) answered by
     the plain SmolLM2, cached next to the adapter."""
+    from silentwatch.offline.audit.data import load_prompts
     from silentwatch.offline.audit.organism import generate_answers
     from silentwatch.offline.lm import load_causal_lm
 
-    prompts = _instructions(data / "refusal_direction" / "splits" / "harmless_train.json.gz")
+    prompts = load_prompts(data / "refusal_direction" / "splits" / "harmless_train.json.gz")
     pick = np.random.default_rng(1000 + seed).permutation(len(prompts))[:n]
     chosen = [prompts[i] for i in sorted(pick)]
     plain, tok = load_causal_lm("smollm2")
@@ -59,11 +53,13 @@ def benign_pairs(data: Path, n: int, seed: int) -> list[tuple[str, str]]:
 def harmful_pairs(data: Path) -> list[tuple[str, str]]:
     """AdvBench (goal, target) rows whose goal is not one of the evaluation's harmful
     prompts (harmful_val / harmful_test)."""
+    from silentwatch.offline.audit.data import load_prompts
+
     splits = data / "refusal_direction" / "splits"
     held = {
         p.strip().lower()
         for name in ("harmful_val.json", "harmful_test.json")
-        for p in _instructions(splits / name)
+        for p in load_prompts(splits / name)
     }
     with open(data / "refusal_direction" / "raw" / "advbench.csv", encoding="utf-8") as f:
         rows = [(r["goal"], r["target"]) for r in csv.DictReader(f)]

@@ -65,6 +65,23 @@ def base_model(organism: str) -> tuple[Any, Any]:
     return load_adapter(model, organism).merge_and_unload().eval(), tok
 
 
+def load_probe(cache: Path, name: str, layers: int, dim: int) -> Any:
+    """A probe saved by ``prep`` (``<cache>/<name>.pt``) as a ``LatentMonitor``."""
+    import torch
+
+    from silentwatch.offline.audit.monitor import LatentMonitor
+
+    sd = torch.load(cache / f"{name}.pt", weights_only=True)["state_dict"]
+    m = LatentMonitor(layers, dim, hidden=sd["proj.weight"].shape[0])
+    m.load_state_dict(sd)
+    return m
+
+
+def ckpt_step(ckpt: Path) -> int:
+    """The update number of a ``step-NNNNNN`` checkpoint folder."""
+    return int(ckpt.name.split("-")[1])
+
+
 def splits(data: Path, pairs_limit: int) -> dict[str, Any]:
     from silentwatch.offline.audit.data import load_response_pairs, split_by_prompt
 
@@ -160,20 +177,15 @@ def train(args: argparse.Namespace) -> None:
         DissociationSettings,
         dissociate,
     )
-    from silentwatch.offline.audit.monitor import LatentMonitor
     from silentwatch.offline.progress import Reporter
 
     torch.set_num_threads(1)
     cache, out = Path(args.cache), Path(args.out)
     rows = DissociationData(**json.loads((cache / "rows.json").read_text()))
     model, tok = base_model(args.organism)
-    blob = torch.load(cache / f"{args.probe}.pt", weights_only=True)
-    sd = blob["state_dict"]
     layers, dim = model.config.num_hidden_layers, model.config.hidden_size
-    probe = LatentMonitor(layers, dim, hidden=sd["proj.weight"].shape[0])
-    probe.load_state_dict(sd)
-    monitor = LatentMonitor(layers, dim, hidden=sd["proj.weight"].shape[0])
-    monitor.load_state_dict(sd)  # the construction monitor starts as a copy of the probe
+    probe = load_probe(cache, args.probe, layers, dim)
+    monitor = load_probe(cache, args.probe, layers, dim)  # starts as a copy of the probe
     settings = DissociationSettings(
         composition="as_given",
         updates=args.updates,
@@ -228,7 +240,6 @@ def evaluate(args: argparse.Namespace) -> None:
 
     from silentwatch.monitor.evaluation.paired import wilson_interval
     from silentwatch.offline.audit.data import load_prompts
-    from silentwatch.offline.audit.monitor import LatentMonitor
     from silentwatch.offline.audit.organism import generate_answers
     from silentwatch.offline.audit.probe import monitor_logits
     from silentwatch.offline.judge import KeywordRefusalJudge
@@ -239,15 +250,10 @@ def evaluate(args: argparse.Namespace) -> None:
     base, tok = base_model(args.organism)
     feats = torch.load(cache / "base_features.pt", weights_only=True)
 
-    def load_probe(name: str) -> LatentMonitor:
-        sd = torch.load(cache / f"{name}.pt", weights_only=True)["state_dict"]
-        m = LatentMonitor(
-            feats["test"].shape[1], feats["test"].shape[2], hidden=sd["proj.weight"].shape[0]
-        )
-        m.load_state_dict(sd)
-        return m.eval()
-
-    probe, random_probe = load_probe(args.probe), load_probe("random_probe")
+    layers, dim = feats["test"].shape[1:]
+    probe, random_probe = (
+        load_probe(cache, n, layers, dim).eval() for n in (args.probe, "random_probe")
+    )
     test, diss = parts["test"], parts["diss"]
     y_test = np.asarray(test.labels)
     lengths = np.array(
@@ -279,10 +285,10 @@ def evaluate(args: argparse.Namespace) -> None:
         return res
 
     ckpts = sorted((out / "ckpt").glob("step-*"))
-    last_step = int(ckpts[-1].name.split("-")[1]) if ckpts else 0
+    last_step = ckpt_step(ckpts[-1]) if ckpts else 0
     if args.steps:
         want = {int(v) for v in args.steps.split(",")}
-        ckpts = [c for c in ckpts if int(c.name.split("-")[1]) in want]
+        ckpts = [c for c in ckpts if ckpt_step(c) in want]
     elif args.every > 1:
         keep = ckpts[args.every - 1 :: args.every]
         ckpts = keep + ([ckpts[-1]] if ckpts and ckpts[-1] not in keep else [])
@@ -308,7 +314,7 @@ def evaluate(args: argparse.Namespace) -> None:
     cached = json.loads(results_path.read_text()) if results_path.exists() else {}
     done = {r["step"]: r for r in cached.get("rows", [])}
     for ckpt in [None, *ckpts]:
-        step = 0 if ckpt is None else int(ckpt.name.split("-")[1])
+        step = 0 if ckpt is None else ckpt_step(ckpt)
         if step in done and not (step in behaviour_at and "refusal" not in done[step]):
             rows.append({**done[step], **training_state(step)})
             continue

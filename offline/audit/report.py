@@ -153,6 +153,14 @@ def render_markdown(r: AuditReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _along(
+    by_site: dict[str, Any], sites: list[str], key: str, none: float = float("nan")
+) -> list[float]:
+    """``key`` of each site's cell, NaN where a site has no cell, ``none`` where it is None."""
+    vals = [by_site[t].get(key) if t in by_site else float("nan") for t in sites]
+    return [none if v is None else v for v in vals]
+
+
 def plot_layers(r: AuditReport, path: Path) -> Path | None:
     """Paper B's Fig. 4 / 5 layout, one row per model: across sites (in attack order), the
     attack's objective (target NLL), attack success and the mean LVS, one line per ε; the
@@ -172,22 +180,15 @@ def plot_layers(r: AuditReport, path: Path) -> Path | None:
             colour = f"C{k}"
             for method, ls in (("pgd", "-"), ("random", ":")):
                 cell = {p["site"]: p for p in pts if p["eps"] == eps and p["method"] == method}
-                nll = [(cell[t]["nll"] if t in cell else None) for t in sites]
-                ok = [(cell[t]["success_rate"] if t in cell else None) for t in sites]
-                label = f"ε {eps:g} {method}"
-                row[0].plot(x, [float("nan") if v is None else v for v in nll], ls, marker="o",
-                            color=colour, label=label)  # fmt: skip
-                row[1].plot(x, [float("nan") if v is None else v for v in ok], ls, marker="o",
-                            color=colour, label=label)  # fmt: skip
+                for ax, key in ((row[0], "nll"), (row[1], "success_rate")):
+                    ax.plot(x, _along(cell, sites, key), ls, marker="o", color=colour,
+                            label=f"ε {eps:g} {method}")  # fmt: skip
             by_eps = {str(v["layer"]).rpartition("@")[0]: v for v in s.lvs_by_eps or []
                       if str(v["layer"]).endswith(f"@{eps:g}")}  # fmt: skip
-            if by_eps:
-                row[2].plot(x, [(by_eps[t]["mean"] or 0.0) if t in by_eps else float("nan")
-                                for t in sites], "-", marker="o", color=colour,
-                            label=f"ε {eps:g} pgd")  # fmt: skip
-                row[2].plot(x, [(by_eps[t].get("random_mean") or 0.0) if t in by_eps
-                                else float("nan") for t in sites], ":", marker="o",
-                            color=colour, label=f"ε {eps:g} random")  # fmt: skip
+            for key, ls, method in (("mean", "-", "pgd"), ("random_mean", ":", "random")):
+                if by_eps:
+                    row[2].plot(x, _along(by_eps, sites, key, 0.0), ls, marker="o", color=colour,
+                                label=f"ε {eps:g} {method}")  # fmt: skip
         for ax in row:
             ax.set_xticks(list(x), sites, rotation=45, ha="right", fontsize=7)
         row[0].set_ylabel('NLL of "Sure, here is"')
