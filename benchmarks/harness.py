@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import platform
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
 from importlib import metadata
@@ -39,6 +40,40 @@ Timings = Sequence[float] | np.ndarray  # seconds of repeated runs
 
 
 # -- the machine ---------------------------------------------------------------------------
+# -- another version of the code ---------------------------------------------------------
+def git_describe(repo: Path, rev: str) -> str:
+    """``rev``'s short hash and subject line."""
+    out = subprocess.run(
+        ["git", "-C", str(repo), "log", "-1", "--format=%h %s", rev],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return out.stdout.strip()
+
+
+def source_tree(repo: Path, rev: str, dest: Path) -> Path:
+    """Check out ``rev`` of ``repo`` under ``dest`` (``git archive``: no worktree to clean up)
+    and return a directory to put first on ``PYTHONPATH`` so that ``import silentwatch`` (and
+    ``python -m silentwatch``) runs that version instead of the installed one.
+
+    The repository keeps ``monitor/`` and ``offline/`` beside ``silentwatch/`` and installs
+    them as ``silentwatch.monitor`` and ``silentwatch.offline`` (pyproject's package-dir);
+    the returned directory rebuilds that layout with symlinks. The editable install's
+    finder comes after ``PYTHONPATH`` on ``sys.meta_path``, so this copy wins.
+    """
+    tree, shim = dest / "tree", dest / "shim" / "silentwatch"
+    tree.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", rev], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    shim.mkdir(parents=True)
+    for entry in (tree / "silentwatch").iterdir():
+        (shim / entry.name).symlink_to(entry)
+    for sub in ("monitor", "offline"):
+        (shim / sub).symlink_to(tree / sub)
+    return shim.parent
+
+
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo, else what the platform module knows."""
     try:

@@ -2,13 +2,15 @@
 over real gRPC on loopback, per mode of recording, store and detection (issue 16).
 
 For each d (default 1024 and 384), first the floor: in this process, pinned to one CPU with
-one BLAS thread, the loop the sidecar cannot beat for the same 1,024-row batch: decode a
-serialised ``ClassifyBatchRequest`` (``FromString`` + ``numpy.frombuffer``), score it with
-row norms (``LinearScorer.predict_proba``), build and serialise the ``ClassifyBatchResponse``
-(p_unsafe, flagged, confidence): rows per second on one core. Then "where the time goes":
-the same steps and the ones the floor leaves out (id checks, ``store.record`` of 1,024 ids
-in the memory and sqlite stores at capacity, the pipeline submit and the worker's sinks),
-each timed alone, µs per batch.
+one BLAS thread, the loop the sidecar cannot beat for the same 1,024-row batch, done the
+cheapest way the sidecar knows: parse a serialised packed-id ``ClassifyBatchRequest``
+without copying its embeddings (``wire.parse_zero_copy`` + ``numpy.frombuffer``), score it
+with row norms (``LinearScorer.predict_proba``), build the ``ClassifyBatchResponse``
+(p_unsafe, flagged, confidence) as bytes (``wire.batch_reply``) and serialise it: rows per
+second on one core. Then "where the time goes": the same steps, the ways they were done
+before, and the ones the floor leaves out (id checks, ``store.record`` of 1,024 ids in the
+memory and sqlite stores at capacity, the pipeline submit and the worker's sinks), each
+timed alone, µs per batch.
 
 Then the served figures. The sidecar runs as its own process pinned to CPU 0 (``taskset``);
 this client runs on CPU 1. Modes: recording off; recording on with the memory store; with
@@ -16,15 +18,24 @@ the sqlite store; detection on (with the memory store: the detectors are fed by 
 so detection with recording off measures nothing); everything on (sqlite + detection, the
 default); everything on with the client sending ``packed_request_ids`` instead of string
 ids; the same with ``detection_process: true`` (window statistics in a niced child process,
-which inherits the pin); and first, the transport floor: benchmarks/noop_server.py, the
-same wire and gRPC server settings with handlers that return prebuilt replies, pinned the
-same way. Each mode runs ``--repeats`` times, the order alternating forwards and backwards
-between rounds (as benchmarks/heads.py does); reported per mode: rows per server CPU-second
-(utime + stime from /proc/<pid>/stat, the sidecar's and its child processes'; best and
-median), served / floor, unary Classify p50/p99, and the cost against recording off.
+which inherits the pin); recording off with packed ids (the packed modes' baseline: their
+batches are parsed without copying whatever the server records); and first, the transport
+floor, with string and with packed ids: benchmarks/noop_server.py, the same wire, parse and
+gRPC server settings with handlers that return prebuilt replies, pinned the same way. Each
+mode runs ``--repeats`` times, the order alternating forwards and backwards between rounds
+(as benchmarks/heads.py does); reported per mode: rows per server CPU-second (utime + stime
+from /proc/<pid>/stat, the sidecar's and its child processes'; best and median), served /
+floor, unary Classify p50/p99, and the cost against recording off with the same id form.
 
-    python benchmarks/serving.py            # ~6 minutes (d = 1024 and 384, 2 rounds)
+``--split`` starts each sidecar through benchmarks/split_timing.py and prints, per mode,
+the thread CPU of each step of ClassifyBatch inside the served sidecar (the steps cost
+more under load than alone). ``--before REV`` runs every sidecar mode on that git revision
+too (``harness.source_tree``), alternating with this tree in every round, and prints
+before -> after; ``--modes`` runs a subset.
+
+    python benchmarks/serving.py            # ~8 minutes (d = 1024 and 384, 2 rounds)
     python benchmarks/serving.py --quick    # ~1 minute smoke run (d = 1024, 2 short rounds)
+    python benchmarks/serving.py --dims 1024 --repeats 3 --split --before HEAD~3   # ~20 min
 """
 
 from __future__ import annotations
@@ -41,18 +52,22 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from math import nan
 from pathlib import Path
 
 import numpy as np
+import split_timing
 from harness import (
     MAX_MESSAGE_BYTES,
     channel,
     cpu_seconds,
+    git_describe,
     machine,
     percentiles,
     pin_client,
     quantile,
     repeat,
+    source_tree,
     table_header,
     table_row,
     thread_cpu_seconds,
@@ -63,9 +78,12 @@ from silentwatch.monitor.bundle import EmbedderSpec
 from silentwatch.monitor.bundle.io import load_bundle
 from silentwatch.monitor.scoring import LinearScorer, confidence, row_norms
 from silentwatch.monitor.serving.pipeline import WORKER_THREAD_NAME
+from silentwatch.monitor.serving.wire import batch_reply, parse_zero_copy
 from silentwatch.monitor.training import train_bundle
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
+
+HERE = Path(__file__).resolve().parent
 
 # name -> (recording, serve flags); the state dir of the sqlite modes is appended per run.
 MODES: dict[str, tuple[bool, list[str]]] = {
@@ -85,11 +103,26 @@ MODES[ALL_ON_PACKED] = MODES[ALL_ON]
 # sidecar's CPU pin and runs niced; its CPU is counted in the server's).
 ALL_ON_CHILD = "everything on, packed ids, detection process"
 MODES[ALL_ON_CHILD] = (True, [*MODES[ALL_ON][1], "--detection-process", "true"])
-PACKED_MODES = {ALL_ON_PACKED, ALL_ON_CHILD}
+# The like-for-like baseline of the packed modes: a packed-id batch is parsed without copying
+# its embeddings (wire.parse_zero_copy) whatever the server records, so packed modes are
+# costed against recording off with packed ids, string modes against recording off.
+BASE_PACKED = "recording off, packed ids"
+MODES[BASE_PACKED] = MODES[BASE]
+PACKED_MODES = {ALL_ON_PACKED, ALL_ON_CHILD, BASE_PACKED}
 CHILD_START_SECONDS = 5.0
 # benchmarks/noop_server.py: the same wire and server settings, no work (the transport floor).
 NOOP = "transport floor (no-op servicer)"
-ALL_MODES = [NOOP, *MODES]
+NOOP_PACKED = "transport floor, packed ids"
+PACKED_MODES.add(NOOP_PACKED)
+ALL_MODES = [NOOP, NOOP_PACKED, *MODES]
+
+
+BASES = (BASE, BASE_PACKED, NOOP, NOOP_PACKED)  # no cost column for these
+
+
+def base_of(mode: str) -> str:
+    """The recording-off mode a mode's cost is measured against (same id form)."""
+    return BASE_PACKED if mode in PACKED_MODES else BASE
 
 
 def packed_ids(first: int, n: int) -> bytes:
@@ -113,26 +146,35 @@ def batch_request(x: np.ndarray, prefix: str = "b0") -> pb.ClassifyBatchRequest:
     )
 
 
+def packed_request(x: np.ndarray, first: int = 0) -> pb.ClassifyBatchRequest:
+    """The same batch with ``packed_request_ids`` (16 bytes per row) instead of strings."""
+    n, d = x.shape
+    return pb.ClassifyBatchRequest(
+        packed_request_ids=packed_ids(first, n),
+        embeddings=pb.EmbeddingMatrix(rows=n, dim=d, f32le=x.astype("<f4").tobytes()),
+    )
+
+
 def floor_loop(
     raw: bytes, scorer: LinearScorer, threshold: float, version: str = "bench"
 ) -> Callable[[], bytes]:
     """The in-process loop the sidecar cannot beat: decode -> score -> serialised response.
 
-    What ``ClassifyBatch`` must do for any batch, with nothing else: parse the request bytes,
-    view the embeddings with one ``numpy.frombuffer`` (as monitor/serving/wire.py does),
-    the matvec with row norms, and the response's three repeated fields, serialised.
+    What ``ClassifyBatch`` must do for any batch, with nothing else, done the cheapest way
+    the sidecar knows (monitor/serving/wire.py): parse the request bytes without copying
+    the embeddings when they come first (``parse_zero_copy``; else ``FromString``), view
+    them with one ``numpy.frombuffer``, the matvec with row norms, and the reply's three
+    packed fields built as bytes (``batch_reply``), serialised.
     """
 
     def run() -> bytes:
-        req = pb.ClassifyBatchRequest.FromString(raw)
+        req = parse_zero_copy(
+            raw, pb.ClassifyBatchRequest, 2
+        ) or pb.ClassifyBatchRequest.FromString(raw)
         m = req.embeddings
         x = np.frombuffer(m.f32le, dtype="<f4").reshape(m.rows, m.dim)
         p = scorer.predict_proba(x, row_norms(x))
-        resp = pb.ClassifyBatchResponse(classifier_version=version)
-        resp.p_unsafe.extend(p.tolist())
-        resp.flagged.extend((p >= threshold).tolist())
-        resp.confidence.extend(confidence(p).tolist())
-        return resp.SerializeToString()
+        return batch_reply(p, threshold, version).SerializeToString()
 
     return run
 
@@ -157,7 +199,8 @@ def floor_timing(
     """The floor for a ``rows``-row batch at the scorer's d: median µs per batch and rows/s
     on one core, one BLAS thread (``one_core``)."""
     d = scorer.dim
-    raw = batch_request(unit(rows, d, 2)).SerializeToString()
+    # Packed ids: the request layout the sidecar parses without copying the embeddings.
+    raw = packed_request(unit(rows, d, 2)).SerializeToString()
     run = floor_loop(raw, scorer, threshold)
 
     def measure() -> dict[str, float]:
@@ -212,10 +255,33 @@ def where_time_goes(
         p = scorer.predict_proba(x, norms)
         out.append(
             (
-                "decode: FromString + frombuffer",
+                "decode, string ids: FromString + .f32le (copies) + frombuffer",
                 us(
                     lambda: decode_matrix(
                         pb.ClassifyBatchRequest.FromString(raw).embeddings, d, 16384
+                    )
+                ),
+            )
+        )
+        raw_packed = packed_request(x0).SerializeToString()
+        out.append(
+            (
+                "decode, packed ids, copying: FromString + .f32le + frombuffer (before)",
+                us(
+                    lambda: decode_matrix(
+                        pb.ClassifyBatchRequest.FromString(raw_packed).embeddings, d, 16384
+                    )
+                ),
+            )
+        )
+        out.append(
+            (
+                "decode, packed ids, zero-copy: parse_zero_copy + frombuffer",
+                us(
+                    lambda: decode_matrix(
+                        parse_zero_copy(raw_packed, pb.ClassifyBatchRequest, 2).embeddings,
+                        d,
+                        16384,
                     )
                 ),
             )
@@ -243,11 +309,23 @@ def where_time_goes(
             r.confidence.extend(confidence(p).tolist())
             return r.SerializeToString()
 
-        out.append(("response: build + serialise", us(respond)))
+        out.append(("response: three extend(tolist()) + serialise (before)", us(respond)))
         out.append(
             (
-                "floor (decode + norms + score + response, one loop)",
-                us(floor_loop(raw, scorer, thr)),
+                "response: batch_reply (packed bytes, parsed once) + serialise",
+                us(lambda: batch_reply(p, thr, "bench").SerializeToString()),
+            )
+        )
+        out.append(
+            (
+                "row norms, einsum (before)",
+                us(lambda: np.sqrt(np.einsum("ij,ij->i", x, x))),
+            )
+        )
+        out.append(
+            (
+                "floor (decode + norms + score + response, one loop, packed ids)",
+                us(floor_loop(raw_packed, scorer, thr)),
             )
         )
         # The label-join stores, at capacity: each recorded row evicts one and buries it.
@@ -320,15 +398,26 @@ def where_time_goes(
 
 
 def start_server(
-    bundle: Path, recording: bool, extra: list[str] | None = None
+    bundle: Path,
+    recording: bool,
+    extra: list[str] | None = None,
+    *,
+    source: Path | None = None,
+    split: Path | None = None,
 ) -> tuple[subprocess.Popen, str]:
+    """``silentwatch serve`` pinned to CPU 0. ``source``: a directory to import silentwatch
+    from instead (``harness.source_tree``, for ``--before``); ``split``: start it through
+    benchmarks/split_timing.py, which writes per-step CPU totals to this file."""
     pin = ["taskset", "-c", "0"] if shutil.which("taskset") and os.cpu_count() > 1 else []
+    entry = ["-m", "silentwatch"] if split is None else [str(HERE / "split_timing.py"), str(split)]
+    env = None if source is None else {**os.environ, "PYTHONPATH": str(source)}
     proc = subprocess.Popen(
-        [*pin, sys.executable, "-m", "silentwatch", "serve", "--bundle", str(bundle),
+        [*pin, sys.executable, *entry, "serve", "--bundle", str(bundle),
          "--port", "0", "--metrics-port", "0", "--recording", str(recording).lower(),
          "--max-message-bytes", str(MAX_MESSAGE_BYTES), "--max-batch-rows", "16384",
          "--store-capacity", "200000", "--log-level", "WARNING", *(extra or [])],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, text=True, env=env,
+        cwd=source,  # `-m` puts the working directory first on sys.path: make it the shim
     )  # fmt: skip
     return proc, json.loads(proc.stdout.readline())["grpc"]
 
@@ -453,17 +542,27 @@ def start_noop(rows: int) -> tuple[subprocess.Popen, str]:
 
 
 def served_run(
-    bundle: Path, mode: str, state_dir: Path, d: int, a: argparse.Namespace
+    bundle: Path,
+    mode: str,
+    state_dir: Path,
+    d: int,
+    a: argparse.Namespace,
+    source: Path | None = None,
 ) -> dict[str, float]:
     """One sidecar in ``mode`` (or the no-op server): unary Classify latency, then
-    ClassifyBatch throughput."""
-    if mode == NOOP:
+    ClassifyBatch throughput; with ``a.split``, also µs per batch of each step
+    (``split_timing``) over the throughput phase, as ``split`` (label -> µs)."""
+    split = None
+    if mode in (NOOP, NOOP_PACKED):
         proc, target = start_noop(a.rows)
     else:
         recording, flags = MODES[mode]
         if "sqlite" in flags:
             flags = [*flags, "--state-dir", str(state_dir)]
-        proc, target = start_server(bundle, recording, flags)
+        if a.split:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            split = state_dir / "split.json"
+        proc, target = start_server(bundle, recording, flags, source=source, split=split)
         if "--detection-process" in flags:
             # The child loads the bundle and rebuilds the detectors at start (windows meanwhile
             # run in process); measure the steady state, as for every other mode.
@@ -472,14 +571,42 @@ def served_run(
         with channel(target) as ch:
             stub = pb_grpc.MonitorStub(ch)
             u = bench_unary(stub, d, a.unary)
+            t0 = split_snapshot(proc, split)
             b = bench_batch(
                 stub, proc.pid, d, a.rows, a.seconds, a.threads, packed=mode in PACKED_MODES
             )
+            steps = split_us_per_batch(t0, split_snapshot(proc, split))
             st = stub.GetStatus(pb.GetStatusRequest())
     finally:
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(30)
-    return {**u, **b, "rc": rc, "sampled_out": st.pipeline.sampled_out_rows}
+    return {**u, **b, "rc": rc, "sampled_out": st.pipeline.sampled_out_rows, "split": steps}
+
+
+def split_snapshot(proc: subprocess.Popen, split: Path | None) -> dict:
+    """Ask a split-timed sidecar for its totals now (SIGUSR1) and read them."""
+    if split is None:
+        return {}
+    before = split.stat().st_mtime_ns if split.exists() else 0
+    proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        if split.exists() and split.stat().st_mtime_ns != before:
+            break
+        time.sleep(0.02)
+    time.sleep(0.05)  # let the write finish
+    return split_timing.read(str(split))
+
+
+def split_us_per_batch(t0: dict, t1: dict) -> dict[str, float]:
+    """µs of thread CPU per ClassifyBatch call of each step between two snapshots."""
+    if not t1:
+        return {}
+    diff = split_timing.difference(t0, t1)
+    calls = diff.get(split_timing.BATCH_STEP, {}).get("calls", 0)
+    if not calls:
+        return {}
+    return {k: 1e6 * v["cpu_s"] / calls for k, v in diff.items()}
 
 
 def summarise(
@@ -487,10 +614,11 @@ def summarise(
 ) -> list[dict[str, float | str]]:
     """Per mode: best and median rows per server CPU-second, served / floor, Classify
     p50 (median of runs) and p99 (median and worst), and the throughput cost against
-    recording off (best against best, median against median)."""
-    base = [r["emb_per_cpu_s"] for r in runs[BASE]]
+    recording off with the same id form (``base_of``; best against best, median against
+    median)."""
     out = []
     for mode, rs in runs.items():
+        base = [r["emb_per_cpu_s"] for r in runs.get(base_of(mode)) or [{"emb_per_cpu_s": nan}]]
         tput = [r["emb_per_cpu_s"] for r in rs]
         best, med = max(tput), statistics.median(tput)
         out.append(
@@ -522,14 +650,33 @@ def main() -> int:
     ap.add_argument("--unary", type=int, default=3000, help="timed Classify calls")
     ap.add_argument("--repeats", type=int, default=2, help="rounds over every mode (>= 2)")
     ap.add_argument("--reps", type=int, default=300, help="in-process repetitions per step")
+    ap.add_argument("--modes", nargs="+", choices=ALL_MODES, metavar="MODE",
+                    help=f"run only these modes (default: all of {ALL_MODES})")  # fmt: skip
+    ap.add_argument("--split", action="store_true",
+                    help="time each step of ClassifyBatch inside the served sidecar "
+                    "(benchmarks/split_timing.py) and print µs per batch per mode")  # fmt: skip
+    ap.add_argument("--before", metavar="REV",
+                    help="also run every sidecar mode on this git revision of the code (the "
+                    "no-op server is not ours: run once), alternating, and print before -> "
+                    "after")  # fmt: skip
     a = ap.parse_args()
     if a.quick:
         a.dims, a.seconds, a.unary, a.reps = [1024], 2.0, 500, 60
     a.repeats = max(a.repeats, 2)
+    modes = [m for m in ALL_MODES if a.modes is None or m in a.modes]
     pin_client()  # the sidecar gets CPU 0 (start_server); the floor runs on this CPU
     print(f"machine: {machine()}\n")
-    summaries: dict[int, tuple[dict, list]] = {}
+    summaries: dict[tuple[str, int], tuple[dict, list]] = {}
+    splits: dict[tuple[str, int, str], list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        trees: dict[str, Path | None] = {"after": None}
+        if a.before:
+            trees["before"] = source_tree(HERE.parent, a.before, Path(tmp) / "before")
+            print(f"before: {a.before} ({git_describe(HERE.parent, a.before)}); after: the "
+                  f"working tree ({git_describe(HERE.parent, 'HEAD')} + changes)\n")  # fmt: skip
+        entries = [
+            (t, m) for m in modes for t in trees if t == "after" or m not in (NOOP, NOOP_PACKED)
+        ]
         for d in a.dims:
             x = unit(3000, d, 0)
             y = (x[:, 0] + 0.1 * np.random.default_rng(0).standard_normal(3000) > 0).astype(int)
@@ -548,49 +695,106 @@ def main() -> int:
             for step, v in steps:
                 print(table_row([step, f"{v:,.0f}"]))
             print()
-            print(table_header(["d", "round", "mode", "rows per server CPU-s",
+            print(table_header(["d", "round", "code", "mode", "rows per server CPU-s",
                                 "server CPU use", "Classify p50 ms", "Classify p99 ms",
-                                "sampled out"], "rrlrrrrr"))  # fmt: skip
-            runs: dict[str, list[dict[str, float]]] = {m: [] for m in ALL_MODES}
-            for r, order in enumerate(round_orders(ALL_MODES, a.repeats)):
-                for mode in order:
-                    res = served_run(bundle, mode, Path(tmp) / f"s{d}-{r}-{len(runs[mode])}-"
-                                     f"{ALL_MODES.index(mode)}", d, a)  # fmt: skip
-                    runs[mode].append(res)
-                    row = [d, r + 1, mode, f"{res['emb_per_cpu_s']:,.0f}",
+                                "sampled out"], "rrllrrrrr"))  # fmt: skip
+            runs: dict[str, dict[str, list[dict]]] = {t: {} for t in trees}
+            for r, order in enumerate(round_orders(entries, a.repeats)):
+                for k, (tree, mode) in enumerate(order):
+                    res = served_run(bundle, mode, Path(tmp) / f"s{d}-{r}-{k}", d, a, trees[tree])
+                    runs[tree].setdefault(mode, []).append(res)
+                    if res["split"]:
+                        splits.setdefault((tree, d, mode), []).append(res["split"])
+                    row = [d, r + 1, tree, mode, f"{res['emb_per_cpu_s']:,.0f}",
                            f"{res['server_cpu_util']:.0%}", f"{res['p50_ms']:.3f}",
                            f"{res['p99_ms']:.3f}", f"{res['sampled_out']:,}"]  # fmt: skip
                     print(table_row(row) + ("" if res["rc"] == 0 else f" (exit {res['rc']})"),
                           flush=True)  # fmt: skip
             print()
-            summaries[d] = (fl, summarise(runs, fl["floor_rows_per_s"]))
+            for tree, tree_runs in runs.items():
+                summaries[tree, d] = (fl, summarise(tree_runs, fl["floor_rows_per_s"]))
+    print_summary(summaries, a)
+    if a.before:
+        print_before_after(summaries)
+    if splits:
+        print_splits(splits, a.rows)
+    return 0
+
+
+def print_summary(
+    summaries: dict[tuple[str, int], tuple[dict, list]], a: argparse.Namespace
+) -> None:
     print(f"Summary over {a.repeats} rounds ({a.rows}-row batches, {a.threads} client threads, "
-          f"{a.seconds:g} s each; floor = in-process rows/s on one core):\n")  # fmt: skip
+          f"{a.seconds:g} s each; floor = in-process rows/s, one core; this tree):\n")  # fmt: skip
     cols = ["d", "mode", "rows per server CPU-s (best)", "(median)", "served / floor (best)",
             "(median)", "server CPU use", "Classify p50 ms", "Classify p99 ms (median)",
             "(worst)", "cost vs recording off (best)", "(median)"]  # fmt: skip
     print(table_header(cols, "rlrrrrrrrrrr"))
-    for d, (fl, summary) in summaries.items():
+    after = {d: v for (tree, d), v in summaries.items() if tree == "after"}
+    for d, (fl, summary) in after.items():
         print(table_row([d, "in-process floor", f"{fl['floor_rows_per_s']:,.0f}", "", "100%",
                          "", "", "", "", "", "", ""]))  # fmt: skip
         for s in summary:
             row = [d, s["mode"], f"{s['best']:,.0f}", f"{s['median']:,.0f}",
                    f"{s['floor_best']:.0%}", f"{s['floor_median']:.0%}", f"{s['cpu_use']:.0%}",
                    f"{s['p50_ms']:.3f}", f"{s['p99_ms']:.3f}", f"{s['p99_worst_ms']:.3f}",
-                   "" if s["mode"] == BASE else f"{s['cost_best']:.1%}",
-                   "" if s["mode"] == BASE else f"{s['cost_median']:.1%}"]  # fmt: skip
+                   "" if s["mode"] in BASES else f"{s['cost_best']:.1%}",
+                   "" if s["mode"] in BASES else f"{s['cost_median']:.1%}"]  # fmt: skip
             print(table_row(row))
     print()
-    for d, (_, summary) in summaries.items():
-        s = next(s for s in summary if s["mode"] == ALL_ON)
-        noop = next(s for s in summary if s["mode"] == NOOP)
-        print(f"d={d}: the transport floor (no-op servicer) is {noop['floor_median']:.0%} of the "
-              f"in-process floor; everything on is {s['median'] / noop['median']:.0%} of the "
-              "transport floor")  # fmt: skip
-        print(f"d={d}, everything on: served/floor {s['floor_median']:.0%} (target >= 50%); "
-              f"cost vs recording off {s['cost_median']:.1%} (target <= 10%); Classify p99 "
-              f"worst {s['p99_worst_ms']:.3f} ms (target <= 1 ms)")  # fmt: skip
-    return 0
+    for d, (_, summary) in after.items():
+        by_mode = {s["mode"]: s for s in summary}
+        for all_on, noop_mode in ((ALL_ON, NOOP), (ALL_ON_PACKED, NOOP_PACKED)):
+            if all_on not in by_mode or noop_mode not in by_mode:
+                continue
+            s, noop = by_mode[all_on], by_mode[noop_mode]
+            print(f"d={d}, {all_on}: the transport floor ({noop_mode}) is "
+                  f"{noop['floor_median']:.0%} of the in-process floor; this mode is "
+                  f"{s['median'] / noop['median']:.0%} of the transport floor, "
+                  f"{s['floor_median']:.0%} of the in-process floor (target >= 50%); cost vs "
+                  f"{base_of(all_on)} {s['cost_median']:.1%} (target <= 10%); Classify p99 "
+                  f"worst {s['p99_worst_ms']:.3f} ms (target <= 1 ms)")  # fmt: skip
+    print()
+
+
+def print_before_after(summaries: dict[tuple[str, int], tuple[dict, list]]) -> None:
+    """Per mode: median rows per server CPU-second before and after, the change, the cost
+    against recording off (same id form) before -> after, and the unary p99s."""
+    print("Before -> after (medians over the rounds; both trees alternated in every round):\n")
+    cols = ["d", "mode", "rows per server CPU-s, before", "after", "change",
+            "cost vs recording off, before -> after",
+            "Classify p99 ms, before -> after"]  # fmt: skip
+    print(table_header(cols, "rlrrrrr"))
+    for (tree, d), (_, summary) in summaries.items():
+        if tree != "after" or ("before", d) not in summaries:
+            continue
+        old = {s["mode"]: s for s in summaries["before", d][1]}
+        for s in summary:
+            o = old.get(s["mode"])
+            if o is None:
+                continue
+            cost = "" if s["mode"] in BASES else f"{o['cost_median']:.1%} -> {s['cost_median']:.1%}"
+            print(table_row([d, s["mode"], f"{o['median']:,.0f}", f"{s['median']:,.0f}",
+                             f"{s['median'] / o['median'] - 1:+.1%}", cost,
+                             f"{o['p99_ms']:.3f} -> {s['p99_ms']:.3f}"]))  # fmt: skip
+    print()
+
+
+def print_splits(splits: dict[tuple[str, int, str], list[dict[str, float]]], rows: int) -> None:
+    """Per step, µs of thread CPU per batch inside the served sidecar (median of rounds)."""
+    keys = list(splits)
+    labels = [lab for lab, _, _ in split_timing.STEPS]
+    print(f"Where the time goes under load: thread CPU µs per {rows}-row ClassifyBatch, inside "
+          "the served sidecar (benchmarks/split_timing.py; median over rounds):\n")  # fmt: skip
+    print(table_header(["step", *[f"{m} ({t}, d={d})" for t, d, m in keys]], "l" + "r" * len(keys)))
+    for lab in labels:
+        cells = []
+        for k in keys:
+            vals = [s[lab] for s in splits[k] if lab in s]
+            cells.append(f"{statistics.median(vals):,.0f}" if vals else "")
+        if any(cells):
+            print(table_row([lab, *cells]))
+    print()
 
 
 if __name__ == "__main__":

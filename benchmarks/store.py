@@ -8,11 +8,20 @@ ids are made before each timed call.
 
     python benchmarks/store.py            # the table in docs/reliability.md
     python benchmarks/store.py --quick
+    python benchmarks/store.py --neighbour  # idle, then beside a memory-streaming process
+
+``--neighbour`` runs every store twice on CPU 0: alone, and with another process on CPU 1
+copying 32 MB buffers in a loop, as the served benchmark's client streams 4 MB requests
+from there. The store's per-id dict passes wait on memory, so they slow down most
+(docs/benchmarks.md, "Where the time goes, under load").
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -78,11 +87,28 @@ def bench(
     }
 
 
+NEIGHBOUR = """
+import numpy as np
+a = np.ones(8_000_000, np.float32); b = np.empty_like(a)
+while True:
+    np.copyto(b, a)
+"""
+
+
+def start_neighbour(cpu: int) -> subprocess.Popen:
+    """A process on ``cpu`` that streams 32 MB through memory without pause."""
+    proc = subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, "-c", NEIGHBOUR])
+    time.sleep(0.5)  # running before the first timed call
+    return proc
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--capacity", type=int, default=250_000)
     ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--neighbour", action="store_true",
+                    help="also run beside a memory-streaming process on another CPU")  # fmt: skip
     args = ap.parse_args()
     capacity = 20_000 if args.quick else args.capacity
     reps = 20 if args.quick else 100
@@ -97,14 +123,28 @@ def main() -> None:
         ),
     }
     results: dict[str, dict[str, float]] = {}
-    for packed in (False, True):
-        for name, make in stores.items():
-            for f in d.glob("*.sqlite3*"):  # a fresh file for each id form
-                f.unlink()
-            store = make()
-            label = f"{name}, {'packed' if packed else 'string'} ids"
-            results[label] = bench(store, capacity, args.batch, reps, packed)
-            store.close()
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.neighbour and len(cpus) < 2:
+        raise SystemExit("--neighbour needs two CPUs")
+    for beside in (False, True) if args.neighbour else (False,):
+        hog = start_neighbour(cpus[1]) if beside else None
+        if args.neighbour:
+            os.sched_setaffinity(0, {cpus[0]})
+        try:
+            for packed in (False, True):
+                for name, make in stores.items():
+                    for f in d.glob("*.sqlite3*"):  # a fresh file for each id form
+                        f.unlink()
+                    store = make()
+                    label = f"{name}, {'packed' if packed else 'string'} ids"
+                    if args.neighbour:
+                        label += ", beside a memory stream" if beside else ", alone"
+                    results[label] = bench(store, capacity, args.batch, reps, packed)
+                    store.close()
+        finally:
+            if hog is not None:
+                hog.kill()
+                hog.wait()
     keys = list(next(iter(results.values())))
     print(f"capacity {capacity:,}, batch {args.batch} ids; µs per call (median unless p99)")
     print(table_header(["call", *results], "l" + "r" * len(results)))

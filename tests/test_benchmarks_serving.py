@@ -15,6 +15,7 @@ from silentwatch.monitor.scoring import LinearScorer
 from silentwatch.v1 import monitor_pb2 as pb
 
 from .benchmark_scripts import load_benchmark
+from .conftest import DIM
 
 serving = load_benchmark("serving")
 
@@ -27,12 +28,24 @@ def _scorer(d: int) -> LinearScorer:
 def test_floor_loop_answers_what_the_service_would():
     scorer = _scorer(16)
     x = serving.unit(32, 16, 3)
-    raw = serving.batch_request(x).SerializeToString()
-    resp = pb.ClassifyBatchResponse.FromString(serving.floor_loop(raw, scorer, 0.5)())
     p = scorer.predict_proba(x)
-    np.testing.assert_allclose(resp.p_unsafe, p, rtol=1e-6)
-    assert list(resp.flagged) == (p >= 0.5).tolist()
-    np.testing.assert_allclose(resp.confidence, np.maximum(p, 1 - p), rtol=1e-6)
+    # String ids (protobuf's parse) and packed ids (the zero-copy parse) alike.
+    for req in (serving.batch_request(x), serving.packed_request(x)):
+        raw = req.SerializeToString()
+        resp = pb.ClassifyBatchResponse.FromString(serving.floor_loop(raw, scorer, 0.5)())
+        np.testing.assert_allclose(resp.p_unsafe, p, rtol=1e-6)
+        assert list(resp.flagged) == (p >= 0.5).tolist()
+        np.testing.assert_allclose(resp.confidence, np.maximum(p, 1 - p), rtol=1e-6)
+
+
+def test_each_mode_is_costed_against_recording_off_with_its_id_form():
+    rows = {serving.BASE: 100.0, serving.BASE_PACKED: 200.0, serving.ALL_ON: 50.0,
+            serving.ALL_ON_PACKED: 150.0}  # fmt: skip
+    one = {"server_cpu_util": 1.0, "p50_ms": 0.1, "p99_ms": 0.2, "sampled_out": 0}
+    runs = {m: [{"emb_per_cpu_s": v, **one}] for m, v in rows.items()}
+    cost = {s["mode"]: s["cost_median"] for s in serving.summarise(runs, 1000.0)}
+    assert cost[serving.ALL_ON] == 0.5 and cost[serving.ALL_ON_PACKED] == 0.25
+    assert serving.base_of(serving.NOOP_PACKED) == serving.BASE_PACKED
 
 
 def test_floor_timing_runs_on_one_core_and_restores_affinity():
@@ -61,8 +74,10 @@ def test_transport_floor_server_answers_like_a_one_head_sidecar():
     try:
         with grpc.insecure_channel(target) as ch:
             stub = pb_grpc.MonitorStub(ch)
-            resp = stub.ClassifyBatch(serving.batch_request(serving.unit(32, 16, 1)), timeout=30)
-            assert len(resp.p_unsafe) == len(resp.flagged) == len(resp.confidence) == 32
+            x = serving.unit(32, 16, 1)
+            for req in (serving.batch_request(x), serving.packed_request(x)):
+                resp = stub.ClassifyBatch(req, timeout=30)
+                assert len(resp.p_unsafe) == len(resp.flagged) == len(resp.confidence) == 32
             np.testing.assert_allclose(
                 resp.confidence, np.maximum(resp.p_unsafe, 1 - np.asarray(resp.p_unsafe))
             )
@@ -93,3 +108,53 @@ def test_linger_benchmark_runs_a_sidecar_with_the_setting(bundle_dir, tmp_path):
     for setting in linger.SETTINGS:
         r = linger.unary_run(bundle_dir, tmp_path / setting, DIM, setting, calls=50)
         assert 0 < r["p50_ms"] <= r["p99_ms"] and r["cpu_us_per_call"] > 0, r
+
+
+def test_split_timing_counts_each_step_inside_a_served_sidecar(bundle_dir, tmp_path):
+    """benchmarks/split_timing.py starts a real sidecar with the ClassifyBatch steps wrapped;
+    SIGUSR1 makes it write its totals, and two reads subtract to one phase's."""
+    import grpc
+
+    from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
+
+    split = tmp_path / "split.json"
+    flags = ["--store", "sqlite", "--state-dir", str(tmp_path / "st"), "--detection", "false"]
+    proc, target = serving.start_server(bundle_dir, True, flags, split=split)
+    try:
+        with grpc.insecure_channel(target) as ch:
+            stub = pb_grpc.MonitorStub(ch)
+            x = serving.unit(8, DIM, 4)
+            stub.ClassifyBatch(serving.packed_request(x, first=0), timeout=30)
+            t0 = serving.split_snapshot(proc, split)
+            for k in range(1, 4):
+                stub.ClassifyBatch(serving.packed_request(x, first=8 * k), timeout=30)
+            t1 = serving.split_snapshot(proc, split)
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+    steps = serving.split_timing.difference(t0, t1)
+    assert steps[serving.split_timing.BATCH_STEP]["calls"] == 3
+    for label in ("decode_matrix", "  store: SQLite journal transaction", "batch_reply"):
+        assert steps[label]["calls"] == 3 and steps[label]["cpu_s"] >= 0.0
+    us = serving.split_us_per_batch(t0, t1)
+    assert set(us) == set(steps) and all(v >= 0.0 for v in us.values())
+
+
+def test_before_runs_another_revision_of_the_code(tmp_path):
+    """``--before REV``: source_tree checks REV out and python -m silentwatch, started from
+    the returned directory, imports that copy, not the installed working tree."""
+    import subprocess
+    import sys
+
+    import harness  # benchmarks/harness.py: load_benchmark put its folder on sys.path
+
+    shim = harness.source_tree(serving.HERE.parent, "HEAD", tmp_path / "before")
+    code = "import silentwatch.monitor.serving.wire as w, silentwatch.v1.monitor_pb2 as p; "
+    code += "print(w.__file__); print(p.__file__)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=shim, env={**os.environ, "PYTHONPATH": str(shim)},
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    wire, pb2 = out.stdout.split()
+    assert wire.startswith(str(shim)) and pb2.startswith(str(shim))
+    assert (tmp_path / "before" / "tree" / "monitor" / "serving" / "wire.py").is_file()

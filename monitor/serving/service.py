@@ -27,7 +27,6 @@ from silentwatch.monitor.detection.paired_canaries import (
 )
 from silentwatch.monitor.detection.status import EngineStatus
 from silentwatch.monitor.detection.verdict import SilentFailureStatus, silent_failure
-from silentwatch.monitor.scoring import confidence
 from silentwatch.monitor.serving.errors import RequestError, invalid, precondition
 from silentwatch.monitor.serving.pipeline import LabelBatch, Pipeline, PredictionBatch
 from silentwatch.monitor.serving.rpc import rpc
@@ -46,6 +45,7 @@ from silentwatch.monitor.serving.status_proto import (
     status_message,
 )
 from silentwatch.monitor.serving.wire import (
+    batch_reply,
     check_request_ids,
     checked_norms,
     decode_embedding,
@@ -359,10 +359,7 @@ class MonitorService(pb_grpc.MonitorServicer):
         self._record(ids, p_all)
         self._enqueue(x, norms, p_all, "classify", ev)
         p = p_all[:, 0] if p_all.ndim == 2 else p_all
-        resp = pb.ClassifyBatchResponse(classifier_version=sv.classifier_version)
-        resp.p_unsafe.extend(p.tolist())
-        resp.flagged.extend((p >= sv.threshold).tolist())
-        resp.confidence.extend(confidence(p).tolist())
+        resp = batch_reply(p, sv.threshold, sv.classifier_version)
         if (heads := self._heads_reply(sv, p_all, cols)) is not None:
             resp.heads.CopyFrom(heads)
         return resp, x.shape[0]

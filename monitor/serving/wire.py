@@ -186,6 +186,111 @@ def request_ids_of(request: Any, rows: int, max_len: int) -> list[str] | list[by
     return ids
 
 
+def _varint(raw: bytes, pos: int) -> tuple[int, int]:
+    """A protobuf varint at ``pos``: (value, position after it); ValueError when truncated or
+    longer than 10 bytes."""
+    value = shift = 0
+    for i in range(pos, min(pos + 10, len(raw))):
+        b = raw[i]
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, i + 1
+        shift += 7
+    raise ValueError("bad varint")
+
+
+class MatrixView:
+    """An ``EmbeddingMatrix`` whose ``f32le`` is a view on the request bytes (not a copy).
+
+    Duck-types what :func:`decode_matrix` reads: ``rows``, ``dim``, ``WhichOneof("data")``
+    and ``f32le``.
+    """
+
+    __slots__ = ("dim", "f32le", "rows")
+
+    def __init__(self, rows: int, dim: int, f32le: memoryview) -> None:
+        self.rows, self.dim, self.f32le = rows, dim, f32le
+
+    def WhichOneof(self, group: str) -> str | None:
+        return "f32le" if group == "data" else None
+
+
+class ZeroCopyRequest:
+    """A batch request parsed without copying its embeddings: ``embeddings`` is a
+    :class:`MatrixView`; every other field is read from the parsed rest of the message."""
+
+    __slots__ = ("_rest", "embeddings")
+
+    def __init__(self, rest: Any, embeddings: MatrixView) -> None:
+        self._rest, self.embeddings = rest, embeddings
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._rest, name)
+
+    def HasField(self, name: str) -> bool:
+        return name == "embeddings" or self._rest.HasField(name)
+
+
+def parse_zero_copy(raw: bytes, message_cls: Any, field_number: int) -> ZeroCopyRequest | None:
+    """Parse a batch request whose first field is its ``EmbeddingMatrix`` (``field_number``)
+    without copying the matrix: ``None`` when the bytes are laid out any other way (the
+    caller then parses them as usual, with the same result).
+
+    grpcio hands the handler the request as one ``bytes``; ``FromString`` copies the
+    embeddings into its arena and reading ``.f32le`` copies them again (~90 µs each for a
+    4 MB batch on one core, more with the cache under load). Here the matrix's header
+    (``rows``, ``dim``, one ``f32le``) is read by hand and the rest of the message, a few
+    kB of ids and versions, is parsed by protobuf. A request serialised in field order
+    with ``packed_request_ids`` (or no ids) starts with the matrix; one with string
+    ``request_ids`` (field 1) does not, and takes the usual path. Anything unexpected in
+    the header (another field, ``values`` instead of ``f32le``, a value over 32 bits, the
+    matrix given twice) also takes the usual path, so both parse alike.
+
+    >>> from silentwatch.v1 import monitor_pb2 as pb
+    >>> m = pb.ClassifyBatchRequest(embedder_version="v1", packed_request_ids=bytes(16),
+    ...     embeddings=pb.EmbeddingMatrix(rows=1, dim=2, f32le=bytes(8)))
+    >>> r = parse_zero_copy(m.SerializeToString(), pb.ClassifyBatchRequest, 2)
+    >>> (r.embeddings.rows, r.embeddings.dim, len(r.embeddings.f32le), r.embedder_version)
+    (1, 2, 8, 'v1')
+    >>> parse_zero_copy(pb.ClassifyBatchRequest(request_ids=["a"]).SerializeToString(),
+    ...                 pb.ClassifyBatchRequest, 2) is None
+    True
+    """
+    try:
+        tag, pos = _varint(raw, 0)
+        if tag != (field_number << 3 | 2):
+            return None
+        length, pos = _varint(raw, pos)
+        end = pos + length
+        if end > len(raw):
+            return None
+        rows = dim = 0
+        data: tuple[int, int] | None = None
+        while pos < end:
+            tag, pos = _varint(raw, pos)
+            if tag in (0x08, 0x10):  # rows = 1, dim = 2 (varints; the last one counts)
+                value, pos = _varint(raw, pos)
+                if value >= 1 << 32:  # protobuf would truncate a uint32; let it
+                    return None
+                if tag == 0x08:
+                    rows = value
+                else:
+                    dim = value
+            elif tag == 0x1A:  # f32le = 3
+                size, pos = _varint(raw, pos)
+                data, pos = (pos, pos + size), pos + size
+            else:
+                return None
+        if pos != end or data is None:
+            return None
+    except ValueError:
+        return None
+    rest = message_cls.FromString(raw[end:])  # raises DecodeError like the usual parse
+    if rest.HasField("embeddings"):  # given twice: protobuf merges; leave that to it
+        return None
+    return ZeroCopyRequest(rest, MatrixView(rows, dim, memoryview(raw)[data[0] : data[1]]))
+
+
 class MalformedRequestGuard(grpc.ServerInterceptor):
     """Answer a request that is not valid protobuf with INVALID_ARGUMENT, naming its type.
 
@@ -237,9 +342,17 @@ class MalformedRequestGuard(grpc.ServerInterceptor):
         type_name = getattr(descriptor, "full_name", f"{rpc} request")
         on_refused = self._on_refused
 
+        field = getattr(descriptor, "fields_by_name", {}).get("embeddings")
+        zero_copy = (
+            field is not None
+            and field.message_type is not None
+            and field.message_type.full_name == pb.EmbeddingMatrix.DESCRIPTOR.full_name
+        )
+        number = field.number if zero_copy else 0
+
         def unary_unary(raw: bytes, context: grpc.ServicerContext) -> Any:
             try:
-                request = parse(raw)
+                request = (zero_copy and parse_zero_copy(raw, message_cls, number)) or parse(raw)
             except Exception as exc:  # DecodeError, or whatever a custom deserializer raises
                 reason = str(exc).rpartition(": ")[2] or type(exc).__name__
                 if on_refused is not None:
@@ -310,6 +423,43 @@ def head_scores_message(
         flagged=(p >= flags).astype(np.uint8).tobytes(),
         confidence_f32le=np.maximum(p, 1.0 - p).astype(_F32LE, copy=False).tobytes(),
     )
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def batch_reply(
+    p: np.ndarray, threshold: float, classifier_version: str
+) -> pb.ClassifyBatchResponse:
+    """The ClassifyBatch reply for scores ``p`` ((n,) P(unsafe) of the default head).
+
+    Built as bytes (each repeated field is packed on the wire: one ``tobytes`` each) and
+    parsed once: 7 µs for 1,024 rows on one core, against 71 µs for three
+    ``extend(p.tolist())``; the message, and its serialised bytes, are the same.
+
+    >>> import numpy as np
+    >>> r = batch_reply(np.array([0.25, 0.75], dtype=np.float32), 0.5, "c1")
+    >>> list(r.p_unsafe), list(r.flagged), list(r.confidence), r.classifier_version
+    ([0.25, 0.75], [False, True], [0.75, 0.75], 'c1')
+    """
+    p = np.ascontiguousarray(p, dtype=_F32LE)
+    n = p.shape[0]
+    parts: list[bytes] = []
+    if n:
+        size = _varint_bytes(4 * n)
+        parts += [b"\x0a", size, p.tobytes()]  # p_unsafe = 1
+        parts += [b"\x12", _varint_bytes(n), (p >= threshold).view(np.uint8).tobytes()]  # 2
+        parts += [b"\x1a", size, np.maximum(p, 1.0 - p).astype(_F32LE, copy=False).tobytes()]
+    if classifier_version:
+        text = classifier_version.encode()
+        parts += [b"\x22", _varint_bytes(len(text)), text]  # classifier_version = 4
+    return pb.ClassifyBatchResponse.FromString(b"".join(parts))
 
 
 def decode_head_scores(msg: pb.HeadScores) -> dict[str, np.ndarray]:
