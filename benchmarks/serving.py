@@ -222,8 +222,9 @@ def where_time_goes(
     bundle_dir: Path, state_dir: Path, rows: int = 1024, reps: int = 200, capacity: int = 200_000
 ) -> list[tuple[str, float]]:
     """Each step of a served ClassifyBatch timed alone, in this process on one core with one
-    BLAS thread: (step, median µs per ``rows``-row batch). The stores are filled to
-    ``capacity`` first (as in the served runs, where every recorded row evicts one)."""
+    BLAS thread: (step, median µs per ``rows``-row batch). The stores are filled to their
+    steady state first, as in the served runs: at ``capacity`` with the history full, so
+    every recorded row evicts a prediction and reuses a history slot."""
     from silentwatch.monitor.config import ServeSettings
     from silentwatch.monitor.serving.pipeline import Pipeline, PredictionBatch, concat_predictions
     from silentwatch.monitor.serving.server import build_engine
@@ -328,37 +329,34 @@ def where_time_goes(
                 us(floor_loop(raw_packed, scorer, thr)),
             )
         )
-        # The label-join stores, at capacity: each recorded row evicts one and buries it.
-        for name, store in (
-            ("memory", MemoryStore(capacity, 3600.0)),
-            ("sqlite", SqliteStore(state_dir / f"bench-{d}.sqlite3", capacity, 3600.0,
-                                   bundle_sha256=b.sha256, keep_labels=True)),
+        # The label-join stores in their steady state: at capacity, with the history
+        # (capacity + tombstone capacity) full, so each recorded row evicts a prediction and
+        # reuses a history slot; a fresh store per id form, filled with that form.
+        k = iter(range(10**9))
+        for name, make in (
+            ("memory", lambda: MemoryStore(capacity, 3600.0)),
+            ("sqlite", lambda: SqliteStore(state_dir / f"bench-{d}-{next(k)}.sqlite3", capacity,
+                                           3600.0, bundle_sha256=b.sha256, keep_labels=True)),
         ):  # fmt: skip
-            k = iter(range(10**9))
-            for _ in range(capacity // rows + 1):
-                store.record([f"f{next(k)}-{i}" for i in range(rows)], p)
-            id_lists = [
-                [f"r{next(k)}-{i}" for i in range(rows)] for _ in range(reps + reps // 10 + 3)
-            ]
-            it = iter(id_lists)
-            out.append(
-                (
-                    f"store.record, {rows} ids, {name} store at capacity",
-                    us(lambda it=it, store=store: store.record(next(it), p)),
+            for form in ("string", "packed"):
+
+                def ids(form: str = form) -> list:
+                    if form == "packed":
+                        return np.frombuffer(packed_ids(rows * next(k), rows), "V16").tolist()
+                    first = next(k)
+                    return [f"r{first}-{i}" for i in range(rows)]
+
+                store = make()
+                for _ in range(2 * capacity // rows + 1):  # tombstone capacity = capacity
+                    store.record(ids(), p)
+                it = iter([ids() for _ in range(reps + reps // 10 + 3)])
+                out.append(
+                    (
+                        f"store.record, {rows} {form} ids, {name} store, steady state",
+                        us(lambda it=it, store=store: store.record(next(it), p)),
+                    )
                 )
-            )
-            packed_lists = [
-                np.frombuffer(packed_ids(rows * next(k), rows), "V16").tolist()
-                for _ in range(reps + reps // 10 + 3)
-            ]
-            it = iter(packed_lists)
-            out.append(
-                (
-                    f"store.record, {rows} packed ids, {name} store at capacity",
-                    us(lambda it=it, store=store: store.record(next(it), p)),
-                )
-            )
-            store.close()
+                store.close()
         pipe = Pipeline([], max_queued_rows=10**12)  # never started: the enqueue alone
         out.append(
             (
