@@ -665,6 +665,7 @@ def main() -> int:
     pin_client()  # the sidecar gets CPU 0 (start_server); the floor runs on this CPU
     print(f"machine: {machine()}\n")
     summaries: dict[tuple[str, int], tuple[dict, list]] = {}
+    paired: dict[int, dict[str, list[float]]] = {}
     splits: dict[tuple[str, int, str], list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         trees: dict[str, Path | None] = {"after": None}
@@ -711,9 +712,11 @@ def main() -> int:
             print()
             for tree, tree_runs in runs.items():
                 summaries[tree, d] = (fl, summarise(tree_runs, fl["floor_rows_per_s"]))
+            if a.before:
+                paired[d] = paired_changes(runs["before"], runs["after"])
     print_summary(summaries, a)
     if a.before:
-        print_before_after(summaries)
+        print_before_after(summaries, paired)
     if splits:
         print_splits(splits, a.rows)
     return 0
@@ -755,25 +758,47 @@ def print_summary(
     print()
 
 
-def print_before_after(summaries: dict[tuple[str, int], tuple[dict, list]]) -> None:
-    """Per mode: median rows per server CPU-second before and after, the change, the cost
-    against recording off (same id form) before -> after, and the unary p99s."""
-    print("Before -> after (medians over the rounds; both trees alternated in every round):\n")
-    cols = ["d", "mode", "rows per server CPU-s, before", "after", "change",
-            "cost vs recording off, before -> after",
+def paired_changes(
+    before: dict[str, list[dict]], after: dict[str, list[dict]]
+) -> dict[str, list[float]]:
+    """Per mode, each round's after / before - 1 in rows per server CPU-second: the two ran
+    back to back in the same round, so the pair shares the machine's state.
+
+    >>> paired_changes({"m": [{"emb_per_cpu_s": 100.0}]}, {"m": [{"emb_per_cpu_s": 125.0}]})
+    {'m': [0.25]}
+    """
+    return {
+        m: [a["emb_per_cpu_s"] / b["emb_per_cpu_s"] - 1 for b, a in zip(before[m], rs, strict=True)]
+        for m, rs in after.items()
+        if m in before
+    }
+
+
+def print_before_after(
+    summaries: dict[tuple[str, int], tuple[dict, list]], paired: dict[int, dict[str, list[float]]]
+) -> None:
+    """Per mode: median rows per server CPU-second before and after, the median of the
+    rounds' paired changes and in how many rounds after was ahead, the cost against
+    recording off (same id form) before -> after, and the unary p99s."""
+    print("Before -> after (medians over the rounds; both trees alternated in every round; a "
+          "round's paired change is after / before - 1 within that round):\n")  # fmt: skip
+    cols = ["d", "mode", "rows per server CPU-s, before", "after", "change of medians",
+            "paired change (median)", "rounds ahead", "cost vs recording off, before -> after",
             "Classify p99 ms, before -> after"]  # fmt: skip
-    print(table_header(cols, "rlrrrrr"))
+    print(table_header(cols, "rlrrrrrrr"))
     for (tree, d), (_, summary) in summaries.items():
         if tree != "after" or ("before", d) not in summaries:
             continue
         old = {s["mode"]: s for s in summaries["before", d][1]}
         for s in summary:
-            o = old.get(s["mode"])
-            if o is None:
+            o, ch = old.get(s["mode"]), paired.get(d, {}).get(s["mode"], [])
+            if o is None or not ch:
                 continue
             cost = "" if s["mode"] in BASES else f"{o['cost_median']:.1%} -> {s['cost_median']:.1%}"
             print(table_row([d, s["mode"], f"{o['median']:,.0f}", f"{s['median']:,.0f}",
-                             f"{s['median'] / o['median'] - 1:+.1%}", cost,
+                             f"{s['median'] / o['median'] - 1:+.1%}",
+                             f"{statistics.median(ch):+.1%}",
+                             f"{sum(c > 0 for c in ch)} of {len(ch)}", cost,
                              f"{o['p99_ms']:.3f} -> {s['p99_ms']:.3f}"]))  # fmt: skip
     print()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 
 from silentwatch.monitor.scoring import LinearScorer
 from silentwatch.v1 import monitor_pb2 as pb
@@ -158,3 +159,9 @@ def test_before_runs_another_revision_of_the_code(tmp_path):
     wire, pb2 = out.stdout.split()
     assert wire.startswith(str(shim)) and pb2.startswith(str(shim))
     assert (tmp_path / "before" / "tree" / "monitor" / "serving" / "wire.py").is_file()
+
+
+def test_paired_changes_compare_each_round_with_its_own_before():
+    before = {"m": [{"emb_per_cpu_s": 100.0}, {"emb_per_cpu_s": 200.0}], "old only": []}
+    after = {"m": [{"emb_per_cpu_s": 110.0}, {"emb_per_cpu_s": 180.0}], "new only": []}
+    assert serving.paired_changes(before, after) == {"m": pytest.approx([0.1, -0.1])}
