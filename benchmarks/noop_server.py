@@ -21,7 +21,7 @@ from concurrent import futures
 import grpc
 import numpy as np
 
-from silentwatch.monitor.serving.wire import parse_zero_copy
+from silentwatch.monitor.serving.wire import parse_request
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 
@@ -85,14 +85,10 @@ def main() -> int:
         # As the sidecar does (wire.MalformedRequestGuard): grpcio hands over the raw bytes
         # and the handler parses them.
         def raw(method, cls):
-            def parse(b: bytes):
-                # A batch whose embeddings come first is parsed without copying them, as
-                # the sidecar's guard does (wire.parse_zero_copy).
-                zero_copy = cls is pb.ClassifyBatchRequest and parse_zero_copy(b, cls, 2)
-                return zero_copy or cls.FromString(b)
-
+            # Parsed as the sidecar's guard does: a batch whose embeddings come first
+            # without copying them (wire.parse_request).
             return grpc.unary_unary_rpc_method_handler(
-                lambda b, ctx: method(parse(b), ctx),
+                lambda b, ctx: method(parse_request(b, cls), ctx),
                 request_deserializer=None,
                 response_serializer=lambda m: m.SerializeToString(),
             )

@@ -73,12 +73,13 @@ from harness import (
     thread_cpu_seconds,
     tree_cpu_seconds,
 )
+from store import history_of
 
 from silentwatch.monitor.bundle import EmbedderSpec
 from silentwatch.monitor.bundle.io import load_bundle
 from silentwatch.monitor.scoring import LinearScorer, confidence, row_norms
 from silentwatch.monitor.serving.pipeline import WORKER_THREAD_NAME
-from silentwatch.monitor.serving.wire import batch_reply, parse_zero_copy
+from silentwatch.monitor.serving.wire import batch_reply, parse_request
 from silentwatch.monitor.training import train_bundle
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
@@ -137,21 +138,21 @@ def unit(n: int, d: int, seed: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+def matrix(x: np.ndarray) -> pb.EmbeddingMatrix:
+    """``x`` as f32le rows."""
+    return pb.EmbeddingMatrix(rows=x.shape[0], dim=x.shape[1], f32le=x.astype("<f4").tobytes())
+
+
 def batch_request(x: np.ndarray, prefix: str = "b0") -> pb.ClassifyBatchRequest:
     """A ClassifyBatchRequest as the benchmark client sends it: f32le rows, one id per row."""
-    n, d = x.shape
-    return pb.ClassifyBatchRequest(
-        request_ids=[f"{prefix}-{i}" for i in range(n)],
-        embeddings=pb.EmbeddingMatrix(rows=n, dim=d, f32le=x.astype("<f4").tobytes()),
-    )
+    ids = [f"{prefix}-{i}" for i in range(x.shape[0])]
+    return pb.ClassifyBatchRequest(request_ids=ids, embeddings=matrix(x))
 
 
 def packed_request(x: np.ndarray, first: int = 0) -> pb.ClassifyBatchRequest:
     """The same batch with ``packed_request_ids`` (16 bytes per row) instead of strings."""
-    n, d = x.shape
     return pb.ClassifyBatchRequest(
-        packed_request_ids=packed_ids(first, n),
-        embeddings=pb.EmbeddingMatrix(rows=n, dim=d, f32le=x.astype("<f4").tobytes()),
+        packed_request_ids=packed_ids(first, x.shape[0]), embeddings=matrix(x)
     )
 
 
@@ -168,9 +169,7 @@ def floor_loop(
     """
 
     def run() -> bytes:
-        req = parse_zero_copy(
-            raw, pb.ClassifyBatchRequest, 2
-        ) or pb.ClassifyBatchRequest.FromString(raw)
+        req = parse_request(raw, pb.ClassifyBatchRequest)
         m = req.embeddings
         x = np.frombuffer(m.f32le, dtype="<f4").reshape(m.rows, m.dim)
         p = scorer.predict_proba(x, row_norms(x))
@@ -280,9 +279,7 @@ def where_time_goes(
                 "decode, packed ids, zero-copy: parse_zero_copy + frombuffer",
                 us(
                     lambda: decode_matrix(
-                        parse_zero_copy(raw_packed, pb.ClassifyBatchRequest, 2).embeddings,
-                        d,
-                        16384,
+                        parse_request(raw_packed, pb.ClassifyBatchRequest).embeddings, d, 16384
                     )
                 ),
             )
@@ -347,7 +344,7 @@ def where_time_goes(
                     return [f"r{first}-{i}" for i in range(rows)]
 
                 store = make()
-                for _ in range(2 * capacity // rows + 1):  # tombstone capacity = capacity
+                for _ in range(history_of(store, capacity) // rows + 1):
                     store.record(ids(), p)
                 it = iter([ids() for _ in range(reps + reps // 10 + 3)])
                 out.append(

@@ -6,6 +6,7 @@ INVALID_ARGUMENT instead of grpcio's INTERNAL.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -13,13 +14,14 @@ from typing import Any
 import grpc
 import numpy as np
 
-from silentwatch.monitor.scoring import row_norms
+from silentwatch.monitor.scoring import confidence, row_norms
 from silentwatch.monitor.serving.errors import invalid
 from silentwatch.v1 import monitor_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 _F32LE = np.dtype("<f4")
+_MATRIX = pb.EmbeddingMatrix.DESCRIPTOR.full_name
 
 
 def _hint(dim: int) -> str:
@@ -291,6 +293,29 @@ def parse_zero_copy(raw: bytes, message_cls: Any, field_number: int) -> ZeroCopy
     return ZeroCopyRequest(rest, MatrixView(rows, dim, memoryview(raw)[data[0] : data[1]]))
 
 
+@functools.cache
+def zero_copy_field(message_cls: Any) -> int:
+    """The field number of ``message_cls``'s ``EmbeddingMatrix embeddings`` (0: it has none,
+    and :func:`parse_zero_copy` does not apply)."""
+    descriptor = getattr(message_cls, "DESCRIPTOR", None)
+    field = getattr(descriptor, "fields_by_name", {}).get("embeddings")
+    if field is None or field.message_type is None:
+        return 0
+    return field.number if field.message_type.full_name == _MATRIX else 0
+
+
+def parse_request(raw: bytes, message_cls: Any) -> Any:
+    """``raw`` as ``message_cls``: without copying the embeddings where
+    :func:`parse_zero_copy` applies, else protobuf's ``FromString``.
+
+    >>> from silentwatch.v1 import monitor_pb2 as pb
+    >>> type(parse_request(b"", pb.ClassifyBatchRequest)).__name__
+    'ClassifyBatchRequest'
+    """
+    number = zero_copy_field(message_cls)
+    return (number and parse_zero_copy(raw, message_cls, number)) or message_cls.FromString(raw)
+
+
 class MalformedRequestGuard(grpc.ServerInterceptor):
     """Answer a request that is not valid protobuf with INVALID_ARGUMENT, naming its type.
 
@@ -342,17 +367,11 @@ class MalformedRequestGuard(grpc.ServerInterceptor):
         type_name = getattr(descriptor, "full_name", f"{rpc} request")
         on_refused = self._on_refused
 
-        field = getattr(descriptor, "fields_by_name", {}).get("embeddings")
-        zero_copy = (
-            field is not None
-            and field.message_type is not None
-            and field.message_type.full_name == pb.EmbeddingMatrix.DESCRIPTOR.full_name
-        )
-        number = field.number if zero_copy else 0
+        number = zero_copy_field(message_cls)
 
         def unary_unary(raw: bytes, context: grpc.ServicerContext) -> Any:
             try:
-                request = (zero_copy and parse_zero_copy(raw, message_cls, number)) or parse(raw)
+                request = (number and parse_zero_copy(raw, message_cls, number)) or parse(raw)
             except Exception as exc:  # DecodeError, or whatever a custom deserializer raises
                 reason = str(exc).rpartition(": ")[2] or type(exc).__name__
                 if on_refused is not None:
@@ -455,7 +474,7 @@ def batch_reply(
         size = _varint_bytes(4 * n)
         parts += [b"\x0a", size, p.tobytes()]  # p_unsafe = 1
         parts += [b"\x12", _varint_bytes(n), (p >= threshold).view(np.uint8).tobytes()]  # 2
-        parts += [b"\x1a", size, np.maximum(p, 1.0 - p).astype(_F32LE, copy=False).tobytes()]
+        parts += [b"\x1a", size, confidence(p).astype(_F32LE, copy=False).tobytes()]  # 3
     if classifier_version:
         text = classifier_version.encode()
         parts += [b"\x22", _varint_bytes(len(text)), text]  # classifier_version = 4
