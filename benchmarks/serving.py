@@ -399,12 +399,19 @@ def start_server(
     *,
     source: Path | None = None,
     split: Path | None = None,
+    events: Path | None = None,
 ) -> tuple[subprocess.Popen, str]:
     """``silentwatch serve`` pinned to CPU 0. ``source``: a directory to import silentwatch
     from instead (``harness.source_tree``, for ``--before``); ``split``: start it through
-    benchmarks/split_timing.py, which writes per-step CPU totals to this file."""
+    benchmarks/split_timing.py, which writes per-step CPU totals to this file; ``events``:
+    through benchmarks/tail_timing.py, which writes a timestamp per Classify call and
+    worker pass to this file (benchmarks/unary_tail.py)."""
     pin = ["taskset", "-c", "0"] if shutil.which("taskset") and os.cpu_count() > 1 else []
-    entry = ["-m", "silentwatch"] if split is None else [str(HERE / "split_timing.py"), str(split)]
+    entry = ["-m", "silentwatch"]
+    if split is not None:
+        entry = [str(HERE / "split_timing.py"), str(split)]
+    elif events is not None:
+        entry = [str(HERE / "tail_timing.py"), str(events)]
     env = None if source is None else {**os.environ, "PYTHONPATH": str(source)}
     proc = subprocess.Popen(
         [*pin, sys.executable, *entry, "serve", "--bundle", str(bundle),

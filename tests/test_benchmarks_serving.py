@@ -165,3 +165,41 @@ def test_paired_changes_compare_each_round_with_its_own_before():
     before = {"m": [{"emb_per_cpu_s": 100.0}, {"emb_per_cpu_s": 200.0}], "old only": []}
     after = {"m": [{"emb_per_cpu_s": 110.0}, {"emb_per_cpu_s": 180.0}], "new only": []}
     assert serving.paired_changes(before, after) == {"m": pytest.approx([0.1, -0.1])}
+
+
+def test_unary_tail_attribution_matches_a_brute_force_count():
+    """benchmarks/unary_tail.py's overlap counts against checking every call with every pass."""
+    tail = load_benchmark("unary_tail")
+    rng = np.random.default_rng(3)
+    gaps = rng.exponential(1.0, 400)
+    walls = rng.exponential(0.4, 400) * (1 + 9 * (rng.random(400) < 0.1))
+    ps = np.cumsum(gaps + np.concatenate([[0], walls[:-1]]))  # one thread: no overlap
+    passes = np.stack([ps, walls, walls], axis=1)
+    cs, cw = np.sort(rng.uniform(0, ps[-1], 2000)), rng.exponential(0.5, 2000)
+    got = tail.attribute(cs, cw, passes, slow_s=0.6, long_s=2.0)
+    want = dict.fromkeys(got, 0)
+    for a, w in zip(cs, cw, strict=True):
+        over = (ps < a + w) & (ps + walls > a)
+        kind = "long" if (over & (walls > 2.0)).any() else "short" if over.any() else "none"
+        want[f"{'slow' if w > 0.6 else 'fast'}_{kind}"] += 1
+    assert got == want
+    assert want["slow_long"] and want["slow_short"] and want["fast_none"]  # all kinds seen
+
+
+def test_unary_tail_lines_each_call_up_with_the_servers_timestamps(bundle_dir, tmp_path):
+    """A real sidecar through benchmarks/tail_timing.py: every timed Classify call has its
+    handler call inside it (one clock), and the worker's passes are read back."""
+    tail = load_benchmark("unary_tail")
+    v = tail.tail_run(bundle_dir, "detection on (memory)", tmp_path / "s", DIM, calls=300,
+                      settle=0.2, slow_ms=1.0, long_ms=2.0)  # fmt: skip
+    assert v["aligned"] == 1.0, v
+    assert sum(v[k] for k in v if k.startswith(("slow_", "fast_"))) == 300
+    assert 0 < v["handler_p50_ms"] < v["p50_ms"] and v["handler_p99_ms"] <= v["p999_ms"]
+    assert v["passes_per_s"] > 0 and 0 < v["worker_busy"] < 1
+
+
+def test_unary_tail_doctests():
+    import doctest
+
+    res = doctest.testmod(load_benchmark("unary_tail"))
+    assert res.failed == 0 and res.attempted >= 4, res
