@@ -24,6 +24,8 @@ can be matched with the worker passes that ran while it was in flight. Per run:
     python benchmarks/unary_tail.py                         # ~3 minutes, 3 rounds
     python benchmarks/unary_tail.py --modes "detection on (memory)" \
         "detection on, evaluations ≤ 0.2/s" --rounds 6     # what evaluations add
+    python benchmarks/unary_tail.py --modes "everything on (sqlite + detection)" \
+        --before HEAD~1 --rounds 6                         # a change, paired per round
 """
 
 from __future__ import annotations
@@ -36,7 +38,15 @@ from pathlib import Path
 
 import numpy as np
 import tail_timing
-from harness import channel, machine, pin_client, table_header, table_row
+from harness import (
+    channel,
+    git_describe,
+    machine,
+    pin_client,
+    source_tree,
+    table_header,
+    table_row,
+)
 from serving import MODES, start_server, unit
 
 from silentwatch.monitor.bundle import EmbedderSpec
@@ -55,6 +65,7 @@ TAIL_MODES = {
 DEFAULT_MODES = ("recording off", "rec on, memory", "detection on (memory)", FEW_EVALUATIONS,
                  "everything on (sqlite + detection)")  # fmt: skip
 WARMUP_CALLS = 200
+REPO = Path(__file__).resolve().parent.parent
 
 
 def cpu_ticks() -> tuple[int, int]:
@@ -135,14 +146,16 @@ def tail_run(
     settle: float,
     slow_ms: float,
     long_ms: float,
+    source: Path | None = None,
 ) -> dict[str, float]:
-    """One sidecar in ``mode``: ``calls`` timed sequential Classify calls, then the events."""
+    """One sidecar in ``mode``: ``calls`` timed sequential Classify calls, then the events.
+    ``source``: import silentwatch from there (``harness.source_tree``, for ``--before``)."""
     recording, flags = TAIL_MODES[mode]
     if "sqlite" in flags:
         flags = [*flags, "--state-dir", str(state_dir)]
     events = state_dir.with_suffix(".npz")
     ticks = cpu_ticks()
-    proc, target = start_server(bundle, recording, flags, events=events)
+    proc, target = start_server(bundle, recording, flags, source=source, events=events)
     try:
         time.sleep(settle)  # start-up's imports and first collections are not the tail
         x = unit(calls + WARMUP_CALLS, d, 1)
@@ -223,6 +236,9 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", choices=list(TAIL_MODES), default=list(DEFAULT_MODES))
     ap.add_argument("--against", default=None,
                     help="paired p99 change against this mode (default: the first)")  # fmt: skip
+    ap.add_argument("--before", metavar="REV",
+                    help="also run every mode on this git revision, alternating, and give the "
+                         "paired change after / before instead")  # fmt: skip
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--calls", type=int, default=10_000)
     ap.add_argument("--dim", type=int, default=1024)
@@ -235,26 +251,32 @@ def main() -> None:
           f"sequential Classify calls per run after {a.settle:g} s settling and "
           f"{WARMUP_CALLS} warm-up calls; slow > {a.slow_ms:g} ms, long pass > "
           f"{a.long_ms:g} ms\n")  # fmt: skip
-    cols = ["round", "mode", "steal", "p50 ms", "p99 ms", "p99.9 ms",
+    cols = ["round", "code", "mode", "steal", "p50 ms", "p99 ms", "p99.9 ms",
             "handler p50 / p99 ms", "outside handler p99 ms", "worker passes/s", "busy",
             "long passes/s", "slow calls", "slow: long pass", "slow: short only",
             "slow: none", "not slow: long pass", "calls lined up"]  # fmt: skip
-    print(table_header(cols, "rlrrrrlrrrrrrrrrr"))
-    runs: dict[str, list[dict[str, float]]] = {m: [] for m in a.modes}
+    runs: dict[tuple[str, str], list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        trees: dict[str, Path | None] = {"after": None}
+        if a.before:
+            trees["before"] = source_tree(REPO, a.before, Path(tmp) / "before")
+            print(f"before: {a.before} ({git_describe(REPO, a.before)}); after: the working "
+                  f"tree ({git_describe(REPO, 'HEAD')} + changes)\n")  # fmt: skip
+        print(table_header(cols, "rllrrrrlrrrrrrrrrr"))
         x = unit(3000, a.dim, 0)
         y = (x[:, 0] + 0.1 * np.random.default_rng(0).standard_normal(3000) > 0).astype(int)
         bundle = Path(tmp) / "b"
         train_bundle(x, y, bundle, embedder=EmbedderSpec(name="bench", version="v1"))
+        entries = [(tree, mode) for mode in a.modes for tree in trees]
         for r in range(a.rounds):
-            for k, mode in enumerate(a.modes if r % 2 == 0 else a.modes[::-1]):
-                v = tail_run(bundle, mode, Path(tmp) / f"s{r}-{k}", a.dim, a.calls,
-                             a.settle, a.slow_ms, a.long_ms)  # fmt: skip
-                runs[mode].append(v)
+            for k, (tree, mode) in enumerate(entries if r % 2 == 0 else entries[::-1]):
+                v = tail_run(bundle, mode, Path(tmp) / f"s{r}-{k}", a.dim, a.calls, a.settle,
+                             a.slow_ms, a.long_ms, trees[tree])  # fmt: skip
+                runs.setdefault((tree, mode), []).append(v)
                 slow = v["slow_long"] + v["slow_short"] + v["slow_none"]
                 fast = v["fast_long"] + v["fast_short"] + v["fast_none"]
                 print(table_row([
-                    r + 1, mode, f"{v['steal']:.1%}", f"{v['p50_ms']:.3f}",
+                    r + 1, tree, mode, f"{v['steal']:.1%}", f"{v['p50_ms']:.3f}",
                     f"{v['p99_ms']:.3f}", f"{v['p999_ms']:.3f}",
                     f"{v['handler_p50_ms']:.3f} / {v['handler_p99_ms']:.3f}",
                     f"{v['outside_p99_ms']:.3f}", f"{v['passes_per_s']:.0f}",
@@ -263,20 +285,41 @@ def main() -> None:
                     share(v["slow_none"], slow), share(v["fast_long"], fast),
                     f"{v['aligned']:.1%}",
                 ]), flush=True)  # fmt: skip
-    base = a.against or a.modes[0]
-    print(f"\nSummary over {a.rounds} rounds (paired: p99 / {base}'s p99 - 1 in each round):\n")
-    print(table_header(["mode", "p99 ms (median)", "p99 ms (each round)", "rounds ≤ 1 ms",
-                        "handler p99 ms (median)", f"paired p99 change vs {base} (median)",
-                        "rounds higher"], "lrlrrrr"))  # fmt: skip
-    for mode, vs in runs.items():
+    print_summary(runs, a.rounds, "before" if a.before else (a.against or a.modes[0]))
+
+
+def print_summary(
+    runs: dict[tuple[str, str], list[dict[str, float]]], rounds: int, base: str
+) -> None:
+    """Per (code, mode): p99s, rounds within 1 ms, the handler's p99, and the paired change
+    of the p99 and the handler's p99 against ``base``: "before" (the same mode on the
+    other revision) or a mode (this tree)."""
+
+    def against(tree: str, mode: str) -> tuple[str, str] | None:
+        if base == "before":
+            return ("before", mode) if tree == "after" else None
+        return (tree, base) if mode != base else None
+
+    ref = "the same mode on the other revision" if base == "before" else base
+    print(f"\nSummary over {rounds} rounds (paired change: this / the reference - 1 within "
+          f"each round; the reference is {ref}):\n")  # fmt: skip
+    print(table_header(["code", "mode", "p99 ms (median)", "p99 ms (each round)",
+                        "rounds ≤ 1 ms", "handler p99 ms (median)", "paired p99 change",
+                        "rounds higher", "paired handler p99 change", "rounds higher"],
+                       "llrlrrrrrr"))  # fmt: skip
+    for (tree, mode), vs in runs.items():
         p99 = [v["p99_ms"] for v in vs]
-        change = paired_change(p99, [v["p99_ms"] for v in runs[base]]) if base in runs else []
+        hp99 = [v["handler_p99_ms"] for v in vs]
+        cells = ["", "", "", ""]
+        ref = against(tree, mode)
+        if ref in runs:
+            for i, key in enumerate(("p99_ms", "handler_p99_ms")):
+                c = paired_change([v[key] for v in vs], [v[key] for v in runs[ref]])
+                cells[2 * i : 2 * i + 2] = [f"{np.median(c):+.1%}",
+                                            f"{sum(x > 0 for x in c)} of {len(c)}"]  # fmt: skip
         print(table_row([
-            mode, f"{np.median(p99):.3f}", ", ".join(f"{p:.3f}" for p in p99),
-            f"{sum(p <= 1.0 for p in p99)} of {len(p99)}",
-            f"{np.median([v['handler_p99_ms'] for v in vs]):.3f}",
-            f"{np.median(change):+.1%}" if mode != base and change else "",
-            f"{sum(c > 0 for c in change)} of {len(change)}" if mode != base and change else "",
+            tree, mode, f"{np.median(p99):.3f}", ", ".join(f"{p:.3f}" for p in p99),
+            f"{sum(p <= 1.0 for p in p99)} of {len(p99)}", f"{np.median(hp99):.3f}", *cells,
         ]))  # fmt: skip
 
 

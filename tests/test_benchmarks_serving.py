@@ -203,3 +203,19 @@ def test_unary_tail_doctests():
 
     res = doctest.testmod(load_benchmark("unary_tail"))
     assert res.failed == 0 and res.attempted >= 4, res
+
+
+def test_unary_tail_summary_pairs_each_round_with_the_other_revision(capsys):
+    """--before: the after row gives after / before - 1 per round, for the client's p99 and
+    the handler's, with how many rounds were higher."""
+    tail = load_benchmark("unary_tail")
+    run = lambda p99, h: {"p99_ms": p99, "handler_p99_ms": h}  # noqa: E731
+    runs = {
+        ("after", "m"): [run(1.0, 0.2), run(3.0, 0.3)],
+        ("before", "m"): [run(2.0, 0.1), run(2.0, 0.3)],
+    }
+    tail.print_summary(runs, 2, "before")
+    after = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| after"))
+    cells = [c.strip() for c in after.strip("|").split("|")]
+    # p99: -50% and +50% -> median +0.0%, 1 of 2 higher; handler: +100% and 0% -> +50.0%
+    assert cells[6:] == ["+0.0%", "1 of 2", "+50.0%", "1 of 2"], cells

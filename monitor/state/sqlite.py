@@ -395,11 +395,21 @@ class SqliteStore:
             self._lockfile.close()  # releases the flock
 
     # -- transactions -------------------------------------------------------------------------
-    def _tx(self, fn: Callable[[sqlite3.Connection], object]) -> object:
-        """Run ``fn`` in one IMMEDIATE transaction; roll back and raise StoreUnavailable."""
+    def _tx(
+        self, fn: Callable[[sqlite3.Connection], object], *, one_statement: bool = False
+    ) -> object:
+        """Run ``fn`` in one IMMEDIATE transaction; roll back and raise StoreUnavailable.
+
+        ``one_statement``: ``fn`` runs a single statement, which is then its own transaction
+        (autocommit: atomic, and committed before it returns, as with BEGIN/COMMIT). One
+        call into SQLite instead of three: each releases the GIL, and taking it back can
+        wait for the statistics worker (the unary path's tail, docs/benchmarks.md).
+        """
         db = self._db
         with self._lock:
             try:
+                if one_statement:
+                    return fn(db)
                 db.execute("BEGIN IMMEDIATE")
                 out = fn(db)
                 db.execute("COMMIT")
@@ -432,7 +442,7 @@ class SqliteStore:
                 if clean:
                     self._clean(db, self.mem._oldest_pending_unlocked())
 
-            self._tx(write)
+            self._tx(write, one_statement=not clean)
 
         self.mem.record(ids, scores, journal=journal)
 
