@@ -138,6 +138,15 @@ def unit(n: int, d: int, seed: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+def bench_bundle(path: Path, d: int) -> Path:
+    """The benchmarks' bundle at ``path``: 3,000 unit rows of dimension ``d``, labelled by
+    the sign of the first coordinate with a little noise."""
+    x = unit(3000, d, 0)
+    y = (x[:, 0] + 0.1 * np.random.default_rng(0).standard_normal(3000) > 0).astype(int)
+    train_bundle(x, y, path, embedder=EmbedderSpec(name="bench", version="v1"))
+    return path
+
+
 def matrix(x: np.ndarray) -> pb.EmbeddingMatrix:
     """``x`` as f32le rows."""
     return pb.EmbeddingMatrix(rows=x.shape[0], dim=x.shape[1], f32le=x.astype("<f4").tobytes())
@@ -681,10 +690,7 @@ def main() -> int:
             (t, m) for m in modes for t in trees if t == "after" or m not in (NOOP, NOOP_PACKED)
         ]
         for d in a.dims:
-            x = unit(3000, d, 0)
-            y = (x[:, 0] + 0.1 * np.random.default_rng(0).standard_normal(3000) > 0).astype(int)
-            bundle = Path(tmp) / f"b{d}"
-            train_bundle(x, y, bundle, embedder=EmbedderSpec(name="bench", version="v1"))
+            bundle = bench_bundle(Path(tmp) / f"b{d}", d)
             b = load_bundle(bundle)
             fl = floor_timing(b.scorer, a.rows, a.reps, b.heads[0].thresholds.flag)
             print(

@@ -47,10 +47,8 @@ from harness import (
     table_header,
     table_row,
 )
-from serving import MODES, start_server, unit
+from serving import MODES, bench_bundle, start_server, unit
 
-from silentwatch.monitor.bundle import EmbedderSpec
-from silentwatch.monitor.training import train_bundle
 from silentwatch.v1 import monitor_pb2 as pb
 from silentwatch.v1 import monitor_pb2_grpc as pb_grpc
 
@@ -263,10 +261,7 @@ def main() -> None:
             print(f"before: {a.before} ({git_describe(REPO, a.before)}); after: the working "
                   f"tree ({git_describe(REPO, 'HEAD')} + changes)\n")  # fmt: skip
         print(table_header(cols, "rllrrrrlrrrrrrrrrr"))
-        x = unit(3000, a.dim, 0)
-        y = (x[:, 0] + 0.1 * np.random.default_rng(0).standard_normal(3000) > 0).astype(int)
-        bundle = Path(tmp) / "b"
-        train_bundle(x, y, bundle, embedder=EmbedderSpec(name="bench", version="v1"))
+        bundle = bench_bundle(Path(tmp) / "b", a.dim)
         entries = [(tree, mode) for mode in a.modes for tree in trees]
         for r in range(a.rounds):
             for k, (tree, mode) in enumerate(entries if r % 2 == 0 else entries[::-1]):

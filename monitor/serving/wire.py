@@ -304,16 +304,20 @@ def zero_copy_field(message_cls: Any) -> int:
     return field.number if field.message_type.full_name == _MATRIX else 0
 
 
-def parse_request(raw: bytes, message_cls: Any) -> Any:
+def parse_request(
+    raw: bytes, message_cls: Any, fallback: Callable[[bytes], Any] | None = None
+) -> Any:
     """``raw`` as ``message_cls``: without copying the embeddings where
-    :func:`parse_zero_copy` applies, else protobuf's ``FromString``.
+    :func:`parse_zero_copy` applies, else with ``fallback`` (protobuf's ``FromString``
+    unless given: the guard passes the handler's own deserializer).
 
     >>> from silentwatch.v1 import monitor_pb2 as pb
     >>> type(parse_request(b"", pb.ClassifyBatchRequest)).__name__
     'ClassifyBatchRequest'
     """
     number = zero_copy_field(message_cls)
-    return (number and parse_zero_copy(raw, message_cls, number)) or message_cls.FromString(raw)
+    request = number and parse_zero_copy(raw, message_cls, number)
+    return request or (fallback or message_cls.FromString)(raw)
 
 
 class MalformedRequestGuard(grpc.ServerInterceptor):
@@ -367,11 +371,9 @@ class MalformedRequestGuard(grpc.ServerInterceptor):
         type_name = getattr(descriptor, "full_name", f"{rpc} request")
         on_refused = self._on_refused
 
-        number = zero_copy_field(message_cls)
-
         def unary_unary(raw: bytes, context: grpc.ServicerContext) -> Any:
             try:
-                request = (number and parse_zero_copy(raw, message_cls, number)) or parse(raw)
+                request = parse_request(raw, message_cls, parse)
             except Exception as exc:  # DecodeError, or whatever a custom deserializer raises
                 reason = str(exc).rpartition(": ")[2] or type(exc).__name__
                 if on_refused is not None:
